@@ -1,0 +1,886 @@
+"""The reference interpreter: executes a module with numpy, one kernel per op.
+
+    outputs = run(module, {"input": x})                 # {output name: array}, in output order
+    values  = run_values(module, [x])                   # {Value: array} for every value (translation validation)
+    inputs  = random_inputs(module, seed=0)
+
+Runtime convention (docs/architecture.md): a float tensor is a float32 array; an integer or quantized
+(`!quant.uniform`) tensor holds its stored integers as an int64 array.
+
+What each dialect computes:
+- `onnx.*` in float32 the way onnxruntime's CPU provider computes (Conv/Gemm as im2col + float32 matmul like MLAS,
+  Sigmoid with MLAS's rational approximation); only the summation order may differ.
+- `quant.*` with the rounding of DESIGN.md section 3 (`rounding` = "round_add" or "add_round", ties to even, float32).
+- `int.*` exactly in int64.  After every int op each result is checked against its declared type's storage range (an
+  i32 accumulator, a quant type's storage_min..storage_max); `int.requant_shift` also checks that its intermediate
+  x*mul + add + div/2 fits int32, as Deeploy computes it in int32.  A violation raises `OverflowError_` located at
+  the op.  `check_overflow=False` turns these checks off.
+
+Kernels are registered per op name with `@kernel("int.conv")` into `KERNELS` and have the signature
+`fn(op, args: list[np.ndarray]) -> list[np.ndarray]`; they read attributes with `op.attr(name)`.  Every op declared in
+`qirc/qir/dialects` has a kernel.  Kernels accept any batch size N; the runner checks that every result has its
+declared shape.
+
+Integer conv/gemm/matmul run as im2col + a float64 BLAS matmul when a bound computed from the actual operands
+(max|a| * max|b| * K) proves every partial sum is an integer below 2^53, so the float result is exact; otherwise as
+an exact int64 matmul.
+"""
+from __future__ import annotations
+
+import contextvars
+from typing import Callable, Dict, List, Mapping, Sequence, Union
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .diagnostics import InterpretError, OverflowError_, QircError, op_error
+from .ir import Module, Operation, Value
+from .ops import OPS, load_dialects
+from .types import ScalarType, TensorType, UniformQuantType
+
+Kernel = Callable[[Operation, List[np.ndarray]], List[np.ndarray]]
+
+KERNELS: Dict[str, Kernel] = {}
+
+# Whether the running interpreter checks int overflow; a context variable because kernels have a fixed signature.
+_CHECK_OVERFLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("qirc_check_overflow", default=True)
+
+_F32 = np.float32
+_I64 = np.int64
+_EXACT_F64_LIMIT = 1 << 53
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def kernel(name: str) -> Callable[[Kernel], Kernel]:
+    """Register `fn` as the kernel of op `name` (one kernel per op)."""
+
+    def register(fn: Kernel) -> Kernel:
+        if name in KERNELS:
+            raise ValueError(f"kernel for {name} registered twice")
+        KERNELS[name] = fn
+        return fn
+
+    return register
+
+
+# =====================================================================================================================
+# Running a module
+# =====================================================================================================================
+InputsArg = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
+
+
+def run(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[str, np.ndarray]:
+    """Execute `module`; return {qir.output name: array} in output order."""
+    values = run_values(module, inputs, check_overflow=check_overflow)
+    return {op.attrs["name"]: values[op.operands[0]] for op in module.outputs}
+
+
+def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[Value, np.ndarray]:
+    """Execute `module`; return the runtime array of every value (keyed by the Value object)."""
+    load_dialects()
+    bound = _bind_inputs(module, inputs)
+    values: Dict[Value, np.ndarray] = {}
+    token = _CHECK_OVERFLOW.set(check_overflow)
+    try:
+        for op in module.ops():
+            fn = KERNELS.get(op.name)
+            if fn is None:
+                raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
+            args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
+            try:
+                results = fn(op, args)
+            except QircError:
+                raise
+            except Exception as e:  # a kernel failing on bad attributes or shapes is a located user error
+                raise op_error(InterpretError, op, f"{op.name} cannot be executed: {type(e).__name__}: {e}") from e
+            if len(results) != len(op.results):
+                raise op_error(InterpretError, op,
+                               f"{op.name} kernel produced {len(results)} results, the op declares {len(op.results)}")
+            for value, array in zip(op.results, results):
+                array = _as_runtime(array, value.type)
+                if array.shape != value.type.shape:
+                    raise op_error(InterpretError, op,
+                                   f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
+                if check_overflow and op.dialect == "int":
+                    _check_storage_range(op, value.type, array)
+                values[value] = array
+    finally:
+        _CHECK_OVERFLOW.reset(token)
+    return values
+
+
+def _as_runtime(array, type: TensorType) -> np.ndarray:
+    dtype = _F32 if type.is_float else _I64
+    return np.asarray(array).astype(dtype, copy=False)
+
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> None:
+    element = type.element
+    if array.size == 0 or type.is_float:
+        return
+    lo, hi = element.min, element.max
+    if lo <= np.iinfo(_I64).min and hi >= np.iinfo(_I64).max:
+        return
+    amin, amax = int(array.min()), int(array.max())
+    if lo <= amin and amax <= hi:
+        return
+    if amax > hi:
+        reach, limit = amax, hi
+    else:
+        reach, limit = amin, lo
+    count = int(np.count_nonzero((array < lo) | (array > hi)))
+    raise op_error(OverflowError_, op, f"{_range_name(element)} overflow: values reach {reach} (limit {limit}); "
+                                       f"{count} of {array.size} values out of range {lo}..{hi}")
+
+
+def _range_name(element) -> str:
+    if isinstance(element, UniformQuantType):
+        return f"{element} storage"
+    if isinstance(element, ScalarType):
+        return f"{'int' if element.signed else 'uint'}{element.width} accumulator"
+    return str(element)
+
+
+def _bind_inputs(module: Module, inputs: InputsArg) -> Dict[int, np.ndarray]:
+    """Match the given arrays to the module's qir.input ops and check them; {id(input op): array}."""
+    input_ops = module.inputs
+    names = [op.attrs["name"] for op in input_ops]
+    listing = ", ".join(f"'{n}'" for n in names) or "none"
+    if isinstance(inputs, Mapping):
+        for key in inputs:
+            if key not in names:
+                raise InterpretError(f"unknown input '{key}': the module's inputs are {listing}")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            op = input_ops[names.index(missing[0])]
+            raise op_error(InterpretError, op, f"missing input '{missing[0]}' (the module's inputs are {listing})")
+        given = [inputs[n] for n in names]
+    else:
+        given = list(inputs)
+        if len(given) != len(names):
+            raise InterpretError(f"expected {len(names)} inputs ({listing}), got {len(given)}")
+    return {id(op): _check_input(op, a) for op, a in zip(input_ops, given)}
+
+
+def _check_input(op: Operation, array) -> np.ndarray:
+    name = op.attrs["name"]
+    type = op.results[0].type
+    try:
+        array = np.asarray(array)
+    except Exception as e:
+        raise op_error(InterpretError, op, f"input '{name}' is not an array: {e}") from e
+    if array.shape != type.shape:
+        raise op_error(InterpretError, op, f"input '{name}' has shape {_fmt_shape(array.shape)}, "
+                                           f"the module declares {type}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise op_error(InterpretError, op, f"input '{name}' has non-numeric dtype {array.dtype}")
+    if type.is_float:
+        return array.astype(_F32, copy=False)
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise op_error(InterpretError, op, f"input '{name}' of integer type {type} holds non-integer values")
+    ints = array.astype(_I64)
+    lo, hi = type.element.min, type.element.max
+    if ints.size and (ints.min() < lo or ints.max() > hi):
+        raise op_error(InterpretError, op, f"input '{name}' has values {int(ints.min())}..{int(ints.max())} outside "
+                                           f"the storage range {lo}..{hi} of {type}")
+    return ints
+
+
+# =====================================================================================================================
+# Seeded inputs
+# =====================================================================================================================
+def random_inputs(module: Module, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Seeded random inputs, {name: array}, in input order.
+
+    A float input that feeds a quant.qcast is drawn uniformly over its quantizer's real range s*(lo-z)..s*(hi-z)
+    widened by 10% (so that saturation is exercised); other float inputs are standard normal; integer and quantized
+    inputs are uniform over their storage range.
+    """
+    rng = np.random.default_rng(seed)
+    out: Dict[str, np.ndarray] = {}
+    for op in module.inputs:
+        value = op.results[0]
+        type = value.type
+        if type.is_float:
+            bounds = _qcast_real_range(value)
+            if bounds is None:
+                array = rng.standard_normal(type.shape)
+            else:
+                low, high = bounds
+                margin = 0.05 * (high - low)
+                array = rng.uniform(low - margin, high + margin, size=type.shape)
+            out[op.attrs["name"]] = array.astype(_F32)
+        else:
+            element = type.element
+            lo, hi = max(element.min, np.iinfo(_I64).min), min(element.max, np.iinfo(_I64).max)
+            out[op.attrs["name"]] = rng.integers(lo, hi, size=type.shape, endpoint=True, dtype=_I64)
+    return out
+
+
+def _qcast_real_range(value: Value):
+    """The union of the real ranges of the quant.qcast ops that read `value` (broadcastable arrays), or None."""
+    low = high = None
+    rank = value.type.rank
+    for user in value.users:
+        if user.name != "quant.qcast":
+            continue
+        qt = user.results[0].type.element
+        if not isinstance(qt, UniformQuantType):
+            continue
+        s = qt.scales_for(rank)
+        z = qt.zero_points_for(rank).astype(np.float64)
+        lo, hi = s * (qt.storage_min - z), s * (qt.storage_max - z)
+        low = lo if low is None else np.minimum(low, lo)
+        high = hi if high is None else np.maximum(high, hi)
+    return None if low is None else (low, high)
+
+
+# =====================================================================================================================
+# Shared helpers: attributes, windows, convolution, matmul
+# =====================================================================================================================
+def _ints_attr(op: Operation, name: str, default: Sequence[int]) -> List[int]:
+    """An `ints` attribute, or `default` when it is absent or empty (ONNX's defaults for pads/strides/dilations)."""
+    value = op.attr(name)
+    if value is None or len(value) == 0:
+        return list(default)
+    return [int(v) for v in value]
+
+
+def _required(op: Operation, name: str):
+    value = op.attr(name)
+    if value is None:
+        raise op_error(InterpretError, op, f"{op.name} needs attribute '{name}'")
+    return value
+
+
+def _axis(axis: int, rank: int, op: Operation) -> int:
+    a = int(axis)
+    if not -rank <= a < max(rank, 1):
+        raise op_error(InterpretError, op, f"axis {a} is out of range for rank {rank}")
+    return a % rank if rank else 0
+
+
+def _axes(op: Operation, rank: int, name: str = "axes") -> List[int]:
+    return sorted({_axis(a, rank, op) for a in (op.attr(name) or [])})
+
+
+def _window_view(xp: np.ndarray, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+                 out: Sequence[int]) -> np.ndarray:
+    """Read-only view [N, C, *out, *kernel] of the sliding windows of a padded [N, C, *spatial] array."""
+    n = len(kernel)
+    st = xp.strides
+    shape = xp.shape[:2] + tuple(out) + tuple(kernel)
+    strides_ = st[:2] + tuple(st[2 + i] * strides[i] for i in range(n)) + tuple(st[2 + i] * dilations[i]
+                                                                               for i in range(n))
+    return as_strided(xp, shape, strides_, writeable=False)
+
+
+def _spatial_pad(pads: Sequence[int], n: int, extra: Sequence[int] = ()) -> List[tuple]:
+    extra = list(extra) or [0] * n
+    return [(0, 0), (0, 0)] + [(pads[i], pads[i + n] + extra[i]) for i in range(n)]
+
+
+def _conv_geometry(op: Operation, x: np.ndarray, kernel_spatial: Sequence[int]):
+    n = x.ndim - 2
+    if n < 1:
+        raise op_error(InterpretError, op, f"{op.name} needs an input of rank >= 3, got rank {x.ndim}")
+    pads = _ints_attr(op, "pads", [0] * (2 * n))
+    strides = _ints_attr(op, "strides", [1] * n)
+    dilations = _ints_attr(op, "dilations", [1] * n)
+    if len(pads) != 2 * n or len(strides) != n or len(dilations) != n or len(kernel_spatial) != n:
+        raise op_error(InterpretError, op, f"{op.name} attributes do not match {n} spatial axes "
+                                           f"(pads {pads}, strides {strides}, dilations {dilations})")
+    if min(pads) < 0 or min(strides) < 1 or min(dilations) < 1:
+        raise op_error(InterpretError, op, f"{op.name} needs pads >= 0 and strides, dilations >= 1")
+    return pads, strides, dilations
+
+
+def conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+            group: int, matmul: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """N-d grouped convolution (NCHW, zero padding) without bias, in x's dtype.
+
+    Depthwise convolutions (one input channel per group) are a loop over kernel taps of whole-tensor
+    multiply-adds; all others are im2col followed by `matmul(cols [g, N*P, Cg*K], weights [g, Cg*K, Mg])`.
+    """
+    N, C = x.shape[:2]
+    M, Cg = w.shape[:2]
+    kernel = w.shape[2:]
+    n = len(kernel)
+    if C != Cg * group or M % group:
+        raise ValueError(f"input has {C} channels, weights {w.shape} with group {group} need {Cg * group} input "
+                         f"channels and a channel count divisible by the group")
+    xp = np.pad(x, _spatial_pad(pads, n)) if any(pads) else x
+    out = [(xp.shape[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(n)]
+    if min(out) < 1:
+        raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
+                         f"{list(xp.shape[2:])}")
+    windows = _window_view(xp, kernel, strides, dilations, out)  # [N, C, *out, *kernel]
+    Mg = M // group
+    if Cg == 1:
+        # depthwise (with channel multiplier Mg): y[:, g*Mg + m] = sum_k x[:, g, k] * w[g*Mg + m, 0, k]
+        y = np.zeros((N, M) + tuple(out), dtype=np.result_type(x, w))
+        wd = w.reshape((M,) + (1,) * n + (-1,))
+        for k, tap in enumerate(np.ndindex(*kernel)):
+            xs = windows[(Ellipsis,) + tap]
+            if Mg > 1:
+                xs = np.repeat(xs, Mg, axis=1)
+            y += xs * wd[..., k]
+        return y
+    P = int(np.prod(out))
+    K = Cg * int(np.prod(kernel))
+    win = windows.reshape((N, group, Cg) + tuple(out) + tuple(kernel))
+    # [N, g, Cg, *out, *k] -> [g, N, *out, Cg, *k]: rows are output positions, columns the patch
+    perm = [1, 0] + list(range(3, 3 + n)) + [2] + list(range(3 + n, 3 + 2 * n))
+    cols = np.ascontiguousarray(win.transpose(perm)).reshape(group, N * P, K)
+    wm = w.reshape(group, Mg, K).transpose(0, 2, 1)
+    y = matmul(cols, wm)  # [g, N*P, Mg]
+    y = y.reshape((group, N) + tuple(out) + (Mg,))
+    y = np.moveaxis(y, -1, 1)  # [g, Mg, N, *out]
+    y = np.moveaxis(y, 2, 0)  # [N, g, Mg, *out]
+    return np.ascontiguousarray(y).reshape((N, M) + tuple(out))
+
+
+def _abs_max(a: np.ndarray) -> int:
+    if a.size == 0:
+        return 0
+    return max(abs(int(a.max())), abs(int(a.min())))
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul of int64 arrays, exactly.
+
+    Uses float64 BLAS when max|a| * max|b| * K < 2^53 (every product and partial sum is then an exactly
+    representable integer whatever the summation order), else numpy's int64 matmul.
+    """
+    a = np.asarray(a, dtype=_I64)
+    b = np.asarray(b, dtype=_I64)
+    k = a.shape[-1] if a.ndim else 1
+    if _abs_max(a) * _abs_max(b) * max(k, 1) < _EXACT_F64_LIMIT:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(_I64)
+    return np.matmul(a, b)
+
+
+def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a.astype(_F32, copy=False), b.astype(_F32, copy=False))
+
+
+def pool_output_size(in_size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1,
+                     ceil_mode: int = 0) -> int:
+    """Pooling output length along one axis, as onnxruntime computes it at run time.
+
+    In ceil mode the last window must start inside the input or its begin padding (onnxruntime drops a window that
+    would start in the end padding; ONNX shape inference may not, so the two can disagree by one).
+    """
+    span = in_size + pad_begin + pad_end - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= in_size + pad_begin:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def _pool_geometry(op: Operation, x: np.ndarray):
+    n = x.ndim - 2
+    if n < 1:
+        raise op_error(InterpretError, op, f"{op.name} needs an input of rank >= 3, got rank {x.ndim}")
+    kernel = [int(k) for k in _required(op, "kernel_shape")]
+    pads = _ints_attr(op, "pads", [0] * (2 * n))
+    strides = _ints_attr(op, "strides", [1] * n)
+    dilations = _ints_attr(op, "dilations", [1] * n) if "dilations" in op.opdef.attrs else [1] * n
+    ceil_mode = int(op.attr("ceil_mode") or 0)
+    if len(kernel) != n or len(pads) != 2 * n or len(strides) != n or len(dilations) != n:
+        raise op_error(InterpretError, op, f"{op.name} attributes do not match {n} spatial axes (kernel_shape "
+                                           f"{kernel}, pads {pads}, strides {strides})")
+    out = [pool_output_size(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[i + n], dilations[i], ceil_mode)
+           for i in range(n)]
+    if min(out) < 1:
+        raise op_error(InterpretError, op, f"{op.name} kernel {kernel} does not fit the input {list(x.shape[2:])}")
+    # the ceil-mode overhang beyond the end padding; its positions never count
+    extra = [max(0, (out[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1
+                 - (x.shape[2 + i] + pads[i] + pads[i + n])) for i in range(n)]
+    return kernel, pads, strides, dilations, out, extra
+
+
+def _pool_max(op: Operation, x: np.ndarray, fill) -> np.ndarray:
+    kernel, pads, strides, dilations, out, extra = _pool_geometry(op, x)
+    n = len(kernel)
+    xp = np.pad(x, _spatial_pad(pads, n, extra), constant_values=fill)
+    windows = _window_view(xp, kernel, strides, dilations, out)
+    return windows.max(axis=tuple(range(-n, 0)))
+
+
+def _pool_sum(op: Operation, x: np.ndarray):
+    """Window sums with zero padding, plus the geometry (for the divisor of an average)."""
+    geometry = _pool_geometry(op, x)
+    kernel, pads, strides, dilations, out, extra = geometry
+    n = len(kernel)
+    xp = np.pad(x, _spatial_pad(pads, n, extra))
+    windows = _window_view(xp, kernel, strides, dilations, out)
+    return windows.sum(axis=tuple(range(-n, 0)), dtype=x.dtype), geometry
+
+
+def _pad_nd(x: np.ndarray, pads: Sequence[int], mode: str, value) -> np.ndarray:
+    """ONNX Pad: pads = begins then ends for every axis; negative pads crop."""
+    r = x.ndim
+    if len(pads) != 2 * r:
+        raise ValueError(f"pads {list(pads)} must have 2 x rank = {2 * r} entries")
+    crop = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[i + r])) for i in range(r))
+    x = x[crop]
+    widths = [(max(0, pads[i]), max(0, pads[i + r])) for i in range(r)]
+    if mode == "constant":
+        return np.pad(x, widths, mode="constant", constant_values=value)
+    if mode == "reflect":
+        for i, (b, e) in enumerate(widths):
+            if (b or e) and max(b, e) >= x.shape[i]:
+                raise ValueError(f"reflect padding {max(b, e)} needs axis {i} longer than {x.shape[i]}")
+    return np.pad(x, widths, mode=mode)
+
+
+def _reshape_target(x: np.ndarray, shape: Sequence[int]) -> List[int]:
+    """Resolve ONNX reshape codes: 0 copies the input dimension, -1 is inferred."""
+    return [x.shape[i] if int(d) == 0 and i < x.ndim else int(d) for i, d in enumerate(shape)]
+
+
+def _flatten(x: np.ndarray, axis: int, op: Operation) -> np.ndarray:
+    a = int(axis)
+    if not -x.ndim <= a <= x.ndim:
+        raise op_error(InterpretError, op, f"axis {a} is out of range for rank {x.ndim}")
+    if a < 0:
+        a += x.ndim
+    lead = int(np.prod(x.shape[:a], dtype=np.int64))
+    return x.reshape(lead, int(np.prod(x.shape[a:], dtype=np.int64)))
+
+
+def _squeeze(x: np.ndarray, op: Operation) -> np.ndarray:
+    axes = op.attr("axes")
+    if not axes:
+        return np.squeeze(x)
+    axes = tuple(_axis(a, x.ndim, op) for a in axes)
+    for a in axes:
+        if x.shape[a] != 1:
+            raise op_error(InterpretError, op, f"cannot squeeze axis {a} of size {x.shape[a]}")
+    return np.squeeze(x, axis=axes)
+
+
+def _unsqueeze(x: np.ndarray, op: Operation) -> np.ndarray:
+    axes = [int(a) for a in _required(op, "axes")]
+    r = x.ndim + len(axes)
+    return np.expand_dims(x, tuple(_axis(a, r, op) for a in axes))
+
+
+def _transpose(x: np.ndarray, op: Operation) -> np.ndarray:
+    perm = op.attr("perm")
+    return np.transpose(x, [int(p) for p in perm] if perm else None)
+
+
+def _concat(args: List[np.ndarray], op: Operation) -> np.ndarray:
+    if not args:
+        raise op_error(InterpretError, op, f"{op.name} needs at least one operand")
+    return np.concatenate(args, axis=_axis(_required(op, "axis"), args[0].ndim, op))
+
+
+def _reduce_axes(op: Operation, x: np.ndarray):
+    axes = _axes(op, x.ndim)
+    return tuple(axes) if axes else None  # empty axes reduce over everything (ONNX noop_with_empty_axes = 0)
+
+
+# =====================================================================================================================
+# qir
+# =====================================================================================================================
+@kernel("qir.input")
+def _qir_input(op, args):
+    return [args[0]]
+
+
+@kernel("qir.output")
+def _qir_output(op, args):
+    return []
+
+
+@kernel("qir.const")
+def _qir_const(op, args):
+    value = np.asarray(_required(op, "value"))
+    type = op.results[0].type
+    if value.shape != type.shape and value.size == type.size:
+        value = value.reshape(type.shape)
+    # a read-only runtime copy/view: nobody downstream may write into the module's constant
+    value = _as_runtime(value, type).view()
+    value.flags.writeable = False
+    return [value]
+
+
+# =====================================================================================================================
+# quant
+# =====================================================================================================================
+def _quant_params(op: Operation, element, rank: int):
+    if not isinstance(element, UniformQuantType):
+        raise op_error(InterpretError, op, f"{op.name} needs a !quant.uniform type, got {element}")
+    if element.is_per_axis and not -rank <= element.axis < rank:
+        raise op_error(InterpretError, op, f"quantization axis {element.axis} is out of range for rank {rank}")
+    scale = element.scales_for(rank).astype(_F32)
+    zero_point = element.zero_points_for(rank)
+    return element, scale, zero_point
+
+
+@kernel("quant.qcast")
+def _quant_qcast(op, args):
+    x = args[0].astype(_F32, copy=False)
+    qt, scale, zero_point = _quant_params(op, op.results[0].type.element, x.ndim)
+    rounding = op.attr("rounding")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scaled = x / scale  # float32 division, as QuantizeLinear and the decomposed Div compute it
+        if rounding == "round_add":
+            q = np.rint(scaled) + zero_point.astype(_F32)
+        elif rounding == "add_round":
+            q = np.rint(scaled + zero_point.astype(_F32))
+        else:
+            raise op_error(InterpretError, op, f"unknown rounding '{rounding}'")
+        q = np.nan_to_num(q, nan=0.0)
+        q = np.clip(q, qt.storage_min, qt.storage_max)
+    return [q.astype(_I64)]
+
+
+@kernel("quant.dcast")
+def _quant_dcast(op, args):
+    q = args[0]
+    _, scale, zero_point = _quant_params(op, op.operands[0].type.element, q.ndim)
+    return [(q - zero_point).astype(_F32) * scale]
+
+
+# =====================================================================================================================
+# onnx (float32)
+# =====================================================================================================================
+@kernel("onnx.Conv")
+def _onnx_conv(op, args):
+    x, w = args[0], args[1]
+    pads, strides, dilations = _conv_geometry(op, x, w.shape[2:])
+    y = conv_nd(x, w, pads, strides, dilations, int(op.attr("group")), _f32_matmul)
+    if len(args) > 2:
+        y = y + args[2].reshape((-1,) + (1,) * (x.ndim - 2))
+    return [y]
+
+
+@kernel("onnx.Gemm")
+def _onnx_gemm(op, args):
+    a, b = args[0], args[1]
+    if op.attr("transA"):
+        a = a.T
+    if op.attr("transB"):
+        b = b.T
+    y = np.matmul(a, b)
+    alpha, beta = _F32(op.attr("alpha")), _F32(op.attr("beta"))
+    if alpha != 1:
+        y = alpha * y
+    if len(args) > 2:
+        y = y + (beta * args[2] if beta != 1 else args[2])
+    return [y]
+
+
+@kernel("onnx.MatMul")
+def _onnx_matmul(op, args):
+    return [np.matmul(args[0], args[1])]
+
+
+def _binary(fn):
+    def k(op, args):
+        with np.errstate(all="ignore"):
+            return [fn(args[0], args[1])]
+
+    return k
+
+
+kernel("onnx.Add")(_binary(np.add))
+kernel("onnx.Sub")(_binary(np.subtract))
+kernel("onnx.Mul")(_binary(np.multiply))
+kernel("onnx.Div")(_binary(np.divide))
+
+
+@kernel("onnx.Relu")
+def _onnx_relu(op, args):
+    return [np.maximum(args[0], _F32(0))]
+
+
+@kernel("onnx.Clip")
+def _onnx_clip(op, args):
+    return [np.minimum(np.maximum(args[0], _F32(op.attr("min"))), _F32(op.attr("max")))]
+
+
+@kernel("onnx.Round")
+def _onnx_round(op, args):
+    return [np.rint(args[0])]
+
+
+# MLAS's logistic: Eigen's rational approximation on the input clamped to [-18, 18], output clamped to [0, 1];
+# the x86 kernels evaluate both Horner chains with fused multiply-adds
+_LOGISTIC_ALPHA = [_F32(c) for c in (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
+                                     8.51377133304701e-03, 2.48287947061529e-01)]
+_LOGISTIC_BETA = [_F32(c) for c in (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
+                                    1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01)]
+
+
+def _fma32(a: np.ndarray, b, c) -> np.ndarray:
+    """float32 a*b + c with one rounding (the float64 product of two float32 values is exact)."""
+    return (a.astype(np.float64) * np.float64(b) + np.float64(c)).astype(_F32)
+
+
+@kernel("onnx.Sigmoid")
+def _onnx_sigmoid(op, args):
+    x = np.clip(args[0], _F32(-18), _F32(18))
+    x2 = x * x
+    p = _fma32(x2, _LOGISTIC_ALPHA[0], _LOGISTIC_ALPHA[1])
+    for c in _LOGISTIC_ALPHA[2:]:
+        p = _fma32(p, x2, c)
+    p = p * x
+    q = _fma32(x2, _LOGISTIC_BETA[0], _LOGISTIC_BETA[1])
+    for c in _LOGISTIC_BETA[2:]:
+        q = _fma32(q, x2, c)
+    return [np.clip(p / q + _F32(0.5), _F32(0), _F32(1))]
+
+
+@kernel("onnx.MaxPool")
+def _onnx_maxpool(op, args):
+    return [_pool_max(op, args[0], -np.inf)]
+
+
+@kernel("onnx.AveragePool")
+def _onnx_averagepool(op, args):
+    x = args[0]
+    sums, (kernel, pads, strides, dilations, out, extra) = _pool_sum(op, x)
+    n = len(kernel)
+    # the divisor is a window sum of a mask: the input only, or the input and its explicit padding
+    # (never the ceil-mode overhang), as onnxruntime counts
+    mask = np.ones((1, 1) + x.shape[2:], dtype=_F32)
+    if op.attr("count_include_pad"):
+        mask = np.pad(mask, _spatial_pad(pads, n), constant_values=1)
+        mask = np.pad(mask, _spatial_pad([0] * (2 * n), n, extra))
+    else:
+        mask = np.pad(mask, _spatial_pad(pads, n, extra))
+    counts = _window_view(mask, kernel, strides, dilations, out).sum(axis=tuple(range(-n, 0)))
+    return [sums / counts]
+
+
+@kernel("onnx.GlobalAveragePool")
+def _onnx_global_average_pool(op, args):
+    x = args[0]
+    return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=_F32)]
+
+
+@kernel("onnx.GlobalMaxPool")
+def _onnx_global_max_pool(op, args):
+    x = args[0]
+    return [x.max(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@kernel("onnx.ReduceMean")
+def _onnx_reduce_mean(op, args):
+    x = args[0]
+    return [np.mean(x, axis=_reduce_axes(op, x), keepdims=bool(op.attr("keepdims")), dtype=_F32)]
+
+
+@kernel("onnx.ReduceSum")
+def _onnx_reduce_sum(op, args):
+    x = args[0]
+    return [np.sum(x, axis=_reduce_axes(op, x), keepdims=bool(op.attr("keepdims")), dtype=_F32)]
+
+
+@kernel("onnx.Flatten")
+def _onnx_flatten(op, args):
+    return [_flatten(args[0], op.attr("axis"), op)]
+
+
+@kernel("onnx.Reshape")
+def _onnx_reshape(op, args):
+    return [args[0].reshape(_reshape_target(args[0], _required(op, "shape")))]
+
+
+@kernel("onnx.Squeeze")
+def _onnx_squeeze(op, args):
+    return [_squeeze(args[0], op)]
+
+
+@kernel("onnx.Unsqueeze")
+def _onnx_unsqueeze(op, args):
+    return [_unsqueeze(args[0], op)]
+
+
+@kernel("onnx.Transpose")
+def _onnx_transpose(op, args):
+    return [_transpose(args[0], op)]
+
+
+@kernel("onnx.Concat")
+def _onnx_concat(op, args):
+    return [_concat(args, op)]
+
+
+@kernel("onnx.Pad")
+def _onnx_pad(op, args):
+    return [_pad_nd(args[0], [int(p) for p in _required(op, "pads")], op.attr("mode"), _F32(op.attr("value")))]
+
+
+@kernel("onnx.BatchNormalization")
+def _onnx_batch_norm(op, args):
+    x, scale, bias, mean, var = args
+    # onnxruntime folds the statistics into one scale and shift, then computes x * scale' + shift'
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    inv_std = _F32(1) / np.sqrt(var + _F32(op.attr("epsilon")))
+    new_scale = scale * inv_std
+    new_bias = bias - mean * new_scale
+    return [x * new_scale.reshape(shape) + new_bias.reshape(shape)]
+
+
+@kernel("onnx.Softmax")
+def _onnx_softmax(op, args):
+    x = args[0]
+    axis = _axis(op.attr("axis"), x.ndim, op)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return [e / e.sum(axis=axis, keepdims=True)]
+
+
+# =====================================================================================================================
+# int (exact int64)
+# =====================================================================================================================
+@kernel("int.conv")
+def _int_conv(op, args):
+    x, w = args[0], args[1]
+    pads, strides, dilations = _conv_geometry(op, x, w.shape[2:])
+    group = int(op.attr("group"))
+    # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^53 float64 is exact, and
+    # converting x and w (not the 9x larger im2col matrix) keeps the whole conv on the BLAS route
+    patch = int(np.prod(w.shape[1:], dtype=np.int64))
+    if _abs_max(x) * _abs_max(w) * max(patch, 1) < _EXACT_F64_LIMIT:
+        y = conv_nd(x.astype(np.float64), w.astype(np.float64), pads, strides, dilations, group, np.matmul)
+        y = y.astype(_I64)
+    else:
+        y = conv_nd(x.astype(_I64, copy=False), w.astype(_I64, copy=False), pads, strides, dilations, group,
+                    np.matmul)
+    if len(args) > 2:
+        y = y + args[2].astype(_I64, copy=False).reshape((-1,) + (1,) * (x.ndim - 2))
+    return [y]
+
+
+@kernel("int.gemm")
+def _int_gemm(op, args):
+    a, b = args[0], args[1]
+    if op.attr("transA"):
+        a = a.T
+    if op.attr("transB"):
+        b = b.T
+    y = exact_int_matmul(a, b)
+    if len(args) > 2:
+        y = y + args[2]
+    return [y]
+
+
+@kernel("int.matmul")
+def _int_matmul(op, args):
+    return [exact_int_matmul(args[0], args[1])]
+
+
+@kernel("int.add")
+def _int_add(op, args):
+    return [np.add(args[0], args[1], dtype=_I64)]
+
+
+@kernel("int.sub")
+def _int_sub(op, args):
+    return [np.subtract(args[0], args[1], dtype=_I64)]
+
+
+@kernel("int.mul")
+def _int_mul(op, args):
+    return [np.multiply(args[0], args[1], dtype=_I64)]
+
+
+@kernel("int.clip")
+def _int_clip(op, args):
+    return [np.clip(args[0], int(_required(op, "min")), int(_required(op, "max")))]
+
+
+def requant_bounds(signed: bool, n_levels: int):
+    """Deeploy RequantShift's output range: -n/2..n/2-1 if signed, else 0..n-1."""
+    return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
+
+
+@kernel("int.requant_shift")
+def _int_requant_shift(op, args):
+    x = args[0].astype(_I64, copy=False)
+    mul = np.asarray(_required(op, "mul")).astype(_I64)
+    add = np.asarray(_required(op, "add")).astype(_I64)
+    div = int(_required(op, "div"))
+    if div < 1:
+        raise op_error(InterpretError, op, f"requant_shift needs div >= 1, got {div}")
+    t = x * mul + add + div // 2
+    if _CHECK_OVERFLOW.get() and t.size:
+        tmin, tmax = int(t.min()), int(t.max())
+        if tmin < _I32_MIN or tmax > _I32_MAX:
+            reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
+            raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
+                                               f"{reach} (limit {limit})")
+    lo, hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
+    return [np.clip(np.floor_divide(t, div), lo, hi)]
+
+
+@kernel("int.reduce_sum")
+def _int_reduce_sum(op, args):
+    x = args[0]
+    return [np.sum(x, axis=_reduce_axes(op, x), keepdims=bool(op.attr("keepdims")), dtype=_I64)]
+
+
+@kernel("int.sumpool")
+def _int_sumpool(op, args):
+    sums, _ = _pool_sum(op, args[0].astype(_I64, copy=False))
+    return [sums]
+
+
+@kernel("int.maxpool")
+def _int_maxpool(op, args):
+    return [_pool_max(op, args[0].astype(_I64, copy=False), np.iinfo(_I64).min)]
+
+
+@kernel("int.pad")
+def _int_pad(op, args):
+    return [_pad_nd(args[0], [int(p) for p in _required(op, "pads")], "constant", int(op.attr("value")))]
+
+
+@kernel("int.reshape")
+def _int_reshape(op, args):
+    return [args[0].reshape(_reshape_target(args[0], _required(op, "shape")))]
+
+
+@kernel("int.flatten")
+def _int_flatten(op, args):
+    return [_flatten(args[0], op.attr("axis"), op)]
+
+
+@kernel("int.transpose")
+def _int_transpose(op, args):
+    return [_transpose(args[0], op)]
+
+
+@kernel("int.squeeze")
+def _int_squeeze(op, args):
+    return [_squeeze(args[0], op)]
+
+
+@kernel("int.unsqueeze")
+def _int_unsqueeze(op, args):
+    return [_unsqueeze(args[0], op)]
+
+
+@kernel("int.concat")
+def _int_concat(op, args):
+    return [_concat(args, op)]
+
+
+def missing_kernels() -> List[str]:
+    """Declared ops without a kernel (empty when the interpreter covers every dialect)."""
+    load_dialects()
+    return sorted(name for name in OPS if name not in KERNELS)
