@@ -6,6 +6,10 @@ its declared storage type (in particular an int32 accumulator).  Zero points are
 makes every correction explicit (bias terms, Pad with the zero point, requant_shift's add).
 """
 from ..ops import bool_, dense, dialect, int_, ints
+from ..shapes import (broadcast_operands, concat_shape, conv_shape, flatten_shape, gemm_shape, int_clip_elements,
+                      int_in_out, int_pad_elements, matmul_shape, pad_shape, pool_shape, reduce_shape,
+                      requant_shift_elements, requant_shift_shape, reshape_shape, same_as_first, squeeze_shape,
+                      transpose_shape, unsqueeze_shape)
 
 INT = dialect("int", "exact integer arithmetic on stored values")
 
@@ -18,32 +22,50 @@ _conv_attrs = {
 }
 
 INT.op("conv", "y = conv(x, w) + b, exact (NCHW; b per output channel).", operands=["x", "w", "b?"],
-       attrs=_conv_attrs, traits=("linear",))
+       attrs=_conv_attrs, traits=("linear",),
+       shape=conv_shape, element=int_in_out)
 INT.op("gemm", "y = a' b' + c, exact (alpha = beta = 1).", operands=["a", "b", "c?"],
-       attrs={"transA": int_(0), "transB": int_(0)}, traits=("linear",))
-INT.op("matmul", "numpy-style matrix product, exact.", operands=["a", "b"], traits=("linear",))
-INT.op("add", "Elementwise a + b with broadcasting.", operands=["a", "b"], traits=("elementwise", "commutative"))
-INT.op("sub", "Elementwise a - b with broadcasting.", operands=["a", "b"], traits=("elementwise",))
-INT.op("mul", "Elementwise a * b with broadcasting.", operands=["a", "b"], traits=("elementwise", "commutative"))
+       attrs={"transA": int_(0), "transB": int_(0)}, traits=("linear",),
+       shape=gemm_shape, element=int_in_out)
+INT.op("matmul", "numpy-style matrix product, exact.", operands=["a", "b"], traits=("linear",),
+       shape=matmul_shape, element=int_in_out)
+INT.op("add", "Elementwise a + b with broadcasting.", operands=["a", "b"], traits=("elementwise", "commutative"),
+       shape=broadcast_operands, element=int_in_out)
+INT.op("sub", "Elementwise a - b with broadcasting.", operands=["a", "b"], traits=("elementwise",),
+       shape=broadcast_operands, element=int_in_out)
+INT.op("mul", "Elementwise a * b with broadcasting.", operands=["a", "b"], traits=("elementwise", "commutative"),
+       shape=broadcast_operands, element=int_in_out)
 INT.op("clip", "min(max(x, min), max).", operands=["x"], attrs={"min": int_(), "max": int_()},
-       traits=("elementwise",))
+       traits=("elementwise",),
+       shape=same_as_first, element=int_clip_elements)
 INT.op("requant_shift", "y = clip(floor((x * mul + add + div / 2) / div), lo, hi) with lo, hi = -n/2, n/2 - 1 if "
        "signed else 0, n - 1 (Deeploy's RequantShift; div = 2^k). mul and add broadcast against x (shaped per "
        "channel [C,1,1] / [C] or per tensor [1]).", operands=["x"],
        attrs={"mul": dense(doc="integer multiplier(s)"), "add": dense(doc="integer offset(s), rounding not included"),
               "div": int_(doc="a power of two"), "signed": bool_(True), "n_levels": int_(256)},
-       traits=("elementwise",))
-INT.op("reduce_sum", "Sum over `axes`, exact.", operands=["x"], attrs={"axes": ints(), "keepdims": int_(1)})
+       traits=("elementwise",),
+       shape=requant_shift_shape, element=requant_shift_elements)
+INT.op("reduce_sum", "Sum over `axes`, exact.", operands=["x"], attrs={"axes": ints(), "keepdims": int_(1)},
+       shape=reduce_shape, element=int_in_out)
 INT.op("sumpool", "Sum over each pooling window (zeros in the padding), exact; an average pool is this followed by "
        "a requant that divides by the count.", operands=["x"],
-       attrs={"kernel_shape": ints(), "pads": ints(), "strides": ints(), "ceil_mode": int_(0)})
+       attrs={"kernel_shape": ints(), "pads": ints(), "strides": ints(), "ceil_mode": int_(0)},
+       shape=pool_shape, element=int_in_out)
 INT.op("maxpool", "Max pooling; padding never wins.", operands=["x"],
-       attrs={"kernel_shape": ints(), "pads": ints(), "strides": ints(), "dilations": ints([]), "ceil_mode": int_(0)})
+       attrs={"kernel_shape": ints(), "pads": ints(), "strides": ints(), "dilations": ints([]), "ceil_mode": int_(0)},
+       shape=pool_shape, element=int_in_out)
 INT.op("pad", "Constant padding with integer `value` (the zero point of a shifted tensor).", operands=["x"],
-       attrs={"pads": ints(), "value": int_(0)}, traits=("shape_only",))
-INT.op("reshape", "Reshape to `shape`.", operands=["x"], attrs={"shape": ints()}, traits=("shape_only",))
-INT.op("flatten", "Reshape to 2-D at `axis`.", operands=["x"], attrs={"axis": int_(1)}, traits=("shape_only",))
-INT.op("transpose", "Permute axes by `perm`.", operands=["x"], attrs={"perm": ints()}, traits=("shape_only",))
-INT.op("squeeze", "Remove size-1 `axes`.", operands=["x"], attrs={"axes": ints()}, traits=("shape_only",))
-INT.op("unsqueeze", "Insert size-1 `axes`.", operands=["x"], attrs={"axes": ints()}, traits=("shape_only",))
-INT.op("concat", "Concatenate along `axis`.", operands=["inputs*"], attrs={"axis": int_()}, traits=("shape_only",))
+       attrs={"pads": ints(), "value": int_(0)}, traits=("shape_only",),
+       shape=pad_shape, element=int_pad_elements)
+INT.op("reshape", "Reshape to `shape`.", operands=["x"], attrs={"shape": ints()}, traits=("shape_only",),
+       shape=reshape_shape, element=int_in_out)
+INT.op("flatten", "Reshape to 2-D at `axis`.", operands=["x"], attrs={"axis": int_(1)}, traits=("shape_only",),
+       shape=flatten_shape, element=int_in_out)
+INT.op("transpose", "Permute axes by `perm`.", operands=["x"], attrs={"perm": ints()}, traits=("shape_only",),
+       shape=transpose_shape, element=int_in_out)
+INT.op("squeeze", "Remove size-1 `axes`.", operands=["x"], attrs={"axes": ints()}, traits=("shape_only",),
+       shape=squeeze_shape, element=int_in_out)
+INT.op("unsqueeze", "Insert size-1 `axes`.", operands=["x"], attrs={"axes": ints()}, traits=("shape_only",),
+       shape=unsqueeze_shape, element=int_in_out)
+INT.op("concat", "Concatenate along `axis`.", operands=["inputs*"], attrs={"axis": int_()}, traits=("shape_only",),
+       shape=concat_shape, element=int_in_out)

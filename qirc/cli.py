@@ -1,0 +1,254 @@
+"""Command-line tools: `qirc` (compile a model) and `qirc-opt` (run passes over textual IR).
+
+Every tool runs through `run_cli`, which turns a user-facing error into ONE line on stderr and an exit code:
+QircError -> 1 (UsageError -> 2), anything else -> "internal error: ..." and 1 (its traceback only with the
+environment variable QIRC_DEBUG=1).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+from typing import Callable, List, NoReturn, Optional, Sequence
+
+from .qir.diagnostics import QircError, UsageError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+# ----- shared helpers --------------------------------------------------------------------------------------------
+def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
+            prog: str = "qirc") -> int:
+    """Run `fn(argv)` and return its exit code; errors become one line on stderr.
+
+    QircError -> its one-line str() and exit 1 (UsageError: `prog: error: ...`, exit 2); an unexpected exception
+    -> `prog: internal error: ...`, exit 1, with the traceback only when QIRC_DEBUG=1.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = fn(args)
+        _flush_stdout()
+        return EXIT_OK if code is None else int(code)
+    except UsageError as e:
+        _print_error(f"{prog}: error: {e}")
+        return EXIT_USAGE
+    except QircError as e:
+        _print_error(str(e))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _print_error(f"{prog}: interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (qirc-opt ... | head): not an error of ours; keep Python from complaining at exit
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as e:  # a bug in qirc: say so on one line, keep the traceback for QIRC_DEBUG
+        if os.environ.get("QIRC_DEBUG") == "1":
+            traceback.print_exc()
+        _print_error(f"{prog}: internal error: {type(e).__name__}: {' '.join(str(e).split())}")
+        return EXIT_ERROR
+
+
+def _print_error(line: str) -> None:
+    try:
+        sys.stderr.write(line.rstrip("\n") + "\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2 through run_cli) instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def read_text_file(path: str) -> str:
+    """The text of `path` ('-' = stdin) as UTF-8; QircError naming the file when it cannot be read."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        name = path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise QircError("no such file", file=path) from None
+        except IsADirectoryError:
+            raise QircError("is a directory, not a file", file=path) from None
+        except OSError as e:
+            raise QircError(f"cannot read: {e.strerror or e}", file=path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise QircError(f"not UTF-8 text (byte 0x{data[e.start]:02x})", file=name, line=line,
+                        column=column) from None
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` all or nothing: a temporary file in the same directory, then os.replace."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".qirc-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise QircError(f"cannot write: {e.strerror or e}", file=path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        try:
+            mode = os.stat(path).st_mode & 0o777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise QircError(f"cannot write: {e.strerror or e}", file=path) from None
+
+
+# ----- qirc-opt --------------------------------------------------------------------------------------------------
+def _opt_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="qirc-opt",
+        description="Parse textual qir, verify it, run a pass pipeline and print the result.",
+        epilog="Example: qirc-opt model.qir -p 'dequant-push,dce' -o lowered.qir")
+    p.add_argument("file", nargs="?", help="input .qir file ('-' for stdin)")
+    p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default="",
+                   help="comma-separated passes, options in braces: 'a,b{k=v,k2=1},c'")
+    p.add_argument("-o", "--output", help="write the result here (atomically) instead of stdout")
+    p.add_argument("--list-passes", action="store_true", help="list the registered passes and their options")
+    p.add_argument("--describe-pass", metavar="NAME", help="print a pass's description (rewrite, precondition)")
+    p.add_argument("--print-ir-before-all", action="store_true", help="dump the IR to stderr before every pass")
+    p.add_argument("--print-ir-after-all", action="store_true", help="dump the IR to stderr after every pass")
+    p.add_argument("--time-passes", action="store_true", help="print seconds per pass to stderr")
+    p.add_argument("--validate-each", action="store_true",
+                   help="interpret the module before and after each pass on random inputs; print the differences")
+    p.add_argument("--validate-seed", type=int, default=0, help="first seed of --validate-each's inputs")
+    p.add_argument("--validate-samples", type=int, default=3, help="input samples per pass for --validate-each")
+    p.add_argument("--elide-constants", action="store_true", help="print large constants as placeholders")
+    p.add_argument("--no-verify", action="store_true", help="do not run the verifier before and between passes")
+    return p
+
+
+def _options_text(cls) -> str:
+    opts = cls.options()
+    if not opts:
+        return ""
+    shown = ", ".join(f"{key}: {typ.__name__} = {(1 if default else 0) if typ is bool else default}"
+                      for key, (typ, default) in opts.items())
+    return f"  {{{shown}}}"
+
+
+def list_passes_text() -> str:
+    """One line per pass: name, summary and its options `{name: type = default, ...}`; then named pipelines."""
+    from .qir.passes import all_passes, all_pipelines
+    passes = all_passes()
+    pipelines = all_pipelines()
+    width = max([len(c.name) for c in passes] + [len(n) for n in pipelines] + [4])
+    lines = ["Passes:"]
+    lines += [f"  {cls.name:<{width}}  {cls.summary()}{_options_text(cls)}" for cls in passes]
+    if pipelines:
+        lines.append("Pipelines:")
+        lines += [f"  {name:<{width}}  {summary} ({text})" for name, (text, summary) in pipelines.items()]
+    return "\n".join(lines) + "\n"
+
+
+def describe_pass_text(name: str) -> str:
+    """A pass's whole docstring (the rewrite and its precondition) and its options."""
+    import inspect
+
+    from .qir.passes import get_pass
+    cls = get_pass(name)
+    lines = [f"{cls.name}: {inspect.getdoc(cls) or ''}"]
+    opts = cls.options()
+    if opts:
+        lines += ["", "Options:"]
+        lines += [f"  {key}: {typ.__name__} = {(1 if d else 0) if typ is bool else d}"
+                  for key, (typ, d) in opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _opt(argv: List[str]) -> int:
+    args = _opt_parser().parse_args(argv)
+    from .qir.passes import PassCrashed, PassManager, parse_pipeline
+
+    if args.list_passes:
+        sys.stdout.write(list_passes_text())
+        return EXIT_OK
+    if args.describe_pass:
+        sys.stdout.write(describe_pass_text(args.describe_pass))
+        return EXIT_OK
+    if args.file is None:
+        raise UsageError("no input file (give FILE.qir, or '-' for stdin)")
+    # a bad pipeline is a usage error: report it before reading anything
+    passes = parse_pipeline(args.pipeline)
+
+    from .qir.parser import parse_module
+    from .qir.printer import print_module
+
+    name = "<stdin>" if args.file == "-" else args.file
+    text = read_text_file(args.file)
+    try:
+        module = parse_module(text, filename=name)
+        manager = PassManager(passes, verify_each=not args.no_verify,
+                              print_ir_before_all=args.print_ir_before_all,
+                              print_ir_after_all=args.print_ir_after_all, time_passes=args.time_passes,
+                              validate_each=args.validate_each, validate_seed=args.validate_seed,
+                              validate_samples=args.validate_samples, out=sys.stderr,
+                              elide_constants=args.elide_constants)
+        manager.run(module)
+    except QircError as e:
+        raise e.with_file(name)
+    except PassCrashed as e:
+        raise PassCrashed(f"{name}: {e}") from e.__cause__
+    result = print_module(module, elide_constants=args.elide_constants)
+    if args.output and args.output != "-":
+        write_text_atomic(args.output, result)
+    else:
+        sys.stdout.write(result)
+    return EXIT_OK
+
+
+def opt_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`qirc-opt FILE.qir -p PIPELINE [-o OUT] ...`; returns the exit code (the console script exits with it)."""
+    return run_cli(_opt, argv, prog="qirc-opt")
+
+
+# ----- qirc ------------------------------------------------------------------------------------------------------
+# PLACEHOLDER for the lead: the `qirc MODEL --target T -o DIR` command replaces this function.
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`qirc` (not written yet): prints its usage and exits 2."""
+    sys.stderr.write("usage: qirc MODEL.onnx --target TARGET -o DIR  (not implemented yet; see qirc-opt)\n")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    # `python -m qirc.cli ARGS` runs qirc-opt (the lead may point this at `main` once `qirc` exists)
+    sys.exit(opt_main())
