@@ -242,13 +242,133 @@ def opt_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # ----- qirc ------------------------------------------------------------------------------------------------------
-# PLACEHOLDER for the lead: the `qirc MODEL --target T -o DIR` command replaces this function.
+_SUBCOMMANDS = ("sim", "zoo", "report")
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(
+        prog="qirc",
+        description="Compile a quantized model (ONNX: decomposed QCDQ, QDQ, QONNX; or .qir) to an integer-only "
+                    "Deeploy graph with bit-exact test vectors.",
+        epilog="Other commands: 'qirc sim FILE --inputs IN.npz -o OUT.npz' runs the integer/fake-quant simulator; "
+               "'qirc zoo list|build' builds the MLPerf Tiny networks; 'qirc report MODEL --target T -o report.html' "
+               "shows per-layer errors. Example: qirc model.onnx --target deeploy-siracusa -o build/model")
+    p.add_argument("model", nargs="?", help="the model: .onnx or .qir")
+    p.add_argument("--target", "-t", help="compile for this target (see --list-targets)")
+    p.add_argument("-o", "--output", help="output directory (with --target) or file (with --emit); default stdout "
+                                          "for --emit")
+    p.add_argument("--emit", choices=("qir", "dot"), help="print the imported model as textual IR or Graphviz dot "
+                                                           "instead of compiling")
+    p.add_argument("--elide-constants", action="store_true", help="with --emit qir: print large constants as "
+                                                                   "placeholders")
+    p.add_argument("--inputs", help="an .npz of float input samples (first axis = sample) for the test vectors")
+    p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=None,
+                   help="extra passes to run after lowering, before legalisation: 'a,b{k=v}'")
+    p.add_argument("--print-ir-after-all", action="store_true", help="dump the IR to stderr after every pass")
+    p.add_argument("--dump-ir", metavar="DIR2", help="write the IR after every pass into DIR2 (one file per pass)")
+    p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
+    return p
+
+
+def _main(argv: List[str]) -> Optional[int]:
+    if argv and argv[0] in _SUBCOMMANDS:
+        return {"sim": _sim, "zoo": _zoo, "report": _report}[argv[0]](argv[1:])
+    args = _main_parser().parse_args(argv)
+    if args.list_targets:
+        from .backends.deeploy.targets import TARGETS
+        for t in TARGETS.values():
+            print(f"{t.name:<20} {t.description}")
+        return None
+    if not args.model:
+        raise UsageError("no model given (qirc MODEL --target T -o DIR, or qirc MODEL --emit qir)")
+    if args.emit and args.target:
+        raise UsageError("--emit and --target exclude each other")
+    if args.emit:
+        from .frontends import load_model
+        module = load_model(args.model)
+        text = _render(module, args.emit, args.elide_constants)
+        if args.output:
+            write_text_atomic(args.output, text)
+        else:
+            sys.stdout.write(text)
+        return None
+    if not args.target:
+        raise UsageError("nothing to do: give --target T -o DIR to compile, or --emit qir to print the IR")
+    if not args.output:
+        raise UsageError("--target needs an output directory: -o DIR")
+    from .driver import compile_model
+    summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
+                            extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
+                            dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed)
+    print(summary)
+    return None
+
+
+def _render(module, fmt: str, elide_constants: bool) -> str:
+    if fmt == "dot":
+        from .qir.dot import print_dot
+        return print_dot(module)
+    from .qir.printer import print_module
+    return print_module(module, elide_constants=elide_constants)
+
+
+def _sim(argv: List[str]) -> Optional[int]:
+    p = _ArgumentParser(prog="qirc sim", description="Run the simulator (the IR interpreter) on a model: any ONNX "
+                        "form qirc imports, qirc's own Deeploy output, or a .qir file. npz arrays are matched to "
+                        "graph inputs and outputs by name, else by order.")
+    p.add_argument("file", help="model: .onnx (quantized ONNX or qirc's network.onnx) or .qir")
+    p.add_argument("--inputs", required=True, help="npz of inputs")
+    p.add_argument("-o", "--output", required=True, help="npz of outputs to write")
+    args = p.parse_args(argv)
+    from .driver import simulate_file
+    simulate_file(args.file, args.inputs, args.output)
+    return None
+
+
+def _zoo(argv: List[str]) -> Optional[int]:
+    p = _ArgumentParser(prog="qirc zoo", description="The MLPerf Tiny networks as Brevitas models "
+                        "(needs the brevitas extra: pip install -e .[brevitas]).")
+    sub = p.add_subparsers(dest="cmd")
+    sub.required = True
+    sub.add_parser("list", help="name, task, input shape, parameters, MACs")
+    b = sub.add_parser("build", help="build, calibrate and export a network; with --target, compile it")
+    b.add_argument("name")
+    b.add_argument("-o", "--output", required=True, help="output directory")
+    b.add_argument("--format", choices=("qcdq", "qdq", "qonnx"), default="qcdq")
+    b.add_argument("--calibrate", metavar="F.npz", help="float calibration samples (default: seeded synthetic "
+                                                        "inputs)")
+    b.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    b.add_argument("--act-bits", type=int, default=8, help="activation bit width")
+    b.add_argument("--target", help="also compile the exported model for this target (into DIR/TARGET)")
+    args = p.parse_args(argv)
+    from . import zoo
+    if args.cmd == "list":
+        rows = zoo.zoo_list()
+        print(f"{'name':<22} {'task':<28} {'input':<14} {'params':>9} {'MACs':>12}")
+        for r in rows:
+            shape = "x".join(map(str, r["input_shape"]))
+            print(f"{r['name']:<22} {r['task']:<28} {shape:<14} {r['params']:>9,} {r['macs']:>12,}")
+        return None
+    path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
+                         per_channel=args.per_channel, act_bits=args.act_bits)
+    print(f"wrote {path}")
+    if args.target:
+        from .driver import compile_model
+        out = os.path.join(args.output, args.target)
+        print(compile_model(str(path), args.target, out))
+    return None
+
+
+def _report(argv: List[str]) -> Optional[int]:
+    raise UsageError("qirc report is not available yet")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`qirc` (not written yet): prints its usage and exits 2."""
-    sys.stderr.write("usage: qirc MODEL.onnx --target TARGET -o DIR  (not implemented yet; see qirc-opt)\n")
-    return EXIT_USAGE
+    """`qirc MODEL --target T -o DIR`, `qirc MODEL --emit qir`, `qirc sim`, `qirc zoo`; returns the exit code."""
+    return run_cli(_main, argv, prog="qirc")
 
 
 if __name__ == "__main__":
-    # `python -m qirc.cli ARGS` runs qirc-opt (the lead may point this at `main` once `qirc` exists)
-    sys.exit(opt_main())
+    sys.exit(main())

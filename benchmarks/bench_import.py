@@ -1,0 +1,68 @@
+"""Time the ONNX import of the corpus models in-process and compare with the targets.
+
+    python benchmarks/bench_import.py [--repeat N] [--profile MODEL]
+
+Targets: ResNet8 split.onnx < 0.15 s, MobileNetV2-VWW split.onnx < 0.8 s (best of N runs, after one warm-up run so
+that module imports are not counted).  Exits 1 when a target is missed.  `--profile ResNet8` prints the top of a
+cProfile of one import instead.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+TARGETS = {("ResNet8", "split.onnx"): 0.15, ("MobileNetV2-VWW", "split.onnx"): 0.8}
+EXTRA = [("ResNet8", "dequant_moved.onnx"), ("MobileNetV2-VWW", "dequant_moved.onnx"), ("DSCNN-S", "split.onnx"),
+         ("Autoencoder", "split.onnx")]
+
+
+def best_time(path: Path, repeat: int) -> tuple:
+    from qirc.frontends.onnx import import_onnx
+    import_onnx(path)  # warm-up: imports numpy/onnx/networkx code paths
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        module = import_onnx(path)
+        times.append(time.perf_counter() - start)
+    return min(times), len(module)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", metavar="MODEL", help="profile one import of MODEL/split.onnx")
+    args = parser.parse_args(argv)
+    if not CORPUS.exists():
+        print(f"corpus not found at {CORPUS}", file=sys.stderr)
+        return 2
+    if args.profile:
+        from qirc.frontends.onnx import import_onnx
+        path = CORPUS / args.profile / "split.onnx"
+        import_onnx(path)
+        profiler = cProfile.Profile()
+        profiler.runcall(import_onnx, path)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        return 0
+    rows, failed = [], False
+    for key in list(TARGETS) + EXTRA:
+        path = CORPUS.joinpath(*key)
+        if not path.exists():
+            continue
+        seconds, n_ops = best_time(path, args.repeat)
+        target = TARGETS.get(key)
+        status = "" if target is None else ("ok" if seconds < target else "SLOW")
+        failed |= status == "SLOW"
+        rows.append((f"{key[0]}/{key[1]}", n_ops, seconds, target, status))
+    print(f"{'model':40} {'ops':>6} {'import s':>9} {'target s':>9}  status")
+    for name, n_ops, seconds, target, status in rows:
+        print(f"{name:40} {n_ops:6d} {seconds:9.3f} {'' if target is None else f'{target:.2f}':>9}  {status}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

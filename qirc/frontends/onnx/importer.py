@@ -1,0 +1,880 @@
+"""ONNX -> quant-level qir: `import_onnx(path_or_model, name=None) -> Module`.
+
+One walk over the topologically sorted graph gives every ONNX tensor an abstract value (see `patterns`); IR ops are
+created when a value is needed as a float or quantized tensor, so quantizer patterns are recognised whole:
+
+    Div(x, s) -> Add(z) -> Round -> Clip(lo, hi)   ->  quant.qcast {rounding = "add_round"}
+    Sub(q, z) -> Mul(s)                             ->  quant.dcast
+    QuantizeLinear [-> Clip] -> DequantizeLinear    ->  quant.qcast {rounding = "round_add"} -> quant.dcast
+    QONNX Quant(x, s, z, bits)                      ->  quant.qcast {rounding = "add_round"} -> quant.dcast
+    any quantizer of a constant                     ->  qir.const of the quantized type (stored integers) -> dcast
+
+Other ops become `onnx.*` ops whose constant inputs are attributes with every ONNX default spelled out.  DeepQuant's
+`dequant_moved` Conv/Gemm, whose weight and bias inputs are the stored integers (Clip outputs) while the activation
+input is still dequantized, becomes `int.conv`/`int.gemm` on the activation's stored integers; see `_linear_int`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ...qir.diagnostics import FrontendError
+from ...qir.ir import Module, Value, const_op, input_op, output_op
+from ...qir.types import TensorType, UniformQuantType, f32, i32
+from . import patterns as P
+from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
+from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
+
+F32 = np.float32
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
+#: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
+FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
+
+State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
+
+
+def import_onnx(path_or_model, name: Optional[str] = None) -> Module:
+    """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module."""
+    model, filename = load_model_proto(path_or_model)
+    index = index_graph(model, filename)
+    if name is None:
+        if isinstance(path_or_model, onnx.ModelProto):
+            name = model.graph.name or "model"
+        else:
+            name = os.path.splitext(os.path.basename(os.fspath(path_or_model)))[0]
+    return OnnxImporter(index, _module_name(name)).run()
+
+
+def _module_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "model"
+    return name if not name[0].isdigit() else "m" + name
+
+
+class OnnxImporter:
+    """Translates one checked graph (`GraphIndex`) into a Module."""
+
+    def __init__(self, index: GraphIndex, name: str):
+        self.g = index
+        self.opset = default_opset(index.model)
+        self.module = Module(name)
+        self.env: Dict[str, State] = {}
+        self.float_memo: Dict[int, Value] = {}  # id(state) -> its float IR value
+        self.node: Optional[onnx.NodeProto] = None  # the node being translated, for diagnostics
+
+    # ----- driver ------------------------------------------------------------------------------------------------
+    def run(self) -> Module:
+        self._check_supported()
+        for vi in self.g.real_inputs:
+            elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+            if elem != onnx.TensorProto.FLOAT:
+                raise FrontendError(f"graph input '{vi.name}' has element type "
+                                    f"{onnx.TensorProto.DataType.Name(elem)}; qirc imports float32 inputs",
+                                    file=self.g.filename)
+            shape = self.g.shapes.get(vi.name)
+            if shape is None:
+                raise FrontendError(f"graph input '{vi.name}' has an unknown or dynamic shape",
+                                    file=self.g.filename)
+            self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
+        for name, array in self.g.initializers.items():
+            self.env[name] = Const(array)
+        for node in self.g.nodes:
+            self.node = node
+            handler = self._handler(node)
+            try:
+                handler(node)
+            except QuantParamError as err:
+                raise self.error(str(err)) from None
+            except (FrontendError, KeyboardInterrupt):
+                raise
+            except Exception as err:  # an input this importer did not foresee: still one located line
+                raise self.error(f"cannot import this node ({type(err).__name__}: {err})") from err
+        self.node = None
+        for name in self.g.output_names:
+            output_op(self.module, name, self._output_value(name))
+        self.module.erase_dead()
+        return self.module
+
+    def _handler(self, node: onnx.NodeProto) -> Callable:
+        if node.domain in QONNX_DOMAINS:
+            return getattr(self, f"_qonnx_{node.op_type}")
+        return getattr(self, f"_op_{node.op_type}")
+
+    def _check_supported(self) -> None:
+        """ONE error listing every unsupported op type with its nodes (fold-only ops count when not constant)."""
+        constant = set(self.g.initializers)
+        unsupported: Dict[str, List[str]] = {}
+        for node in self.g.nodes:
+            if node.domain in QONNX_DOMAINS:
+                ok = hasattr(self, f"_qonnx_{node.op_type}")
+            elif node.domain in DEFAULT_DOMAINS:
+                ok = hasattr(self, f"_op_{node.op_type}")
+                all_const = all(not i or i in constant for i in node.input)
+                if node.op_type == "Constant" or (node.op_type == "Shape") or (ok and all_const):
+                    constant.update(o for o in node.output if o)
+                if node.op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = False
+            else:
+                ok = False
+            if not ok:
+                label = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+                unsupported.setdefault(label, []).append(self.g.label(node))
+        if unsupported:
+            parts = [f"{op} ({', '.join(names)})" for op, names in unsupported.items()]
+            raise FrontendError("unsupported ops: " + ", ".join(parts), file=self.g.filename)
+
+    # ----- diagnostics -------------------------------------------------------------------------------------------
+    def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
+        return self.g.error(message, node if node is not None else self.node)
+
+    @property
+    def loc(self) -> str:
+        return self.g.label(self.node) if self.node is not None else ""
+
+    # ----- reading inputs and attributes ---------------------------------------------------------------------------
+    def state(self, name: str) -> Optional[State]:
+        return self.env.get(name) if name else None
+
+    def inp(self, node: onnx.NodeProto, i: int) -> Optional[str]:
+        return node.input[i] if i < len(node.input) and node.input[i] else None
+
+    def const_input(self, node: onnx.NodeProto, i: int, what: str, required: bool = True) -> Optional[np.ndarray]:
+        name = self.inp(node, i)
+        if name is None:
+            if required:
+                raise self.error(f"{what} (input {i}) is missing")
+            return None
+        s = self.env[name]
+        if isinstance(s, Const):
+            return s.array
+        if isinstance(s, Scaled) and isinstance(self.env[s.x_name], Const):
+            return self._scaled_const(s)
+        raise self.error(f"{what} ('{name}') must be a constant")
+
+    @staticmethod
+    def attrs(node: onnx.NodeProto) -> Dict[str, object]:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        s = self.env.get(name)
+        if isinstance(s, Const):
+            return tuple(s.array.shape)
+        return self.g.shape(name, self.node)
+
+    def out_type(self, node: onnx.NodeProto, i: int = 0) -> TensorType:
+        return TensorType(self.g.shape(node.output[i], node), f32)
+
+    # ----- materialisation ----------------------------------------------------------------------------------------
+    def float_value(self, name: str) -> Value:
+        """The IR float value of tensor `name` (creating qir.const / dcast / float ops as needed)."""
+        s = self.env[name]
+        memo = self.float_memo.get(id(s))
+        if memo is not None:
+            return memo
+        value = self._materialise_float(name, s)
+        self.float_memo[id(s)] = value
+        return value
+
+    def _materialise_float(self, name: str, s: State) -> Value:
+        if isinstance(s, FloatVal):
+            return s.value
+        if isinstance(s, Const):
+            return self.float_const(s.array, name)
+        if isinstance(s, Scaled):
+            if isinstance(self.env[s.x_name], Const):
+                return self.float_const(self._scaled_const(s), name)
+            div_node = s.nodes[0]
+            y = self.create_float("onnx.Div", [self.float_value(s.x_name), self.float_const(s.scale)],
+                                  self.shape(div_node.output[0]), div_node)
+            if s.zero_point is not None:
+                add_node = s.nodes[1]
+                y = self.create_float("onnx.Add", [y, self.float_const(s.zero_point)],
+                                      self.shape(add_node.output[0]), add_node)
+            if s.rounded:
+                round_node = s.nodes[-1]
+                y = self.create_float("onnx.Round", [y], self.shape(round_node.output[0]), round_node)
+            return y
+        if isinstance(s, Quantized):
+            s = IntView(s)
+        if isinstance(s, IntView):
+            return self._dequantize(name, s)
+        raise self.error(f"'{name}' cannot be used as a float tensor")  # pragma: no cover (Accum is never in env)
+
+    def _dequantize(self, name: str, view: IntView) -> Value:
+        """The float value of a*(q - b): a quant.dcast when (a, b) are q's scale and zero point (one per source)."""
+        src = view.src
+        if src.dcast is not None and P.same_params(view.a, src.dcast[0], src.shape) and \
+                P.same_params(view.b, src.dcast[1], src.shape):
+            return src.dcast[2]
+        value = self._new_dequantize(name, view)
+        if value.owner.name == "quant.dcast":
+            src.dcast = (view.a, view.b, value)
+        return value
+
+    def _new_dequantize(self, name: str, view: IntView) -> Value:
+        src = view.src
+        if isinstance(src, Accum):
+            if np.any(view.b != 0):
+                raise self.error(f"the integer accumulator '{name}' is dequantized with a non-zero offset")
+            scale = np.asarray(view.a, np.float64) * src.x_scale
+            qtype = P.make_quant_type(i32, P.INT32_MIN, P.INT32_MAX, scale, np.zeros((), np.int64), src.shape)
+            new_type = TensorType(src.shape, qtype)
+            if src.value.uses and src.value.type != new_type:
+                raise self.error(f"the integer accumulator of '{src.value.owner.loc}' is dequantized with two "
+                                 f"different scales")
+            src.value.type = new_type
+            return self.module.create("quant.dcast", [src.value], [TensorType(src.shape, f32)], {},
+                                      view.loc or self.loc).result
+        scale, zp = P.type_params(src.qtype, len(src.shape))
+        if P.same_params(view.a, scale, src.shape) and P.same_params(view.b, zp, src.shape):
+            return self.module.create("quant.dcast", [self.quant_value(src)], [TensorType(src.shape, f32)], {},
+                                      view.loc or src.loc).result
+        if view.is_raw and src.stored is not None:
+            return self.float_const(src.stored.astype(F32), name)
+        if view.is_raw:
+            raise self.error(f"the stored integers '{name}' of quantizer '{src.loc}' are used as a float tensor "
+                             f"without a dequantizer")
+        raise self.error(f"dequantizer scale {_fmt_param(view.a)} / zero point {_fmt_param(view.b)} do not match "
+                         f"quantizer '{src.loc}' ({src.qtype})")
+
+    def quant_value(self, q: Quantized) -> Value:
+        """The IR value of a quantizer's result (quant.qcast, or qir.const of a quantized constant)."""
+        if q.value is None:
+            t = TensorType(q.shape, q.qtype)
+            if q.stored is not None:
+                q.value = const_op(self.module, q.stored.astype(q.qtype.np_dtype), t, loc=q.loc)
+            else:
+                x = self.float_value(q.source)
+                q.value = self.module.create("quant.qcast", [x], [t], {"rounding": q.rounding}, q.loc).result
+        return q.value
+
+    def float_const(self, array: np.ndarray, name: Optional[str] = None) -> Value:
+        array = np.asarray(array)
+        if array.dtype != F32:
+            array = array.astype(F32)
+        return const_op(self.module, array, TensorType(array.shape, f32), loc=self.loc or (name or ""))
+
+    def create(self, op_name: str, operands: Sequence[Value], result_type: TensorType, attrs=None,
+               node: Optional[onnx.NodeProto] = None) -> Value:
+        loc = self.g.label(node) if node is not None else self.loc
+        return self.module.create(op_name, list(operands), [result_type], attrs or {}, loc).result
+
+    def create_float(self, op_name, operands, shape, node=None, attrs=None) -> Value:
+        return self.create(op_name, operands, TensorType(shape, f32), attrs, node)
+
+    def _scaled_const(self, s: Scaled) -> np.ndarray:
+        x = np.asarray(self.env[s.x_name].array, F32)
+        y = x / s.scale
+        if s.zero_point is not None:
+            y = y + s.zero_point
+        if s.rounded:
+            y = np.rint(y)
+        return y.astype(F32)
+
+    def _output_value(self, name: str) -> Value:
+        s = self.env[name]
+        if isinstance(s, Quantized):
+            return self.quant_value(s)
+        if isinstance(s, IntView) and s.is_raw and isinstance(s.src, Quantized):
+            return self.quant_value(s.src)
+        return self.float_value(name)
+
+    def emit_float_op(self, node: onnx.NodeProto, op_name: str, inputs: Sequence[str], attrs=None) -> None:
+        operands = [self.float_value(n) for n in inputs]
+        self.env[node.output[0]] = FloatVal(self.create(op_name, operands, self.out_type(node), attrs, node))
+
+    def fold_or(self, node: onnx.NodeProto, emit: Callable[[], None]) -> None:
+        """Fold the node when every input is constant, else run `emit`."""
+        arrays = []
+        for name in node.input:
+            s = self.state(name)
+            if name and not isinstance(s, Const):
+                return emit()
+            arrays.append(s.array if name else None)
+        self.env[node.output[0]] = Const(self._fold(node, arrays))
+
+    # ----- constant folding ----------------------------------------------------------------------------------------
+    def _fold(self, node: onnx.NodeProto, arrays: List[Optional[np.ndarray]]) -> np.ndarray:
+        op, a = node.op_type, self.attrs(node)
+        x = arrays[0] if arrays else None
+        if op in ("Add", "Sub", "Mul", "Div"):
+            y = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(op)
+            if y is not None:
+                return y(x, arrays[1]).astype(x.dtype)
+            if np.issubdtype(x.dtype, np.integer):
+                return np.trunc(x / arrays[1]).astype(x.dtype)
+            return (x / arrays[1]).astype(x.dtype)
+        if op == "Round":
+            return np.rint(x)
+        if op == "Relu":
+            return np.maximum(x, 0).astype(x.dtype)
+        if op == "Clip":
+            lo, hi = self._clip_bounds(node)
+            return np.clip(x, lo, hi).astype(x.dtype)
+        if op == "Cast":
+            return x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+        if op == "Reshape":
+            return x.reshape(self.g.shape(node.output[0], node))
+        if op == "Flatten":
+            axis = _norm(a.get("axis", 1), x.ndim)
+            return x.reshape(int(np.prod(x.shape[:axis])), -1)
+        if op in ("Squeeze", "Unsqueeze"):
+            return x.reshape(self.g.shape(node.output[0], node))
+        if op == "Transpose":
+            return np.transpose(x, a.get("perm"))
+        if op == "Concat":
+            return np.concatenate([v for v in arrays if v is not None], axis=a["axis"])
+        if op == "Gather":
+            return np.take(x, arrays[1].astype(np.int64), axis=a.get("axis", 0))
+        if op == "Slice":
+            return self._fold_slice(node, arrays)
+        if op == "Identity":
+            return x
+        if op in ("Expand", "ConstantOfShape", "Range", "Equal", "Where"):
+            return self._fold_misc(op, a, arrays)
+        raise self.error(f"cannot fold constant {op}")
+
+    def _fold_slice(self, node, arrays) -> np.ndarray:
+        x = arrays[0]
+        a = self.attrs(node)
+        if self.opset < 10:
+            starts, ends, axes = a["starts"], a["ends"], a.get("axes")
+            steps = None
+        else:
+            starts, ends = arrays[1], arrays[2]
+            axes = arrays[3] if len(arrays) > 3 and arrays[3] is not None else None
+            steps = arrays[4] if len(arrays) > 4 and arrays[4] is not None else None
+        axes = list(range(len(starts))) if axes is None else [_norm(int(v), x.ndim) for v in axes]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+        index = [slice(None)] * x.ndim
+        for ax, s, e, st in zip(axes, starts, ends, steps):
+            index[ax] = slice(int(s), int(max(min(e, 2 ** 62), -2 ** 62)), st)
+        return x[tuple(index)]
+
+    def _fold_misc(self, op, a, arrays) -> np.ndarray:
+        x = arrays[0]
+        if op == "Expand":
+            return x * np.ones(tuple(int(d) for d in arrays[1]), dtype=x.dtype)
+        if op == "ConstantOfShape":
+            value = numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else np.float32(0)
+            return np.full(tuple(int(d) for d in x), value)
+        if op == "Range":
+            return np.arange(x, arrays[1], arrays[2]).astype(x.dtype)
+        if op == "Equal":
+            return np.equal(x, arrays[1])
+        return np.where(x, arrays[1], arrays[2])
+
+    # ----- structural and constant ops -----------------------------------------------------------------------------
+    def _op_Constant(self, node):
+        a = self.attrs(node)
+        if "value" in a:
+            array = numpy_helper.to_array(a["value"])
+        elif "value_float" in a:
+            array = np.array(a["value_float"], F32)
+        elif "value_floats" in a:
+            array = np.array(a["value_floats"], F32)
+        elif "value_int" in a:
+            array = np.array(a["value_int"], np.int64)
+        elif "value_ints" in a:
+            array = np.array(a["value_ints"], np.int64)
+        else:
+            raise self.error(f"Constant with attribute(s) {sorted(a)} is not supported")
+        self.env[node.output[0]] = Const(array)
+
+    def _op_Identity(self, node):
+        self.env[node.output[0]] = self.env[node.input[0]]
+
+    def _op_Dropout(self, node):
+        if len(node.output) > 1 and node.output[1] and self.g.consumers.get(node.output[1]):
+            raise self.error("the mask output of Dropout is used; only inference Dropout (identity) is supported")
+        self.env[node.output[0]] = self.env[node.input[0]]
+
+    def _op_Cast(self, node):
+        to = self.attrs(node)["to"]
+        s = self.env[node.input[0]]
+        if isinstance(s, Const):
+            self.env[node.output[0]] = Const(s.array.astype(helper.tensor_dtype_to_np_dtype(to)))
+        elif to == onnx.TensorProto.FLOAT and isinstance(s, (FloatVal, Scaled)):
+            self.env[node.output[0]] = s
+        elif isinstance(s, (Quantized, IntView)) and to != onnx.TensorProto.FLOAT and \
+                (isinstance(s, Quantized) or s.is_raw):
+            self.env[node.output[0]] = s  # the stored integers, now in an integer ONNX type
+        else:
+            raise self.error(f"Cast of a non-constant tensor to {onnx.TensorProto.DataType.Name(to)} is not "
+                             f"supported")
+
+    def _op_Shape(self, node):
+        shape = np.array(self.shape(node.input[0]), np.int64)
+        a = self.attrs(node)
+        start, end = a.get("start", 0), a.get("end", None)
+        self.env[node.output[0]] = Const(shape[start:end])
+
+    def _fold_only(self, node):
+        def refuse():
+            raise self.error(f"{node.op_type} of a non-constant tensor is not supported")
+        self.fold_or(node, refuse)
+
+    _op_Gather = _op_Slice = _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _op_Expand = _fold_only
+
+    # ----- decomposed quantizer steps ------------------------------------------------------------------------------
+    def _op_Div(self, node):
+        x, d = self.state(node.input[0]), self.state(node.input[1])
+        if isinstance(d, Const) and np.issubdtype(d.array.dtype, np.floating) and \
+                not (isinstance(x, Const) and not np.issubdtype(x.array.dtype, np.floating)):
+            self.env[node.output[0]] = Scaled(node.input[0], np.asarray(d.array, F32), None, False, (node,))
+            return
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Div", node.input[:2]))
+
+    def _op_Add(self, node):
+        a, b = self.state(node.input[0]), self.state(node.input[1])
+        for s, other in ((a, b), (b, a)):
+            if isinstance(s, Scaled) and s.zero_point is None and not s.rounded and isinstance(other, Const):
+                zp = np.asarray(other.array, F32)
+                self.env[node.output[0]] = Scaled(s.x_name, s.scale, zp, False, s.nodes + (node,))
+                return
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Add", node.input[:2]))
+
+    def _op_Round(self, node):
+        s = self.state(node.input[0])
+        if isinstance(s, Scaled) and not s.rounded:
+            self.env[node.output[0]] = Scaled(s.x_name, s.scale, s.zero_point, True, s.nodes + (node,))
+            return
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Round", node.input[:1]))
+
+    def _clip_bounds(self, node) -> Tuple[float, float]:
+        if self.opset < 11:
+            a = self.attrs(node)
+            return float(a.get("min", -np.inf)), float(a.get("max", np.inf))
+        lo = self.const_input(node, 1, "Clip min", required=False)
+        hi = self.const_input(node, 2, "Clip max", required=False)
+        return (-np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0]),
+                np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0]))
+
+    def _op_Clip(self, node):
+        s = self.state(node.input[0])
+        lo, hi = self._clip_bounds(node)
+        if isinstance(s, Const):
+            bounds = None
+            if np.issubdtype(s.array.dtype, np.integer):
+                old = s.bounds or (-np.inf, np.inf)
+                bounds = (max(old[0], lo), min(old[1], hi))
+            self.env[node.output[0]] = Const(self._fold(node, [s.array]), bounds)
+            return
+        if isinstance(s, Scaled) and s.rounded:
+            self.env[node.output[0]] = self._decomposed_quantizer(node, s, lo, hi)
+        elif isinstance(s, Quantized) or (isinstance(s, IntView) and s.is_raw and isinstance(s.src, Quantized)):
+            q = s if isinstance(s, Quantized) else s.src
+            self.env[node.output[0]] = self._narrow(q, lo, hi)
+        else:
+            self.emit_float_op(node, "onnx.Clip", node.input[:1], {"min": lo, "max": hi})
+
+    def _decomposed_quantizer(self, clip_node, s: Scaled, lo: float, hi: float) -> Quantized:
+        storage, lo_i, hi_i = P.storage_for_range(lo, hi)
+        div_node = s.nodes[0]
+        add_node = s.nodes[1] if s.zero_point is not None else div_node
+        try:
+            scale = P.check_scale(s.scale)
+        except QuantParamError as err:
+            raise self.error(str(err), div_node) from None
+        try:
+            zp = P.check_zero_point(np.zeros((), F32) if s.zero_point is None else s.zero_point, lo_i, hi_i)
+        except QuantParamError as err:
+            raise self.error(str(err), add_node) from None
+        shape = self.shape(s.x_name)
+        try:
+            qtype = P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape)
+        except QuantParamError as err:
+            raise self.error(str(err), div_node) from None
+        return self._quantizer(s.x_name, qtype, ADD_ROUND, shape, self.g.label(clip_node))
+
+    def _quantizer(self, x_name: str, qtype: UniformQuantType, rounding: str, shape, loc: str) -> Quantized:
+        x = self.env[x_name]
+        if isinstance(x, Const):
+            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding))
+        return Quantized(qtype, shape, loc, rounding, source=x_name)
+
+    def _narrow(self, q: Quantized, lo: float, hi: float) -> Quantized:
+        qtype = P.narrowed(q.qtype, lo, hi)
+        stored = None if q.stored is None else np.clip(q.stored, qtype.storage_min, qtype.storage_max)
+        return Quantized(qtype, q.shape, self.loc, q.rounding, q.source, stored)
+
+    # ----- decomposed dequantizer steps ----------------------------------------------------------------------------
+    def _view(self, s: State) -> Optional[IntView]:
+        if isinstance(s, Quantized):
+            return IntView(s)
+        if isinstance(s, IntView):
+            return s
+        return None
+
+    def _op_Sub(self, node):
+        view, c = self._view(self.state(node.input[0])), self.state(node.input[1])
+        if view is not None and isinstance(c, Const):
+            c = np.asarray(c.array, F32)
+            if np.all(view.a == 1) or not np.any(c):
+                self.env[node.output[0]] = IntView(view.src, view.a, view.b + c / view.a, self.loc)
+                return
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Sub", node.input[:2]))
+
+    def _op_Mul(self, node):
+        a, b = self.state(node.input[0]), self.state(node.input[1])
+        for s, other in ((a, b), (b, a)):
+            view = self._view(s)
+            if view is not None and isinstance(other, Const):
+                self.env[node.output[0]] = IntView(view.src, view.a * np.asarray(other.array, F32), view.b, self.loc)
+                return
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Mul", node.input[:2]))
+
+    # ----- QDQ ------------------------------------------------------------------------------------------------------
+    def _qdq_axis(self, node, shape) -> int:
+        axis = self.attrs(node).get("axis", 1)
+        if not -len(shape) <= axis < max(len(shape), 1):
+            raise self.error(f"axis {axis} is out of range for a tensor of rank {len(shape)}")
+        return axis + len(shape) if axis < 0 else axis
+
+    def _qdq_params(self, node, shape):
+        a = self.attrs(node)
+        if a.get("block_size", 0):
+            raise self.error("blocked quantization (block_size) is not supported")
+        scale = P.check_scale(self.const_input(node, 1, "the scale"))
+        zp = self.const_input(node, 2, "the zero point", required=False)
+        if scale.ndim > 1:
+            raise self.error(f"the scale has rank {scale.ndim}; QuantizeLinear/DequantizeLinear take a scalar or "
+                             f"1-D scale")
+        axis = self._qdq_axis(node, shape) if scale.size > 1 or scale.ndim == 1 and scale.size > 1 else None
+        return scale, zp, axis
+
+    def _op_QuantizeLinear(self, node):
+        shape = self.shape(node.input[0])
+        scale, zp, axis = self._qdq_params(node, shape)
+        if zp is not None:
+            storage = P.storage_for_dtype(zp.dtype)
+        else:
+            to = self.attrs(node).get("output_dtype", onnx.TensorProto.UINT8)
+            storage = P.storage_for_dtype(helper.tensor_dtype_to_np_dtype(to))
+            zp = np.zeros((), storage.np_dtype)
+        zp = P.check_zero_point(zp, storage.min, storage.max)
+        qtype = P.make_quant_type(storage, storage.min, storage.max, scale, zp, shape, axis)
+        self.env[node.output[0]] = self._quantizer(node.input[0], qtype, ROUND_ADD, shape, self.loc)
+
+    def _op_DequantizeLinear(self, node):
+        s = self.env[node.input[0]]
+        shape = self.shape(node.input[0])
+        scale, zp, axis = self._qdq_params(node, shape)
+        if isinstance(s, Const):
+            if not np.issubdtype(s.array.dtype, np.integer):
+                raise self.error(f"DequantizeLinear of a {s.array.dtype} constant")
+            storage = P.storage_for_dtype(s.array.dtype)
+            lo, hi = storage.min, storage.max
+            if s.bounds is not None:
+                lo, hi = max(lo, int(np.ceil(s.bounds[0]))), min(hi, int(np.floor(s.bounds[1])))
+            zp = P.check_zero_point(np.zeros((), np.int64) if zp is None else zp, lo, hi)
+            qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
+            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array.astype(np.int64))
+        view = self._view(s)
+        if view is None or not view.is_raw or not isinstance(view.src, Quantized):
+            raise self.error(f"DequantizeLinear input '{node.input[0]}' is not the output of a quantizer")
+        q = view.src
+        zp_arr = np.zeros((), np.int64) if zp is None else zp
+        P.check_zero_point(zp_arr, q.qtype.storage_min, q.qtype.storage_max)
+        rank = len(shape)
+        bshape = [1] * rank
+        if axis is not None:
+            bshape[axis] = -1
+        a = scale.reshape(bshape) if axis is not None else scale.reshape(())
+        b = zp_arr.astype(F32).reshape(bshape) if (axis is not None and zp_arr.size > 1) else \
+            zp_arr.astype(F32).reshape(())
+        self.env[node.output[0]] = IntView(q, a, b, self.loc)
+
+    # ----- QONNX ----------------------------------------------------------------------------------------------------
+    def _qonnx_Quant(self, node):
+        a = self.attrs(node)
+        mode = a.get("rounding_mode", b"ROUND")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode.upper() not in ("ROUND", "HALF_EVEN"):
+            raise self.error(f"QONNX Quant rounding_mode '{mode}' is not supported (only ROUND)")
+        shape = self.shape(node.input[0])
+        scale = P.check_scale(self.const_input(node, 1, "the scale"))
+        zp = self.const_input(node, 2, "the zero point")
+        bits = self.const_input(node, 3, "the bit width")
+        if np.asarray(bits).size != 1:
+            raise self.error("a per-channel bit width is not supported")
+        lo, hi = P.qonnx_range(float(np.asarray(bits).reshape(-1)[0]), bool(a.get("signed", 1)),
+                               bool(a.get("narrow", 0)))
+        storage, lo, hi = P.storage_for_range(lo, hi)
+        zp_i = P.check_zero_point(zp, lo, hi)
+        qtype = P.make_quant_type(storage, lo, hi, scale, zp_i, shape)
+        q = self._quantizer(node.input[0], qtype, ADD_ROUND, shape, self.loc)
+        self.env[node.output[0]] = IntView(q, scale, np.asarray(zp, F32), self.loc)
+
+    # ----- float ops -------------------------------------------------------------------------------------------------
+    def _unary(op_name):
+        def handler(self, node):
+            self.fold_or(node, lambda: self.emit_float_op(node, op_name, node.input[:1]))
+        return handler
+
+    _op_Relu = _unary("onnx.Relu")
+    _op_Sigmoid = _unary("onnx.Sigmoid")
+    _op_GlobalAveragePool = _unary("onnx.GlobalAveragePool")
+    _op_GlobalMaxPool = _unary("onnx.GlobalMaxPool")
+
+    def _op_MatMul(self, node):
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.MatMul", node.input[:2]))
+
+    def _conv_attrs(self, node, x_shape, w_shape, out_shape) -> Dict[str, object]:
+        a = self.attrs(node)
+        n = len(x_shape) - 2
+        kernel = list(a.get("kernel_shape", w_shape[2:]))
+        strides = list(a.get("strides", [1] * n))
+        dilations = list(a.get("dilations", [1] * n))
+        pads = self._explicit_pads(a, x_shape, out_shape, kernel, strides, dilations)
+        return {"kernel_shape": kernel, "pads": pads, "strides": strides, "dilations": dilations,
+                "group": int(a.get("group", 1))}
+
+    def _explicit_pads(self, a, x_shape, out_shape, kernel, strides, dilations) -> List[int]:
+        n = len(kernel)
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("NOTSET", ""):
+            return [int(p) for p in a.get("pads", [0] * (2 * n))]
+        if auto == "VALID":
+            return [0] * (2 * n)
+        if auto not in ("SAME_UPPER", "SAME_LOWER"):
+            raise self.error(f"auto_pad '{auto}' is not supported")
+        begins, ends = [], []
+        for i in range(n):
+            total = max(0, (out_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x_shape[2 + i])
+            small, big = total // 2, total - total // 2
+            begins.append(small if auto == "SAME_UPPER" else big)
+            ends.append(big if auto == "SAME_UPPER" else small)
+        return begins + ends
+
+    def _op_Conv(self, node):
+        x_shape, w_shape = self.shape(node.input[0]), self.shape(node.input[1])
+        attrs = self._conv_attrs(node, x_shape, w_shape, self.g.shape(node.output[0], node))
+        if self._linear_int(node, "int.conv", attrs):
+            return
+        self.emit_float_op(node, "onnx.Conv", [n for n in node.input if n], attrs)
+
+    def _op_Gemm(self, node):
+        a = self.attrs(node)
+        attrs = {"alpha": float(a.get("alpha", 1.0)), "beta": float(a.get("beta", 1.0)),
+                 "transA": int(a.get("transA", 0)), "transB": int(a.get("transB", 0))}
+        if attrs["alpha"] == 1.0 and attrs["beta"] == 1.0 and attrs["transA"] == 0 and \
+                self._linear_int(node, "int.gemm", {"transA": 0, "transB": attrs["transB"]}):
+            return
+        self.emit_float_op(node, "onnx.Gemm", [n for n in node.input if n], attrs)
+
+    def _linear_int(self, node, op_name: str, attrs) -> bool:
+        """DeepQuant `dequant_moved`: Conv/Gemm(x_float, W_int, B_int) where W and B are stored integers.
+
+        The file computes y = conv(s_x * q_x, q_w) + q_b = s_x * (conv(q_x, q_w) + q_b / s_x) (x's zero point is 0),
+        so y is the integer `int.conv(q_x, q_w, round(q_b / s_x))` at scale s_x; the Sub -> Mul that follows in the
+        file multiplies that scale by its constant (see `_dequantize`).  q_b / s_x is an integer whenever 1 / s_x is
+        (s_x = 2^-k); otherwise rounding it moves y by at most s_x / 2, far below one output step.
+        """
+        w = self._view(self.state(node.input[1]))
+        if w is None or not w.is_raw or not isinstance(w.src, Quantized) or w.src.stored is None:
+            return False
+        b_name = self.inp(node, 2)
+        b = self._view(self.state(b_name)) if b_name else None
+        if b_name and (b is None or not b.is_raw or not isinstance(b.src, Quantized) or b.src.stored is None):
+            return False
+        x = self.float_value(node.input[0])
+        if x.owner.name != "quant.dcast":
+            return False
+        q_x = x.owner.operands[0]
+        qt = q_x.type.quant
+        if qt.is_per_axis or qt.zero_point != 0:
+            raise self.error(f"{node.op_type} on stored integer weights needs a per-tensor input quantizer with zero "
+                             f"point 0, got {qt}")
+        operands = [q_x, self.quant_value(w.src)]
+        if b is not None:
+            bias = np.rint(b.src.stored.astype(np.float64) / float(np.float32(qt.scale)))
+            if np.any(np.abs(bias) > P.INT32_MAX):
+                raise self.error(f"bias / input scale does not fit int32 (max |value| {np.abs(bias).max():.3g})")
+            operands.append(const_op(self.module, bias.astype(np.int32), TensorType(bias.shape, i32), loc=self.loc))
+        shape = self.g.shape(node.output[0], node)
+        placeholder = TensorType(shape, UniformQuantType.per_tensor(i32, qt.scale, 0))
+        acc = self.create(op_name, operands, placeholder, attrs, node)
+        self.env[node.output[0]] = IntView(Accum(acc, qt.scale, shape))
+        return True
+
+    def _pool_attrs(self, node, with_dilations: bool) -> Dict[str, object]:
+        a = self.attrs(node)
+        x_shape = self.shape(node.input[0])
+        kernel = list(a["kernel_shape"])
+        n = len(kernel)
+        strides = list(a.get("strides", [1] * n))
+        dilations = list(a.get("dilations", [1] * n))
+        attrs = {"kernel_shape": kernel,
+                 "pads": self._explicit_pads(a, x_shape, self.g.shape(node.output[0], node), kernel, strides,
+                                             dilations),
+                 "strides": strides, "ceil_mode": int(a.get("ceil_mode", 0))}
+        if with_dilations:
+            attrs["dilations"] = dilations
+        elif any(d != 1 for d in dilations):
+            raise self.error("AveragePool with dilations is not supported")
+        return attrs
+
+    def _op_MaxPool(self, node):
+        a = self.attrs(node)
+        if len(node.output) > 1 and node.output[1] and self.g.consumers.get(node.output[1]):
+            raise self.error("the Indices output of MaxPool is not supported")
+        if a.get("storage_order", 0):
+            raise self.error("MaxPool storage_order=1 is not supported")
+        self.emit_float_op(node, "onnx.MaxPool", node.input[:1], self._pool_attrs(node, True))
+
+    def _op_AveragePool(self, node):
+        attrs = self._pool_attrs(node, False)
+        attrs["count_include_pad"] = int(self.attrs(node).get("count_include_pad", 0))
+        self.emit_float_op(node, "onnx.AveragePool", node.input[:1], attrs)
+
+    def _reduce(self, node, op_name: str, axes_input_from: int):
+        a = self.attrs(node)
+        rank = len(self.shape(node.input[0]))
+        if self.opset >= axes_input_from:
+            axes = self.const_input(node, 1, "axes", required=False)
+            axes = None if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+        else:
+            axes = a.get("axes")
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                self.env[node.output[0]] = self.env[node.input[0]]
+                return
+            axes = list(range(rank))
+        axes = sorted(_norm(ax, rank) for ax in axes)
+        self.emit_float_op(node, op_name, node.input[:1], {"axes": axes, "keepdims": int(a.get("keepdims", 1))})
+
+    def _op_ReduceMean(self, node):
+        self._reduce(node, "onnx.ReduceMean", 18)
+
+    def _op_ReduceSum(self, node):
+        self._reduce(node, "onnx.ReduceSum", 13)
+
+    def _op_Flatten(self, node):
+        rank = len(self.shape(node.input[0]))
+        axis = _norm(self.attrs(node).get("axis", 1), rank)
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Flatten", node.input[:1], {"axis": axis}))
+
+    def _op_Reshape(self, node):
+        shape = list(self.g.shape(node.output[0], node))
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Reshape", node.input[:1], {"shape": shape}))
+
+    def _squeeze_axes(self, node, rank: int) -> List[int]:
+        if self.opset >= 13:
+            axes = self.const_input(node, 1, "axes", required=False)
+            axes = None if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+        else:
+            axes = self.attrs(node).get("axes")
+        if axes is None:
+            if node.op_type == "Unsqueeze":
+                raise self.error("Unsqueeze without axes")
+            axes = [i for i, d in enumerate(self.shape(node.input[0])) if d == 1]
+        return sorted(_norm(ax, rank) for ax in axes)
+
+    def _op_Squeeze(self, node):
+        self.fold_or(node, lambda: self.emit_float_op(
+            node, "onnx.Squeeze", node.input[:1],
+            {"axes": self._squeeze_axes(node, len(self.shape(node.input[0])))}))
+
+    def _op_Unsqueeze(self, node):
+        self.fold_or(node, lambda: self.emit_float_op(
+            node, "onnx.Unsqueeze", node.input[:1],
+            {"axes": self._squeeze_axes(node, len(self.g.shape(node.output[0], node)))}))
+
+    def _op_Transpose(self, node):
+        rank = len(self.shape(node.input[0]))
+        perm = [int(p) for p in self.attrs(node).get("perm", list(range(rank))[::-1])]
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Transpose", node.input[:1], {"perm": perm}))
+
+    def _op_Concat(self, node):
+        rank = len(self.g.shape(node.output[0], node))
+        axis = _norm(self.attrs(node)["axis"], rank)
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Concat", [n for n in node.input if n],
+                                                      {"axis": axis}))
+
+    def _op_Pad(self, node):
+        a = self.attrs(node)
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode not in ("constant", "edge", "reflect"):
+            raise self.error(f"Pad mode '{mode}' is not supported")
+        rank = len(self.shape(node.input[0]))
+        if self.opset < 11:
+            pads, value = list(a["pads"]), float(a.get("value", 0.0))
+        else:
+            pads = [int(p) for p in np.asarray(self.const_input(node, 1, "pads")).reshape(-1)]
+            v = self.const_input(node, 2, "constant_value", required=False)
+            value = 0.0 if v is None or np.asarray(v).size == 0 else float(np.asarray(v).reshape(-1)[0])
+            axes = self.const_input(node, 3, "axes", required=False)
+            if axes is not None:
+                axes = [_norm(int(ax), rank) for ax in np.asarray(axes).reshape(-1)]
+                full = [0] * (2 * rank)
+                for k, ax in enumerate(axes):
+                    full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
+                pads = full
+        if len(pads) != 2 * rank:
+            raise self.error(f"Pad has {len(pads)} pads for a tensor of rank {rank}")
+        self.emit_float_op(node, "onnx.Pad", node.input[:1], {"pads": pads, "mode": mode, "value": value})
+
+    def _op_Softmax(self, node):
+        rank = len(self.shape(node.input[0]))
+        axis = _norm(self.attrs(node).get("axis", -1 if self.opset >= 13 else 1), rank)
+        if self.opset < 13 and axis != rank - 1:
+            raise self.error(f"Softmax-{self.opset} over axes {axis}..{rank - 1} (coerced to 2-D) is not supported")
+        self.emit_float_op(node, "onnx.Softmax", node.input[:1], {"axis": axis})
+
+    def _op_BatchNormalization(self, node):
+        a = self.attrs(node)
+        if a.get("training_mode", 0) or any(o and self.g.consumers.get(o) for o in node.output[1:]):
+            raise self.error("training-mode BatchNormalization is not supported")
+        eps = float(a.get("epsilon", 1e-5))
+        params = [np.asarray(self.const_input(node, i, what), np.float64)
+                  for i, what in ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance"))]
+        if self._fold_batchnorm(node, eps, *params):
+            return
+        operands = [self.float_value(node.input[0])] + [self.float_const(p.astype(F32)) for p in params]
+        self.env[node.output[0]] = FloatVal(self.create("onnx.BatchNormalization", operands, self.out_type(node),
+                                                        {"epsilon": eps}, node))
+
+    def _fold_batchnorm(self, node, eps, gamma, beta, mean, var) -> bool:
+        """Fold into the producing onnx.Conv when its weights (and bias) are float constants used only there."""
+        s = self.state(node.input[0])
+        if not isinstance(s, FloatVal) or s.value.owner.name != "onnx.Conv":
+            return False
+        conv = s.value.owner
+        if len(self.g.consumers.get(node.input[0], [])) != 1 or node.input[0] in self.g.output_names:
+            return False
+        w_op = conv.operands[1].owner
+        b_op = conv.operands[2].owner if len(conv.operands) > 2 else None
+        if w_op.name != "qir.const" or not w_op.results[0].type.is_float or len(conv.operands[1].uses) != 1:
+            return False
+        if b_op is not None and (b_op.name != "qir.const" or not b_op.results[0].type.is_float):
+            return False
+        w = np.asarray(w_op.attrs["value"], np.float64)
+        bias = np.zeros(w.shape[0]) if b_op is None else np.asarray(b_op.attrs["value"], np.float64)
+        factor = gamma / np.sqrt(var + eps)
+        new_w = (w * factor.reshape((-1,) + (1,) * (w.ndim - 1))).astype(F32)
+        new_b = ((bias - mean) * factor + beta).astype(F32)
+        self.module.set_operand(conv, 1, self.float_const(new_w))
+        if b_op is None:
+            self.module.set_operands(conv, list(conv.operands) + [self.float_const(new_b)])
+        else:
+            self.module.set_operand(conv, 2, self.float_const(new_b))
+        self.env[node.output[0]] = s
+        return True
+
+
+def _norm(axis: int, rank: int) -> int:
+    return int(axis) + rank if int(axis) < 0 else int(axis)
+
+
+def _fmt_param(a: np.ndarray) -> str:
+    a = np.asarray(a).reshape(-1)
+    if a.size == 1:
+        return repr(float(a[0]))
+    return "[" + ", ".join(repr(float(v)) for v in a[:4]) + (", ...]" if a.size > 4 else "]")

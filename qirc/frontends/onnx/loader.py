@@ -1,0 +1,290 @@
+"""Reading an ONNX file safely and checking the graph before anything is translated.
+
+`load_model_proto` turns a path or a ModelProto into a ModelProto with its external data loaded, refusing files that
+are not ONNX, external data that points outside the model's folder, and opsets older than 7.  `GraphIndex` checks the
+graph itself (duplicate tensor names, dangling inputs, cycles), orders its nodes topologically and types every value
+with one `onnx.shape_inference` pass.  Every problem is a one-line `FrontendError` naming the file and, where there is
+one, the node.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ...qir.diagnostics import FrontendError
+
+MIN_OPSET = 7
+DEFAULT_DOMAINS = ("", "ai.onnx")
+#: Custom-domain ops whose output has the shape of their first input; shape inference sees them as Identity.
+SHAPE_PRESERVING_CUSTOM_OPS = ("Quant", "BipolarQuant", "Trunc")
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """The name diagnostics use for a node: its name, else its first output, else its position."""
+    if node.name:
+        return node.name
+    if len(node.output) and node.output[0]:
+        return f"{node.op_type}:{node.output[0]}"
+    return f"{node.op_type}#{index}"
+
+
+def load_model_proto(path_or_model: Union[str, os.PathLike, onnx.ModelProto]) -> Tuple[onnx.ModelProto, str]:
+    """Return (model with external data loaded, file name for diagnostics)."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model = path_or_model
+        filename = (model.graph.name or "<model>") + ".onnx"
+        for tensor in _all_tensors(model):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                raise FrontendError(f"tensor '{tensor.name}' has external data; pass the file path instead of a "
+                                    f"ModelProto so its data can be found", file=filename)
+    else:
+        path = os.fspath(path_or_model)
+        filename = path
+        if not os.path.isfile(path):
+            raise FrontendError("no such file", file=filename)
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as err:  # protobuf DecodeError, truncated file, wrong format
+            raise FrontendError(f"not a readable ONNX model ({type(err).__name__}: {_first_line(err)})",
+                                file=filename) from None
+        _check_external_data(model, path, filename)
+    _check_model_header(model, filename)
+    return model, filename
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else "no detail"
+
+
+def _all_tensors(model: onnx.ModelProto):
+    """Initializers and Constant-node tensors of the main graph (subgraphs are refused later)."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> None:
+    """Refuse external data outside the model's folder, then load it."""
+    base = os.path.dirname(os.path.abspath(path))
+    real_base = os.path.realpath(base)
+    has_external = False
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        has_external = True
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise FrontendError(f"tensor '{tensor.name}' has external data without a location", file=filename)
+        target = os.path.realpath(os.path.join(real_base, location))
+        if os.path.isabs(location) or os.path.commonpath([real_base, target]) != real_base:
+            raise FrontendError(f"external data of tensor '{tensor.name}' points outside the model's folder "
+                                f"('{location}')", file=filename)
+        if not os.path.isfile(target):
+            raise FrontendError(f"external data file '{location}' of tensor '{tensor.name}' does not exist",
+                                file=filename)
+    if has_external:
+        try:
+            from onnx.external_data_helper import load_external_data_for_model
+            load_external_data_for_model(model, base)
+        except Exception as err:
+            raise FrontendError(f"cannot load external data ({type(err).__name__}: {_first_line(err)})",
+                                file=filename) from None
+
+
+def _check_model_header(model: onnx.ModelProto, filename: str) -> None:
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise FrontendError("not an ONNX model (no graph or no IR version; truncated or another format?)",
+                            file=filename)
+    if len(model.graph.node) == 0:
+        raise FrontendError("the graph has no nodes", file=filename)
+    opset = default_opset(model)
+    if opset is None:
+        raise FrontendError("the model imports no default-domain ONNX opset", file=filename)
+    if opset < MIN_OPSET:
+        raise FrontendError(f"opset {opset} is too old (qirc reads opset {MIN_OPSET} and later)", file=filename)
+
+
+def default_opset(model: onnx.ModelProto) -> Optional[int]:
+    for entry in model.opset_import:
+        if entry.domain in DEFAULT_DOMAINS:
+            return int(entry.version)
+    return None
+
+
+@dataclass
+class GraphIndex:
+    """The checked graph: nodes in topological order, constants, real inputs, shapes and consumers by tensor name."""
+
+    model: onnx.ModelProto
+    filename: str
+    nodes: List[onnx.NodeProto] = field(default_factory=list)  # topological order
+    labels: Dict[int, str] = field(default_factory=dict)  # id(node) -> diagnostic name
+    initializers: Dict[str, np.ndarray] = field(default_factory=dict)
+    real_inputs: List[onnx.ValueInfoProto] = field(default_factory=list)
+    consumers: Dict[str, List[onnx.NodeProto]] = field(default_factory=dict)
+    output_names: List[str] = field(default_factory=list)
+    shapes: Dict[str, Optional[Tuple[int, ...]]] = field(default_factory=dict)
+    elem_types: Dict[str, int] = field(default_factory=dict)
+
+    def label(self, node: onnx.NodeProto) -> str:
+        return self.labels[id(node)]
+
+    def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
+        return FrontendError(message, file=self.filename, loc=self.label(node) if node is not None else None,
+                             op=node.op_type if node is not None else None)
+
+    def shape(self, name: str, node: onnx.NodeProto) -> Tuple[int, ...]:
+        """The static shape of tensor `name` (produced or consumed by `node`), or a FrontendError."""
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise self.error(f"the shape of '{name}' is unknown or dynamic after shape inference", node)
+        return shape
+
+
+def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
+    """Check the graph's structure, sort it and infer its shapes."""
+    graph = model.graph
+    index = GraphIndex(model, filename)
+    # one list of node wrappers, used everywhere: protobuf may hand out a new wrapper per iteration
+    all_nodes = list(graph.node)
+    for i, node in enumerate(all_nodes):
+        index.labels[id(node)] = node_label(node, i)
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise index.error("control flow with subgraphs is not supported", node)
+
+    producers: Dict[str, onnx.NodeProto] = {}
+    defined: Dict[str, str] = {}
+    for init in graph.initializer:
+        if init.name in defined:
+            raise FrontendError(f"duplicate initializer name '{init.name}'", file=filename)
+        defined[init.name] = "initializer"
+        try:
+            index.initializers[init.name] = numpy_helper.to_array(init)
+        except Exception as err:
+            raise FrontendError(f"initializer '{init.name}' cannot be read ({_first_line(err)})",
+                                file=filename) from None
+    input_names = set()
+    for inp in graph.input:
+        if inp.name in input_names:
+            raise FrontendError(f"duplicate graph input name '{inp.name}'", file=filename)
+        input_names.add(inp.name)
+        if inp.name in index.initializers:
+            continue  # an input with an initializer is a constant (old exporters list weights as inputs)
+        defined[inp.name] = "graph input"
+        index.real_inputs.append(inp)
+    for node in all_nodes:
+        for out in node.output:
+            if not out:
+                continue
+            if out in defined or out in producers:
+                first = (index.label(producers[out]) if out in producers else defined[out])
+                raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
+            producers[out] = node
+
+    for node in all_nodes:
+        for name in node.input:
+            if not name:
+                continue
+            if name not in producers and name not in defined:
+                raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
+            index.consumers.setdefault(name, []).append(node)
+    for out in graph.output:
+        if out.name not in producers and out.name not in defined:
+            raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
+        index.output_names.append(out.name)
+
+    index.nodes = _topological_order(all_nodes, producers, index)
+    _infer_shapes(index)
+    return index
+
+
+def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodeProto]:
+    """Kahn's algorithm, stable in file order; a cycle is an error naming a node on it."""
+    position = {id(n): i for i, n in enumerate(nodes)}
+    pending = {}
+    for node in nodes:
+        pending[id(node)] = len({id(producers[n]) for n in node.input if n in producers})
+    ready = [position[id(n)] for n in nodes if pending[id(n)] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        node = nodes[heapq.heappop(ready)]
+        order.append(node)
+        seen = set()
+        for out in node.output:
+            for user in index.consumers.get(out, []) if out else []:
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                pending[id(user)] -= 1
+                if pending[id(user)] == 0:
+                    heapq.heappush(ready, position[id(user)])
+    if len(order) != len(nodes):
+        stuck = [n for n in nodes if pending[id(n)] > 0]
+        names = ", ".join(index.label(n) for n in stuck[:4])
+        raise index.error(f"the graph has a cycle (through {names})", stuck[0])
+    return order
+
+
+def _infer_shapes(index: GraphIndex) -> None:
+    """One onnx.shape_inference pass over the whole model; custom quantizers are seen as Identity."""
+    model = index.model
+    custom = [n for n in model.graph.node if n.domain not in DEFAULT_DOMAINS]
+    saved = []
+    for node in custom:
+        if node.op_type in SHAPE_PRESERVING_CUSTOM_OPS and len(node.input):
+            saved.append((node, node.op_type, node.domain, list(node.input), list(node.attribute)))
+            first = node.input[0]
+            del node.input[:]
+            node.input.append(first)
+            node.op_type, node.domain = "Identity", ""
+            del node.attribute[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as err:
+        raise FrontendError(f"shape inference failed ({type(err).__name__}: {_first_line(err)})",
+                            file=index.filename) from None
+    finally:
+        for node, op_type, domain, inputs, attrs in saved:
+            node.op_type, node.domain = op_type, domain
+            del node.input[:]
+            node.input.extend(inputs)
+            del node.attribute[:]
+            node.attribute.extend(attrs)
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        _record(index, vi)
+    for name, array in index.initializers.items():
+        index.shapes[name] = tuple(int(d) for d in array.shape)
+
+
+def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> None:
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        return
+    tt = t.tensor_type
+    index.elem_types[vi.name] = tt.elem_type
+    if not tt.HasField("shape"):
+        index.shapes.setdefault(vi.name, None)
+        return
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_value") and d.dim_value == 0:
+            dims.append(0)
+        else:
+            index.shapes[vi.name] = None
+            return
+    index.shapes[vi.name] = tuple(dims)
