@@ -28,7 +28,7 @@ an exact int64 matmul.
 from __future__ import annotations
 
 import contextvars
-from typing import Callable, Dict, List, Mapping, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -649,27 +649,192 @@ def _onnx_maxpool(op, args):
     return [_pool_max(op, args[0], -np.inf)]
 
 
+# ----- average pooling and means, bit-exact with onnxruntime's CPU provider ---------------------------------------
+# Float addition is not associative, so matching onnxruntime bit for bit means adding in its order.  A quantizer
+# after an average often has a scale that puts one-ulp differences on rounding ties (in Brevitas' TruncAvgPool the
+# next scale is exactly 16/9 of the input scale), so "close" is not enough.
+#
+# onnxruntime 1.32 computes float AveragePool (opset 7..18; qir's op has no dilations) with MLAS's MlasPool, which
+# picks one of three kernels per call:
+# - global: kernel == input spatial shape, all strides 1, no padding.  Four float lanes accumulate the flattened
+#   window (lane j takes elements j, j+4, ...), fold as (l0 + l2) + (l1 + l3), then add the < 4 leftover elements
+#   one by one.  GlobalAveragePool always takes this kernel.
+# - vector: >= 2 spatial axes, last stride <= 2, every kernel extent <= 32, and the padded last axis fits MLAS's
+#   2045-float reduction buffer.  It sums each column over the window's rows (planes, then rows) in order, then
+#   those column sums across the window's width in order.
+# - generic: anything else; one running sum over the window's taps in row-major order.
+# Padding adds nothing.  The sum is divided (a float32 division, not a reciprocal multiplication) by the window's
+# input-only size (count_include_pad = 0) or by the full kernel size (count_include_pad = 1).
+# ceil_mode = 1 together with count_include_pad = 1 bypasses MLAS (onnxruntime PR #29629): a reference loop sums in
+# row-major order and divides by the window clamped to input + end padding, so the ceil-mode overhang never counts.
+# Adding an exact 0.0 for a padded tap never changes a float32 sum (except the sign of a zero sum), so every order
+# below runs on a zero-padded array, vectorised over batch, channels and output positions (a loop over taps only).
+_MLAS_POOL_REDUCTION_BUFFER = 2048 - 3  # MLAS_POOL_REDUCTION_BUFFER_STACK minus its vector over-read padding
+_MLAS_POOL_MAX_VECTOR_KERNEL = 32
+
+
+def _strided_taps(xp: np.ndarray, first: Sequence[int], strides: Sequence[int], out: Sequence[int]) -> np.ndarray:
+    """The view xp[..., first[i] :: strides[i] (out[i] elements), ...] over the trailing len(first) axes."""
+    index = tuple(slice(k, k + (out[i] - 1) * strides[i] + 1, strides[i]) for i, k in enumerate(first))
+    return xp[(Ellipsis,) + index]
+
+
+def _sequential_sum(terms: Iterable[np.ndarray]) -> np.ndarray:
+    """terms[0] + terms[1] + ... added left to right in float32."""
+    total = None
+    for term in terms:
+        total = term if total is None else total + term
+    return total
+
+
+def _mlas_global_sum(x: np.ndarray) -> np.ndarray:
+    """Per [N, C] plane, the sum of all spatial elements in MlasPoolGlobalKernel's order; shape [N, C]."""
+    flat = x.reshape(x.shape[:2] + (-1,))
+    size = flat.shape[-1]
+    whole = size // 4 * 4
+    if whole:
+        # np.add.accumulate adds strictly left to right: lane j's running sum of elements j, j+4, ...
+        lanes = np.add.accumulate(flat[..., :whole].reshape(x.shape[:2] + (whole // 4, 4)), axis=2,
+                                  dtype=_F32)[:, :, -1]
+        total = (lanes[..., 0] + lanes[..., 2]) + (lanes[..., 1] + lanes[..., 3])
+    else:
+        total = np.zeros(x.shape[:2], dtype=_F32)
+    return _sequential_sum([total] + [flat[..., i] for i in range(whole, size)])
+
+
+def _mlas_average_pool(x: np.ndarray, kernel: Sequence[int], pads: Sequence[int], strides: Sequence[int],
+                       out: Sequence[int], extra: Sequence[int], count_include_pad: bool,
+                       ceil_mode: bool) -> np.ndarray:
+    """onnxruntime's float AveragePool (no dilations): see the comment above for the three orders and divisors."""
+    n = len(kernel)
+    spatial = x.shape[2:]
+    reference = ceil_mode and count_include_pad
+    if not reference and list(kernel) == list(spatial) and all(s == 1 for s in strides) and not any(pads):
+        return (_mlas_global_sum(x) / _F32(int(np.prod(spatial)))).reshape(x.shape[:2] + (1,) * n)
+    vector = (not reference and n >= 2 and strides[-1] <= 2 and max(kernel) <= _MLAS_POOL_MAX_VECTOR_KERNEL
+              and _MLAS_POOL_REDUCTION_BUFFER - pads[n - 1] - pads[2 * n - 1] >= spatial[-1])
+    xp = np.pad(x, _spatial_pad(pads, n, extra))
+    if vector:
+        # column sums over the window's leading axes at every padded column, then across the last axis
+        lead = n - 1
+        columns = _sequential_sum(
+            _strided_taps(xp, tap + (0,), tuple(strides[:lead]) + (1,), tuple(out[:lead]) + (xp.shape[-1],))
+            for tap in np.ndindex(*kernel[:lead]))
+        sums = _sequential_sum(_strided_taps(columns, (k,), strides[lead:], out[lead:]) for k in range(kernel[-1]))
+    else:
+        sums = _sequential_sum(_strided_taps(xp, tap, strides, out) for tap in np.ndindex(*kernel))
+    # the divisor, a product of per-axis window extents
+    divisor = np.ones((1,) * n, dtype=_I64)
+    for i in range(n):
+        start = np.arange(out[i], dtype=_I64) * strides[i] - pads[i]
+        if reference:
+            extent = np.minimum(start + kernel[i], spatial[i] + pads[i + n]) - start
+        elif count_include_pad:
+            extent = np.full(out[i], kernel[i], dtype=_I64)
+        else:
+            extent = np.minimum(start + kernel[i], spatial[i]) - np.maximum(start, 0)
+        divisor = divisor * extent.reshape((1,) * i + (-1,) + (1,) * (n - 1 - i))
+    return sums / divisor.astype(_F32)
+
+
+def _eigen_row_sums(rows: np.ndarray) -> np.ndarray:
+    """Sum of each row of a C-contiguous float32 [R, K] array the way Eigen's vectorised sum() does with 4-float SSE
+    packets (onnxruntime's ReduceSum/ReduceMean over trailing axes), assuming the array starts 16-byte aligned.
+
+    Eigen starts at the row's first 16-byte aligned element (so the order depends on where the row starts), runs
+    two packet accumulators over pairs of packets, adds them and one last odd packet, folds the packet as
+    (p0 + p2) + (p1 + p3), then adds the unaligned head and the < 4 element tail one by one.  Rows shorter than a
+    packet after the head are summed left to right."""
+    count, size = rows.shape
+    sums = np.empty(count, dtype=_F32)
+    phase = (np.arange(count, dtype=_I64) * size) % 4
+    for offset in np.unique(phase):
+        selected = phase == offset
+        block = rows[selected]
+        head = min(int(-offset % 4), size)
+        packets = (size - head) // 4
+        if packets == 0:
+            sums[selected] = _sequential_sum(block[:, i] for i in range(size))
+            continue
+        body = block[:, head:head + 4 * packets].reshape(-1, packets, 4)
+        acc = body[:, 0]
+        if packets > 1:
+            pairs = packets // 2 * 2
+            acc = (np.add.accumulate(body[:, 0:pairs:2], axis=1, dtype=_F32)[:, -1]
+                   + np.add.accumulate(body[:, 1:pairs:2], axis=1, dtype=_F32)[:, -1])
+            if packets > pairs:
+                acc = acc + body[:, pairs]
+        total = (acc[:, 0] + acc[:, 2]) + (acc[:, 1] + acc[:, 3])
+        sums[selected] = _sequential_sum([total] + [block[:, i] for i in range(head)]
+                                         + [block[:, i] for i in range(head + 4 * packets, size)])
+    return sums
+
+
+def _mlas_ones_gemv(blocks: np.ndarray) -> np.ndarray:
+    """ones[1, R] @ block[R, K] for each block of a float32 [B, R, K] array, in the order MLAS's SGEMM adds the rows
+    (found against onnxruntime 1.32): partial sums of 4 rows, then of 2, then 1 left over, each started afresh and
+    added to the running result in turn (a multiply by 1.0 is exact, so fused multiply-adds change nothing)."""
+    count = blocks.shape[1]
+    parts, i = [], 0
+    for width in (4,) * (count // 4) + ((2,) if count % 4 >= 2 else ()) + ((1,) if count % 2 else ()):
+        parts.append(_sequential_sum(blocks[:, j] for j in range(i, i + width)))
+        i += width
+    return _sequential_sum(parts)
+
+
+def _ort_mean(x: np.ndarray, axes: Sequence[int], keepdims: bool) -> np.ndarray:
+    """onnxruntime's float ReduceMean.  onnxruntime drops size-1 axes and merges neighbouring axes of one kind
+    (kept K / reduced R) before choosing a fast path: KR sums each row with Eigen (_eigen_row_sums), RK adds the
+    reduced rows one after another, KRK multiplies a ones vector into each [R, K] block with MLAS's SGEMM
+    (_mlas_ones_gemv), RKR adds the Eigen sums of the inner runs outer run by outer run; each then divides by the
+    reduced count.  Other patterns (more alternations of kept and reduced axes) fall back to numpy's float32 mean,
+    whose order can differ from onnxruntime's by an ulp."""
+    reduced = set(axes)
+    out_shape = tuple(1 if a in reduced else d for a, d in enumerate(x.shape) if keepdims or a not in reduced)
+    kinds = []
+    for a, d in enumerate(x.shape):
+        if d == 1:
+            continue
+        kind = "R" if a in reduced else "K"
+        if not kinds or kinds[-1][0] != kind:
+            kinds.append([kind, 1])
+        kinds[-1][1] *= d
+    pattern = "".join(k for k, _ in kinds)
+    x = np.ascontiguousarray(x, dtype=_F32)
+    count = int(np.prod([d for a, d in enumerate(x.shape) if a in reduced], dtype=_I64))
+    if x.size == 0 or pattern not in ("", "K", "R", "KR", "RK", "KRK", "RKR"):
+        with np.errstate(all="ignore"):
+            return np.mean(x, axis=tuple(axes), keepdims=keepdims, dtype=_F32)
+    if pattern == "RK":
+        rows = x.reshape(count, -1)
+        sums = _sequential_sum(rows[i] for i in range(count))
+    elif pattern == "KRK":
+        sums = _mlas_ones_gemv(x.reshape(kinds[0][1], count, -1))
+    elif pattern == "RKR":
+        # per kept middle index, 0 + the Eigen sum of each inner run, outer runs in order
+        outer, inner = kinds[0][1], kinds[2][1]
+        runs = _eigen_row_sums(x.reshape(-1, inner)).reshape(outer, -1)
+        sums = _sequential_sum([np.zeros(runs.shape[1], dtype=_F32)] + [runs[i] for i in range(outer)])
+    else:  # KR, or nothing left to keep or to reduce
+        sums = _eigen_row_sums(x.reshape(-1, count))
+    return (sums / _F32(count)).reshape(out_shape)
+
+
 @kernel("onnx.AveragePool")
 def _onnx_averagepool(op, args):
-    x = args[0]
-    sums, (kernel, pads, strides, dilations, out, extra) = _pool_sum(op, x)
-    n = len(kernel)
-    # the divisor is a window sum of a mask: the input only, or the input and its explicit padding
-    # (never the ceil-mode overhang), as onnxruntime counts
-    mask = np.ones((1, 1) + x.shape[2:], dtype=_F32)
-    if op.attr("count_include_pad"):
-        mask = np.pad(mask, _spatial_pad(pads, n), constant_values=1)
-        mask = np.pad(mask, _spatial_pad([0] * (2 * n), n, extra))
-    else:
-        mask = np.pad(mask, _spatial_pad(pads, n, extra))
-    counts = _window_view(mask, kernel, strides, dilations, out).sum(axis=tuple(range(-n, 0)))
-    return [sums / counts]
+    x = args[0].astype(_F32, copy=False)
+    kernel, pads, strides, _, out, extra = _pool_geometry(op, x)
+    return [_mlas_average_pool(x, kernel, pads, strides, out, extra, bool(op.attr("count_include_pad")),
+                               bool(op.attr("ceil_mode") or 0))]
 
 
 @kernel("onnx.GlobalAveragePool")
 def _onnx_global_average_pool(op, args):
-    x = args[0]
-    return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=_F32)]
+    x = args[0].astype(_F32, copy=False)
+    if x.ndim < 3:
+        raise op_error(InterpretError, op, f"{op.name} needs an input of rank >= 3, got rank {x.ndim}")
+    size = int(np.prod(x.shape[2:], dtype=_I64))
+    return [(_mlas_global_sum(x) / _F32(size)).reshape(x.shape[:2] + (1,) * (x.ndim - 2))]
 
 
 @kernel("onnx.GlobalMaxPool")
@@ -681,7 +846,8 @@ def _onnx_global_max_pool(op, args):
 @kernel("onnx.ReduceMean")
 def _onnx_reduce_mean(op, args):
     x = args[0]
-    return [np.mean(x, axis=_reduce_axes(op, x), keepdims=bool(op.attr("keepdims")), dtype=_F32)]
+    axes = _reduce_axes(op, x)
+    return [_ort_mean(x, range(x.ndim) if axes is None else axes, bool(op.attr("keepdims")))]
 
 
 @kernel("onnx.ReduceSum")
