@@ -1,0 +1,106 @@
+"""`lower-to-int`: the whole lowering from the quant-level IR to an integer-only graph."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from ..qir.ir import Module
+from ..qir.passes import ModulePass, register_pass
+from .add_rescale import rescale_adds
+from .common import fail
+from .dequant_push import push_dequants
+from .fold_constants import fold_constants
+from .pool_lowering import lower_pools
+from .ranges import RangeAnalysis
+from .requant_fusion import fuse_requants
+from .signed_normalize import signed_normalize
+from .strip_quant_boundaries import strip_boundaries
+
+#: the passes lower-to-int runs, in order (dequant-push, pool-lowering and add-rescale repeat until nothing moves)
+PIPELINE = ("fold-constants", "[signed-normalize]", "pool-lowering", "add-rescale", "dequant-push", "requant-fusion",
+            "strip-quant-boundaries", "dce", "check-integer-only")
+
+
+@register_pass
+class LowerToInt(ModulePass):
+    """Lower a quant-level module to integer-only arithmetic (qir.* and int.* ops only).
+
+    Runs fold-constants, signed-normalize (when the option is on), then pool-lowering, add-rescale and
+    dequant-push until no dcast moves, then requant-fusion, strip-quant-boundaries and dead-code elimination
+    (the same passes, once each in this order, lower the corpus models too).
+    Before: `qir.input (f32) -> quant.qcast -> quant.dcast -> onnx.* -> quant.qcast -> ... -> quant.dcast -> qir.output`.
+    After:  `qir.input (quantized) -> int.* / int.requant_shift -> qir.output (integer, type records the scale)`.
+    Postcondition (checked): every op is qir.* or int.*; otherwise LoweringError names the first op left (its
+    location and name) and how many others remain.
+    Option: signed-normalize (bool, default 0): store u8 tensors as i8 with zero point z - 128.
+    """
+
+    name = "lower-to-int"
+
+    @classmethod
+    def options(cls) -> Dict[str, Tuple[type, Any]]:
+        # spelled with a hyphen like the pass it switches on: lower-to-int{signed-normalize=1}
+        return {"signed-normalize": (bool, False)}
+
+    def __init__(self, **options: Any):
+        setattr(self, "signed-normalize", False)
+        super().__init__(**{key.replace("_", "-"): value for key, value in options.items()})
+
+    def run(self, module: Module) -> None:
+        lower_to_int(module, signed=bool(getattr(self, "signed-normalize")))
+
+
+def lower_to_int(module: Module, signed: bool = False) -> None:
+    fold_constants(module)
+    if signed:
+        signed_normalize(module)
+    for _ in range(16):
+        moved = lower_pools(module) + rescale_adds(module) + push_dequants(module)
+        if not moved:
+            break
+    fuse_requants(module, RangeAnalysis())
+    strip_boundaries(module)
+    module.erase_dead()
+    check_integer_only(module)
+
+
+@register_pass
+class CheckIntegerOnly(ModulePass):
+    """Check that only qir.* and int.* ops remain (the integer IR contract).
+
+    Before/after: the module is unchanged.  Raises LoweringError naming the first op that is not qir.* or int.*
+    (its source location and op name) and how many such ops remain.
+    """
+
+    name = "check-integer-only"
+
+    def run(self, module: Module) -> None:
+        check_integer_only(module)
+
+
+def check_integer_only(module: Module) -> None:
+    left: List = [op for op in module.ops() if op.dialect not in ("qir", "int")]
+    if left:
+        # name the op that blocks the lowering (a float op), not the casts around it
+        first = next((op for op in left if op.dialect != "quant"), left[0])
+        others = f" ({len(left) - 1} more non-integer ops remain)" if len(left) > 1 else ""
+        hint = _why(first)
+        raise fail(first, f"op {first.name} could not be lowered to integer arithmetic{hint}{others}")
+    for op in module.walk("qir.input") + module.walk("qir.output"):
+        value = op.results[0] if op.name == "qir.input" else op.operands[0]
+        if value.type.is_float:
+            raise fail(op, f"graph {'input' if op.name == 'qir.input' else 'output'} '{op.attrs.get('name')}' "
+                           f"is still a float tensor {value.type}")
+
+
+def _why(op) -> str:
+    if op.name.startswith("onnx."):
+        floats = [i for i, v in enumerate(op.operands) if v.type.is_float and v.owner.name != "quant.dcast"
+                  and v.owner.name != "qir.const"]
+        if floats:
+            return f": operand {floats[0]} is not a dequantized tensor (no quantizer before it)"
+        return ": no integer lowering for this op with these operand types"
+    if op.name == "quant.qcast":
+        return ": the quantizer reads a float value that is not a dequantized integer tensor"
+    if op.name == "quant.dcast":
+        return ": a dequantized value is still read by a float op or graph output"
+    return ""

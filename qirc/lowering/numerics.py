@@ -1,0 +1,167 @@
+"""Integer requantization arithmetic: choosing `mul`, `add` and `div = 2^k` for `int.requant_shift`.
+
+The kernel (Deeploy's RequantShift, DESIGN.md section 3) computes, in int32,
+
+    y = clip(floor((x * mul + add + div / 2) / div), lo, hi)
+
+and has to stand for the fake-quant requantizer `y = clip(round((x - z_in) * M) + z_out)` with the real multiplier
+`M = s_in / s_out`.  With `mul = round(M * 2^k)` and `add = z_out * 2^k - z_in * mul` the two agree except where the
+real value lies within the error of approximating M by mul / 2^k of a rounding tie.  The kernel adds `div / 2` itself,
+so `add` carries no rounding term (rounding happens exactly once).
+
+k is the LARGEST shift for which every reachable accumulator value keeps `|x * mul| < 2^31` and
+`|x * mul + add| + div / 2 < 2^31` (the kernel computes in int32), with mul itself fitting int32.  The reachable
+range comes from `qirc.lowering.ranges`.  If even that k leaves the approximation error at one output step or more
+over the inputs that do not saturate (typically: mul would be below 2^7), the node cannot be lowered faithfully
+and `LoweringError` says so, naming the node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..qir.diagnostics import LoweringError, op_error
+
+INT32_LIMIT = 1 << 31
+#: largest shift tried: div = 2^30 still fits an int32 tensor attribute
+MAX_SHIFT = 30
+#: the error of mul / 2^k against M, in output steps over the unsaturated range, must stay BELOW this: an error
+#: under one step keeps every output within 1 step of the fake-quant requantizer (the contract of DESIGN.md 3)
+MAX_ERROR_STEPS = 1.0
+
+
+@dataclass(frozen=True)
+class RequantParams:
+    """The integer attributes of one requant_shift and how faithful they are."""
+
+    mul: np.ndarray          # int64, broadcastable against x
+    add: np.ndarray          # int64, same shape as mul
+    shift: int               # k; div = 2^k
+    error_steps: float       # worst |x - z_in| * |mul / 2^k - M| over the reachable unsaturated inputs
+
+    @property
+    def div(self) -> int:
+        return 1 << self.shift
+
+
+def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, out_hi: int, *, op=None,
+                   max_shift: int = MAX_SHIFT, max_error_steps: float = MAX_ERROR_STEPS) -> RequantParams:
+    """mul/add/shift for `y = clip(round((x - zero_in) * multiplier) + zero_out, out_lo, out_hi)`.
+
+    multiplier, zero_in, zero_out: broadcastable arrays (per channel or scalars); acc_lo/acc_hi bound every x the
+    requant can see (broadcastable against the same shape).  `mul` and `add` get the broadcast shape of
+    multiplier, zero_in and zero_out only (the range may be finer without making them per channel).  `op` locates
+    errors.
+    """
+    m = np.asarray(multiplier, dtype=np.float64)
+    z_in = np.asarray(zero_in, dtype=np.int64)
+    z_out = np.asarray(zero_out, dtype=np.int64)
+    if not np.all(np.isfinite(m)) or np.any(m <= 0):
+        raise _error(op, f"requantization multiplier must be positive and finite, got {_fmt(m)}")
+    param_shape = np.broadcast_shapes(m.shape, z_in.shape, z_out.shape)
+    m_b = np.broadcast_to(m, param_shape)
+    z_in_b = np.broadcast_to(z_in, param_shape)
+    z_out_b = np.broadcast_to(z_out, param_shape)
+    lo = np.asarray(acc_lo, dtype=np.int64)
+    hi = np.asarray(acc_hi, dtype=np.int64)
+    x_abs = np.maximum(np.abs(lo), np.abs(hi))
+    # how far from z_in an input can be while the output is still not saturated: only there does precision matter
+    span = max(abs(out_lo), abs(out_hi)) + float(np.max(np.abs(z_out_b))) + 1.0
+    dist = np.maximum(np.abs(lo - z_in_b), np.abs(hi - z_in_b)).astype(np.float64)
+    relevant = np.minimum(dist, span / m_b)
+
+    # no shift above k_top can fit int32 (the products below grow like M * 2^k): start the search there
+    growth = float(np.max(np.maximum(x_abs * m_b, dist * m_b + np.abs(z_out_b) + 1.0)))
+    k_top = max_shift if growth <= 0 else min(max_shift, max(0, int(np.floor(31 - np.log2(growth))) + 2))
+    for k in range(k_top, -1, -1):
+        scale = float(1 << k)
+        mul = np.rint(m_b * scale).astype(np.int64)
+        if np.any(mul >= INT32_LIMIT):
+            continue
+        add = z_out_b * (1 << k) - z_in_b * mul
+        half = (1 << k) // 2
+        t_lo = lo * mul + add
+        t_hi = hi * mul + add
+        worst = np.maximum(np.abs(t_lo), np.abs(t_hi)) + half
+        if np.any(worst >= INT32_LIMIT) or np.any(x_abs * mul >= INT32_LIMIT) or \
+                np.any(np.abs(add) + half >= INT32_LIMIT):
+            continue
+        error = float(np.max(relevant * np.abs(mul / scale - m_b))) if relevant.size else 0.0
+        if error >= max_error_steps:
+            raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
+                             f"the int32 intermediate in range (k={k}, mul={_fmt(mul)}) the multiplier "
+                             f"{_fmt(m_b)} is approximated with an error of {error:.3g} output steps "
+                             f"(accumulator range {_fmt(lo)}..{_fmt(hi)})")
+        return RequantParams(_param_array(mul), _param_array(add), k, error)
+    raise _error(op, f"requantization overflows int32 for every shift: multiplier {_fmt(m_b)} with accumulator "
+                     f"range {_fmt(lo)}..{_fmt(hi)}")
+
+
+def _param_array(a: np.ndarray) -> np.ndarray:
+    """A per-tensor parameter as shape [1] (what Deeploy reads); per-channel ones keep their broadcast shape."""
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    return a.reshape(1) if a.size == 1 else a
+
+
+def requant_form(storage_min: int, storage_max: int) -> Tuple[bool, int, bool]:
+    """(signed, n_levels, needs_clip) for an output storage range.
+
+    Deeploy's RequantShift clips to -n/2..n/2-1 (signed) or 0..n-1 (unsigned), n a power of two.  A range of neither
+    form (narrow range i8<-127:127>, a ReLU bound on a signed type) gets the smallest enclosing form and needs an
+    extra int.clip."""
+    lo, hi = int(storage_min), int(storage_max)
+    if lo >= 0:
+        n = 1
+        while n - 1 < hi:
+            n <<= 1
+        return False, n, (lo, hi) != (0, n - 1)
+    n = 2
+    while -(n // 2) > lo or n // 2 - 1 < hi:
+        n <<= 1
+    return True, n, (lo, hi) != (-(n // 2), n // 2 - 1)
+
+
+def form_bounds(signed: bool, n_levels: int) -> Tuple[int, int]:
+    """The clip bounds of a requant_shift form."""
+    return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
+
+
+def quantize_scalar(x: float, scale: float, zero_point: int, rounding: str, lo: int, hi: int) -> int:
+    """The stored value a quant.qcast gives the real number x (float64; used to fold clip bounds)."""
+    if np.isinf(x):
+        return lo if x < 0 else hi
+    if rounding == "add_round":
+        q = np.rint(x / scale + zero_point)
+    else:
+        q = np.rint(x / scale) + zero_point
+    return int(min(max(q, lo), hi))
+
+
+def rational_multipliers(ratio: float, max_multiplier: int, *, rel_tol: float = 1e-9) -> Optional[Tuple[int, int]]:
+    """The smallest integers (m_small, m_large) with m_large / m_small == ratio to rel_tol, m_large <= max_multiplier.
+
+    Used to put two operands on one common scale exactly when their scale ratio is a small rational (1, 2, 255/128...).
+    """
+    for m_small in range(1, max_multiplier + 1):
+        m_large = round(m_small * ratio)
+        if m_large > max_multiplier:
+            return None
+        if m_large >= 1 and abs(m_large - m_small * ratio) <= rel_tol * m_small * ratio:
+            return m_small, m_large
+    return None
+
+
+def _fmt(a) -> str:
+    a = np.asarray(a)
+    if a.size == 1:
+        v = a.reshape(-1)[0]
+        return f"{v:.6g}" if a.dtype.kind == "f" else str(int(v))
+    if a.dtype.kind == "f":
+        return f"[{float(a.min()):.6g}..{float(a.max()):.6g}]"
+    return f"[{int(a.min())}..{int(a.max())}]"
+
+
+def _error(op, message: str) -> LoweringError:
+    return op_error(LoweringError, op, message) if op is not None else LoweringError(message)

@@ -1,0 +1,85 @@
+"""`requant-fusion`: each dcast -> [Relu/Clip] -> qcast chain becomes one int.requant_shift."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..qir.ir import Module, Operation, Value
+from ..qir.passes import ModulePass, register_pass
+from .common import dcast_source, emit_requant, fail
+from .numerics import quantize_scalar
+from .ranges import RangeAnalysis
+
+
+@register_pass
+class RequantFusion(ModulePass):
+    """Fuse dequantize -> [Relu/Clip] -> quantize into one int.requant_shift.
+
+    Before: `%f = quant.dcast %x ; [%f = onnx.Relu %f | onnx.Clip %f] ; %y = quant.qcast %f : T_out` with %x any
+    quantized integer value (an int32 accumulator at scale s_x*s_w[c], a sum from pool-lowering or add-rescale, an
+    activation).
+    After: `%y = int.requant_shift %x {mul, add, div = 2^k, signed, n_levels} : T_out` with
+    M[c] = s_in[c] / s_out, mul = round(M * 2^k), add = z_out * 2^k - z_in * mul (no rounding term: the kernel adds
+    div/2), k the largest shift that range analysis proves free of int32 overflow (qirc.lowering.numerics).  ReLU and
+    Clip fold into the bounds (a quantizer is monotone, so clip commutes with it); signed/n_levels encode T_out's
+    storage range, and bounds that are not of Deeploy's forms [-n/2, n/2-1] / [0, n-1] add an int.clip (which a
+    target may reject).  A dcast -> qcast between identical types is the identity and disappears.
+    Precondition: the dcast reads a quantized value; per-axis output types take no Relu/Clip.
+    """
+
+    name = "requant-fusion"
+
+    def run(self, module: Module) -> None:
+        fuse_requants(module)
+
+
+def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
+    """(quantized source, [Relu/Clip ops from source to qcast]) when the qcast reads such a chain."""
+    clips: List[Operation] = []
+    value = qcast.operands[0]
+    while value.owner.name in ("onnx.Relu", "onnx.Clip"):
+        clips.append(value.owner)
+        value = value.owner.operands[0]
+    source = dcast_source(value)
+    if source is None:
+        return None
+    clips.reverse()
+    return source, clips
+
+
+def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int:
+    ranges = ranges or RangeAnalysis()
+    count = 0
+    for op in module.ops():
+        if op.name != "quant.qcast" or op.module is not module:
+            continue
+        found = _chain(op)
+        if found is None:
+            continue
+        source, clips = found
+        out_type = op.results[0].type
+        ot = out_type.quant
+        lo_real, hi_real = -np.inf, np.inf
+        for clip in clips:
+            if clip.name == "onnx.Relu":
+                lo_real = max(lo_real, 0.0)
+            else:
+                lo_real = max(lo_real, float(clip.attr("min")))
+                hi_real = min(hi_real, float(clip.attr("max")))
+        clip_lo = clip_hi = None
+        if clips:
+            if ot.is_per_axis:
+                raise fail(op, "a ReLU/Clip before a per-axis quantizer cannot be folded into one requant")
+            rounding = op.attr("rounding")
+            clip_lo = quantize_scalar(lo_real, ot.scale, ot.zero_point, rounding, ot.storage_min, ot.storage_max)
+            clip_hi = quantize_scalar(hi_real, ot.scale, ot.zero_point, rounding, ot.storage_min, ot.storage_max)
+        if source.type.element == ot and not clips:
+            result = source
+        else:
+            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op)
+        module.replace_op(op, [result])
+        count += 1
+    if count:
+        module.erase_dead()
+    return count
