@@ -1,0 +1,386 @@
+"""The MLPerf Tiny zoo: architectures (parameter and MAC counts), determinism, calibration, BatchNorm folding,
+export in every format, and compilation of the exported files."""
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("brevitas")
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from qirc.qir.diagnostics import UsageError  # noqa: E402
+from qirc.zoo import (FORMATS, MODEL_FILE, NETWORKS, ZooError, build_model, calibrated_model,  # noqa: E402
+                      count_params_and_macs, fold_batchnorm, format_zoo_table, zoo_build, zoo_list)
+from qirc.zoo.calibrate import (ProgressBar, activation_scales, calibrate, load_calibration_npz,  # noqa: E402
+                                synthetic_samples)
+
+pytestmark = pytest.mark.brevitas
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+
+# Counts of the four MLPerf Tiny v1.x reference networks, derived by hand from the Keras definitions of
+# mlcommons/tiny (every Conv2D/DepthwiseConv2D/Dense has a bias; Keras counts 4 values per BatchNorm channel):
+#
+# ResNet-8: conv 3->16 (448) | stack 1: 2 x conv 16->16 (2 x 2320) | stack 2: conv 16->32 s2 (4640), 32->32 (9248),
+#   shortcut 1x1 16->32 (544) | stack 3: conv 32->64 s2 (18496), 64->64 (36928), shortcut 1x1 32->64 (2112) |
+#   dense 64->10 (650): 77,706 weights and biases; BatchNorm on the 7 non-shortcut convs (16*3+32*2+64*2 = 240
+#   channels) adds 960: Keras 78,666.  MACs: 32*32*16*27 + 2*32*32*16*144 + 16*16*32*(144+288+16)
+#   + 8*8*64*(288+576+32) + 640 = 12,501,632.
+# DS-CNN S: conv 10x4 1->64 (2624) | 4 x (dw 3x3 (640) + pw 64->64 (4160)) | dense 64->12 (780): 22,604;
+#   9 BatchNorms of 64: +2304 = 24,908.  MACs on the 25x5 map: 125*64*40 + 4*125*64*(9+64) + 768 = 2,656,768.
+# MobileNetV1 0.25: 210,850 weights and biases, Keras 221,794; MACs 7,489,664 (stem 48*48*8*27, then 13
+#   depthwise-separable blocks at 48/24/12/6/3 pixels, dense 256->2).
+# FC autoencoder 640-128x4-8-128x4-640: 265,864; 9 BatchNorms (8 x 128 + 8 channels): +4128 = 269,992.
+#   MACs: 2*640*128 + 6*128*128 + 2*128*8 = 264,192.
+REFERENCE_COUNTS = {
+    "resnet8": (77_706, 78_666, 12_501_632),
+    "mobilenetv1-vww": (210_850, 221_794, 7_489_664),
+    "dscnn-s": (22_604, 24_908, 2_656_768),
+    "autoencoder-ad": (265_864, 269_992, 264_192),
+}
+# The DeepQuant-exporter variants: parameters equal the weights and biases of the corpus files (checked below).
+VARIANT_COUNTS = {
+    "mobilenetv2-vww": (382_496, 409_420, 8_536_342),
+    "dscnn-xs": (2_588, 3_164, 71_872),
+    "autoencoder-small": (29_120, 29_120, 28_672),
+    "autoencoder-128": (115_584, 115_584, 114_688),
+}
+CORPUS_FOLDERS = {"resnet8": "ResNet8", "dscnn-s": "DSCNN-S", "mobilenetv2-vww": "MobileNetV2-VWW",
+                  "dscnn-xs": "DSCNN-XS", "autoencoder-small": "Autoencoder", "autoencoder-128": "Autoencoder-MLPerf"}
+
+
+@pytest.fixture(scope="module")
+def listing():
+    return {row["name"]: row for row in zoo_list()}
+
+
+def test_zoo_list_has_every_network_with_shapes_and_tasks(listing):
+    assert list(listing) == list(NETWORKS)
+    assert [n for n, row in listing.items() if row["reference"]] == list(REFERENCE_COUNTS)
+    assert listing["resnet8"]["input_shape"] == [1, 3, 32, 32]
+    assert listing["mobilenetv1-vww"]["input_shape"] == [1, 3, 96, 96]
+    assert listing["dscnn-s"]["input_shape"] == [1, 1, 49, 10]
+    assert listing["autoencoder-ad"]["input_shape"] == [1, 640]
+    assert listing["mobilenetv2-vww"]["input_shape"] == [1, 3, 96, 96]
+    assert listing["dscnn-xs"]["input_shape"] == [1, 1, 25, 10]
+    assert listing["autoencoder-small"]["input_shape"] == [1, 128]
+    assert listing["resnet8"]["task"] == "image classification"
+    assert "CIFAR-10" in listing["resnet8"]["description"]
+    table = format_zoo_table(list(listing.values()))
+    assert table.splitlines()[0].split()[:4] == ["name", "task", "input", "params"]
+    assert "12,501,632" in table and "MLPerf Tiny reference" in table
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_COUNTS) + list(VARIANT_COUNTS))
+def test_parameter_and_mac_counts(listing, name):
+    params, keras_params, macs = {**REFERENCE_COUNTS, **VARIANT_COUNTS}[name]
+    row = listing[name]
+    assert (row["params"], row["keras_params"], row["macs"]) == (params, keras_params, macs)
+
+
+@pytest.mark.parametrize("name", list(CORPUS_FOLDERS))
+def test_parameters_match_the_deepquant_corpus_model(listing, name):
+    path = CORPUS / CORPUS_FOLDERS[name] / "split.onnx"
+    if not path.exists():
+        pytest.skip(f"corpus file {path} not present")
+    model = onnx.load(str(path), load_external_data=False)
+    corpus_params = sum(int(np.prod(t.dims)) for t in model.graph.initializer
+                        if t.name.endswith(".weight") or t.name.endswith(".bias"))
+    assert listing[name]["params"] == corpus_params
+
+
+def test_mac_count_of_a_depthwise_and_strided_conv():
+    from qirc.zoo.networks import QuantOptions, quant_conv, quant_linear, quant_relu
+
+    model = torch.nn.Sequential(quant_relu(QuantOptions()),
+                                quant_conv(QuantOptions(), 8, 8, 3, stride=2, padding=1, groups=8),
+                                torch.nn.Flatten(), quant_relu(QuantOptions()),
+                                quant_linear(QuantOptions(), 8 * 5 * 5, 3))
+    counts = count_params_and_macs(model.eval(), (1, 8, 10, 10))
+    # depthwise: 8 out channels * 5x5 outputs * (8/8 inputs) * 3x3; dense 200 -> 3
+    assert counts["macs"] == 8 * 25 * 9 + 200 * 3
+    assert counts["params"] == 8 * 9 + 8 + 200 * 3 + 3
+
+
+def test_architecture_follows_the_reference_layer_layout():
+    from torch import nn
+
+    resnet = build_model("resnet8")
+    convs = [m for m in resnet.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (3, 16, (3, 3), (1, 1)),
+        (16, 16, (3, 3), (1, 1)), (16, 16, (3, 3), (1, 1)),
+        (16, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (1, 1)), (16, 32, (1, 1), (2, 2)),
+        (32, 64, (3, 3), (2, 2)), (64, 64, (3, 3), (1, 1)), (32, 64, (1, 1), (2, 2))]
+    # BatchNorm after every conv but the 1x1 shortcuts, as in the Keras reference
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in resnet.modules()) == 7
+    dscnn = build_model("dscnn-s")
+    stem = dscnn.stem.conv
+    assert (stem.kernel_size, stem.stride, stem.out_channels) == ((10, 4), (2, 2), 64)
+    assert [m.groups for m in dscnn.modules() if isinstance(m, nn.Conv2d)] == [1] + [64, 1] * 4
+    ae = build_model("autoencoder-ad")
+    widths = [m.out_features for m in ae.modules() if isinstance(m, nn.Linear)]
+    assert widths == [128, 128, 128, 128, 8, 128, 128, 128, 128, 640]
+    # BatchNorm + ReLU after every dense layer but the output one (the 8-wide bottleneck included)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in ae.modules()) == 9
+    y = build_model("mobilenetv1-vww")(torch.zeros(1, 3, 96, 96))
+    assert tuple(y.shape) == (1, 2)
+
+
+def test_two_builds_are_identical():
+    a, b = build_model("dscnn-s"), build_model("dscnn-s")
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert list(state_a) == list(state_b)
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    c = build_model("dscnn-s", seed=1)
+    assert not torch.equal(c.stem.conv.weight, a.stem.conv.weight)
+
+
+def test_bad_name_format_and_bit_width_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match=r"unknown zoo network 'resnet9' \(known: resnet8, "):
+        zoo_build("resnet9", tmp_path)
+    with pytest.raises(UsageError, match=r"unknown zoo export format 'onnx' \(choose one of: qcdq, qdq, qonnx\)"):
+        zoo_build("resnet8", tmp_path, format="onnx")
+    with pytest.raises(UsageError, match="activation bit width must be an integer in 2..16, got 1"):
+        build_model("resnet8", act_bits=1)
+    assert not (tmp_path / MODEL_FILE).exists()
+
+
+def test_calibration_moves_every_activation_scale_off_its_default():
+    model = build_model("resnet8")
+    before = activation_scales(model)
+    # untrained Brevitas defaults: a range of 1.0 (1/128 signed, 1/255 unsigned)
+    assert len(before) == 15
+    assert set(np.round(list(before.values()), 9)) == {round(1 / 128, 9), round(1 / 255, 9)}
+    calibrate(model, synthetic_samples(model.input_shape, 8), progress=False)
+    after = activation_scales(model)
+    assert after.keys() == before.keys()
+    for name, scale in after.items():
+        assert scale > 0 and abs(scale - before[name]) > 1e-6 * before[name], name
+    # the input sees uniform [-1, 1): its int8 scale is that range over 128 steps (99.999th percentile)
+    assert after["input_quant.act_quant"] == pytest.approx(1 / 128, rel=1e-3)
+
+
+def test_calibration_depends_on_the_samples():
+    a, b = build_model("dscnn-xs"), build_model("dscnn-xs")
+    samples = synthetic_samples(a.input_shape, 8)
+    calibrate(a, samples, progress=False)
+    calibrate(b, 3 * samples, progress=False)
+    scale_a, scale_b = activation_scales(a), activation_scales(b)
+    assert scale_b["input_quant.act_quant"] == pytest.approx(3 * scale_a["input_quant.act_quant"], rel=1e-3)
+
+
+def test_bias_correction_moves_biases_and_keeps_scales():
+    plain, _ = _reference_model("dscnn-xs")
+    corrected, _ = calibrated_model("dscnn-xs", progress=False, bias_correction=True)
+    assert activation_scales(corrected) == activation_scales(plain)
+    assert corrected.head.fc.output_quant.is_quant_enabled
+    shift = (corrected.stem.conv.bias - plain.stem.conv.bias).abs().max().item()
+    assert 0 < shift < 0.01
+    torch.testing.assert_close(corrected.stem.conv.weight, plain.stem.conv.weight, rtol=0, atol=0)
+
+
+def test_progress_bar_text():
+    import io
+
+    stream = io.StringIO()
+    bar = ProgressBar(4, "calibrating resnet8", stream, width=8)
+    for _ in range(4):
+        bar.update()
+    assert stream.getvalue().split("\r")[-1] == "calibrating resnet8 [########] 4/4\n"
+    assert "\rcalibrating resnet8 [####....] 2/4" in stream.getvalue()
+
+
+def test_fold_batchnorm_keeps_the_float_function():
+    from brevitas.graph.calibrate import quantization_status_manager
+    from torch import nn
+
+    model = build_model("resnet8")
+    x = torch.from_numpy(synthetic_samples(model.input_shape, 2, seed=3))
+    with torch.no_grad(), quantization_status_manager(model, disable_act_quant=True, disable_weight_quant=True,
+                                                      disable_bias_quant=True):
+        before = model(x)
+        assert fold_batchnorm(model) is model
+        after = model(x)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    weights = model.stem.conv.weight.clone()
+    fold_batchnorm(model)  # idempotent: nothing left to fold
+    assert torch.equal(model.stem.conv.weight, weights)
+
+
+def test_calibration_file(tmp_path):
+    samples = synthetic_samples((1, 1, 25, 10), 5, seed=7)
+    path = tmp_path / "mfcc.npz"
+    np.savez(path, labels=np.arange(5), features=samples.astype(np.float64))
+    loaded = load_calibration_npz(path, (1, 1, 25, 10))
+    assert loaded.dtype == np.float32 and loaded.shape == (5, 1, 25, 10)
+    np.testing.assert_array_equal(loaded, samples)
+    single = tmp_path / "one.npz"
+    np.savez(single, x=samples[0])
+    assert load_calibration_npz(single, (1, 1, 25, 10)).shape == (1, 1, 25, 10)
+    out = zoo_build("dscnn-xs", tmp_path / "out", format="qdq", calibrate=path, progress=False)
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["qirc.zoo.calibration"] == "mfcc.npz (5 samples)"
+
+
+def test_unusable_calibration_files_are_zoo_errors(tmp_path):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 3, 32, 32), np.float32))
+    with pytest.raises(ZooError) as err:
+        load_calibration_npz(wrong, (1, 1, 49, 10))
+    assert str(err.value) == (f"{wrong}: no array of shape Nx1x49x10 (samples x network input) in the file; "
+                              "found x[4, 3, 32, 32]")
+    with pytest.raises(ZooError, match="calibration file not found"):
+        load_calibration_npz(tmp_path / "missing.npz", (1, 640))
+    bad = tmp_path / "nan.npz"
+    np.savez(bad, x=np.full((2, 640), np.nan, np.float32))
+    with pytest.raises(ZooError, match="array 'x' contains NaN or infinite values"):
+        load_calibration_npz(bad, (1, 640))
+    text = tmp_path / "text.npz"
+    text.write_text("not an archive")
+    with pytest.raises(ZooError, match=r"text\.npz: not a readable \.npz file"):
+        load_calibration_npz(text, (1, 640))
+    with pytest.raises(ZooError):
+        zoo_build("autoencoder-ad", tmp_path / "out", calibrate=wrong, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def _onnxruntime_output(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference_model(name):
+    """The calibrated, folded Brevitas model that zoo_build exports by default (built once per test session)."""
+    return calibrated_model(name, progress=False)
+
+
+def _output_scale(model):
+    layer = model.output if hasattr(model, "output") else model.head.fc
+    return float(layer.output_quant.scale().detach())
+
+
+def test_zoo_build_resnet8_is_fast_reproducible_and_exact(tmp_path):
+    start = time.perf_counter()
+    first = zoo_build("resnet8", tmp_path / "a", progress=False)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 60, f"zoo_build('resnet8') took {elapsed:.1f} s"
+    second = zoo_build("resnet8", tmp_path / "b", progress=False)
+    assert first == tmp_path / "a" / MODEL_FILE
+    assert first.read_bytes() == second.read_bytes()
+    assert first.stat().st_size < 1_000_000
+    model_proto = onnx.load(str(first))
+    onnx.checker.check_model(model_proto, full_check=True)
+    ops = {n.op_type for n in model_proto.graph.node}
+    assert {"Div", "Round", "Clip", "Sub", "Mul", "Conv", "Add", "Gemm"} <= ops  # decomposed QCDQ
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"}
+    assert [i.name for i in model_proto.graph.input] == ["input"]
+    assert [o.name for o in model_proto.graph.output] == ["output"]
+    # the file computes what the calibrated Brevitas model computes
+    model, note = _reference_model("resnet8")
+    assert note.startswith("synthetic (16 uniform samples")
+    x = synthetic_samples((1, 3, 32, 32), 4, seed=11)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    for i in range(len(x)):
+        got = _onnxruntime_output(first, x[i:i + 1])
+        assert np.abs(got - expected[i:i + 1]).max() <= 1e-3 * _output_scale(model)
+
+
+def test_per_channel_and_activation_bits(tmp_path):
+    path = zoo_build("dscnn-xs", tmp_path, format="qdq", per_channel=True, act_bits=4, progress=False)
+    model_proto = onnx.load(str(path))
+    inits = {t.name: t for t in model_proto.graph.initializer}
+    per_axis = [n for n in model_proto.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
+                and list(inits[n.input[1]].dims) not in ([], [1])]
+    # the weights and the int32 biases (scale s_in * s_w[c]) of the 9 convs and the dense layer
+    assert len(per_axis) == 2 * 10
+    # 4-bit activations: Clip nodes bound the QuantizeLinear outputs to -8..7 / 0..15
+    clip_bounds = set()
+    for node in model_proto.graph.node:
+        if node.op_type == "Clip" and node.input[1] in inits:
+            clip_bounds.add((int(onnx.numpy_helper.to_array(inits[node.input[1]])),
+                             int(onnx.numpy_helper.to_array(inits[node.input[2]]))))
+    assert {(-8, 7), (0, 15)} <= clip_bounds
+    meta = {p.key: p.value for p in model_proto.metadata_props}
+    assert meta["qirc.zoo.weights"] == "int8 per-channel, random (seed 0)"
+    assert meta["qirc.zoo.activations"] == "4-bit"
+
+
+# Every network but the largest variant in the main (decomposed QCDQ) format; two small networks in every format.
+# The rest of the matrix (the MobileNets exported by Brevitas as QDQ and QONNX, MobileNetV2 in any format) takes
+# tens of seconds per case on a shared 2-core machine and runs with -m slow.
+FAST_EXPORTS = [(name, "qcdq") for name in NETWORKS if name != "mobilenetv2-vww"] + [
+    (name, fmt) for name in ("resnet8", "dscnn-xs") for fmt in ("qdq", "qonnx")]
+SLOW_EXPORTS = [(name, fmt) for name in NETWORKS for fmt in FORMATS if (name, fmt) not in FAST_EXPORTS]
+EXPORT_CASES = FAST_EXPORTS + [pytest.param(*case, marks=pytest.mark.slow) for case in SLOW_EXPORTS]
+
+
+@pytest.mark.parametrize("name,fmt", EXPORT_CASES)
+def test_every_network_exports_in_every_format(tmp_path, name, fmt):
+    from qirc.frontends.onnx import import_onnx
+
+    path = zoo_build(name, tmp_path, format=fmt, progress=False)
+    model_proto = onnx.load(str(path))
+    shape = [d.dim_value for d in model_proto.graph.input[0].type.tensor_type.shape.dim]
+    assert shape == list(NETWORKS[name].input_shape)
+    ops = {n.op_type for n in model_proto.graph.node}
+    expected_quant_op = {"qcdq": "Round", "qdq": "QuantizeLinear", "qonnx": "Quant"}[fmt]
+    assert expected_quant_op in ops
+    module = import_onnx(model_proto)  # qirc's frontend reads every format the zoo writes
+    assert [op.results[0].type.shape for op in module.inputs] == [tuple(NETWORKS[name].input_shape)]
+    if fmt != "qonnx":
+        model, _ = _reference_model(name)
+        x = synthetic_samples(NETWORKS[name].input_shape, 1, seed=5)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        assert np.abs(_onnxruntime_output(path, x) - expected).max() <= 1e-3 * _output_scale(model)
+
+
+# Compiling the zoo files for every Deeploy target.  Networks with a global average pool cannot be compiled for
+# cortex-m: Deeploy's CMSIS platform has no integer average pooling form that works (DESIGN section 4), and the
+# backend says so at the pool node.
+POOLED = {"resnet8", "mobilenetv1-vww", "dscnn-s", "mobilenetv2-vww", "dscnn-xs"}
+
+
+@pytest.fixture(scope="module")
+def qcdq_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo-qcdq")
+    return {name: zoo_build(name, root / name, progress=False) for name in ("resnet8", "dscnn-xs", "autoencoder-ad")}
+
+
+@pytest.mark.parametrize("name", ["resnet8", "dscnn-xs", "autoencoder-ad"])
+@pytest.mark.parametrize("target", ["deeploy-siracusa", "deeploy-generic", "deeploy-cortexm"])
+def test_zoo_models_compile_for_every_target(qcdq_files, tmp_path, name, target):
+    driver = pytest.importorskip("qirc.driver")
+    from qirc.qir.diagnostics import BackendError
+
+    if target == "deeploy-cortexm" and name in POOLED:
+        with pytest.raises(BackendError, match=r"node '/head/pool/GlobalAveragePool'.*average pooling"):
+            driver.compile_model(qcdq_files[name], target, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        return
+    summary = driver.compile_model(qcdq_files[name], target, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(summary.files)
+    (report,) = summary.accuracy["outputs"]
+    assert report["max_error_steps"] <= 1.0 + 1e-4
+    assert report["argmax_agreement"] >= 0.99 or name.startswith("autoencoder")
+
+
+def test_committed_example_is_reproduced_byte_for_byte():
+    from qirc.zoo.make_examples import EXAMPLES_DIR, check_examples
+
+    if not (EXAMPLES_DIR / "resnet8" / MODEL_FILE).exists():
+        pytest.skip("examples/resnet8/model.onnx is not in this checkout")
+    assert check_examples(progress=False) == [], "run: python -m qirc.zoo.make_examples"
