@@ -1,0 +1,228 @@
+"""ONNX emission: legalised integer IR -> the ONNX graph Deeploy reads.
+
+`emit_onnx(module, target)` writes one ONNX node per int op (see `legalize.py` for the forms), in the module's
+topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4):
+
+    int.conv           Conv(x, w)            kernel_shape, pads, strides, dilations, group all spelled out; no bias
+    int.gemm           Gemm(a, b, c)         alpha = beta = 1.0 (floats), transA, transB; int32 bias c
+    int.matmul         MatMul(a, b)
+    int.add / int.mul  Add / Mul             constant operands as int32 initializers
+    int.requant_shift  RequantShift(x, mul, add)  domain ai.deeploy; div, signed, n_levels_out as size-1 tensor
+                                             attributes; mul/add int32 initializers
+    int.maxpool        MaxPool               kernel_shape, pads (zero: padding is an explicit Pad), strides, ceil_mode
+    int.pad            Pad (Pad-2)           mode, pads, value attributes
+    int.reshape        Reshape(x, shape)     int64 shape initializer
+    int.transpose      Transpose             perm
+    int.concat         Concat                axis
+
+Element types: INT8 / UINT8 for 8-bit storage (the stored integers), INT32 for accumulators; every intermediate tensor
+has its shape in `value_info` (Deeploy does no shape inference).  Node and tensor names derive from the ops' source
+locations, sanitised to C identifiers (Deeploy generates C from them) and made unique.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ...qir.diagnostics import BackendError
+from ...qir.ir import Module, Operation, Value
+from ...qir.types import TensorType
+from .legalize import EMITTABLE
+from .targets import DeeployTarget, get_target
+
+OPSET = 10
+RQS_DOMAIN = "ai.deeploy"
+IR_VERSION = 7  # onnx 1.8; Deeploy's onnx-graphsurgeon reads it, and opset 10 needs >= 5
+
+_ONNX_ELEM = {"i8": TensorProto.INT8, "u8": TensorProto.UINT8, "i16": TensorProto.INT16, "u16": TensorProto.UINT16,
+              "i32": TensorProto.INT32, "u32": TensorProto.UINT32, "i64": TensorProto.INT64, "i1": TensorProto.BOOL}
+
+_ONNX_OP = {"int.conv": "Conv", "int.gemm": "Gemm", "int.matmul": "MatMul", "int.add": "Add", "int.mul": "Mul",
+            "int.requant_shift": "RequantShift", "int.maxpool": "MaxPool", "int.pad": "Pad",
+            "int.reshape": "Reshape", "int.transpose": "Transpose", "int.concat": "Concat"}
+
+
+def onnx_elem_type(t: TensorType) -> int:
+    """The ONNX element type of a tensor's runtime (stored) values."""
+    try:
+        return _ONNX_ELEM[t.storage.name]
+    except KeyError:
+        raise BackendError(f"no ONNX element type for {t}") from None
+
+
+def sanitize(name: str) -> str:
+    """A C identifier made from a location or tensor name ("/conv1/Conv" -> "conv1_Conv")."""
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+    if not s:
+        return ""
+    return s if not s[0].isdigit() else "n" + s
+
+
+class _Names:
+    """Unique sanitised names for nodes and tensors (one namespace, as Deeploy's generated C has one)."""
+
+    def __init__(self):
+        self.used: Dict[str, int] = {}
+
+    def fresh(self, base: str, fallback: str) -> str:
+        base = sanitize(base) or fallback
+        if base not in self.used:
+            self.used[base] = 1
+            return base
+        while True:
+            n = self.used[base]
+            self.used[base] = n + 1
+            cand = f"{base}_{n}"
+            if cand not in self.used:
+                self.used[cand] = 1
+                return cand
+
+
+def _tensor_attr(name: str, value: int, rank0: bool = False) -> onnx.AttributeProto:
+    """A size-1 int64 TENSOR attribute: shape [1], or rank 0 where the platform computes with it as a scalar."""
+    array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
+    return helper.make_attribute(name, numpy_helper.from_array(array, name))
+
+
+class _Emitter:
+    def __init__(self, module: Module, target: DeeployTarget):
+        self.module = module
+        self.target = target
+        self.names = _Names()
+        self.tensor_of: Dict[int, str] = {}  # id(Value) -> tensor name
+        self.nodes: List[onnx.NodeProto] = []
+        self.initializers: List[onnx.TensorProto] = []
+        self.value_info: List[onnx.ValueInfoProto] = []
+
+    def fail(self, op: Operation, message: str) -> BackendError:
+        return BackendError(f"{message} (target {self.target.name})", loc=op.loc or None, op=op.name)
+
+    def initializer(self, array: np.ndarray, name_hint: str, dtype) -> str:
+        name = self.names.fresh(name_hint, "const")
+        self.initializers.append(numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), name))
+        return name
+
+    def const_input(self, v: Value, hint: str, dtype=None) -> str:
+        """The initializer holding constant `v` (written once per Value, in its storage dtype unless given)."""
+        key = id(v)
+        if key not in self.tensor_of:
+            value = np.asarray(v.owner.attrs["value"])
+            self.tensor_of[key] = self.initializer(value, hint, dtype or v.type.storage.np_dtype)
+        return self.tensor_of[key]
+
+    def operand(self, op: Operation, i: int, node_name: str, role: str, const_dtype=None) -> str:
+        v = op.operands[i]
+        if v.owner.name == "qir.const":
+            return self.const_input(v, f"{node_name}_{role}", const_dtype)
+        return self.tensor_of[id(v)]
+
+    def emit(self) -> onnx.ModelProto:
+        module = self.module
+        outputs_by_value: Dict[int, str] = {}
+        for out in module.outputs:
+            v = out.operands[0]
+            if v.owner.name in ("qir.input", "qir.const") or id(v) in outputs_by_value:
+                raise self.fail(out, "a graph output must be computed by its own op (it is an input, a constant or "
+                                     "another output)")
+            outputs_by_value[id(v)] = out.attrs["name"]
+        graph_inputs = []
+        for inp in module.inputs:
+            name = self.names.fresh(inp.attrs["name"], "input")
+            self.tensor_of[id(inp.result)] = name
+            graph_inputs.append(helper.make_tensor_value_info(name, onnx_elem_type(inp.result.type),
+                                                              list(inp.result.type.shape)))
+        output_names = {}
+        for out in module.outputs:
+            output_names[id(out.operands[0])] = self.names.fresh(out.attrs["name"], "output")
+        for op in module.ops():
+            if op.dialect == "qir":
+                continue
+            if op.name not in EMITTABLE:
+                raise self.fail(op, f"{op.name} cannot be emitted (legalise the module for the target first)")
+            op_type = _ONNX_OP[op.name]
+            if not self.target.accepts(op_type):
+                raise self.fail(op, f"the platform does not map {op_type}")
+            node_name = self.names.fresh(op.loc or op.name.replace(".", "_"), op.name.replace(".", "_"))
+            r = op.result
+            if id(r) in output_names:
+                out_name = output_names[id(r)]
+            else:
+                out_name = self.names.fresh(f"{node_name}_out", "t")
+                self.value_info.append(helper.make_tensor_value_info(out_name, onnx_elem_type(r.type),
+                                                                     list(r.type.shape)))
+            self.tensor_of[id(r)] = out_name
+            self.nodes.append(self.node(op, op_type, node_name, out_name))
+        graph = helper.make_graph(
+            self.nodes, sanitize(module.name) or "network", graph_inputs,
+            [helper.make_tensor_value_info(output_names[id(o.operands[0])], onnx_elem_type(o.operands[0].type),
+                                           list(o.operands[0].type.shape)) for o in module.outputs],
+            initializer=self.initializers, value_info=self.value_info)
+        model = helper.make_model(graph, producer_name="qirc",
+                                  opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(RQS_DOMAIN, 1)])
+        model.ir_version = IR_VERSION
+        return model
+
+    def node(self, op: Operation, op_type: str, name: str, out: str) -> onnx.NodeProto:
+        a = op.attr
+        if op.name == "int.conv":
+            w = op.operands[1].type.shape
+            n_spatial = len(w) - 2
+            return helper.make_node(
+                "Conv", [self.operand(op, 0, name, "input"), self.operand(op, 1, name, "weight")], [out], name,
+                kernel_shape=list(w[2:]), pads=list(a("pads") or [0] * (2 * n_spatial)),
+                strides=list(a("strides") or [1] * n_spatial), dilations=list(a("dilations") or [1] * n_spatial),
+                group=int(a("group")))
+        if op.name == "int.gemm":
+            ins = [self.operand(op, 0, name, "A"), self.operand(op, 1, name, "B"),
+                   self.operand(op, 2, name, "C", np.int32)]
+            return helper.make_node("Gemm", ins, [out], name, alpha=1.0, beta=1.0, transA=int(a("transA")),
+                                    transB=int(a("transB")))
+        if op.name in ("int.matmul", "int.add", "int.mul"):
+            ins = [self.operand(op, i, name, f"in{i}", np.int32) for i in range(2)]
+            return helper.make_node(op_type, ins, [out], name)
+        if op.name == "int.requant_shift":
+            mul = self.initializer(np.asarray(a("mul")), f"{name}_mul", np.int32)
+            add = self.initializer(np.asarray(a("add")), f"{name}_add", np.int32)
+            node = helper.make_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
+                                    domain=RQS_DOMAIN)
+            # CMSIS's Gemm-requant merge derives the multiplier's shape from div's: rank 0 keeps it the scalar that
+            # its fully-connected kernel binding asserts
+            rank0 = self.target.gemm_scalar_mul
+            node.attribute.extend([_tensor_attr("div", int(a("div")), rank0),
+                                   _tensor_attr("signed", int(bool(a("signed"))), rank0),
+                                   _tensor_attr("n_levels_out", int(a("n_levels")), rank0)])
+            return node
+        if op.name == "int.maxpool":
+            k = list(a("kernel_shape"))
+            return helper.make_node("MaxPool", [self.operand(op, 0, name, "input")], [out], name, kernel_shape=k,
+                                    pads=list(a("pads") or [0] * (2 * len(k))),
+                                    strides=list(a("strides") or [1] * len(k)), ceil_mode=0)
+        if op.name == "int.pad":
+            return helper.make_node("Pad", [self.operand(op, 0, name, "input")], [out], name, mode="constant",
+                                    pads=list(a("pads")), value=float(a("value")))
+        if op.name == "int.reshape":
+            shape = self.initializer(np.asarray(list(op.result.type.shape), np.int64), f"{name}_shape", np.int64)
+            return helper.make_node("Reshape", [self.operand(op, 0, name, "input"), shape], [out], name)
+        if op.name == "int.transpose":
+            return helper.make_node("Transpose", [self.operand(op, 0, name, "input")], [out], name,
+                                    perm=list(a("perm")))
+        if op.name == "int.concat":
+            ins = [self.operand(op, i, name, f"in{i}") for i in range(len(op.operands))]
+            return helper.make_node("Concat", ins, [out], name, axis=int(a("axis")))
+        raise self.fail(op, f"{op.name} cannot be emitted")
+
+
+def emit_onnx(module: Module, target) -> onnx.ModelProto:
+    """The ONNX model of a legalised integer module for `target` (a name or DeeployTarget); checker clean."""
+    target = get_target(target)
+    model = _Emitter(module, target).emit()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise BackendError(f"emitted ONNX fails onnx.checker: {first}") from None
+    return model

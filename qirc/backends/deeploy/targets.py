@@ -1,0 +1,166 @@
+"""The Deeploy platforms qirc compiles for, as declarative descriptions.
+
+A `DeeployTarget` says what one Deeploy platform (pulp-platform/Deeploy, devel) takes: the ONNX op types its front end
+maps, the forms those ops must have, the lowering options its kernels need, and its quirks.  Legalisation
+(`legalize.py`) reads these fields to rewrite the integer IR into forms the platform accepts, and to refuse, with a
+located `BackendError`, what it cannot take; emission (`emit.py`) checks the result against `onnx_ops`.
+
+The facts below come from reading Deeploy's parsers, bindings, topology passes and kernels and from the runs recorded
+in DESIGN.md section 4; `docs/targets.md` explains each of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+from ...qir.diagnostics import UsageError
+
+#: How a residual Add of operands at different scales is written.
+#:   "mul-add"         Mul(a, ca) + Mul(b, cb) -> Add -> RequantShift: exact, one rounding (int32 sum).
+#:   "requantized-add" RequantShift(a) + RequantShift(b) -> Add -> RequantShift, every RequantShift per tensor: the
+#:                     pattern Siracusa's PULPAddRequantMergePass fuses into RequantizedAdd (pulp_nn_add), which clips
+#:                     each requantized operand to 8 bits before the sum.  The graph states those clips, so it is
+#:                     bit-exact with the kernel; it rounds each operand to a common scale first.
+RESIDUAL_ADD_FORMS = ("mul-add", "requantized-add")
+
+#: How an integer average (sum) pool is written.
+#:   "depthwise-conv"  Conv with an all-ones kernel, group = channels, then RequantShift dividing by the count.
+#:   None              the platform has no working form: legalisation raises BackendError.
+POOL_FORMS = ("depthwise-conv", None)
+
+
+@dataclass(frozen=True)
+class DeeployTarget:
+    """One Deeploy platform: what its ONNX front end maps and the forms it needs.
+
+    name               the `--target` name
+    platform           Deeploy's platform name (the DeeployTest `-p` argument: Generic, Siracusa, QEMU-ARM)
+    description        one line for `qirc --list-targets`
+    onnx_ops           ONNX op types qirc may emit for it (RequantShift included)
+    signed_normalize   the platform's kernels take int8 only: unsigned tensors are moved to int8 (zero point -128)
+    conv_needs_requant a Conv must be followed by a RequantShift (its only user): no bare integer Conv kernel
+    residual_add       one of RESIDUAL_ADD_FORMS
+    sum_pool           one of POOL_FORMS
+    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant's add is made a multiple of
+                       its mul, so that the graph computes what the device does
+    depthwise_conv     a depthwise (grouped) Conv is accepted
+    square_conv_pads   Conv takes only equal pads on every side, depthwise Conv none (others become an explicit Pad)
+    gemm_scalar_mul    a Gemm's requant multiplier must be one rank-0 scalar (CMSIS fully-connected is per tensor)
+    quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
+    """
+
+    name: str
+    platform: str
+    description: str
+    onnx_ops: frozenset
+    signed_normalize: bool
+    conv_needs_requant: bool
+    residual_add: str
+    sum_pool: object
+    add_before_mul: bool = False
+    gemm_scalar_mul: bool = False
+    square_conv_pads: bool = False
+    depthwise_conv: bool = True
+    quirks: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.residual_add not in RESIDUAL_ADD_FORMS:
+            raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
+        if self.sum_pool not in POOL_FORMS:
+            raise ValueError(f"target {self.name}: unknown sum-pool form {self.sum_pool!r}")
+
+    @property
+    def lowering_options(self) -> Dict[str, object]:
+        """Options of the `lower-to-int` passes this platform needs (pass option name -> value)."""
+        return {"signed_normalize": self.signed_normalize}
+
+    def accepts(self, onnx_op: str) -> bool:
+        return onnx_op in self.onnx_ops
+
+
+_COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
+                     "Transpose"})
+
+GENERIC = DeeployTarget(
+    name="deeploy-generic",
+    platform="Generic",
+    description="Deeploy Generic platform (host C, reference kernels; builds and runs with gcc)",
+    onnx_ops=_COMMON | {"Concat"},
+    signed_normalize=False,
+    conv_needs_requant=False,
+    residual_add="mul-add",
+    sum_pool="depthwise-conv",
+    quirks=(
+        "ReduceSum's generated C crashes and ReduceMean needs non-standard attributes: average pooling is a "
+        "depthwise all-ones Conv followed by a RequantShift",
+        "the DeeployTest runner rewrites add to round(add/mul)*mul; qirc keeps add a multiple of mul whenever the "
+        "output zero point is 0",
+    ),
+)
+
+SIRACUSA = DeeployTarget(
+    name="deeploy-siracusa",
+    platform="Siracusa",
+    description="Deeploy PULPOpen/Siracusa (RISC-V cluster, PULP-NN kernels, int8 only)",
+    onnx_ops=_COMMON | {"Concat"},
+    signed_normalize=True,
+    conv_needs_requant=True,
+    residual_add="requantized-add",
+    sum_pool="depthwise-conv",
+    quirks=(
+        "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
+        "Add followed by RequantShift is always fused into RequantizedAdd (pulp_nn_add), which takes 8-bit "
+        "operands only and clips each requantized operand to 8 bits: residual adds are written as "
+        "RequantShift(a), RequantShift(b) -> Add -> RequantShift, all per tensor",
+        "a unity RequantShift (mul == div, add == 0) after Reshape/Transpose is removed by Deeploy",
+        "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
+    ),
+)
+
+CORTEXM = DeeployTarget(
+    name="deeploy-cortexm",
+    platform="QEMU-ARM",
+    description="Deeploy CMSIS platform (Arm Cortex-M, CMSIS-NN kernels, int8 only, no Concat)",
+    onnx_ops=_COMMON,
+    signed_normalize=True,
+    conv_needs_requant=True,
+    residual_add="mul-add",
+    sum_pool=None,
+    add_before_mul=True,
+    gemm_scalar_mul=True,
+    square_conv_pads=True,
+    depthwise_conv=False,
+    quirks=(
+        "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
+        "no Concat mapping",
+        "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
+        "a multiple of mul, so the graph states what the device computes",
+        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
+        "no depthwise Conv: Deeploy's CMSIS depthwise parser compares group with the first dimension of the weight "
+        "after its own NHWC transposition has made it 1, so every depthwise RequantizedConv is rejected",
+        "no average pooling: its depthwise all-ones Conv form is rejected like every depthwise Conv and "
+        "ReduceMean/ReduceSum are unusable",
+        "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
+    ),
+)
+
+TARGETS: Dict[str, DeeployTarget] = {t.name: t for t in (SIRACUSA, GENERIC, CORTEXM)}
+
+
+def get_target(name) -> DeeployTarget:
+    """The target called `name` (a DeeployTarget passes through); UsageError listing the targets otherwise."""
+    if isinstance(name, DeeployTarget):
+        return name
+    try:
+        return TARGETS[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown target '{name}'; targets: {', '.join(TARGETS)}") from None
+
+
+def describe_targets() -> str:
+    """The `qirc --list-targets` text: one line per target (name, description)."""
+    lines = []
+    width = max(len(n) for n in TARGETS)
+    for t in TARGETS.values():
+        lines.append(f"{t.name:<{width}}  {t.description}")
+    return "\n".join(lines) + "\n"

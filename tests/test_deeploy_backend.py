@@ -1,0 +1,491 @@
+"""Deeploy backend on hand-built integer IR: targets, legalisation rewrites, ONNX emission, the reader of qirc's own
+Deeploy ONNX, and target refusals."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from qirc.backends.deeploy.emit import emit_onnx
+from qirc.backends.deeploy.legalize import legalize
+from qirc.backends.deeploy.targets import TARGETS, get_target
+from qirc.frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
+from qirc.qir import interpreter
+from qirc.qir.diagnostics import BackendError, FrontendError, UsageError
+from qirc.qir.ir import Module, const_op, input_op, output_op
+from qirc.qir.passes import parse_pipeline
+from qirc.qir.types import TensorType, UniformQuantType, f32, i8, i32, u8
+from qirc.qir.verifier import verify
+
+from test_deeploy_structure import assert_deeploy_structure
+
+TARGET_NAMES = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
+
+
+def q8(scale, zp=0, signed=True):
+    return UniformQuantType.per_tensor(i8 if signed else u8, scale, zp)
+
+
+def conv_attrs(k=3, pads=(1, 1, 1, 1), group=1):
+    return {"kernel_shape": [k, k], "pads": list(pads), "strides": [1, 1], "dilations": [1, 1], "group": group}
+
+
+def rqs_attrs(mul, add=0, div=1 << 16, signed=True, n_levels=256):
+    return {"mul": np.asarray(mul, np.int64).reshape(np.shape(mul) or (1,)),
+            "add": np.asarray(add, np.int64).reshape(np.shape(add) or (1,)), "div": div, "signed": signed,
+            "n_levels": n_levels}
+
+
+def conv_rqs(m, x, w, b, mul, loc, out_type, group=1):
+    c_out = w.shape[0]
+    shape = (x.type.shape[0], c_out) + tuple(x.type.shape[2:])
+    wv = const_op(m, w.astype(np.int8), TensorType(w.shape, i8), loc + "/w")
+    operands = [x, wv]
+    if b is not None:
+        operands.append(const_op(m, b.astype(np.int32), TensorType(b.shape, i32), loc + "/b"))
+    c = m.create("int.conv", operands, [TensorType(shape, i32)], conv_attrs(w.shape[-1], group=group), loc).result
+    return m.create("int.requant_shift", [c], [TensorType(shape, out_type)], rqs_attrs(mul), loc + "/rqs").result
+
+
+def small_cnn(seed=0, residual_scales=(5, 4), pool="reduce_sum"):
+    """input -> conv(+bias) -> rqs -> depthwise conv -> rqs -> residual add (int.mul by constants) -> rqs ->
+    maxpool -> global sum pool -> rqs -> flatten -> gemm(+bias) -> rqs -> output."""
+    rng = np.random.default_rng(seed)
+    m = Module("small_cnn")
+    x = input_op(m, "input:0", TensorType((1, 3, 8, 8), q8(0.02)))
+    mul1 = rng.integers(100, 200, (1, 8, 1, 1))
+    r1 = conv_rqs(m, x, rng.integers(-127, 128, (8, 3, 3, 3)), rng.integers(-500, 500, (8,)), mul1, "/conv1/Conv",
+                  q8(0.05))
+    r2 = conv_rqs(m, r1, rng.integers(-127, 128, (8, 1, 3, 3)), None, [300], "/dw/Conv", q8(0.04), group=8)
+    shape = (1, 8, 8, 8)
+    if residual_scales is not None:
+        ca, cb = (const_op(m, np.array([c], np.int32), TensorType((1,), i32), f"/add/c{i}")
+                  for i, c in enumerate(residual_scales))
+        ta = m.create("int.mul", [r1, ca], [TensorType(shape, i32)], {}, "/add/mul_a").result
+        tb = m.create("int.mul", [r2, cb], [TensorType(shape, i32)], {}, "/add/mul_b").result
+        s = m.create("int.add", [ta, tb], [TensorType(shape, i32)], {}, "/add/Add").result
+        r2 = m.create("int.requant_shift", [s], [TensorType(shape, q8(0.06))], rqs_attrs([13107]), "/add/rqs").result
+    mp = m.create("int.maxpool", [r2], [TensorType((1, 8, 4, 4), r2.type.element)],
+                  {"kernel_shape": [2, 2], "pads": [0, 0, 0, 0], "strides": [2, 2]}, "/pool/MaxPool").result
+    if pool == "reduce_sum":
+        sm = m.create("int.reduce_sum", [mp], [TensorType((1, 8, 1, 1), i32)], {"axes": [2, 3], "keepdims": 1},
+                      "/gap/ReduceMean").result
+    else:
+        sm = m.create("int.sumpool", [mp], [TensorType((1, 8, 1, 1), i32)],
+                      {"kernel_shape": [4, 4], "pads": [0, 0, 0, 0], "strides": [4, 4]}, "/gap/AveragePool").result
+    r3 = m.create("int.requant_shift", [sm], [TensorType((1, 8, 1, 1), r2.type.element)],
+                  rqs_attrs([1], 0, 16), "/gap/rqs").result
+    fl = m.create("int.flatten", [r3], [TensorType((1, 8), r2.type.element)], {"axis": 1}, "/Flatten").result
+    gw = const_op(m, rng.integers(-127, 128, (5, 8)).astype(np.int8), TensorType((5, 8), i8), "/fc/w")
+    gb = const_op(m, rng.integers(-100, 100, (5,)).astype(np.int32), TensorType((5,), i32), "/fc/b")
+    g = m.create("int.gemm", [fl, gw, gb], [TensorType((1, 5), i32)], {"transA": 0, "transB": 1}, "/fc/Gemm").result
+    r4 = m.create("int.requant_shift", [g], [TensorType((1, 5), q8(0.1))],
+                  rqs_attrs(np.full((1, 5), 40000), 0, 1 << 20), "/fc/rqs").result
+    output_op(m, "output", r4)
+    verify(m)
+    return m
+
+
+def run_samples(module, seeds=range(4)):
+    return [interpreter.run(module, interpreter.random_inputs(module, s)) for s in seeds]
+
+
+# ----- targets --------------------------------------------------------------------------------------------------
+def test_targets_are_declared_with_their_lowering_options():
+    assert set(TARGETS) == set(TARGET_NAMES)
+    assert get_target("deeploy-siracusa").lowering_options == {"signed_normalize": True}
+    assert get_target("deeploy-cortexm").lowering_options == {"signed_normalize": True}
+    assert get_target("deeploy-generic").lowering_options == {"signed_normalize": False}
+    assert get_target("deeploy-siracusa").platform == "Siracusa"
+    assert not get_target("deeploy-cortexm").accepts("Concat")
+    assert get_target("deeploy-generic").accepts("Concat")
+
+
+def test_unknown_target_lists_the_targets():
+    with pytest.raises(UsageError) as e:
+        get_target("deeploy-x86")
+    assert str(e.value) == ("unknown target 'deeploy-x86'; targets: deeploy-siracusa, deeploy-generic, "
+                            "deeploy-cortexm")
+
+
+def test_legalize_is_a_registered_pass():
+    [p] = parse_pipeline("deeploy-legalize{target=deeploy-siracusa}")
+    assert p.spec() == "deeploy-legalize{target=deeploy-siracusa}"
+    m = small_cnn(residual_scales=None)
+    p.run(m)
+    assert not m.walk("int.reduce_sum")
+
+
+# ----- legalisation rewrites ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-siracusa"])
+def test_legalized_graph_computes_the_same_integers(target):
+    # equal residual scales: every rewrite is exact, Siracusa's included
+    m = small_cnn(residual_scales=(1, 1))
+    before = run_samples(m)
+    legalize(m, target)
+    verify(m)
+    after = run_samples(m)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b["output"], a["output"])
+
+
+def test_conv_bias_is_folded_into_the_requant_add():
+    m = small_cnn(residual_scales=None)
+    conv = m.walk("int.conv")[0]
+    bias = np.asarray(conv.operands[2].owner.attrs["value"], np.int64)
+    rqs = conv.result.users[0]
+    mul = np.asarray(rqs.attrs["mul"], np.int64).reshape(-1)
+    legalize(m, "deeploy-generic")
+    conv = [c for c in m.walk("int.conv") if c.loc == "/conv1/Conv"][0]
+    assert len(conv.operands) == 2
+    rqs = conv.result.users[0]
+    np.testing.assert_array_equal(np.asarray(rqs.attrs["add"]).reshape(-1), bias * mul)
+    assert np.asarray(rqs.attrs["add"]).shape == (1, 8, 1, 1)
+
+
+@pytest.mark.parametrize("pool", ["reduce_sum", "sumpool"])
+def test_sum_pool_becomes_a_depthwise_all_ones_conv(pool):
+    m = small_cnn(residual_scales=None, pool=pool)
+    before = run_samples(m)
+    legalize(m, "deeploy-siracusa")
+    pool_conv = [c for c in m.walk("int.conv") if c.loc.startswith("/gap/")][0]
+    w = np.asarray(pool_conv.operands[1].owner.attrs["value"])
+    assert w.shape == (8, 1, 4, 4) and np.all(w == 1)
+    assert pool_conv.attrs["group"] == 8
+    assert pool_conv.result.users[0].name == "int.requant_shift"
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["output"], a["output"])
+
+
+def _emulate_pulp_rqadd(model: onnx.ModelProto, add_node: onnx.NodeProto, values: dict) -> np.ndarray:
+    """What Siracusa computes for RQS(a), RQS(b) -> Add -> RQS after PULPAddRequantMergePass: pulp_nn_add_i8_i8_i8,
+    out = clips8(((clips8((a*m1 + a1 + d1/2) >> s1) + clips8((b*m2 + ...) >> s2)) * mo + ao + do/2) >> so)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    by_out = {n.output[0]: n for n in model.graph.node}
+    consumer = [n for n in model.graph.node if add_node.output[0] in n.input][0]
+
+    def params(n):
+        a = {x.name: int(numpy_helper.to_array(x.t).reshape(-1)[0]) for x in n.attribute}
+        mul, add = int(inits[n.input[1]].item()), int(inits[n.input[2]].item())
+        return mul, add + a["div"] // 2, int(np.log2(a["div"]))
+
+    def clips8(v):
+        return np.clip(v, -128, 127)
+
+    rq = []
+    for name in add_node.input:
+        n = by_out[name]
+        mul, add, shift = params(n)
+        rq.append(clips8((values[n.input[0]] * mul + add) >> shift))
+    mul, add, shift = params(consumer)
+    return clips8(((rq[0] + rq[1]) * mul + add) >> shift)
+
+
+def test_siracusa_residual_add_is_the_form_its_fused_kernel_computes():
+    m = small_cnn(residual_scales=(5, 4))
+    exact = run_samples(m, range(6))
+    legalize(m, "deeploy-siracusa")
+    model = emit_onnx(m, "deeploy-siracusa")
+    [add] = [n for n in model.graph.node if n.op_type == "Add"]
+    producers = {n.output[0]: n for n in model.graph.node}
+    assert [producers[i].op_type for i in add.input] == ["RequantShift", "RequantShift"]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consumer = [n for n in model.graph.node if add.output[0] in n.input][0]
+    for n in [producers[i] for i in add.input] + [consumer]:
+        assert consumer.op_type == "RequantShift"
+        assert inits[n.input[1]].size == 1 and inits[n.input[2]].size == 1  # per tensor: the merge needs it
+    # the emitted graph computes exactly what pulp_nn_add computes
+    device = import_deeploy_onnx(model)
+    for seed in range(6):
+        inputs = interpreter.random_inputs(device, seed)
+        vals = _values_by_tensor(device, model, inputs)
+        np.testing.assert_array_equal(_emulate_pulp_rqadd(model, add, vals), vals[consumer.output[0]])
+    # ... and stays within one output step of the exact one-rounding form at the output
+    for b, a in zip(exact, run_samples(m, range(6))):
+        assert np.abs(b["output"] - a["output"]).max() <= 1
+
+
+def _values_by_tensor(device: Module, model: onnx.ModelProto, inputs) -> dict:
+    """Runtime arrays of the re-imported graph keyed by ONNX tensor name (node outputs and graph inputs)."""
+    vals = interpreter.run_values(device, inputs)
+    out_of_node = {n.name: n.output[0] for n in model.graph.node}
+    by_tensor = {}
+    for op in device.ops():
+        if op.name == "qir.input":
+            by_tensor[op.attrs["name"]] = vals[op.result]
+        elif op.dialect == "int":
+            by_tensor[out_of_node[op.loc]] = vals[op.result]
+    return by_tensor
+
+
+def test_generic_and_cmsis_keep_the_exact_mul_add_form():
+    for target in ("deeploy-generic",):
+        m = small_cnn(residual_scales=(5, 4))
+        before = run_samples(m)
+        legalize(m, target)
+        model = emit_onnx(m, target)
+        [add] = [n for n in model.graph.node if n.op_type == "Add"]
+        producers = {n.output[0]: n.op_type for n in model.graph.node}
+        assert [producers[i] for i in add.input] == ["Mul", "Mul"]
+        for b, a in zip(before, run_samples(m)):
+            np.testing.assert_array_equal(b["output"], a["output"])
+
+
+def test_clip_after_requant_folds_into_its_levels():
+    m = Module("clip")
+    x = input_op(m, "x", TensorType((1, 64), q8(0.05)))
+    r = m.create("int.requant_shift", [x], [TensorType((1, 64), q8(0.1))], rqs_attrs([3], 0, 4), "/rqs").result
+    c = m.create("int.clip", [r], [TensorType((1, 64), q8(0.1))], {"min": 0, "max": 127}, "/relu").result
+    output_op(m, "y", c)
+    before = run_samples(m)
+    legalize(m, "deeploy-generic")
+    [rqs] = m.walk("int.requant_shift")
+    assert (rqs.attrs["signed"], rqs.attrs["n_levels"]) == (False, 128)
+    assert not m.walk("int.clip")
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_trailing_reshape_moves_before_the_last_requant():
+    m = Module("tail")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1)))
+    p = m.create("int.maxpool", [x], [TensorType((1, 2, 2, 2), q8(0.1))],
+                 {"kernel_shape": [2, 2], "pads": [0, 0, 0, 0], "strides": [2, 2]}, "/pool").result
+    r = m.create("int.requant_shift", [p], [TensorType((1, 2, 2, 2), q8(0.2))], rqs_attrs([1], 0, 2), "/rqs").result
+    f = m.create("int.flatten", [r], [TensorType((1, 8), q8(0.2))], {"axis": 1}, "/flatten").result
+    output_op(m, "y", f)
+    before = run_samples(m)
+    legalize(m, "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    assert [n.op_type for n in model.graph.node] == ["MaxPool", "Reshape", "RequantShift"]
+    assert_deeploy_structure(model, "deeploy-generic")
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_trailing_reshape_after_a_fused_conv_is_refused():
+    m = Module("tail")
+    x = input_op(m, "x", TensorType((1, 2, 1, 1), q8(0.1)))
+    r = conv_rqs(m, x, np.ones((3, 2, 1, 1)), None, [5], "/head/Conv", q8(0.3))
+    f = m.create("int.flatten", [r], [TensorType((1, 3), q8(0.3))], {"axis": 1}, "/head/Flatten").result
+    output_op(m, "y", f)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-siracusa")
+    assert str(e.value).startswith("node '/head/Flatten' (int.reshape): the graph ends in a reshape")
+    assert "(target deeploy-siracusa)" in str(e.value)
+
+
+# ----- refusals ---------------------------------------------------------------------------------------------------
+def test_cortexm_refuses_average_pooling_naming_the_node():
+    m = small_cnn(residual_scales=None)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-cortexm")
+    assert str(e.value).startswith("node '/gap/ReduceMean' (int.reduce_sum): integer average pooling has no working "
+                                   "form")
+    assert str(e.value).endswith("(target deeploy-cortexm)")
+
+
+def _concat_module():
+    m = Module("cat")
+    a = input_op(m, "a", TensorType((1, 2, 2, 2), q8(0.1)))
+    b = input_op(m, "b", TensorType((1, 2, 2, 2), q8(0.1)))
+    c = m.create("int.concat", [a, b], [TensorType((1, 4, 2, 2), q8(0.1))], {"axis": 1}, "/cat/Concat").result
+    r = m.create("int.requant_shift", [c], [TensorType((1, 4, 2, 2), q8(0.2))], rqs_attrs([1], 0, 2), "/rqs").result
+    output_op(m, "y", r)
+    return m
+
+
+def test_cortexm_refuses_concat_and_generic_emits_it():
+    with pytest.raises(BackendError) as e:
+        legalize(_concat_module(), "deeploy-cortexm")
+    assert str(e.value) == "node '/cat/Concat' (int.concat): the platform has no Concat (target deeploy-cortexm)"
+    m = legalize(_concat_module(), "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    assert [n.op_type for n in model.graph.node] == ["Concat", "RequantShift"]
+
+
+def test_bare_conv_is_refused_where_the_platform_has_no_integer_conv():
+    def bare():
+        m = Module("bare")
+        x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1)))
+        w = const_op(m, np.ones((2, 2, 1, 1), np.int8), TensorType((2, 2, 1, 1), i8), "/w")
+        b = const_op(m, np.array([1, 2], np.int32), TensorType((2,), i32), "/b")
+        c = m.create("int.conv", [x, w, b], [TensorType((1, 2, 4, 4), i32)], conv_attrs(1, (0, 0, 0, 0)),
+                     "/conv/Conv").result
+        output_op(m, "acc", c)
+        return m
+
+    with pytest.raises(BackendError) as e:
+        legalize(bare(), "deeploy-siracusa")
+    assert str(e.value).startswith("node '/conv/Conv' (int.conv): int.conv is not followed by a requant_shift")
+    # Generic has an integer Conv: the bias becomes an explicit int32 Add, same integers
+    m = bare()
+    before = run_samples(m)
+    legalize(m, "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Add"]
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["acc"], a["acc"])
+
+
+def test_non_integer_ops_are_refused():
+    m = Module("f")
+    x = input_op(m, "x", TensorType((1, 4), q8(0.1)))
+    d = m.create("quant.dcast", [x], [TensorType((1, 4), f32)], {}, "/dq").result
+    output_op(m, "y", d)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-generic")
+    assert str(e.value) == ("node '/dq' (quant.dcast): quant.dcast is not integer arithmetic: lower the model first "
+                            "(lower-to-int) (target deeploy-generic)")
+
+
+# ----- emission and the reader -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-siracusa"])
+def test_emitted_graph_follows_the_contract_and_reads_back_exactly(target):
+    m = small_cnn(residual_scales=(5, 4))
+    legalize(m, target)
+    model = emit_onnx(m, target)
+    assert_deeploy_structure(model, target)
+    assert is_deeploy_onnx(model)
+    names = [n.name for n in model.graph.node]
+    assert names[:3] == ["conv1_Conv", "conv1_Conv_rqs", "dw_Conv"]
+    assert [i.name for i in model.graph.input] == ["input_0"]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    assert types["conv1_Conv_out"] == onnx.TensorProto.INT32
+    assert types["conv1_Conv_rqs_out"] == onnx.TensorProto.INT8
+    rqs = [n for n in model.graph.node if n.op_type == "RequantShift"][0]
+    assert rqs.domain == "ai.deeploy"
+    assert {o.domain for o in model.opset_import} == {"", "ai.deeploy"}
+    device = import_deeploy_onnx(model)
+    verify(device)
+    for seed in range(3):
+        inputs = interpreter.random_inputs(m, seed)
+        np.testing.assert_array_equal(interpreter.run(m, inputs)["output"],
+                                      interpreter.run(device, list(inputs.values()))["output"])
+
+
+def test_requant_add_is_a_multiple_of_mul_when_the_output_zero_point_is_0():
+    for target in ("deeploy-generic", "deeploy-siracusa"):
+        m = small_cnn(residual_scales=(5, 4))
+        legalize(m, target)
+        for rqs in m.walk("int.requant_shift"):
+            t = rqs.result.type
+            if t.is_quant and t.quant.zero_points == (0,) or not t.is_quant:
+                mul, add = np.asarray(rqs.attrs["mul"]), np.asarray(rqs.attrs["add"])
+                assert np.all(add % mul == 0), rqs.loc
+
+
+def test_reader_reports_foreign_ops_with_the_node():
+    m = legalize(small_cnn(residual_scales=None), "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    model.graph.node[3].op_type = "Softmax"
+    with pytest.raises(FrontendError) as e:
+        import_deeploy_onnx(model)
+    assert str(e.value) == f"<model>: node '{model.graph.node[3].name}' (Softmax): op Softmax is not part of qirc's " \
+                           "Deeploy form"
+
+
+def test_reader_needs_value_info():
+    m = legalize(small_cnn(residual_scales=None), "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    del model.graph.value_info[0]
+    with pytest.raises(FrontendError) as e:
+        import_deeploy_onnx(model)
+    assert "has no integer type and static shape in value_info" in str(e.value)
+
+
+# ----- platform quirks found by running Deeploy -------------------------------------------------------------------
+def test_padded_maxpool_becomes_a_pad_with_the_storage_minimum():
+    m = Module("pool")
+    x = input_op(m, "x", TensorType((1, 2, 5, 5), q8(0.1)))
+    p = m.create("int.maxpool", [x], [TensorType((1, 2, 3, 3), q8(0.1))],
+                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "/pool/MaxPool").result
+    r = m.create("int.requant_shift", [p], [TensorType((1, 2, 3, 3), q8(0.2))], rqs_attrs([1], 0, 2), "/rqs").result
+    output_op(m, "y", r)
+    before = run_samples(m)
+    legalize(m, "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
+    pad, pool = model.graph.node[0], model.graph.node[1]
+    assert (pad.op_type, pool.op_type) == ("Pad", "MaxPool")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pad.attribute}
+    assert attrs["value"] == -128.0 and list(attrs["pads"]) == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert_deeploy_structure(model, "deeploy-generic")
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def _gemm_module(add):
+    m = Module("fc")
+    x = input_op(m, "x", TensorType((1, 16), q8(0.1)))
+    w = const_op(m, np.arange(-40, 40).reshape(5, 16).astype(np.int8), TensorType((5, 16), i8), "/fc/w")
+    g = m.create("int.gemm", [x, w], [TensorType((1, 5), i32)], {"transA": 0, "transB": 1}, "/fc/Gemm").result
+    r = m.create("int.requant_shift", [g], [TensorType((1, 5), q8(0.5, 3))],
+                 rqs_attrs([1000], np.asarray(add).reshape(1, -1), 1 << 16), "/fc/rqs").result
+    output_op(m, "y", r)
+    return m
+
+
+def test_cortexm_gemm_requant_has_a_scalar_multiplier_and_add_a_multiple_of_it():
+    m = legalize(_gemm_module([3 * 65536 + 7, 123456, -5, 999, 0]), "deeploy-cortexm")
+    [rqs] = m.walk("int.requant_shift")
+    assert rqs.attrs["mul"].shape == () and int(rqs.attrs["mul"]) == 1000
+    np.testing.assert_array_equal(rqs.attrs["add"], [197000, 123000, 0, 1000, 0])  # round(add / mul) * mul
+    model = emit_onnx(m, "deeploy-cortexm")
+    node = [n for n in model.graph.node if n.op_type == "RequantShift"][0]
+    assert all(list(a.t.dims) == [] for a in node.attribute)  # rank-0 div keeps CMSIS's merged multiplier scalar
+    assert_deeploy_structure(model, "deeploy-cortexm")
+    # the exact form stays on the other platforms
+    m = legalize(_gemm_module([3 * 65536 + 7, 123456, -5, 999, 0]), "deeploy-generic")
+    np.testing.assert_array_equal(m.walk("int.requant_shift")[0].attrs["add"], [196615, 123456, -5, 999, 0])
+
+
+def test_cortexm_refuses_depthwise_conv_and_pads_dense_conv_squarely():
+    m = Module("dw")
+    x = input_op(m, "x", TensorType((1, 4, 6, 6), q8(0.1)))
+    conv_rqs(m, x, np.ones((4, 1, 3, 3)), None, [5], "/dw/Conv", q8(0.3), group=4)
+    output_op(m, "y", m.walk("int.requant_shift")[0].result)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-cortexm")
+    assert str(e.value).startswith("node '/dw/Conv' (int.conv): depthwise int.conv has no working form")
+    m = Module("dense")
+    x = input_op(m, "x", TensorType((1, 4, 6, 6), q8(0.1)))
+    w = const_op(m, np.ones((2, 4, 3, 3), np.int8), TensorType((2, 4, 3, 3), i8), "/c/w")
+    c = m.create("int.conv", [x, w], [TensorType((1, 2, 5, 5), i32)], conv_attrs(3, (1, 0, 0, 1)), "/c/Conv").result
+    r = m.create("int.requant_shift", [c], [TensorType((1, 2, 5, 5), q8(0.3))], rqs_attrs([5]), "/c/rqs").result
+    output_op(m, "y", r)
+    before = run_samples(m)
+    legalize(m, "deeploy-cortexm")
+    model = emit_onnx(m, "deeploy-cortexm")
+    assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "RequantShift"]
+    assert_deeploy_structure(model, "deeploy-cortexm")
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_conv_padding_a_shifted_tensor_with_zeros_is_refused():
+    m = Module("zp")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
+    conv_rqs(m, x, np.ones((2, 2, 3, 3)), None, [5], "/c/Conv", q8(0.3))
+    output_op(m, "y", m.walk("int.requant_shift")[0].result)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-generic")
+    assert str(e.value) == ("node '/c/Conv' (int.conv): int.conv pads with zeros a tensor whose zero point is [-128] "
+                            "(the padding needs an explicit int.pad with the zero point) (target deeploy-generic)")
+
+
+def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
+    m = Module("avg")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
+    s = m.create("int.sumpool", [x], [TensorType((1, 2, 4, 4), i32)],
+                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, "/avg/AveragePool").result
+    r = m.create("int.requant_shift", [s], [TensorType((1, 2, 4, 4), q8(0.1, -128))], rqs_attrs([7282], 0, 1 << 16),
+                 "/avg/rqs").result
+    output_op(m, "y", r)
+    before = run_samples(m)
+    legalize(m, "deeploy-siracusa")
+    model = emit_onnx(m, "deeploy-siracusa")
+    assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "RequantShift"]
+    assert_deeploy_structure(model, "deeploy-siracusa")
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])

@@ -1,0 +1,170 @@
+"""The whole driver on the corpus: every model for every target, then the written folder checked against the
+Deeploy contract; atomicity of the output folder."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from qirc.driver import compile_model, simulate
+from qirc.frontends.deeploy import import_deeploy_onnx
+from qirc.qir import interpreter
+from qirc.qir.diagnostics import BackendError, UsageError
+
+from test_deeploy_structure import assert_deeploy_structure
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+MODELS = ["ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS", "Autoencoder", "Autoencoder-MLPerf"]
+TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
+POOLED = {"ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS"}  # global average pool: no CMSIS form
+
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
+
+
+def model_path(name):
+    return str(CORPUS / name / "split.onnx")
+
+
+_built = {}
+
+
+def build(name, target, tmp_path_factory):
+    key = (name, target)
+    if key not in _built:
+        out = tmp_path_factory.mktemp("deeploy") / f"{name}-{target}"
+        _built[key] = (out, compile_model(model_path(name), target, out, accuracy_samples=2))
+    return _built[key]
+
+
+CASES = [(m, t) for m in MODELS for t in TARGETS if not (t == "deeploy-cortexm" and m in POOLED)]
+
+
+@pytest.mark.parametrize("name, target", CASES)
+def test_corpus_model_compiles_to_the_contract(name, target, tmp_path_factory):
+    out, summary = build(name, target, tmp_path_factory)
+    assert sorted(os.listdir(out)) == ["inputs.npz", "network.onnx", "outputs.npz", "qirc.json"]
+    model = onnx.load(str(out / "network.onnx"))
+    assert_deeploy_structure(model, target)
+    # re-importing network.onnx and simulating inputs.npz reproduces outputs.npz exactly
+    with np.load(out / "inputs.npz") as f:
+        ins = [f[k] for k in f.files]
+        assert f.files == [i.name for i in model.graph.input]
+    with np.load(out / "outputs.npz") as f:
+        outs = [f[k] for k in f.files]
+        assert f.files == [o.name for o in model.graph.output]
+    got = interpreter.run(import_deeploy_onnx(out / "network.onnx"), ins)
+    assert len(got) == len(outs)
+    for g, o in zip(got.values(), outs):
+        np.testing.assert_array_equal(g, o)
+    # qirc.json as DESIGN.md section 5 says
+    report = json.loads((out / "qirc.json").read_text())
+    assert report["target"] == target
+    assert [e["name"] for e in report["inputs"]] == [i.name for i in model.graph.input]
+    assert [e["name"] for e in report["outputs"]] == [o.name for o in model.graph.output]
+    for entry, array in zip(report["inputs"], ins):
+        assert entry["shape"] == list(array.shape) and entry["dtype"] == array.dtype.name
+        assert isinstance(entry["scale"], float) and isinstance(entry["zero_point"], int)
+    assert report["passes"][-1] == f"deeploy-legalize{{target={target}}}"
+    assert report["passes"][0].startswith("lower-to-int")
+    for rec in report["accuracy"]["outputs"]:
+        assert rec["max_error_steps"] is not None and rec["max_error_steps"] <= 4, rec
+    # every RequantShift whose output zero point is 0 has add a multiple of mul (DeeployTest's debug pass)
+    for rqs in summary.module.walk("int.requant_shift"):
+        t = rqs.result.type
+        if t.is_quant and set(t.quant.zero_points) == {0}:
+            mul, add = np.asarray(rqs.attrs["mul"]), np.asarray(rqs.attrs["add"])
+            assert np.all(add % mul == 0), rqs.loc
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-siracusa"])
+def test_signed_normalisation_follows_the_target(target, tmp_path_factory):
+    out, summary = build("ResNet8", target, tmp_path_factory)
+    report = json.loads((out / "qirc.json").read_text())
+    dtypes = {rqs.result.type.storage.name for rqs in summary.module.walk("int.requant_shift")}
+    if target == "deeploy-siracusa":
+        assert dtypes == {"i8"} and report["passes"][0] == "lower-to-int{signed-normalize=1}"
+    else:
+        assert "u8" in dtypes and report["passes"][0] == "lower-to-int"
+
+
+def test_cortexm_refuses_pooled_models_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "resnet8"
+    with pytest.raises(BackendError) as e:
+        compile_model(model_path("ResNet8"), "deeploy-cortexm", out)
+    assert "node '/ReduceMean' (int.reduce_sum)" in str(e.value) and "deeploy-cortexm" in str(e.value)
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_run_leaves_an_existing_folder_untouched(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BackendError):
+        compile_model(model_path("ResNet8"), "deeploy-cortexm", out)
+    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_successful_run_replaces_an_existing_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    summary = compile_model(model_path("Autoencoder"), "deeploy-cortexm", out, accuracy_samples=1)
+    assert sorted(os.listdir(out)) == ["inputs.npz", "network.onnx", "outputs.npz", "qirc.json"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert summary.nodes == len(onnx.load(str(out / "network.onnx")).graph.node)
+
+
+def test_inputs_npz_gives_the_samples(tmp_path):
+    ref = np.load(CORPUS / "Autoencoder" / "reference.npz")
+    samples = tmp_path / "samples.npz"
+    batch = np.concatenate([ref["input"], ref["input"] * 0.5, -ref["input"]])
+    np.savez(samples, batch)
+    out = tmp_path / "out"
+    summary = compile_model(model_path("Autoencoder"), "deeploy-generic", out, inputs_npz=str(samples))
+    assert summary.accuracy["samples"] == 3
+    assert summary.accuracy["inputs"] == "samples.npz"
+    scale = summary.inputs[0]["scale"]
+    zp = summary.inputs[0]["zero_point"]
+    with np.load(out / "inputs.npz") as f:
+        q = f[f.files[0]]
+    expected = np.clip(np.rint(ref["input"].astype(np.float32) / np.float32(scale) + zp), -128, 127)
+    np.testing.assert_array_equal(q, expected)
+    np.testing.assert_array_equal(list(simulate(out / "network.onnx", out / "inputs.npz").values())[0],
+                                  np.load(out / "outputs.npz")[np.load(out / "outputs.npz").files[0]])
+
+
+def test_bad_inputs_npz_is_a_usage_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((2, 7), np.float32))
+    with pytest.raises(UsageError) as e:
+        compile_model(model_path("Autoencoder"), "deeploy-generic", tmp_path / "out", inputs_npz=str(bad))
+    assert str(e.value).endswith("has shape [2, 7], expected [1, 128] or [N, 128]")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError):
+        compile_model(model_path("Autoencoder"), "deeploy-foo", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_extra_pipeline_and_ir_dumps(tmp_path):
+    import io
+    dumps = tmp_path / "ir"
+    log = io.StringIO()
+    summary = compile_model(model_path("Autoencoder"), "deeploy-siracusa", tmp_path / "out", extra_pipeline="dce",
+                            print_ir_after_all=True, dump_ir_dir=str(dumps), accuracy_samples=1, out=log)
+    assert summary.passes == ["lower-to-int{signed-normalize=1}", "dce", "deeploy-legalize{target=deeploy-siracusa}"]
+    assert sorted(os.listdir(dumps)) == ["00-imported.qir", "01-lower-to-int.qir", "02-dce.qir",
+                                         "03-deeploy-legalize.qir"]
+    assert "onnx." in (dumps / "00-imported.qir").read_text()
+    assert "int.gemm" in (dumps / "03-deeploy-legalize.qir").read_text()
+    assert "// -----// IR Dump After deeploy-legalize //----- //" in log.getvalue()
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["passes"] == summary.passes
