@@ -277,9 +277,8 @@ def _main(argv: List[str]) -> Optional[int]:
         return {"sim": _sim, "zoo": _zoo, "report": _report}[argv[0]](argv[1:])
     args = _main_parser().parse_args(argv)
     if args.list_targets:
-        from .backends.deeploy.targets import TARGETS
-        for t in TARGETS.values():
-            print(f"{t.name:<20} {t.description}")
+        from .backends.deeploy.targets import describe_targets
+        sys.stdout.write(describe_targets())
         return None
     if not args.model:
         raise UsageError("no model given (qirc MODEL --target T -o DIR, or qirc MODEL --emit qir)")
@@ -302,7 +301,7 @@ def _main(argv: List[str]) -> Optional[int]:
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
                             dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed)
-    print(summary)
+    sys.stdout.write(summary.text())
     return None
 
 
@@ -345,11 +344,7 @@ def _zoo(argv: List[str]) -> Optional[int]:
     args = p.parse_args(argv)
     from . import zoo
     if args.cmd == "list":
-        rows = zoo.zoo_list()
-        print(f"{'name':<22} {'task':<28} {'input':<14} {'params':>9} {'MACs':>12}")
-        for r in rows:
-            shape = "x".join(map(str, r["input_shape"]))
-            print(f"{r['name']:<22} {r['task']:<28} {shape:<14} {r['params']:>9,} {r['macs']:>12,}")
+        sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()))
         return None
     path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
                          per_channel=args.per_channel, act_bits=args.act_bits)
@@ -357,7 +352,7 @@ def _zoo(argv: List[str]) -> Optional[int]:
     if args.target:
         from .driver import compile_model
         out = os.path.join(args.output, args.target)
-        print(compile_model(str(path), args.target, out))
+        sys.stdout.write(compile_model(str(path), args.target, out).text())
     return None
 
 

@@ -32,7 +32,8 @@ from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
 from .backends.deeploy.targets import DeeployTarget, get_target
-from .frontends.deeploy import import_deeploy_onnx
+from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
+from .frontends import load_model
 from .frontends.onnx import import_onnx
 from .qir.diagnostics import UsageError
 from .qir.ir import Module
@@ -85,24 +86,32 @@ def build_passes(target: DeeployTarget, extra_pipeline: Optional[str] = None) ->
     return passes
 
 
+def _render(module: Module, fmt: str) -> str:
+    if fmt == "dot":
+        from .qir.dot import print_dot
+        return print_dot(module)
+    return print_module(module)
+
+
 def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bool, dump_ir_dir: Optional[str],
-                out: Optional[TextIO]) -> None:
+                out: Optional[TextIO], dump_format: str = "qir") -> None:
     if dump_ir_dir is None:
         PassManager(passes, print_ir_after_all=print_ir_after_all, out=out).run(module)
         return
     os.makedirs(dump_ir_dir, exist_ok=True)
-    with open(os.path.join(dump_ir_dir, "00-imported.qir"), "w") as f:
-        f.write(print_module(module))
+    ext = "dot" if dump_format == "dot" else "qir"
+    with open(os.path.join(dump_ir_dir, f"00-imported.{ext}"), "w") as f:
+        f.write(_render(module, dump_format))
     for i, p in enumerate(passes, 1):
         PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
-        with open(os.path.join(dump_ir_dir, f"{i:02d}-{p.name}.qir"), "w") as f:
-            f.write(print_module(module))
+        with open(os.path.join(dump_ir_dir, f"{i:02d}-{p.name}.{ext}"), "w") as f:
+            f.write(_render(module, dump_format))
 
 
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
-                  out: Optional[TextIO] = None) -> CompileSummary:
+                  out: Optional[TextIO] = None, dump_format: str = "qir") -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -110,6 +119,7 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     extra_pipeline    passes run on the integer IR after lower-to-int and before legalisation
     print_ir_after_all  dump the IR after every pass to `out` (stderr by default)
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
+    dump_format       "qir" (text) or "dot" (Graphviz) for those files
     seed, accuracy_samples  the random samples used when no inputs_npz is given
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
@@ -122,10 +132,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
         raise UsageError(f"--inputs: no such file '{inputs_npz}'")
 
-    quant_module = import_onnx(model_path)
+    quant_module = load_model(model_path) if isinstance(model_path, (str, os.PathLike)) else import_onnx(model_path)
     module = quant_module.clone()
     passes = build_passes(target, extra_pipeline)
-    _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr)
+    _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
 
     model = emit_onnx(module, target)
     device = import_deeploy_onnx(model)
@@ -180,6 +190,53 @@ def _replace_dir(new: str, dest: str) -> None:
         os.rename(old, dest)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def load_any(path: str) -> Module:
+    """A model file as IR: qirc's own Deeploy output (integer IR), any quantized ONNX qirc imports, or .qir text."""
+    if str(path).endswith(".onnx") and os.path.isfile(path) and is_deeploy_onnx(path):
+        return import_deeploy_onnx(path)
+    return load_model(path)
+
+
+def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
+    """`qirc sim`: run the interpreter on `model_path` with the arrays of `inputs_npz` (matched to the graph inputs by
+    name, else by order) and write the outputs, keyed by output name, to `outputs_npz` (atomically)."""
+    import numpy as np
+
+    from .qir import interpreter
+    from .qir.diagnostics import QircError
+    module = load_any(model_path)
+    names = module.input_names()
+    try:
+        with np.load(inputs_npz) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise QircError("no such file", file=inputs_npz) from None
+    except Exception as e:  # np.load raises many types for a bad file; all mean "not an npz"
+        raise QircError(f"not a readable .npz file ({type(e).__name__}: {e})", file=inputs_npz) from None
+    if set(arrays) == set(names):
+        inputs = arrays
+    elif len(arrays) == len(names):
+        inputs = dict(zip(names, arrays.values()))
+    else:
+        raise QircError(f"has {len(arrays)} array(s) ({', '.join(arrays)}) but the model has {len(names)} input(s) "
+                        f"({', '.join(names)})", file=inputs_npz)
+    try:
+        outputs = interpreter.run(module, inputs)
+    except QircError as e:
+        raise e.with_file(str(model_path))
+    parent = os.path.dirname(os.path.abspath(outputs_npz)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".qirc-", suffix=".npz", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **outputs)
+        os.replace(tmp, outputs_npz)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return outputs
 
 
 def simulate(model_path, inputs_npz: Optional[str] = None, seed: int = 0) -> Dict:
