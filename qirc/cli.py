@@ -357,7 +357,25 @@ def _zoo(argv: List[str]) -> Optional[int]:
 
 
 def _report(argv: List[str]) -> Optional[int]:
-    raise UsageError("qirc report is not available yet")
+    p = _ArgumentParser(prog="qirc report", description="Compare the integer graph qirc builds for a target with "
+                        "the fake-quant model, layer by layer, and write one self-contained HTML page: per "
+                        "requantized tensor its error in output steps, a histogram of it, saturation and "
+                        "accumulator use (needs matplotlib: pip install -e .[report]).",
+                        epilog="Example: qirc report model.onnx --target deeploy-siracusa -o report.html")
+    p.add_argument("model", help="the quantized model (.onnx or .qir)")
+    p.add_argument("--target", "-t", required=True, help="lower for this target (see qirc --list-targets)")
+    p.add_argument("--inputs", metavar="F.npz", help="float input samples (first axis = sample); default: seeded "
+                                                     "random inputs")
+    p.add_argument("--samples", type=int, default=4, help="number of random samples without --inputs (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random samples")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    args = p.parse_args(argv)
+    from .report.page import build_report, render_html, require_matplotlib
+    require_matplotlib()  # fail before the work, not after it
+    data = build_report(args.model, args.target, inputs_npz=args.inputs, samples=args.samples, seed=args.seed)
+    write_text_atomic(args.output, render_html(data))
+    print(f"wrote {args.output} ({len(data.layers)} requantized tensors, {data.samples} sample(s))")
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

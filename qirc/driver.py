@@ -18,11 +18,13 @@ lowering and backends together.  Steps:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, TextIO
 
@@ -35,7 +37,7 @@ from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
-from .qir.diagnostics import UsageError
+from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
 from .qir.printer import print_module
@@ -98,16 +100,37 @@ def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bo
     if dump_ir_dir is None:
         PassManager(passes, print_ir_after_all=print_ir_after_all, out=out).run(module)
         return
-    os.makedirs(dump_ir_dir, exist_ok=True)
     ext = "dot" if dump_format == "dot" else "qir"
-    with open(os.path.join(dump_ir_dir, f"00-imported.{ext}"), "w") as f:
-        f.write(_render(module, dump_format))
+
+    def dump(file_name: str) -> None:
+        try:
+            os.makedirs(dump_ir_dir, exist_ok=True)
+            with open(os.path.join(dump_ir_dir, file_name), "w") as f:
+                f.write(_render(module, dump_format))
+        except OSError as e:
+            raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
+
+    dump(f"00-imported.{ext}")
     for i, p in enumerate(passes, 1):
         PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
-        with open(os.path.join(dump_ir_dir, f"{i:02d}-{p.name}.{ext}"), "w") as f:
-            f.write(_render(module, dump_format))
+        dump(f"{i:02d}-{p.name}.{ext}")
 
 
+def _errors_name_the_model_file(compile_fn):
+    """Let an error located at an op (a pass, emission, the test vectors) also name the model file, as the
+    frontend's errors do; usage errors are about the command line and stay as they are."""
+    @functools.wraps(compile_fn)
+    def wrapper(model_path, *args, **kwargs):
+        try:
+            return compile_fn(model_path, *args, **kwargs)
+        except QircError as e:
+            if isinstance(model_path, (str, os.PathLike)) and not isinstance(e, UsageError):
+                e.with_file(os.fspath(model_path))
+            raise
+    return wrapper
+
+
+@_errors_name_the_model_file
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
@@ -127,6 +150,7 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UsageError(f"output path '{out_dir}' exists and is not a directory")
+    _check_output_parent(out_dir)
     if accuracy_samples < 1:
         raise UsageError(f"accuracy_samples must be at least 1, got {accuracy_samples}")
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
@@ -147,6 +171,8 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     first_outputs = vectors.device_outputs(device, int_samples[0])
     accuracy = vectors.accuracy_report(quant_module, module, device, samples, int_samples, output_names)
     accuracy["inputs"] = os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})"
+    from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
+    accuracy["layers"] = layer_figures(quant_module, module, samples)
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
@@ -155,8 +181,12 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
     parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    except OSError as e:
+        _check_output_parent(out_dir)
+        raise QircError(f"cannot write the output directory ({e.strerror or e})", file=out_dir) from None
     try:
         onnx.save(model, os.path.join(tmp, "network.onnx"))
         vectors.save_npz(os.path.join(tmp, "inputs.npz"), input_names, list(int_samples[0].values()), in_types)
@@ -166,6 +196,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
             f.write("\n")
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise QircError(f"cannot write the output directory ({e.strerror or e})", file=out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,6 +207,16 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
                           len(model.graph.node), counts, module)
+
+
+def _check_output_parent(out_dir: str) -> None:
+    """Refuse, before any work, an output directory that cannot be created because an ancestor is a file."""
+    ancestor = os.path.dirname(out_dir)
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise QircError(f"cannot write the output directory ('{ancestor}' is a file, not a directory)",
+                        file=out_dir)
 
 
 def _replace_dir(new: str, dest: str) -> None:
@@ -208,6 +251,9 @@ def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
     from .qir.diagnostics import QircError
     module = load_any(model_path)
     names = module.input_names()
+    if os.path.isfile(inputs_npz) and not zipfile.is_zipfile(inputs_npz):
+        # np.load would try it as a pickle (and advise allow_pickle) or hand back a bare .npy array
+        raise QircError("not an .npz file (not a zip archive; numpy.savez writes one)", file=inputs_npz)
     try:
         with np.load(inputs_npz) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -227,14 +273,19 @@ def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
     except QircError as e:
         raise e.with_file(str(model_path))
     parent = os.path.dirname(os.path.abspath(outputs_npz)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".qirc-", suffix=".npz", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".qirc-", suffix=".npz", dir=parent)
+    except OSError as e:
+        raise QircError(f"cannot write ({e.strerror or e})", file=outputs_npz) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **outputs)
         os.replace(tmp, outputs_npz)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise QircError(f"cannot write ({e.strerror or e})", file=outputs_npz) from None
         raise
     return outputs
 
