@@ -17,6 +17,7 @@ output names, in graph order (DeeployTest matches them by order).
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -35,6 +36,10 @@ def float_samples(quant_module: Module, inputs_npz: Optional[str] = None, seed: 
     names = [op.attrs["name"] for op in inputs]
     if inputs_npz is None:
         return [interpreter.random_inputs(quant_module, seed + k) for k in range(count)]
+    if not zipfile.is_zipfile(inputs_npz):
+        # np.load would try it as a pickle (and advise allow_pickle) or hand back a bare .npy array
+        raise UsageError(f"{inputs_npz}: cannot read the input samples: not an .npz file (not a zip archive; "
+                         f"numpy.savez writes one)")
     try:
         with np.load(inputs_npz, allow_pickle=False) as data:
             arrays = {k: np.asarray(data[k]) for k in data.files}
@@ -55,9 +60,16 @@ def float_samples(quant_module: Module, inputs_npz: Optional[str] = None, seed: 
                                                        else ()) != tuple(shape[1:]):
             raise UsageError(f"{inputs_npz}: array for input '{name}' has shape {list(array.shape)}, expected "
                              f"{list(shape)} or [N, {', '.join(map(str, shape[1:]))}]")
-        if not np.issubdtype(array.dtype, np.number):
-            raise UsageError(f"{inputs_npz}: array for input '{name}' is not numeric ({array.dtype})")
-        per_input.append(array.astype(np.float32).reshape((-1,) + tuple(shape)))
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise UsageError(f"{inputs_npz}: array for input '{name}' is not real numbers ({array.dtype})")
+        with np.errstate(over="ignore"):
+            samples = array.astype(np.float32)
+        if not np.all(np.isfinite(samples)):
+            # a NaN or infinite sample has no quantized value: the test vectors would be meaningless
+            raise UsageError(f"{inputs_npz}: array for input '{name}' holds "
+                             f"{int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))} NaN or infinite "
+                             f"value(s) (as float32)")
+        per_input.append(samples.reshape((-1,) + tuple(shape)))
     n = min(len(a) for a in per_input)
     if any(len(a) != n for a in per_input):
         raise UsageError(f"{inputs_npz}: the inputs hold different numbers of samples "

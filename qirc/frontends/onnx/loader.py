@@ -46,6 +46,8 @@ def load_model_proto(path_or_model: Union[str, os.PathLike, onnx.ModelProto]) ->
     else:
         path = os.fspath(path_or_model)
         filename = path
+        if os.path.isdir(path):
+            raise FrontendError("is a directory, not an ONNX file", file=filename)
         if not os.path.isfile(path):
             raise FrontendError("no such file", file=filename)
         try:
@@ -107,6 +109,8 @@ def _check_model_header(model: onnx.ModelProto, filename: str) -> None:
                             file=filename)
     if len(model.graph.node) == 0:
         raise FrontendError("the graph has no nodes", file=filename)
+    if len(model.graph.output) == 0:
+        raise FrontendError("the graph has no outputs", file=filename)
     opset = default_opset(model)
     if opset is None:
         raise FrontendError("the model imports no default-domain ONNX opset", file=filename)
