@@ -28,11 +28,11 @@ N_INPUTS = 20
 #: so against torch a few elements may be one step off.
 TORCH_MAX_STEP_MISMATCH = 0.05
 
-#: Exports the ONNX frontend cannot import yet, with the op it reports.  TruncAvgPool's QONNX `Trunc` rounds twice
-#: (to the input grid, then after the power-of-two shift), which the quant IR has no exact op for yet.  While listed,
-#: the cases below are expected to fail with exactly that FrontendError; `test_known_import_gaps_are_still_gaps`
-#: fails as soon as the importer takes the file, so the entry gets removed and the cases run in full.
-KNOWN_IMPORT_GAPS = {("conv_perchannel", "qonnx"): "Trunc"}
+#: Exports the ONNX frontend cannot import yet, with the op it reports (none at present: QONNX `Trunc` from
+#: TruncAvgPool imports since the frontend spells it as qcast -> exact integer shift -> dcast).  While listed, the
+#: cases below are expected to fail with exactly that FrontendError; `test_known_import_gaps_are_still_gaps` fails
+#: as soon as the importer takes the file, so the entry gets removed and the cases run in full.
+KNOWN_IMPORT_GAPS: dict = {}
 
 
 def _case(name, fmt):

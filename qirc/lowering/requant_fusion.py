@@ -24,7 +24,9 @@ class RequantFusion(ModulePass):
     div/2), k the largest shift that range analysis proves free of int32 overflow (qirc.lowering.numerics).  ReLU and
     Clip fold into the bounds (a quantizer is monotone, so clip commutes with it); signed/n_levels encode T_out's
     storage range, and bounds that are not of Deeploy's forms [-n/2, n/2-1] / [0, n-1] add an int.clip (which a
-    target may reject).  A dcast -> qcast between identical types is the identity and disappears.
+    target may reject).  A dcast -> qcast between identical types is the identity and disappears, and so does one
+    whose scales differ only by float rounding when no reachable integer can change and only int.* ops read it (the
+    requant onto a QONNX Trunc's input grid after an average pool).
     Precondition: the dcast reads a quantized value; per-axis output types take no Relu/Clip.
     """
 
@@ -76,6 +78,8 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int
             clip_hi = quantize_scalar(hi_real, ot.scale, ot.zero_point, rounding, ot.storage_min, ot.storage_max)
         if source.type.element == ot and not clips:
             result = source
+        elif not clips and _integer_identity(source, op, ranges):
+            result = source
         else:
             result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op)
         module.replace_op(op, [result])
@@ -83,3 +87,25 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int
     if count:
         module.erase_dead()
     return count
+
+
+def _integer_identity(source: Value, qcast: Operation, ranges: RangeAnalysis) -> bool:
+    """True when the requant from `source` to the qcast's type leaves every reachable stored integer unchanged and
+    only int.* ops read the result, so they may read `source` itself.
+
+    This is the requant onto the input grid of a QONNX Trunc after an average pool: the pool's sum is at scale
+    s_in / count in float64 while the grid is the file's float32 rounding of that, so M = 1 + O(1e-8) and
+    round(x * M) = x for every integer |x| < 2^22 (the check below is exact: |x| * |M - 1| < 1/2 with both zero
+    points 0).  Only int.* users qualify because they read stored integers, not the scale the type records.
+    """
+    st, ot = source.type.quant, qcast.results[0].type.quant
+    users = qcast.results[0].users
+    if not users or any(u.dialect != "int" for u in users):
+        return False
+    if st.is_per_axis or ot.is_per_axis or st.zero_point != 0 or ot.zero_point != 0:
+        return False
+    lo, hi = ranges.scalar_range(source)
+    if lo < ot.storage_min or hi > ot.storage_max:
+        return False
+    deviation = abs(float(st.scale) / float(ot.scale) - 1.0)
+    return max(abs(lo), abs(hi)) * deviation < 0.25

@@ -117,11 +117,13 @@ def requant_step_errors(module: Module, values) -> dict:
     """For every int.requant_shift: the largest difference, in output steps, from the fake-quant requantizer
     `clip(rint((x - z_in) * s_in / s_out) + z_out)` computed in float64 on the requant's actual integer input.
 
-    values: {Value: array} from `qirc.qir.interpreter.run_values` on `module`.  Returns {op loc: max |diff|}."""
+    values: {Value: array} from `qirc.qir.interpreter.run_values` on `module`.  Requants whose input or output is a
+    plain integer (no scale, e.g. the exact integer shift of a QONNX Trunc) have no fake-quant twin and are skipped.
+    Returns {op loc: max |diff|}."""
     errors = {}
     for op in module.walk("int.requant_shift"):
         x_value, y_value = op.operands[0], op.results[0]
-        if x_value not in values:
+        if x_value not in values or not (x_value.type.is_quant and y_value.type.is_quant):
             continue
         x = np.asarray(values[x_value], dtype=np.float64)
         y = np.asarray(values[y_value], dtype=np.int64)
@@ -155,10 +157,13 @@ def with_batch(module: Module, n: int) -> Module:
 def requant_unexplained(module: Module, values) -> dict:
     """For every int.requant_shift: how many outputs differ from the fake-quant requantizer although the real value
     `(x - z_in) * M` is farther from a rounding tie than the error of approximating M by mul / 2^k
-    (DESIGN.md section 3 allows differences only there).  Returns {op loc: count}; all zeros when faithful."""
+    (DESIGN.md section 3 allows differences only there).  Requants from or to a plain integer are skipped, as in
+    `requant_step_errors`.  Returns {op loc: count}; all zeros when faithful."""
     counts = {}
     for op in module.walk("int.requant_shift"):
         x_value, y_value = op.operands[0], op.results[0]
+        if not (x_value.type.is_quant and y_value.type.is_quant):
+            continue
         x = np.asarray(values[x_value], dtype=np.float64)
         y = np.asarray(values[y_value], dtype=np.int64)
         xt, yt = x_value.type.quant, y_value.type.quant

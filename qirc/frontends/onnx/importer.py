@@ -7,6 +7,9 @@ created when a value is needed as a float or quantized tensor, so quantizer patt
     Sub(q, z) -> Mul(s)                             ->  quant.dcast
     QuantizeLinear [-> Clip] -> DequantizeLinear    ->  quant.qcast {rounding = "round_add"} -> quant.dcast
     QONNX Quant(x, s, z, bits)                      ->  quant.qcast {rounding = "add_round"} -> quant.dcast
+    QONNX Trunc(x, s, z, b_in, s_out, b_out)        ->  quant.qcast (i32 grid at s) -> exact integer shift by
+                                                        s_out / s = 2^k (int.requant_shift, int.mul, int.add) ->
+                                                        quant.dcast  (Brevitas TruncAvgPool; see `_qonnx_Trunc`)
     any quantizer of a constant                     ->  qir.const of the quantized type (stored integers) -> dcast
 
 Other ops become `onnx.*` ops whose constant inputs are attributes with every ONNX default spelled out.  DeepQuant's
@@ -25,13 +28,17 @@ from onnx import helper, numpy_helper
 
 from ...qir.diagnostics import FrontendError
 from ...qir.ir import Module, Value, const_op, input_op, output_op
-from ...qir.types import TensorType, UniformQuantType, f32, i32
+from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
 from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
+#: QONNX ops whose versions differ in their inputs: the input counts of the versions qirc reads (Trunc v2 as
+#: Brevitas exports it, and with the output zero point of qonnx's newer reference; v1's five inputs rescale by the
+#: input scale and are not read)
+QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
 FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
 
@@ -110,7 +117,8 @@ class OnnxImporter:
         unsupported: Dict[str, List[str]] = {}
         for node in self.g.nodes:
             if node.domain in QONNX_DOMAINS:
-                ok = hasattr(self, f"_qonnx_{node.op_type}")
+                ok = hasattr(self, f"_qonnx_{node.op_type}") and \
+                    len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
             elif node.domain in DEFAULT_DOMAINS:
                 ok = hasattr(self, f"_op_{node.op_type}")
                 all_const = all(not i or i in constant for i in node.input)
@@ -609,6 +617,118 @@ class OnnxImporter:
         qtype = P.make_quant_type(storage, lo, hi, scale, zp_i, shape)
         q = self._quantizer(node.input[0], qtype, ADD_ROUND, shape, self.loc)
         self.env[node.output[0]] = IntView(q, scale, np.asarray(zp, F32), self.loc)
+
+    def _qonnx_Trunc(self, node):
+        """QONNX Trunc, the requantizer of Brevitas' TruncAvgPool (inputs x, scale, zero point, input bit width,
+        output scale[, output zero point], output bit width; qonnx's reference `trunc`):
+
+            q = round(x / s + z)                        onto the input grid, unclipped
+            t = clip(rnd(q / 2^k), lo, hi)              2^k = 2^round(log2(s_out / s)), lo, hi from the output bits
+            y = (t - z / 2^k) * s_out
+
+        becomes  quant.qcast (add_round, i32)  ->  the exact integer shift (`_shift_round`)  ->  quant.dcast, so the
+        shift is integer arithmetic in the IR and its lowering is exact, ties included.  The reference does not clip
+        q to the input bit width; the grid type takes that range only when clipping there provably changes no
+        output (`_grid_range`), which gives range analysis the bound it needs, and is i32 otherwise.
+        """
+        a = self.attrs(node)
+        mode = a.get("rounding_mode", b"FLOOR")
+        mode = (mode.decode() if isinstance(mode, bytes) else mode).upper()
+        if mode not in P.TRUNC_ROUNDINGS:
+            raise self.error(f"QONNX Trunc rounding_mode '{mode}' is not supported "
+                             f"({', '.join(P.TRUNC_ROUNDINGS)})")
+        shape = self.shape(node.input[0])
+        scale = P.check_scale(self.const_input(node, 1, "the scale"))
+        zp = P.check_zero_point(self.const_input(node, 2, "the zero point"), P.INT32_MIN, P.INT32_MAX)
+        in_bits = self._bit_width(node, 3, "the input bit width")
+        out_scale = P.check_scale(self.const_input(node, 4, "the output scale"))
+        bits = self._bit_width(node, len(node.input) - 1, "the output bit width")
+        k = P.trunc_shift(scale, out_scale)
+        if k > 0 and np.any(zp % (1 << k)):
+            raise self.error(f"zero point {int(zp[zp % (1 << k) != 0].reshape(-1)[0])} is not a multiple of the "
+                             f"truncation 2^{k}: the output would have no integer zero point")
+        out_zp = zp >> k if k > 0 else zp << -k
+        if len(node.input) == 7:
+            given = self.const_input(node, 5, "the output zero point")
+            if not P.same_params(given, out_zp.astype(F32), shape):
+                raise self.error(f"output zero point {_fmt_param(given)} is not zero point / 2^{k} = "
+                                 f"{_fmt_param(out_zp)}, which QONNX Trunc computes with")
+        lo, hi = P.qonnx_range(bits, bool(a.get("signed", 1)), bool(a.get("narrow", 0)))
+        storage, lo, hi = P.storage_for_range(lo, hi)
+        P.check_zero_point(out_zp, lo, hi)
+        grid_lo, grid_hi = self._grid_range(in_bits, bool(a.get("signed", 1)), k, mode, lo, hi)
+        grid = P.make_quant_type(i32, grid_lo, grid_hi, scale, zp, shape)
+        out_type = P.make_quant_type(storage, lo, hi, out_scale, out_zp, shape)
+        q = self._quantizer(node.input[0], grid, ADD_ROUND, shape, self.loc)
+        if q.stored is not None:
+            t = Quantized(out_type, shape, self.loc, ADD_ROUND, stored=P.shift_round(q.stored, k, mode, lo, hi))
+        else:
+            t = Quantized(out_type, shape, self.loc, ADD_ROUND)
+            t.value = self._shift_round(self.quant_value(q), k, mode, TensorType(shape, out_type))
+        self.env[node.output[0]] = IntView(t, out_scale, out_zp.astype(F32), self.loc)
+
+    @staticmethod
+    def _grid_range(in_bits: float, signed: bool, k: int, mode: str, lo: int, hi: int) -> Tuple[int, int]:
+        """The stored range of a Trunc's input grid: the input bit width's range [L, H] when the shift maps it
+        over the whole output range (rnd(L / 2^k) <= lo and rnd(H / 2^k) >= hi: then, rnd and clip being monotone,
+        clipping q to [L, H] first changes no output), else the int32 range."""
+        grid_lo, grid_hi = P.qonnx_range(in_bits, signed, False)
+        grid_lo, grid_hi = max(grid_lo, P.INT32_MIN), min(grid_hi, P.INT32_MAX)
+        ends = P.shift_round(np.array([grid_lo, grid_hi]), k, mode, P.INT32_MIN, P.INT32_MAX)
+        if ends[0] <= lo and ends[1] >= hi:
+            return grid_lo, grid_hi
+        return P.INT32_MIN, P.INT32_MAX
+
+    def _bit_width(self, node, i: int, what: str) -> float:
+        bits = np.asarray(self.const_input(node, i, what))
+        if bits.size != 1:
+            raise self.error(f"a per-channel {what} is not supported")
+        value = float(bits.reshape(-1)[0])
+        P.qonnx_range(value, True, False)  # checks it is an integer in 1..32
+        return value
+
+    def _shift_round(self, q: Value, k: int, mode: str, out: TensorType) -> Value:
+        """int ops computing clip(rnd(q / 2^k), lo, hi) exactly, lo, hi the storage range of `out`.
+
+        FLOOR and CEIL are one int.requant_shift each (it computes floor((q * mul + add + div/2) / div)): add = -2^(k-1)
+        and 2^(k-1) - 1.  ROUND (half to even) rounds up exactly when q's remainder exceeds half, or equals half and
+        floor(q / 2^k) is odd, i.e. t = floor((q + 2^(k-1) - 1 + p) / 2^k) with the parity p = a - 2b of
+        a = floor(q / 2^k), b = floor(q / 2^(k+1)).  a and b are requants clipped to the full storage range [L, H] and
+        [floor(L/2), floor(H/2)]: both are exact while a lies in [L, H], and both saturate together outside it, where
+        p is 0 or 1 and t saturates to the same bound as the exact result.  A narrower output range than the storage's
+        (narrow or sub-8-bit) is an int.clip at the end.
+        """
+        shape = out.shape
+        ot = out.quant
+        storage = ot.storage
+        signed, n_levels = P.requant_form(storage)
+        full = ot.with_(storage_min=int(storage.min), storage_max=int(storage.max))
+
+        def requant(x, mul, add, div, result_type, signed_=signed, n=n_levels, suffix=""):
+            attrs = {"mul": np.array([mul], np.int64), "add": np.array([add], np.int64), "div": int(div),
+                     "signed": bool(signed_), "n_levels": int(n)}
+            return self.module.create("int.requant_shift", [x], [result_type], attrs,
+                                      self.loc + suffix).result
+
+        if k <= 0:
+            t = requant(q, 1 << -k, 0, 1, TensorType(shape, full))
+        elif mode == "FLOOR":
+            t = requant(q, 1, -(1 << (k - 1)), 1 << k, TensorType(shape, full))
+        elif mode == "CEIL":
+            t = requant(q, 1, (1 << (k - 1)) - 1, 1 << k, TensorType(shape, full))
+        else:
+            plain = TensorType(shape, storage)
+            a = requant(q, 1, -(1 << (k - 1)), 1 << k, plain, suffix="/floor")
+            b = requant(q, 1, -(1 << k), 1 << (k + 1), plain, n=n_levels // 2, suffix="/floor_half")
+            minus_two = const_op(self.module, np.array([-2], np.int32), TensorType((1,), i32), loc=self.loc)
+            m = self.create("int.mul", [b, minus_two], TensorType(shape, i32))
+            d = self.create("int.add", [a, m], TensorType(shape, i32))
+            p = requant(d, 1, 0, 1, TensorType(shape, ScalarType("u8")), signed_=False, n=256, suffix="/parity")
+            s = self.create("int.add", [q, p], TensorType(shape, i32))
+            t = requant(s, 1, -1, 1 << k, TensorType(shape, full))
+        if (ot.storage_min, ot.storage_max) != (int(storage.min), int(storage.max)):
+            t = self.create("int.clip", [t], out, {"min": ot.storage_min, "max": ot.storage_max})
+        return t
 
     # ----- float ops -------------------------------------------------------------------------------------------------
     def _unary(op_name):

@@ -265,3 +265,51 @@ def narrowed(qtype: UniformQuantType, lo: float, hi: float) -> UniformQuantType:
         if not new_lo <= z <= new_hi:
             raise QuantParamError(f"zero point {z} lies outside the clipped range [{new_lo}, {new_hi}]")
     return qtype.with_(storage_min=new_lo, storage_max=new_hi)
+
+
+# ----- QONNX Trunc ---------------------------------------------------------------------------------------------------
+#: QONNX Trunc rounding modes (qonnx `resolve_rounding_mode`; ROUND is numpy's, half to even)
+TRUNC_ROUNDINGS = ("ROUND", "FLOOR", "CEIL")
+
+
+def trunc_shift(scale: np.ndarray, out_scale: np.ndarray) -> int:
+    """The power-of-two exponent k of a QONNX Trunc, 2^k = 2^round(log2(out_scale / scale)) as qonnx computes it.
+
+    The integer form needs one shift for the whole tensor: per-channel scales are fine when their ratio is one
+    power of two.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ks = np.round(np.log2(np.asarray(out_scale, np.float64) / np.asarray(scale, np.float64)))
+    ks = np.unique(np.asarray(ks).reshape(-1))
+    if ks.size != 1 or not np.isfinite(ks[0]):
+        raise QuantParamError(f"output scale / scale is not one power of two for the whole tensor "
+                              f"(log2 ratios {', '.join(str(int(k)) for k in ks[:4])})")
+    k = int(ks[0])
+    if not -31 <= k <= 31:
+        raise QuantParamError(f"the truncation shift 2^{k} is out of range")
+    return k
+
+
+def shift_round(q: np.ndarray, k: int, rounding: str, lo: int, hi: int) -> np.ndarray:
+    """clip(rnd(q / 2^k), lo, hi) on int64 stored integers, exactly: what QONNX Trunc does after `round(x/s + z)`.
+
+    Clipping before or after the rounding is the same thing since lo and hi are integers.
+    """
+    q = np.asarray(q, np.int64)
+    if k <= 0:
+        return np.clip(q << -k, lo, hi)
+    floor = q >> k
+    rest = q - (floor << k)
+    half = 1 << (k - 1)
+    if rounding == "FLOOR":
+        t = floor
+    elif rounding == "CEIL":
+        t = floor + (rest != 0)
+    else:  # half to even
+        t = floor + ((rest > half) | ((rest == half) & (floor & 1 == 1)))
+    return np.clip(t, lo, hi)
+
+
+def requant_form(storage: ScalarType) -> Tuple[bool, int]:
+    """(signed, n_levels) of int.requant_shift whose clip range is the whole storage range of `storage`."""
+    return bool(storage.min < 0), int(storage.max) - int(storage.min) + 1
