@@ -277,13 +277,103 @@ def test_trailing_reshape_after_a_fused_conv_is_refused():
 
 
 # ----- refusals ---------------------------------------------------------------------------------------------------
-def test_cortexm_refuses_average_pooling_naming_the_node():
-    m = small_cnn(residual_scales=None)
+def _global_pool_head(pool="reduce_sum", keepdims=1, n=1, pool_mul=(1,), pool_add=0, zp=-128):
+    """x [N,8,4,4] (zero point `zp`, as signed normalisation leaves a ReLU output) -> global sum pool -> rqs (the
+    count division: mul/add/div, add folding the zero point) -> flatten -> gemm -> rqs -> output."""
+    rng = np.random.default_rng(3)
+    m = Module("gap")
+    x = input_op(m, "x", TensorType((n, 8, 4, 4), q8(0.05, zp)))
+    sum_shape = (n, 8, 1, 1) if keepdims else (n, 8)
+    if pool == "reduce_sum":
+        sm = m.create("int.reduce_sum", [x], [TensorType(sum_shape, i32)], {"axes": [2, 3], "keepdims": keepdims},
+                      "/gap/ReduceMean").result
+    else:
+        sm = m.create("int.sumpool", [x], [TensorType(sum_shape, i32)],
+                      {"kernel_shape": [4, 4], "pads": [0, 0, 0, 0], "strides": [4, 4]}, "/gap/AveragePool").result
+    r = m.create("int.requant_shift", [sm], [TensorType(sum_shape, q8(0.05))],
+                 rqs_attrs(np.asarray(pool_mul).reshape((1, -1) + (1, 1) * keepdims if len(pool_mul) > 1 else (1,)),
+                           pool_add, 16 * 4096), "/gap/rqs").result
+    fl = m.create("int.flatten", [r], [TensorType((n, 8), q8(0.05))], {"axis": 1}, "/Flatten").result if keepdims \
+        else r
+    gw = const_op(m, rng.integers(-127, 128, (5, 8)).astype(np.int8), TensorType((5, 8), i8), "/fc/w")
+    g = m.create("int.gemm", [fl, gw], [TensorType((n, 5), i32)], {"transA": 0, "transB": 1}, "/fc/Gemm").result
+    out = m.create("int.requant_shift", [g], [TensorType((n, 5), q8(0.1))], rqs_attrs([3000], 0, 1 << 16),
+                   "/fc/rqs").result
+    output_op(m, "y", out)
+    verify(m)
+    return m
+
+
+@pytest.mark.parametrize("pool, keepdims, n", [("reduce_sum", 1, 1), ("reduce_sum", 0, 1), ("sumpool", 1, 1),
+                                               ("reduce_sum", 1, 2)])
+def test_cortexm_global_pool_is_an_all_ones_matmul_fused_with_its_requant(pool, keepdims, n):
+    # add = 128 * 16 * mul folds the zero point -128 of the 16 summed values: a multiple of mul, so exact on CMSIS
+    m = _global_pool_head(pool, keepdims, n, pool_mul=(4096,), pool_add=128 * 16 * 4096)
+    before = run_samples(m)
+    legalize(m, "deeploy-cortexm")
+    verify(m)
+    model = emit_onnx(m, "deeploy-cortexm")
+    assert [nd.op_type for nd in model.graph.node] == ["Reshape", "MatMul", "RequantShift", "Reshape", "Gemm",
+                                                       "RequantShift"]
+    assert_deeploy_structure(model, "deeploy-cortexm")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rows, matmul, rqs, back = model.graph.node[:4]
+    assert list(inits[rows.input[1]]) == [n * 8, 16]
+    ones = inits[matmul.input[1]]
+    assert ones.dtype == np.int8 and ones.shape == (16, 1) and np.all(ones == 1)
+    # CMSIS's MatMul-requant merge reads one rank-0 multiplier and the add as the fully-connected bias
+    assert inits[rqs.input[1]].shape == () and int(inits[rqs.input[1]]) == 4096
+    assert inits[rqs.input[2]].tolist() == [128 * 16 * 4096]
+    assert list(inits[back.input[1]]) == [n, 8]
+    for b, a in zip(before, run_samples(m)):
+        np.testing.assert_array_equal(b["y"], a["y"])
+    # the written graph computes the same integers
+    device = import_deeploy_onnx(model)
+    for seed in range(4):
+        inputs = interpreter.random_inputs(m, seed)
+        np.testing.assert_array_equal(list(interpreter.run(device, list(inputs.values())).values())[0],
+                                      interpreter.run(m, inputs)["y"])
+
+
+def test_cortexm_pool_requant_add_becomes_a_multiple_of_its_mul():
+    # CMSIS adds round(add / mul) before multiplying: the graph states that (add 1000 -> 0 with mul 4096)
+    m = _global_pool_head(pool_mul=(4096,), pool_add=128 * 16 * 4096 + 1000)
+    legalize(m, "deeploy-cortexm")
+    rqs = m.walk("int.matmul")[0].result.uses[0][0]
+    assert int(rqs.attrs["mul"]) == 4096 and rqs.attrs["add"].tolist() == [128 * 16 * 4096]
+
+
+def test_generic_and_siracusa_keep_the_depthwise_pool_form():
+    for target in ("deeploy-generic", "deeploy-siracusa"):
+        m = _global_pool_head(pool_mul=(4096,), pool_add=128 * 16 * 4096)
+        legalize(m, target)
+        assert not m.walk("int.matmul")
+        [conv] = m.walk("int.conv")
+        assert conv.attrs["group"] == 8 and conv.result.uses[0][0].name == "int.requant_shift"
+
+
+def test_cortexm_refuses_windowed_average_pooling_naming_the_node():
+    m = Module("avg")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1)))
+    s = m.create("int.sumpool", [x], [TensorType((1, 2, 2, 2), i32)],
+                 {"kernel_shape": [2, 2], "pads": [0, 0, 0, 0], "strides": [2, 2]}, "/avg/AveragePool").result
+    r = m.create("int.requant_shift", [s], [TensorType((1, 2, 2, 2), q8(0.1))], rqs_attrs([1], 0, 4),
+                 "/avg/rqs").result
+    output_op(m, "y", r)
     with pytest.raises(BackendError) as e:
         legalize(m, "deeploy-cortexm")
-    assert str(e.value).startswith("node '/gap/ReduceMean' (int.reduce_sum): integer average pooling has no working "
-                                   "form")
-    assert str(e.value).endswith("(target deeploy-cortexm)")
+    assert str(e.value) == ("node '/avg/AveragePool' (int.sumpool): windowed average pooling (window [2, 2] over 4x4, "
+                            "pads [0, 0, 0, 0]) has no form on this platform (only global pools: its depthwise Conv "
+                            "is rejected) (target deeploy-cortexm)")
+
+
+def test_cortexm_refuses_a_global_pool_with_a_per_channel_requant():
+    m = _global_pool_head(pool_mul=tuple(range(4000, 4008)), pool_add=0)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-cortexm")
+    assert str(e.value) == ("node '/gap/ReduceMean' (int.matmul): a global average pool must be followed by a "
+                            "per-tensor requant_shift (its only user, possibly behind reshapes) on this platform "
+                            "(target deeploy-cortexm)")
 
 
 def _concat_module():
@@ -426,11 +516,20 @@ def _gemm_module(add):
     return m
 
 
-def test_cortexm_gemm_requant_has_a_scalar_multiplier_and_add_a_multiple_of_it():
-    m = legalize(_gemm_module([3 * 65536 + 7, 123456, -5, 999, 0]), "deeploy-cortexm")
+def test_cortexm_gemm_requant_has_a_scalar_multiplier_and_its_add_in_the_bias():
+    m = _gemm_module([3 * 65536 + 7, 123456, -5, 999, 0])
+    legalize(m, "deeploy-cortexm")
     [rqs] = m.walk("int.requant_shift")
     assert rqs.attrs["mul"].shape == () and int(rqs.attrs["mul"]) == 1000
-    np.testing.assert_array_equal(rqs.attrs["add"], [197000, 123000, 0, 1000, 0])  # round(add / mul) * mul
+    # CMSIS adds round(add / mul) before multiplying, and its Gemm merge loses a requant add when the Gemm has a
+    # bias: round(add / mul) moves into the bias and add becomes 0
+    np.testing.assert_array_equal(rqs.attrs["add"], [0, 0, 0, 0, 0])
+    [gemm] = m.walk("int.gemm")
+    np.testing.assert_array_equal(gemm.operands[2].owner.attrs["value"], [197, 123, 0, 1, 0])
+    # it computes exactly what the original computes with add rounded to a multiple of mul
+    rounded = run_samples(_gemm_module([197000, 123000, 0, 1000, 0]))
+    for r, a in zip(rounded, run_samples(m)):
+        np.testing.assert_array_equal(r["y"], a["y"])
     model = emit_onnx(m, "deeploy-cortexm")
     node = [n for n in model.graph.node if n.op_type == "RequantShift"][0]
     assert all(list(a.t.dims) == [] for a in node.attribute)  # rank-0 div keeps CMSIS's merged multiplier scalar
@@ -438,6 +537,21 @@ def test_cortexm_gemm_requant_has_a_scalar_multiplier_and_add_a_multiple_of_it()
     # the exact form stays on the other platforms
     m = legalize(_gemm_module([3 * 65536 + 7, 123456, -5, 999, 0]), "deeploy-generic")
     np.testing.assert_array_equal(m.walk("int.requant_shift")[0].attrs["add"], [196615, 123456, -5, 999, 0])
+
+
+def test_cortexm_refuses_a_per_channel_matmul_requant():
+    # CMSIS fuses MatMul + RequantShift into its per-tensor fully-connected kernel, like a Gemm
+    m = Module("mm")
+    x = input_op(m, "x", TensorType((1, 16), q8(0.1)))
+    w = const_op(m, np.ones((16, 5), np.int8), TensorType((16, 5), i8), "/mm/w")
+    y = m.create("int.matmul", [x, w], [TensorType((1, 5), i32)], {}, "/mm/MatMul").result
+    r = m.create("int.requant_shift", [y], [TensorType((1, 5), q8(0.5))],
+                 rqs_attrs(np.arange(1000, 1005).reshape(1, 5), 0, 1 << 16), "/mm/rqs").result
+    output_op(m, "y", r)
+    with pytest.raises(BackendError) as e:
+        legalize(m, "deeploy-cortexm")
+    assert str(e.value) == ("node '/mm/rqs' (int.requant_shift): a MatMul requant needs one multiplier for all "
+                            "channels on this platform (per-tensor weight scales) (target deeploy-cortexm)")
 
 
 def test_cortexm_refuses_depthwise_conv_and_pads_dense_conv_squarely():

@@ -20,7 +20,7 @@ from test_deeploy_structure import assert_deeploy_structure
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
 MODELS = ["ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS", "Autoencoder", "Autoencoder-MLPerf"]
 TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
-POOLED = {"ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS"}  # global average pool: no CMSIS form
+DEPTHWISE = {"MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS"}  # depthwise Convs: no CMSIS form
 
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 
@@ -40,7 +40,7 @@ def build(name, target, tmp_path_factory):
     return _built[key]
 
 
-CASES = [(m, t) for m in MODELS for t in TARGETS if not (t == "deeploy-cortexm" and m in POOLED)]
+CASES = [(m, t) for m in MODELS for t in TARGETS if not (t == "deeploy-cortexm" and m in DEPTHWISE)]
 
 
 @pytest.mark.parametrize("name, target", CASES)
@@ -91,11 +91,30 @@ def test_signed_normalisation_follows_the_target(target, tmp_path_factory):
         assert "u8" in dtypes and report["passes"][0] == "lower-to-int"
 
 
-def test_cortexm_refuses_pooled_models_and_leaves_no_folder(tmp_path):
-    out = tmp_path / "resnet8"
+def test_cortexm_global_pool_is_a_matmul_fused_with_its_requant(tmp_path_factory):
+    # ResNet8's /ReduceMean: [1,64,8,8] -> Reshape [64,64] -> MatMul(ones [64,1]) -> RequantShift -> Reshape [1,64],
+    # the form that Deeploy's CMSIS code generation fuses into one arm_fully_connected_s8 call over 64 rows
+    out, summary = build("ResNet8", "deeploy-cortexm", tmp_path_factory)
+    model = onnx.load(str(out / "network.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    [i] = [k for k, n in enumerate(nodes) if n.op_type == "MatMul"]
+    rows, matmul, rqs, back, gemm = nodes[i - 1:i + 4]
+    assert [n.op_type for n in (rows, rqs, back, gemm)] == ["Reshape", "RequantShift", "Reshape", "Gemm"]
+    assert matmul.name == "ReduceMean" and matmul.input[0] == rows.output[0] and rqs.input[0] == matmul.output[0]
+    assert list(inits[rows.input[1]]) == [64, 64] and list(inits[back.input[1]]) == [1, 64]
+    ones = inits[matmul.input[1]]
+    assert ones.dtype == np.int8 and ones.shape == (64, 1) and np.all(ones == 1)
+    assert inits[rqs.input[1]].shape == ()  # the rank-0 multiplier CMSIS's fully-connected binding asserts
+    assert not any(n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in nodes)
+
+
+def test_cortexm_refuses_depthwise_models_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "dscnn"
     with pytest.raises(BackendError) as e:
-        compile_model(model_path("ResNet8"), "deeploy-cortexm", out)
-    assert "node '/ReduceMean' (int.reduce_sum)" in str(e.value) and "deeploy-cortexm" in str(e.value)
+        compile_model(model_path("DSCNN-XS"), "deeploy-cortexm", out)
+    assert "node '/wrappedInnerForwardImpl_1/Conv' (int.conv)" in str(e.value)
+    assert "depthwise int.conv has no working form" in str(e.value) and "deeploy-cortexm" in str(e.value)
     assert not out.exists()
     assert os.listdir(tmp_path) == []
 
@@ -105,7 +124,7 @@ def test_failed_run_leaves_an_existing_folder_untouched(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(BackendError):
-        compile_model(model_path("ResNet8"), "deeploy-cortexm", out)
+        compile_model(model_path("DSCNN-XS"), "deeploy-cortexm", out)
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["out"]
 

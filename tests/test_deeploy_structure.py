@@ -97,6 +97,14 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
                               ("transA", onnx.AttributeProto.INT), ("transB", onnx.AttributeProto.INT)):
                 if key not in attrs or attrs[key].type != kind:
                     problems.append(f"{node.name}: Gemm attribute {key} missing or not {kind}")
+        if node.op_type == "MatMul":
+            for name in node.input:
+                t = [tp for tp in g.initializer if tp.name == name]
+                if t and t[0].data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+                    problems.append(f"{node.name}: MatMul constant {name} is not 8-bit")
+            users = [n for n in g.node if node.output[0] in n.input]
+            if target.gemm_scalar_mul and [u.op_type for u in users] != ["RequantShift"]:
+                problems.append(f"{node.name}: MatMul is not followed by its RequantShift (CMSIS fuses them)")
         if node.op_type == "Pad":
             if "pads" not in attrs or "mode" not in attrs or len(node.input) != 1:
                 problems.append(f"{node.name}: Pad is not the Pad-2 attribute form")
@@ -164,3 +172,17 @@ def test_checker_accepts_the_verified_form():
 def test_checker_catches_each_broken_rule(kwargs, expected):
     problems = deeploy_structure_problems(_tiny(**kwargs), "deeploy-generic")
     assert any(expected in p for p in problems), problems
+
+
+def test_checker_catches_a_bare_or_int32_matmul_on_cortexm():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.INT8, [4, 16])
+    ones = numpy_helper.from_array(np.ones((16, 1), np.int32), "ones")
+    node = helper.make_node("MatMul", ["x", "ones"], ["y"], "pool")
+    g = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, [4, 1])],
+                          initializer=[ones])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 10), helper.make_opsetid("ai.deeploy", 1)])
+    m.ir_version = 7
+    problems = deeploy_structure_problems(m, "deeploy-cortexm")
+    assert "pool: MatMul constant ones is not 8-bit" in problems
+    assert "pool: MatMul is not followed by its RequantShift (CMSIS fuses them)" in problems
+    assert deeploy_structure_problems(m, "deeploy-generic") == ["pool: MatMul constant ones is not 8-bit"]

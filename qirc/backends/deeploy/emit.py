@@ -5,7 +5,7 @@ topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4
 
     int.conv           Conv(x, w)            kernel_shape, pads, strides, dilations, group all spelled out; no bias
     int.gemm           Gemm(a, b, c)         alpha = beta = 1.0 (floats), transA, transB; int32 bias c
-    int.matmul         MatMul(a, b)
+    int.matmul         MatMul(a, b)          8-bit operands; a constant one stored as its int8/uint8 storage
     int.add / int.mul  Add / Mul             constant operands as int32 initializers
     int.requant_shift  RequantShift(x, mul, add)  domain ai.deeploy; div, signed, n_levels_out as size-1 tensor
                                              attributes; mul/add int32 initializers
@@ -181,7 +181,11 @@ class _Emitter:
                    self.operand(op, 2, name, "C", np.int32)]
             return helper.make_node("Gemm", ins, [out], name, alpha=1.0, beta=1.0, transA=int(a("transA")),
                                     transB=int(a("transB")))
-        if op.name in ("int.matmul", "int.add", "int.mul"):
+        if op.name == "int.matmul":
+            # 8-bit operands (legalize checks it): a constant keeps its int8 storage (the global pool's ones)
+            ins = [self.operand(op, i, name, f"in{i}") for i in range(2)]
+            return helper.make_node(op_type, ins, [out], name)
+        if op.name in ("int.add", "int.mul"):
             ins = [self.operand(op, i, name, f"in{i}", np.int32) for i in range(2)]
             return helper.make_node(op_type, ins, [out], name)
         if op.name == "int.requant_shift":
@@ -189,8 +193,8 @@ class _Emitter:
             add = self.initializer(np.asarray(a("add")), f"{name}_add", np.int32)
             node = helper.make_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
                                     domain=RQS_DOMAIN)
-            # CMSIS's Gemm-requant merge derives the multiplier's shape from div's: rank 0 keeps it the scalar that
-            # its fully-connected kernel binding asserts
+            # CMSIS's Gemm/MatMul-requant merge derives the multiplier's shape from div's: rank 0 keeps it the
+            # scalar that its fully-connected kernel binding asserts
             rank0 = self.target.gemm_scalar_mul
             node.attribute.extend([_tensor_attr("div", int(a("div")), rank0),
                                    _tensor_attr("signed", int(bool(a("signed"))), rank0),

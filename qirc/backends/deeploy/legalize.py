@@ -10,8 +10,9 @@ Rewrites, in order (`legalize(module, target)`):
   1. only qir.* / int.* ops are accepted;
   2. squeeze / unsqueeze / flatten become int.reshape (every platform maps Reshape);
   3. int.sub by a constant becomes int.add of the negated constant;
-  4. integer sum pools (int.reduce_sum over H, W; int.sumpool) become a depthwise int.conv with an all-ones kernel
-     (ReduceMean/ReduceSum are unusable in Deeploy); a reshape left between that conv and its requant moves after it;
+  4. integer sum pools (int.reduce_sum over H, W; int.sumpool) take the target's `sum_pool` form: a depthwise
+     int.conv with an all-ones kernel, or (global pools) reshape -> int.matmul with an all-ones column (ReduceMean/
+     ReduceSum are unusable in Deeploy); a reshape left between that conv/matmul and its requant moves after it;
   5. Gemm: a constant B is transposed to transB=1, and a missing bias becomes an int32 zero bias;
   6. a Conv bias, and a constant int.add in front of a requant, fold into the requant's `add` (add' = add + b * mul);
   7. int.clip after a requant folds into the requant's (signed, n_levels) when those can express its bounds;
@@ -87,8 +88,10 @@ def _sub_to_add(module: Module, target: DeeployTarget) -> None:
         module.replace_op(op, [new.result])
 
 
-# ----- 4. sum pools -> depthwise all-ones conv -------------------------------------------------------------------
-def _sum_pools_to_conv(module: Module, target: DeeployTarget) -> None:
+# ----- 4. sum pools -> depthwise all-ones conv, or all-ones matmul ------------------------------------------------
+def _sum_pools(module: Module, target: DeeployTarget) -> None:
+    """Rewrite every integer sum pool into the target's `sum_pool` form (targets.POOL_FORMS)."""
+    pool_matmuls = []
     for op in module.walk():
         if op.name not in ("int.reduce_sum", "int.sumpool"):
             continue
@@ -97,9 +100,7 @@ def _sum_pools_to_conv(module: Module, target: DeeployTarget) -> None:
             raise _fail(op, target, f"{op.name} of a rank-{x.type.rank} tensor has no Deeploy form (only NCHW "
                                     "spatial sums are supported)")
         if target.sum_pool is None:
-            raise _fail(op, target, "integer average pooling has no working form on this platform (its depthwise "
-                                    "all-ones Conv form is rejected like every depthwise Conv, and ReduceMean/"
-                                    "ReduceSum are unusable)")
+            raise _fail(op, target, "integer average pooling has no working form on this platform")
         n, c, h, w = x.type.shape
         if op.name == "int.reduce_sum":
             axes = sorted(a % 4 for a in op.attr("axes"))
@@ -111,30 +112,70 @@ def _sum_pools_to_conv(module: Module, target: DeeployTarget) -> None:
             kernel = list(op.attr("kernel_shape"))
             pads = list(op.attr("pads") or [0, 0, 0, 0])
             strides = list(op.attr("strides") or [1, 1])
-        conv_shape = (n, c, (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1,
-                      (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1)
-        out = op.result
-        if op.name == "int.sumpool" and tuple(conv_shape) != tuple(out.type.shape):
-            raise _fail(op, target, "int.sumpool with ceil_mode rounding up has no Deeploy form")
-        if any(pads):
-            # int.sumpool's padding adds zeros: an explicit zero Pad says so (the Conv's own padding is refused for
-            # zero-point-shifted tensors, and CMSIS-style parsers take unpadded depthwise Convs)
-            padded = TensorType((n, c, h + pads[0] + pads[2], w + pads[1] + pads[3]), x.type.element)
-            x = module.create("int.pad", [x], [padded], {"pads": [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]],
-                                                          "value": 0}, op.loc + "/pad").result
-            pads = [0, 0, 0, 0]
-        ones = const_op(module, np.ones((c, 1, kernel[0], kernel[1]), np.int8),
-                        TensorType((c, 1, kernel[0], kernel[1]), ScalarType("i8")), op.loc)
-        acc_type = TensorType(conv_shape, out.type.element)
-        conv = module.create("int.conv", [x, ones], [acc_type],
-                             {"kernel_shape": kernel, "pads": pads, "strides": strides, "dilations": [1, 1],
-                              "group": c}, op.loc, [out.name])
-        result = conv.result
-        if tuple(conv_shape) != tuple(out.type.shape):  # reduce_sum with keepdims = 0
-            result = module.create("int.reshape", [result], [out.type], {"shape": list(out.type.shape)},
-                                   op.loc + "/reshape").result
-        module.replace_op(op, [result])
+        if target.sum_pool == "ones-matmul":
+            if kernel != [h, w] or any(pads):
+                raise _fail(op, target, f"windowed average pooling (window {kernel} over {h}x{w}, pads {pads}) has "
+                                        "no form on this platform (only global pools: its depthwise Conv is "
+                                        "rejected)")
+            pool_matmuls.append(_global_sum_to_matmul(module, op))
+        else:
+            _sum_pool_to_conv(module, op, target, kernel, pads, strides)
     _sink_reshapes_below_requant(module)
+    for mm in pool_matmuls:
+        # the form is proven as MatMul fused with its requant (one fully-connected kernel); a bare MatMul is not
+        user = _sole_user(mm.result)
+        if user is None or user.name != "int.requant_shift":
+            raise _fail(mm, target, "a global average pool must be followed by a per-tensor requant_shift (its only "
+                                    "user, possibly behind reshapes) on this platform")
+
+
+def _global_sum_to_matmul(module: Module, op: Operation) -> Operation:
+    """A global sum over H, W of [N,C,H,W] as  Reshape [N*C, H*W] -> MatMul(ones [H*W, 1]) -> Reshape.
+
+    The sum of each row is exact in int32 (|x| <= 255, H*W < 2^23).  The trailing reshape sits between the MatMul and
+    the requant that divides by the count until `_sink_reshapes_below_requant` moves it below, so that the platform
+    fuses MatMul + RequantShift (CMSIS: RequantizedGemm, one fully-connected call over N*C rows of H*W)."""
+    x = op.operands[0]
+    n, c, h, w = x.type.shape
+    rows = x.type.with_shape((n * c, h * w))
+    flat = module.create("int.reshape", [x], [rows], {"shape": [n * c, h * w]}, op.loc + "/rows").result
+    ones = const_op(module, np.ones((h * w, 1), np.int8), TensorType((h * w, 1), ScalarType("i8")), op.loc)
+    out = op.result
+    matmul = module.create("int.matmul", [flat, ones], [TensorType((n * c, 1), out.type.element)], {}, op.loc,
+                           [out.name])
+    back = module.create("int.reshape", [matmul.result], [out.type], {"shape": list(out.type.shape)},
+                         op.loc + "/reshape").result
+    module.replace_op(op, [back])
+    return matmul
+
+
+def _sum_pool_to_conv(module: Module, op: Operation, target: DeeployTarget, kernel, pads, strides) -> None:
+    """A sum pool as a depthwise Conv with an all-ones kernel (group = channels)."""
+    x = op.operands[0]
+    n, c, h, w = x.type.shape
+    conv_shape = (n, c, (h + pads[0] + pads[2] - kernel[0]) // strides[0] + 1,
+                  (w + pads[1] + pads[3] - kernel[1]) // strides[1] + 1)
+    out = op.result
+    if op.name == "int.sumpool" and tuple(conv_shape) != tuple(out.type.shape):
+        raise _fail(op, target, "int.sumpool with ceil_mode rounding up has no Deeploy form")
+    if any(pads):
+        # int.sumpool's padding adds zeros: an explicit zero Pad says so (the Conv's own padding is refused for
+        # zero-point-shifted tensors, and CMSIS-style parsers take unpadded depthwise Convs)
+        padded = TensorType((n, c, h + pads[0] + pads[2], w + pads[1] + pads[3]), x.type.element)
+        x = module.create("int.pad", [x], [padded], {"pads": [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]],
+                                                      "value": 0}, op.loc + "/pad").result
+        pads = [0, 0, 0, 0]
+    ones = const_op(module, np.ones((c, 1, kernel[0], kernel[1]), np.int8),
+                    TensorType((c, 1, kernel[0], kernel[1]), ScalarType("i8")), op.loc)
+    acc_type = TensorType(conv_shape, out.type.element)
+    conv = module.create("int.conv", [x, ones], [acc_type],
+                         {"kernel_shape": kernel, "pads": pads, "strides": strides, "dilations": [1, 1],
+                          "group": c}, op.loc, [out.name])
+    result = conv.result
+    if tuple(conv_shape) != tuple(out.type.shape):  # reduce_sum with keepdims = 0
+        result = module.create("int.reshape", [result], [out.type], {"shape": list(out.type.shape)},
+                               op.loc + "/reshape").result
+    module.replace_op(op, [result])
 
 
 def _per_channel_params(rqs: Operation, new_rank: int, channel_axis: int, channels: int):
@@ -154,28 +195,54 @@ def _per_channel_params(rqs: Operation, new_rank: int, channel_axis: int, channe
 
 
 def _sink_reshapes_below_requant(module: Module) -> None:
-    """conv -> reshape -> requant  becomes  conv -> requant -> reshape (the platforms fuse conv with its requant)."""
+    """conv/matmul -> reshape -> requant  becomes  conv/matmul -> requant -> reshape (the platforms fuse a Conv or a
+    MatMul with the requant after it).  Chains of reshapes after a MatMul (or its requant) collapse into one first,
+    so that a flatten behind a global pool does not keep the requant away from the MatMul."""
+    _collapse_matmul_reshapes(module)
     for rs in module.walk("int.reshape"):
         producer = rs.operands[0].owner
         rqs = _sole_user(rs.result)
-        if producer.name != "int.conv" or rqs is None or rqs.name != "int.requant_shift":
+        if producer.name not in ("int.conv", "int.matmul") or rqs is None or rqs.name != "int.requant_shift":
             continue
         if len(rs.operands[0].uses) != 1:
             continue
-        conv_t = rs.operands[0].type
+        acc_t = rs.operands[0].type
         reshaped = rs.result.type.shape
-        # only a reshape that drops the trailing 1x1 of a [N, C, 1, 1] tensor keeps the channel axis at 1
-        if conv_t.shape[2:] != (1, 1) or tuple(reshaped[:2]) != tuple(conv_t.shape[:2]):
-            continue
-        params = _per_channel_params(rqs, 4, 1, conv_t.shape[1])
-        if params is None:
-            continue
-        new_rqs = module.create("int.requant_shift", [rs.operands[0]], [rqs.result.type.with_shape(conv_t.shape)],
+        if producer.name == "int.conv":
+            # only a reshape that drops the trailing 1x1 of a [N, C, 1, 1] tensor keeps the channel axis at 1
+            if acc_t.shape[2:] != (1, 1) or tuple(reshaped[:2]) != tuple(acc_t.shape[:2]):
+                continue
+            params = _per_channel_params(rqs, 4, 1, acc_t.shape[1])
+            if params is None:
+                continue
+        else:
+            # the [N*C, 1] sums of a global pool: channels run along rows, so only a per-tensor requant moves
+            params = [np.asarray(rqs.attrs[name]) for name in ("mul", "add")]
+            if any(p.size != 1 for p in params):
+                continue
+            params = [p.reshape([1]) for p in params]
+        new_rqs = module.create("int.requant_shift", [rs.operands[0]], [rqs.result.type.with_shape(acc_t.shape)],
                                 {**rqs.attrs, "mul": params[0], "add": params[1]}, rqs.loc)
         new_rs = module.create("int.reshape", [new_rqs.result], [rqs.result.type], {"shape": list(reshaped)},
                                rs.loc, [rqs.result.name])
         module.replace_op(rqs, [new_rs.result])
         module.erase(rs)
+    _collapse_matmul_reshapes(module)
+
+
+def _collapse_matmul_reshapes(module: Module) -> None:
+    """reshape(reshape(x)) -> reshape(x) where x is a MatMul's result or its requant's and the inner reshape has no
+    other user (the global-pool MatMul form; other reshapes stay as the verified forms have them)."""
+    for rs in module.walk("int.reshape"):
+        inner = rs.operands[0].owner
+        if inner.name != "int.reshape" or len(inner.result.uses) != 1:
+            continue
+        source = inner.operands[0].owner
+        if source.name == "int.requant_shift":
+            source = source.operands[0].owner
+        if source.name == "int.matmul":
+            module.set_operand(rs, 0, inner.operands[0])
+            module.erase(inner)
 
 
 def _explicit_pool_pads(module: Module, target: DeeployTarget) -> None:
@@ -485,16 +552,42 @@ def _shape_requant_params(module: Module, target: DeeployTarget) -> None:
         if target.add_before_mul:
             # the device adds round(add / mul) before multiplying (Deeploy: np.round(add / (mul + 1e-3))): state that
             add = np.rint(add / (mul + 1e-3)).astype(np.int64) * mul
-        if target.gemm_scalar_mul and rqs.operands[0].owner.name == "int.gemm":
+        if target.gemm_scalar_mul and rqs.operands[0].owner.name in ("int.gemm", "int.matmul"):
             if np.unique(mul).size != 1:
-                raise _fail(rqs, target, "a Gemm requant needs one multiplier for all channels on this platform "
+                kind = "Gemm" if rqs.operands[0].owner.name == "int.gemm" else "MatMul"
+                raise _fail(rqs, target, f"a {kind} requant needs one multiplier for all channels on this platform "
                                          "(per-tensor weight scales)")
             rqs.attrs["mul"] = mul.reshape(-1)[:1].reshape(())
             rqs.attrs["add"] = add.reshape(-1) if add.size == 1 else \
                 np.ascontiguousarray(np.broadcast_to(add, full)).reshape(shape)
+            if target.add_before_mul and rqs.operands[0].owner.name == "int.gemm":
+                _fold_requant_add_into_gemm_bias(module, rqs, target)
             continue
         rqs.attrs["mul"] = np.ascontiguousarray(np.broadcast_to(mul, full)).reshape(shape)
         rqs.attrs["add"] = np.ascontiguousarray(np.broadcast_to(add, full)).reshape(shape)
+
+
+def _fold_requant_add_into_gemm_bias(module: Module, rqs: Operation, target: DeeployTarget) -> None:
+    """Gemm(a, b, c) -> RequantShift(mul, add)  becomes  Gemm(a, b, c + add/mul) -> RequantShift(mul, 0).
+
+    CMSIS's Gemm-requant merge divides `add` by `mul` twice when the Gemm has a bias input (it first normalises
+    `add` to round(add/mul), then adds round(that / (mul * 2^shift)) to the bias), so a nonzero `add` is lost on the
+    device (found by building its code with CMSIS-NN).  `add` is already a multiple of `mul` here (add_before_mul),
+    so moving add/mul into the int32 bias is exact and leaves the merge nothing to lose."""
+    gemm = rqs.operands[0].owner
+    mul = int(np.asarray(rqs.attrs["mul"]))
+    add = np.asarray(rqs.attrs["add"], np.int64)
+    if mul == 0 or not np.any(add):
+        return
+    bias = _const_value(gemm.operands[2])
+    if bias is None:
+        raise _fail(gemm, target, "int.gemm with a computed bias has no Deeploy form")
+    n_out = gemm.result.type.shape[-1]
+    new_bias = np.broadcast_to(bias.astype(np.int64), (n_out,)) + np.broadcast_to(add // mul, (n_out,))
+    if not _fits_int32(new_bias):
+        raise _fail(rqs, target, "the requant's add folded into the Gemm bias does not fit int32")
+    module.set_operand(gemm, 2, _int_const(module, new_bias, gemm.loc + "/bias", i32))
+    rqs.attrs["add"] = np.zeros_like(add)
 
 
 # ----- 10. trailing reshapes -------------------------------------------------------------------------------------
@@ -584,7 +677,7 @@ def legalize(module: Module, target) -> Module:
             raise _fail(op, target, f"{op.name} is not integer arithmetic: lower the model first (lower-to-int)")
     _canonicalize_shape_ops(module)
     _sub_to_add(module, target)
-    _sum_pools_to_conv(module, target)
+    _sum_pools(module, target)
     _explicit_pool_pads(module, target)
     _square_conv_pads(module, target)
     _gemm_forms(module, target)
@@ -607,7 +700,7 @@ def _register() -> None:
         """Rewrite integer IR into the forms a Deeploy platform accepts (see qirc/backends/deeploy/legalize.py).
 
         Before: int.* ops as `lower-to-int` writes them.  After: int.* ops each of which emits as one ONNX node the
-        target maps (bias folded into requants, pools as depthwise all-ones convs, residual adds in the target's
+        target maps (bias folded into requants, pools as all-ones convs or matmuls, residual adds in the target's
         form, requant parameters shaped per the contract).
         Precondition: only qir.* and int.* ops.
         """

@@ -25,8 +25,11 @@ RESIDUAL_ADD_FORMS = ("mul-add", "requantized-add")
 
 #: How an integer average (sum) pool is written.
 #:   "depthwise-conv"  Conv with an all-ones kernel, group = channels, then RequantShift dividing by the count.
+#:   "ones-matmul"     global pools only: Reshape [N,C,H,W] -> [N*C, H*W], MatMul with an int8 all-ones [H*W, 1],
+#:                     then a per-tensor RequantShift dividing by the count (the platform fuses MatMul + RequantShift
+#:                     into its fully-connected kernel), then Reshape back; windowed pools are refused.
 #:   None              the platform has no working form: legalisation raises BackendError.
-POOL_FORMS = ("depthwise-conv", None)
+POOL_FORMS = ("depthwise-conv", "ones-matmul", None)
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,12 @@ class DeeployTarget:
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
     add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant's add is made a multiple of
-                       its mul, so that the graph computes what the device does
+                       its mul, so that the graph computes what the device does; a Gemm's requant add moves into its
+                       bias (the platform's Gemm merge would lose it)
     depthwise_conv     a depthwise (grouped) Conv is accepted
     square_conv_pads   Conv takes only equal pads on every side, depthwise Conv none (others become an explicit Pad)
-    gemm_scalar_mul    a Gemm's requant multiplier must be one rank-0 scalar (CMSIS fully-connected is per tensor)
+    gemm_scalar_mul    a Gemm's or MatMul's requant multiplier must be one rank-0 scalar (CMSIS fully-connected is
+                       per tensor)
     quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
     """
 
@@ -125,7 +130,7 @@ CORTEXM = DeeployTarget(
     signed_normalize=True,
     conv_needs_requant=True,
     residual_add="mul-add",
-    sum_pool=None,
+    sum_pool="ones-matmul",
     add_before_mul=True,
     gemm_scalar_mul=True,
     square_conv_pads=True,
@@ -136,10 +141,12 @@ CORTEXM = DeeployTarget(
         "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
         "a multiple of mul, so the graph states what the device computes",
         "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
+        "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
         "no depthwise Conv: Deeploy's CMSIS depthwise parser compares group with the first dimension of the weight "
         "after its own NHWC transposition has made it 1, so every depthwise RequantizedConv is rejected",
-        "no average pooling: its depthwise all-ones Conv form is rejected like every depthwise Conv and "
-        "ReduceMean/ReduceSum are unusable",
+        "global average pooling is Reshape [N*C, H*W] -> MatMul with an all-ones int8 [H*W, 1] -> per-tensor "
+        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape; windowed average pooling has "
+        "no form (it would need a depthwise Conv)",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )
