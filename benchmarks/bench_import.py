@@ -12,10 +12,10 @@ import argparse
 import cProfile
 import pstats
 import sys
-import time
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+from common import CORPUS, best_of, print_rows
+
 TARGETS = {("ResNet8", "split.onnx"): 0.15, ("MobileNetV2-VWW", "split.onnx"): 0.8}
 EXTRA = [("ResNet8", "dequant_moved.onnx"), ("MobileNetV2-VWW", "dequant_moved.onnx"), ("DSCNN-S", "split.onnx"),
          ("Autoencoder", "split.onnx")]
@@ -23,13 +23,9 @@ EXTRA = [("ResNet8", "dequant_moved.onnx"), ("MobileNetV2-VWW", "dequant_moved.o
 
 def best_time(path: Path, repeat: int) -> tuple:
     from qirc.frontends.onnx import import_onnx
-    import_onnx(path)  # warm-up: imports numpy/onnx/networkx code paths
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        module = import_onnx(path)
-        times.append(time.perf_counter() - start)
-    return min(times), len(module)
+    # the warm-up run imports numpy/onnx/networkx code paths
+    timing = best_of(lambda: import_onnx(path), repeat, warmup=1)
+    return timing.wall, len(timing.result)
 
 
 def main(argv=None) -> int:
@@ -58,9 +54,7 @@ def main(argv=None) -> int:
         status = "" if target is None else ("ok" if seconds < target else "SLOW")
         failed |= status == "SLOW"
         rows.append((f"{key[0]}/{key[1]}", n_ops, seconds, target, status))
-    print(f"{'model':40} {'ops':>6} {'import s':>9} {'target s':>9}  status")
-    for name, n_ops, seconds, target, status in rows:
-        print(f"{name:40} {n_ops:6d} {seconds:9.3f} {'' if target is None else f'{target:.2f}':>9}  {status}")
+    print_rows(["model", "ops", "import s", "target s", "status"], rows)
     return 1 if failed else 0
 
 

@@ -11,10 +11,10 @@ under contention turns sub-millisecond matmuls into 10-20 ms outliers.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from common import best_of
 from qirc.qir.interpreter import KERNELS
 from qirc.qir.ir import Module, const_op, input_op
 from qirc.qir.types import f32, i8, i32, i64, tensor
@@ -37,12 +37,7 @@ GEMM_LAYERS = [
 
 
 def best_ms(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return best_of(fn, repeat).wall * 1e3
 
 
 def conv_op(name, xs, ws, pads, strides, group, element, acc):

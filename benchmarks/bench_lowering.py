@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +20,8 @@ from qirc.lowering import lower_module
 from qirc.lowering.testing import QuantBuilder
 from qirc.qir.types import u8
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+from common import CORPUS, best_of, print_rows
+
 BUDGETS = {"ResNet8": 0.15, "MobileNetV2-VWW": 1.0}
 MAX_RATIO = 1.5
 
@@ -40,15 +40,6 @@ def chain(layers: int, width: int = 4, seed: int = 0):
     return b.module
 
 
-def best_of(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> int:
     rows, ok = [], True
     try:
@@ -60,7 +51,7 @@ def main() -> int:
         if import_onnx is None or not path.exists():
             rows.append((f"{name} import+lower", "-", "skipped", f"< {budget} s", "skip"))
             continue
-        seconds = best_of(lambda: lower_module(import_onnx(str(path))), 5)
+        seconds = best_of(lambda: lower_module(import_onnx(str(path))), 5).wall
         passed = seconds < budget
         ok &= passed
         rows.append((f"{name} import+lower", "-", f"{seconds * 1000:.1f} ms", f"< {budget * 1000:.0f} ms",
@@ -82,10 +73,7 @@ def main() -> int:
     passed = ratio <= MAX_RATIO
     ok &= passed
     rows.append(("per-op time 20k / 2k", "-", f"{ratio:.2f}", f"<= {MAX_RATIO}", "ok" if passed else "QUADRATIC"))
-    widths = [max(len(str(r[i])) for r in rows + [("case", "ops", "time", "budget", "")]) for i in range(5)]
-    header = ("case", "ops", "time", "budget", "")
-    for row in [header] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print_rows(("case", "ops", "time", "budget", ""), rows)
     return 0 if ok else 1
 
 

@@ -21,9 +21,9 @@ Kernels are registered per op name with `@kernel("int.conv")` into `KERNELS` and
 `qirc/qir/dialects` has a kernel.  Kernels accept any batch size N; the runner checks that every result has its
 declared shape.
 
-Integer conv/gemm/matmul run as im2col + a float64 BLAS matmul when a bound computed from the actual operands
-(max|a| * max|b| * K) proves every partial sum is an integer below 2^53, so the float result is exact; otherwise as
-an exact int64 matmul.
+Integer conv/gemm/matmul run as im2col + a float32 (float64) BLAS matmul when a bound computed from the actual
+operands (max|a| * max|b| * K) proves every partial sum is an integer below 2^24 (2^53), so the float result is
+exact; otherwise as an exact int64 matmul.
 """
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ _CHECK_OVERFLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("qirc_che
 
 _F32 = np.float32
 _I64 = np.int64
+_EXACT_F32_LIMIT = 1 << 24
 _EXACT_F64_LIMIT = 1 << 53
+_REQUANT_BLOCK = 1 << 16  # int64 elements per block of int.requant_shift: 512 KB, cache-sized
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -71,18 +73,38 @@ InputsArg = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
 
 def run(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[str, np.ndarray]:
     """Execute `module`; return {qir.output name: array} in output order."""
-    values = run_values(module, inputs, check_overflow=check_overflow)
+    values = _execute(module, inputs, check_overflow, keep_all=False)
     return {op.attrs["name"]: values[op.operands[0]] for op in module.outputs}
 
 
 def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[Value, np.ndarray]:
     """Execute `module`; return the runtime array of every value (keyed by the Value object)."""
+    return _execute(module, inputs, check_overflow, keep_all=True)
+
+
+def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: bool) -> Dict[Value, np.ndarray]:
+    """Run every op in order.  Unless `keep_all`, a value is dropped once its last reader has run (the operands of
+    qir.output stay): on a large batch the intermediate values would otherwise take gigabytes, and every new one
+    would be fresh memory that the kernel pays page faults for."""
     load_dialects()
     bound = _bind_inputs(module, inputs)
     values: Dict[Value, np.ndarray] = {}
+    order = module.ops()
+    last_reader: Dict[Value, int] = {}
+    if not keep_all:
+        for i, op in enumerate(order):
+            if op.name != "qir.output":
+                for v in op.operands:
+                    last_reader[v] = i
+        for op in order:
+            if op.name == "qir.output":
+                last_reader.pop(op.operands[0], None)
+    dying: Dict[int, List[Value]] = {}
+    for v, i in last_reader.items():
+        dying.setdefault(i, []).append(v)
     token = _CHECK_OVERFLOW.set(check_overflow)
     try:
-        for op in module.ops():
+        for position, op in enumerate(order):
             fn = KERNELS.get(op.name)
             if fn is None:
                 raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
@@ -104,6 +126,8 @@ def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True
                 if check_overflow and op.dialect == "int":
                     _check_storage_range(op, value.type, array)
                 values[value] = array
+            for value in dying.get(position, ()):
+                values.pop(value, None)
     finally:
         _CHECK_OVERFLOW.reset(token)
     return values
@@ -178,6 +202,8 @@ def _check_input(op: Operation, array) -> np.ndarray:
                                            f"the module declares {type}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise op_error(InterpretError, op, f"input '{name}' has non-numeric dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise op_error(InterpretError, op, f"input '{name}' has complex dtype {array.dtype}")
     if type.is_float:
         return array.astype(_F32, copy=False)
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
@@ -351,18 +377,100 @@ def _abs_max(a: np.ndarray) -> int:
     return max(abs(int(a.max())), abs(int(a.min())))
 
 
+def exact_dtype(bound: int):
+    """The cheapest dtype in which integer products and sums bounded by `bound` in magnitude are exact.
+
+    A float holds every integer below 2^(mantissa bits + 1) exactly, so when the bound on every product and partial
+    sum is below 2^24 (float32) or 2^53 (float64) BLAS computes the exact integer whatever its summation order;
+    above that only int64 is exact.
+    """
+    if bound < _EXACT_F32_LIMIT:
+        return _F32
+    if bound < _EXACT_F64_LIMIT:
+        return np.float64
+    return _I64
+
+
 def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.matmul of int64 arrays, exactly.
 
-    Uses float64 BLAS when max|a| * max|b| * K < 2^53 (every product and partial sum is then an exactly
-    representable integer whatever the summation order), else numpy's int64 matmul.
+    Uses float32 / float64 BLAS when max|a| * max|b| * K < 2^24 / 2^53 (every product and partial sum is then an
+    exactly representable integer whatever the summation order), else numpy's int64 matmul.
     """
     a = np.asarray(a, dtype=_I64)
     b = np.asarray(b, dtype=_I64)
     k = a.shape[-1] if a.ndim else 1
-    if _abs_max(a) * _abs_max(b) * max(k, 1) < _EXACT_F64_LIMIT:
-        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(_I64)
-    return np.matmul(a, b)
+    dtype = exact_dtype(_abs_max(a) * _abs_max(b) * max(k, 1))
+    if dtype is _I64:
+        return np.matmul(a, b)
+    return np.matmul(a.astype(dtype), b.astype(dtype)).astype(_I64)
+
+
+# Elements of one im2col block of the integer convolution: a few MB, so that the patch matrix stays in cache
+# between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
+_IM2COL_BLOCK = 1 << 19
+
+
+def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
+                dilations: Sequence[int], group: int, dtype) -> np.ndarray:
+    """Exact grouped N-d convolution (NCHW, zero padding, no bias) of integer arrays, computed in `dtype`.
+
+    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`.  Unlike `conv_nd` (which
+    mirrors MLAS's layout for the float kernels), the patch matrix is built K-major, cols[g, Cg*k, b*P], whose
+    gather reads the padded input along its rows, and the weights multiply from the left, so a block of one image
+    lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
+    """
+    N, C = x.shape[:2]
+    M, Cg = w.shape[:2]
+    kernel = tuple(w.shape[2:])
+    n = len(kernel)
+    if C != Cg * group or M % group:
+        raise ValueError(f"input has {C} channels, weights {w.shape} with group {group} need {Cg * group} input "
+                         f"channels and a channel count divisible by the group")
+    padded = tuple(x.shape[2 + i] + pads[i] + pads[i + n] for i in range(n))
+    out = tuple((padded[i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in range(n))
+    if min(out) < 1:
+        raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
+                         f"{list(padded)}")
+    if any(pads):
+        xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
+        xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
+    else:
+        xp = x.astype(dtype)
+    Mg = M // group
+    wf = w.astype(dtype)
+    if Cg == 1:
+        # depthwise (channel multiplier Mg): one whole-tensor multiply-add per kernel tap
+        windows = _window_view(xp, kernel, strides, dilations, out)
+        y = np.zeros((N, M) + out, dtype=dtype)
+        wd = wf.reshape((M,) + (1,) * n + (-1,))
+        scratch = np.empty_like(y)
+        for k, tap in enumerate(np.ndindex(*kernel)):
+            xs = windows[(Ellipsis,) + tap]
+            if Mg > 1:
+                xs = np.repeat(xs, Mg, axis=1)
+            np.multiply(xs, wd[..., k], out=scratch)
+            y += scratch
+        return y
+    P = int(np.prod(out))
+    K = Cg * int(np.prod(kernel))
+    wm = wf.reshape(group, Mg, K)
+    y = np.empty((N, M) + out, dtype=dtype)
+    block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
+    # [b, g, Cg, *out, *k] -> [g, Cg, *k, b, *out]
+    perm = [1, 2] + list(range(3 + n, 3 + 2 * n)) + [0] + list(range(3, 3 + n))
+    for start in range(0, N, block):
+        stop = min(N, start + block)
+        b = stop - start
+        windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
+        cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
+        cols = cols.reshape(group, K, b * P)
+        if b == 1:
+            np.matmul(wm, cols, out=y[start].reshape(group, Mg, P))
+        else:
+            part = np.matmul(wm, cols).reshape(M, b, P)  # [g, Mg, b*P] -> [M, b, P]
+            y[start:stop].reshape(b, M, P)[...] = part.transpose(1, 0, 2)
+    return y
 
 
 def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -918,17 +1026,14 @@ def _int_conv(op, args):
     x, w = args[0], args[1]
     pads, strides, dilations = _conv_geometry(op, x, w.shape[2:])
     group = int(op.attr("group"))
-    # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^53 float64 is exact, and
-    # converting x and w (not the 9x larger im2col matrix) keeps the whole conv on the BLAS route
+    # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^24 / 2^53 float32 / float64
+    # BLAS is exact, and converting x and w (not the 9x larger im2col matrix) keeps the whole conv on that route
     patch = int(np.prod(w.shape[1:], dtype=np.int64))
-    if _abs_max(x) * _abs_max(w) * max(patch, 1) < _EXACT_F64_LIMIT:
-        y = conv_nd(x.astype(np.float64), w.astype(np.float64), pads, strides, dilations, group, np.matmul)
-        y = y.astype(_I64)
-    else:
-        y = conv_nd(x.astype(_I64, copy=False), w.astype(_I64, copy=False), pads, strides, dilations, group,
-                    np.matmul)
+    dtype = exact_dtype(_abs_max(x) * _abs_max(w) * max(patch, 1))
+    y = int_conv_nd(x, w, pads, strides, dilations, group, dtype)
+    y = y.astype(_I64, copy=False)
     if len(args) > 2:
-        y = y + args[2].astype(_I64, copy=False).reshape((-1,) + (1,) * (x.ndim - 2))
+        y += args[2].astype(_I64, copy=False).reshape((-1,) + (1,) * (x.ndim - 2))
     return [y]
 
 
@@ -983,15 +1088,38 @@ def _int_requant_shift(op, args):
     div = int(_required(op, "div"))
     if div < 1:
         raise op_error(InterpretError, op, f"requant_shift needs div >= 1, got {div}")
-    t = x * mul + add + div // 2
-    if _CHECK_OVERFLOW.get() and t.size:
-        tmin, tmax = int(t.min()), int(t.max())
-        if tmin < _I32_MIN or tmax > _I32_MAX:
-            reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
-            raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
-                                               f"{reach} (limit {limit})")
     lo, hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
-    return [np.clip(np.floor_divide(t, div), lo, hi)]
+    offset = add + div // 2
+    shape = np.broadcast_shapes(x.shape, mul.shape, offset.shape)
+    y = np.empty(shape, dtype=_I64)
+    check = _CHECK_OVERFLOW.get()
+    tmin, tmax = _I32_MIN, _I32_MAX
+    # Blocks along the batch axis keep the six passes below in cache (a batch of 256 feature maps is 32 MB of int64);
+    # when x does not span the batch axis, or a parameter has a batch extent of its own, one block does it all.
+    blocked = y.ndim > 0 and x.shape[:1] == shape[:1] and all(
+        p.ndim < y.ndim or p.shape[0] == 1 for p in (mul, offset))
+    if blocked:
+        step = max(1, _REQUANT_BLOCK // max(1, y.size // max(1, shape[0])))
+        blocks = [slice(start, start + step) for start in range(0, shape[0], step)]
+    else:
+        blocks = [Ellipsis]
+    for block in blocks:
+        t = y[block]
+        np.multiply(x[block], mul, out=t)
+        t += offset
+        if check and t.size:
+            tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
+        if div & (div - 1) == 0:
+            np.right_shift(t, div.bit_length() - 1, out=t)  # arithmetic shift = floor division by 2^k
+        else:
+            np.floor_divide(t, div, out=t)
+        np.maximum(t, lo, out=t)
+        np.minimum(t, hi, out=t)
+    if tmin < _I32_MIN or tmax > _I32_MAX:
+        reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
+        raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
+                                           f"{reach} (limit {limit})")
+    return [y]
 
 
 @kernel("int.reduce_sum")
@@ -1013,7 +1141,16 @@ def _int_maxpool(op, args):
 
 @kernel("int.pad")
 def _int_pad(op, args):
-    return [_pad_nd(args[0], [int(p) for p in _required(op, "pads")], "constant", int(op.attr("value")))]
+    x = args[0]
+    pads = [int(p) for p in _required(op, "pads")]
+    value = int(op.attr("value"))
+    if len(pads) == 2 * x.ndim and min(pads, default=0) >= 0:
+        # np.pad's general machinery costs several passes; a fill and one slice copy are enough here
+        r = x.ndim
+        y = np.full(tuple(x.shape[i] + pads[i] + pads[i + r] for i in range(r)), value, dtype=_I64)
+        y[tuple(slice(pads[i], pads[i] + x.shape[i]) for i in range(r))] = x
+        return [y]
+    return [_pad_nd(x, pads, "constant", value)]
 
 
 @kernel("int.reshape")

@@ -1,0 +1,193 @@
+"""The interpreter's fast integer paths stay exact: the float32 / float64 / int64 route choice of int.conv and
+int.gemm at the bounds, the blocked im2col and requant over a batch, the int.pad fast path, and run() dropping
+dead intermediates without changing any output."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qirc.qir.interpreter as interp
+from qirc.qir.diagnostics import OverflowError_
+from qirc.qir.interpreter import conv_nd, exact_dtype, exact_int_matmul, int_conv_nd, run, run_values
+from qirc.qir.ir import Module, const_op, input_op, output_op
+from qirc.qir.types import i8, i32, i64, tensor
+
+
+def test_exact_dtype_bounds():
+    assert exact_dtype((1 << 24) - 1) is np.float32
+    assert exact_dtype(1 << 24) is np.float64
+    assert exact_dtype((1 << 53) - 1) is np.float64
+    assert exact_dtype(1 << 53) is np.int64
+
+
+def _int64_conv(x, w, pads, strides, dilations, group):
+    """The int64 reference: the float kernels' im2col run on int64 with numpy's exact integer matmul."""
+    return conv_nd(x.astype(np.int64), w.astype(np.int64), pads, strides, dilations, group, np.matmul)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape, w_shape, pads, strides, dilations, group", [
+    ((5, 6, 9, 7), (4, 6, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),
+    ((3, 6, 9, 8), (6, 2, 3, 2), [0, 1, 2, 0], [2, 1], [1, 2], 3),
+    ((4, 4, 7, 7), (8, 1, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 4),   # depthwise, channel multiplier 2
+    ((2, 3, 10), (5, 3, 4), [2, 1], [3], [1], 1),                    # 1-d
+])
+def test_int_conv_nd_matches_int64_reference(dtype, shape, w_shape, pads, strides, dilations, group, monkeypatch):
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 97)  # forces several batch blocks, and blocks of one image
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, shape)
+    w = rng.integers(-127, 128, w_shape)
+    y = int_conv_nd(x, w, pads, strides, dilations, group, dtype)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y.astype(np.int64), _int64_conv(x, w, pads, strides, dilations, group))
+
+
+def _conv_module(x_type, w, pads):
+    m = Module("conv")
+    x = input_op(m, "x", x_type)
+    wv = const_op(m, w, tensor(w.shape, i64))
+    n, _, h, wd = x_type.shape
+    out = tensor((n, w.shape[0], h + pads[0] + pads[2] - w.shape[2] + 1, wd + pads[1] + pads[3] - w.shape[3] + 1),
+                 i64)
+    op = m.create("int.conv", [x, wv], [out], {"kernel_shape": list(w.shape[2:]), "pads": pads, "strides": [1, 1],
+                                               "dilations": [1, 1], "group": 1}, loc="/conv")
+    output_op(m, "y", op.result)
+    return m
+
+
+def test_int_conv_above_the_float32_bound_is_exact():
+    # max|x| * max|w| * K = 4095 * 4095 * 18 > 2^24: float32 would round these odd sums; the kernel must not use it
+    rng = np.random.default_rng(2)
+    x = rng.integers(-4095, 4096, (2, 2, 5, 5))
+    x[0, 0, 0, 0] = 4095
+    w = rng.integers(-4095, 4096, (3, 2, 3, 3))
+    w[0, 0, 0, 0] = 4095
+    m = _conv_module(tensor(x.shape, i64), w, [1, 1, 1, 1])
+    expected = _int64_conv(x, w, [1, 1, 1, 1], [1, 1], [1, 1], 1)
+    assert np.abs(expected).max() > (1 << 24) and np.any(expected % 2)
+    np.testing.assert_array_equal(run(m, {"x": x})["y"], expected)
+
+
+def test_int_conv_above_the_float64_bound_is_exact():
+    rng = np.random.default_rng(3)
+    x = rng.integers(-(1 << 30), 1 << 30, (1, 2, 4, 4))
+    w = rng.integers(-(1 << 30), 1 << 30, (2, 2, 3, 3))
+    m = _conv_module(tensor(x.shape, i64), w, [0, 0, 0, 0])
+    expected = [[sum(int(a) * int(b) for a, b in zip(x[0, :, i:i + 3, j:j + 3].ravel(), w[o].ravel()))
+                 for i in range(2) for j in range(2)] for o in range(2)]
+    assert run(m, {"x": x})["y"].reshape(2, 4).tolist() == expected
+
+
+def test_exact_int_matmul_float32_route_and_boundary():
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (6, 40))
+    b = rng.integers(-128, 128, (40, 3))
+    np.testing.assert_array_equal(exact_int_matmul(a, b), a @ b)
+    big_a = np.full((1, 3), 4097)  # 4097^2 * 3 > 2^24 and odd: wrong if it stayed on float32
+    big_b = np.full((3, 1), 4097)
+    assert exact_int_matmul(big_a, big_b).tolist() == [[3 * 4097 * 4097]]
+
+
+def _requant_module(shape, mul, add, div, signed=True, n_levels=256):
+    m = Module("rq")
+    x = input_op(m, "x", tensor(shape, i32))
+    op = m.create("int.requant_shift", [x], [tensor(shape, i8 if signed else i32)],
+                  {"mul": np.asarray(mul), "add": np.asarray(add), "div": div, "signed": signed,
+                   "n_levels": n_levels}, loc="/rq")
+    output_op(m, "y", op.result)
+    return m
+
+
+@pytest.mark.parametrize("div", [1, 2, 1 << 12, 3, 1000])
+def test_requant_blocks_and_divisors_match_the_formula(div, monkeypatch):
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 50)  # several blocks along the batch
+    rng = np.random.default_rng(5)
+    x = rng.integers(-(1 << 16), 1 << 16, (7, 3, 4, 5))
+    mul = rng.integers(1, 200, (1, 3, 1, 1))
+    add = rng.integers(-5000, 5000, (1, 3, 1, 1))
+    y = run(_requant_module(x.shape, mul, add, div), {"x": x})["y"]
+    t = [(int(v) * int(mu) + int(ad) + div // 2) // div
+         for v, mu, ad in zip(x.ravel(), np.broadcast_to(mul, x.shape).ravel(), np.broadcast_to(add, x.shape).ravel())]
+    assert y.ravel().tolist() == [min(127, max(-128, v)) for v in t]
+
+
+def test_requant_overflow_in_a_late_block_is_reported(monkeypatch):
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 8)
+    x = np.zeros((6, 2, 2, 2), dtype=np.int64)
+    x[5, 1, 1, 1] = 1 << 20
+    m = _requant_module(x.shape, [1 << 12], [0], 1 << 10)
+    with pytest.raises(OverflowError_, match=r"/rq.*int32 overflow in requant_shift.*reaches 4294967808"):
+        run(m, {"x": x})
+    assert run(m, {"x": x}, check_overflow=False)["y"][5, 1, 1, 1] == 127
+
+
+def test_int_pad_fast_path_equals_np_pad():
+    m = Module("pad")
+    x = input_op(m, "x", tensor((2, 3, 4, 5), i8))
+    op = m.create("int.pad", [x], [tensor((2, 3, 7, 6), i8)], {"pads": [0, 0, 1, 0, 0, 0, 2, 1], "value": -128},
+                  loc="/pad")
+    output_op(m, "y", op.result)
+    xv = np.random.default_rng(6).integers(-128, 128, (2, 3, 4, 5))
+    np.testing.assert_array_equal(run(m, {"x": xv})["y"],
+                                  np.pad(xv, [(0, 0), (0, 0), (1, 2), (0, 1)], constant_values=-128))
+
+
+def test_run_drops_intermediates_but_not_outputs():
+    # y1 = x + x is read by a later op AND is a graph output; y2 = requant(y1 + x)
+    m = Module("chain")
+    x = input_op(m, "x", tensor((2, 3), i32))
+    s = m.create("int.add", [x, x], [tensor((2, 3), i32)], loc="/add1").result
+    t = m.create("int.add", [s, x], [tensor((2, 3), i32)], loc="/add2").result
+    r = m.create("int.requant_shift", [t], [tensor((2, 3), i8)],
+                 {"mul": np.array([1]), "add": np.array([0]), "div": 1, "signed": True, "n_levels": 256},
+                 loc="/rq").result
+    output_op(m, "sum", s)
+    output_op(m, "out", r)
+    xv = np.arange(6).reshape(2, 3) - 3
+    out = run(m, {"x": xv})
+    assert out["sum"].tolist() == (2 * xv).tolist() and out["out"].tolist() == (3 * xv).tolist()
+    values = run_values(m, {"x": xv})
+    assert values[t].tolist() == (3 * xv).tolist()  # run_values keeps every value
+
+
+@pytest.mark.parametrize("shape, param_shape", [((), ()), ((5,), (5,)), ((4, 3), (4, 1)), ((1, 6), (6,))])
+def test_requant_unblocked_shapes_match_the_formula(shape, param_shape, monkeypatch):
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 2)
+    rng = np.random.default_rng(7)
+    x = rng.integers(-5000, 5000, shape)
+    mul = rng.integers(1, 300, param_shape)
+    add = rng.integers(-900, 900, param_shape)
+    y = run(_requant_module(shape, mul, add, 256), {"x": x})["y"]
+    expected = np.clip(np.floor_divide(x * mul + add + 128, 256), -128, 127)
+    assert y.shape == shape and y.tolist() == expected.reshape(shape).tolist()
+
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+
+
+@pytest.mark.parametrize("name", ["Autoencoder", "DSCNN-XS", "ResNet8"])
+def test_corpus_integer_graph_batched_equals_per_sample(name):
+    """The compiled integer graph (gemm; depthwise/strided conv, sum pooling; residual adds) rebatched to N gives
+    exactly the per-sample outputs: every int kernel is batch-agnostic."""
+    path = CORPUS / name / "split.onnx"
+    if not path.exists():
+        pytest.skip(f"needs {path}")
+    from qirc.backends.deeploy.targets import get_target
+    from qirc.driver import build_passes
+    from qirc.frontends.onnx import import_onnx
+    from qirc.lowering.testing import with_batch
+    from qirc.qir.passes import PassManager
+
+    module = import_onnx(str(path))
+    PassManager(build_passes(get_target("deeploy-siracusa"))).run(module)
+    (in_name,) = module.input_names()
+    element = module.inputs[0].results[0].type.element
+    n = 5
+    x = np.random.default_rng(8).integers(element.storage_min, element.storage_max, (n,) +
+                                          tuple(module.inputs[0].results[0].type.shape[1:]), endpoint=True)
+    batched = run(with_batch(module, n), {in_name: x})
+    singles = [run(module, {in_name: x[i:i + 1]}) for i in range(n)]
+    for key, y in batched.items():
+        np.testing.assert_array_equal(y, np.concatenate([s[key] for s in singles]))
