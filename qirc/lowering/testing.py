@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..qir.batch import rebatch
 from ..qir.ir import Module, Operation, Value, const_op, input_op, output_op
 from ..qir.types import ScalarType, TensorType, UniformQuantType, f32, i8, i32
 
@@ -139,19 +140,8 @@ def requant_step_errors(module: Module, values) -> dict:
 
 
 def with_batch(module: Module, n: int) -> Module:
-    """A copy of `module` whose batch axis (axis 0 of every non-constant value of batch 1) is `n`, so the
-    interpreter runs n samples at once.  Reshape targets with a leading 1 follow.  For tests and benchmarks of
-    batch-1 models whose ops are batch-agnostic (conv, gemm, pooling, requant, add, flatten)."""
-    batched = module.clone()
-    for op in batched.ops():
-        if op.name == "qir.const":
-            continue
-        for r in op.results:
-            if r.type.rank and r.type.shape[0] == 1:
-                r.type = r.type.with_shape((n,) + tuple(r.type.shape[1:]))
-        if op.name in ("int.reshape", "onnx.Reshape") and list(op.attrs["shape"])[:1] == [1]:
-            op.attrs["shape"] = [n] + list(op.attrs["shape"])[1:]
-    return batched
+    """A copy of `module` with batch axis n (see `qirc.qir.batch.rebatch`), for tests and benchmarks."""
+    return rebatch(module, n)
 
 
 def requant_unexplained(module: Module, values) -> dict:

@@ -43,7 +43,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..qir import interpreter
-from ..qir.diagnostics import UsageError
+from ..qir.batch import rebatch
+from ..qir.diagnostics import InterpretError, UsageError
 from ..qir.ir import Module, Operation, Value, input_op, output_op
 from ..qir.types import TensorType
 
@@ -259,9 +260,26 @@ def _static_peak(requant: Operation) -> Optional[int]:
 def layer_figures(quant_module: Module, int_module: Module, inputs: Samples) -> List[Dict]:
     """One dict of figures per int.requant_shift of `int_module`, in graph order (keys: see the module docstring).
 
-    `inputs` are float samples of `quant_module`'s inputs: one {name: array} or a list of them.
+    `inputs` are float samples of `quant_module`'s inputs: one {name: array} or a list of them.  The samples run as
+    one batch where both modules allow it (every figure aggregates over all elements of all samples, so batching
+    changes no number), else one by one.
     """
     samples = _as_sample_list(inputs)
+    n = len(samples)
+    if n > 1:
+        try:
+            stacked = {k: np.concatenate([np.asarray(s[k]) for s in samples]) for k in samples[0]}
+            layers = _layer_figures(rebatch(quant_module, n), rebatch(int_module, n), [stacked])
+        except InterpretError:
+            pass  # not batch-agnostic: run sample by sample
+        else:
+            for entry, m in zip(layers, match_requants(quant_module, int_module)):
+                entry["shape"] = list(m.value.type.shape)
+            return layers
+    return _layer_figures(quant_module, int_module, samples)
+
+
+def _layer_figures(quant_module: Module, int_module: Module, samples: List[Mapping[str, np.ndarray]]) -> List[Dict]:
     matches = match_requants(quant_module, int_module)
     forced = _forced_module(int_module, matches)
     n = len(matches)

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ...qir import interpreter
+from ...qir.batch import run_samples
 from ...qir.diagnostics import UsageError
 from ...qir.ir import Module, input_op, output_op
 from ...qir.types import TensorType, f32
@@ -98,7 +99,7 @@ def quantize_samples(quant_module: Module, int_module: Module, samples: Samples)
         x = input_op(quantizer, name, TensorType(t.shape, f32))
         q = quantizer.create("quant.qcast", [x], [t], {"rounding": _input_rounding(quant_module, name)}, name)
         output_op(quantizer, name, q.result)
-    return [interpreter.run(quantizer, s) for s in samples]
+    return run_samples(quantizer, samples)
 
 
 def device_outputs(device_module: Module, int_inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -124,9 +125,10 @@ def accuracy_report(quant_module: Module, int_module: Module, device_module: Mod
     ref_types = {op.attrs["name"]: op.operands[0].type for op in quant_module.outputs}
     int_types = [(op.attrs["name"], op.operands[0].type) for op in int_module.outputs]
     stats = {name: {"err": [], "agree": 0, "argmax": 0} for name, _ in int_types}
-    for s, qs in zip(samples, int_samples):
-        ref = interpreter.run(quant_module, s)
-        got = list(device_outputs(device_module, qs).values())
+    refs = run_samples(quant_module, samples)
+    gots = run_samples(device_module, [list(qs.values()) for qs in int_samples])
+    for ref, got in zip(refs, gots):
+        got = list(got.values())
         for (name, t), g in zip(int_types, got):
             if name not in ref:
                 continue
