@@ -2,6 +2,8 @@
 Deeploy ONNX, and target refusals."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -554,14 +556,126 @@ def test_cortexm_refuses_a_per_channel_matmul_requant():
                             "channels on this platform (per-tensor weight scales) (target deeploy-cortexm)")
 
 
-def test_cortexm_refuses_depthwise_conv_and_pads_dense_conv_squarely():
+def _depthwise_module(c_in, multiplier, k, seed=0):
+    """x [1, c_in, 6, 6] -> depthwise conv (group c_in, c_in * multiplier outputs, k x k, pads 1, bias) -> rqs."""
+    rng = np.random.default_rng(seed)
     m = Module("dw")
-    x = input_op(m, "x", TensorType((1, 4, 6, 6), q8(0.1)))
-    conv_rqs(m, x, np.ones((4, 1, 3, 3)), None, [5], "/dw/Conv", q8(0.3), group=4)
-    output_op(m, "y", m.walk("int.requant_shift")[0].result)
+    x = input_op(m, "x", TensorType((1, c_in, 6, 6), q8(0.1)))
+    c_out = c_in * multiplier
+    w = rng.integers(-127, 128, (c_out, 1, k, k))
+    w[0] = 0  # an all-zero depthwise filter stays all zero in its dense row
+    attrs = {**conv_attrs(k, group=c_in), "pads": [1, 1, 1, 1]}
+    shape = (1, c_out, 6 + 3 - k, 6 + 3 - k)
+    wv = const_op(m, w.astype(np.int8), TensorType(w.shape, i8), "/dw/w")
+    b = const_op(m, rng.integers(-300, 300, (c_out,)).astype(np.int32), TensorType((c_out,), i32), "/dw/b")
+    c = m.create("int.conv", [x, wv, b], [TensorType(shape, i32)], attrs, "/dw/Conv").result
+    r = m.create("int.requant_shift", [c], [TensorType(shape, q8(0.3))],
+                 rqs_attrs(rng.integers(100, 200, (1, c_out, 1, 1)) * 4), "/dw/rqs").result
+    output_op(m, "y", r)
+    verify(m)
+    return m, w
+
+
+def test_cortexm_writes_a_depthwise_conv_channels_last_between_transposes():
+    # the form Deeploy's CMSIS platform maps to arm_depthwise_conv: its NCHW-to-NHWC lowering leaves a Conv that
+    # already says channels_first = 0 alone, so the depthwise parser sees weights [C, 1, kh, kw] with group == C
+    m, w_dw = _depthwise_module(4, 1, 3)
+    before = run_samples(m)
+    legalize(m, "deeploy-cortexm")
+    verify(m)
+    [conv] = m.walk("int.conv")
+    assert conv.attrs["group"] == 4 and not any(conv.attrs["pads"])
+    model = emit_onnx(m, "deeploy-cortexm")
+    assert_deeploy_structure(model, "deeploy-cortexm")
+    nodes = list(model.graph.node)
+    assert [n.op_type for n in nodes] == ["Pad", "Transpose", "Conv", "RequantShift", "Transpose"]
+    pad, to_nhwc, dw, rqs, to_nchw = nodes
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dw.attribute}
+    assert dw.domain == "ai.deeploy" and attrs["channels_first"] == 0 and attrs["group"] == 4
+    assert attrs["pads"] == [0, 0, 0, 0] and list(pad.attribute[1].ints) == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert list(to_nhwc.attribute[0].ints) == [0, 2, 3, 1] and list(to_nchw.attribute[0].ints) == [0, 3, 1, 2]
+    assert dw.input[0] == to_nhwc.output[0] and rqs.input[0] == dw.output[0] and to_nchw.input[0] == rqs.output[0]
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(inits[dw.input[1]], w_dw.astype(np.int8))
+    assert inits[rqs.input[1]].shape == inits[rqs.input[2]].shape == (1, 1, 1, 4)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(model.graph.value_info) + list(model.graph.output)}
+    assert shapes[to_nhwc.output[0]] == [1, 8, 8, 4] and shapes[dw.output[0]] == [1, 6, 6, 4]
+    assert shapes[rqs.output[0]] == [1, 6, 6, 4] and shapes[to_nchw.output[0]] == [1, 4, 6, 6]
+    # the legalised IR and the written graph (read back through its channels-last Conv) compute the same integers
+    device = import_deeploy_onnx(model)
+    for seed, (b, a) in enumerate(zip(before, run_samples(m))):
+        np.testing.assert_array_equal(b["y"], a["y"])
+        inputs = interpreter.random_inputs(m, seed)
+        np.testing.assert_array_equal(list(interpreter.run(device, list(inputs.values())).values())[0], b["y"])
+
+
+def test_cortexm_refuses_a_depthwise_conv_with_a_channel_multiplier():
+    m, _ = _depthwise_module(3, 2, 3)
     with pytest.raises(BackendError) as e:
         legalize(m, "deeploy-cortexm")
-    assert str(e.value).startswith("node '/dw/Conv' (int.conv): depthwise int.conv has no working form")
+    assert str(e.value) == ("node '/dw/Conv' (int.conv): grouped int.conv (group 3, 3 -> 6 channels) is neither dense "
+                            "nor depthwise (target deeploy-cortexm)")
+
+
+# a platform without any depthwise Conv: the dense block-diagonal form (verified on Deeploy's CMSIS platform too)
+DENSE_DEPTHWISE = dataclasses.replace(get_target("deeploy-cortexm"), name="deeploy-cortexm-dense",
+                                      depthwise_conv=False, dense_depthwise_cap_kib=64)
+
+
+@pytest.mark.parametrize("c_in, multiplier", [(4, 1), (3, 2)])
+def test_depthwise_conv_becomes_an_exact_block_diagonal_dense_conv(c_in, multiplier):
+    m, w_dw = _depthwise_module(c_in, multiplier, 3)
+    before = run_samples(m)
+    legalize(m, DENSE_DEPTHWISE)
+    verify(m)
+    [conv] = m.walk("int.conv")
+    assert conv.attrs["group"] == 1
+    w = np.asarray(conv.operands[1].owner.attrs["value"])
+    c_out = c_in * multiplier
+    assert w.shape == (c_out, c_in, 3, 3) and w.dtype == np.int8
+    for o in range(c_out):
+        for i in range(c_in):
+            np.testing.assert_array_equal(w[o, i], w_dw[o, 0] if i == o // multiplier else 0)
+    model = emit_onnx(m, DENSE_DEPTHWISE)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "RequantShift"]
+    assert_deeploy_structure(model, DENSE_DEPTHWISE)
+    device = import_deeploy_onnx(model)
+    for seed, (b, a) in enumerate(zip(before, run_samples(m))):
+        np.testing.assert_array_equal(b["y"], a["y"])
+        inputs = interpreter.random_inputs(m, seed)
+        np.testing.assert_array_equal(list(interpreter.run(device, list(inputs.values())).values())[0], b["y"])
+
+
+def test_other_targets_keep_depthwise_convs_channels_first():
+    for target in ("deeploy-generic", "deeploy-siracusa"):
+        m, _ = _depthwise_module(4, 1, 3)
+        legalize(m, target)
+        assert m.walk("int.conv")[0].attrs["group"] == 4
+        model = emit_onnx(m, target)
+        assert [n.op_type for n in model.graph.node if n.op_type != "Pad"] == ["Conv", "RequantShift"]
+        assert not any(a.name == "channels_first" for n in model.graph.node for a in n.attribute)
+
+
+def test_dense_depthwise_cap_is_per_layer_and_inclusive():
+    # 64 channels, 4x4 kernel: exactly 64 KiB of dense int8 weights, accepted; 65 channels: 66.02 KiB, refused
+    m, _ = _depthwise_module(64, 1, 4)
+    legalize(m, DENSE_DEPTHWISE)
+    assert m.walk("int.conv")[0].operands[1].type.shape == (64, 64, 4, 4)
+    m, _ = _depthwise_module(65, 1, 4)
+    with pytest.raises(BackendError) as e:
+        legalize(m, DENSE_DEPTHWISE)
+    assert str(e.value) == ("node '/dw/Conv' (int.conv): depthwise conv would need 67 KiB of dense weights on "
+                            "deeploy-cortexm-dense (cap 64 KiB); the platform takes no depthwise Conv")
+    # cap 0: every depthwise Conv is refused
+    m, _ = _depthwise_module(4, 1, 3)
+    with pytest.raises(BackendError) as e:
+        legalize(m, dataclasses.replace(DENSE_DEPTHWISE, dense_depthwise_cap_kib=0))
+    assert str(e.value) == ("node '/dw/Conv' (int.conv): depthwise int.conv has no working form on this platform "
+                            "(target deeploy-cortexm-dense)")
+
+
+def test_cortexm_pads_dense_conv_squarely():
     m = Module("dense")
     x = input_op(m, "x", TensorType((1, 4, 6, 6), q8(0.1)))
     w = const_op(m, np.ones((2, 4, 3, 3), np.int8), TensorType((2, 4, 3, 3), i8), "/c/w")

@@ -2,6 +2,7 @@
 Deeploy contract; atomicity of the output folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from qirc.backends.deeploy.targets import TARGETS as TARGET_REGISTRY, get_target
 from qirc.driver import compile_model, simulate
 from qirc.frontends.deeploy import import_deeploy_onnx
 from qirc.qir import interpreter
@@ -20,7 +22,6 @@ from test_deeploy_structure import assert_deeploy_structure
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
 MODELS = ["ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS", "Autoencoder", "Autoencoder-MLPerf"]
 TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
-DEPTHWISE = {"MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS"}  # depthwise Convs: no CMSIS form
 
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 
@@ -40,7 +41,7 @@ def build(name, target, tmp_path_factory):
     return _built[key]
 
 
-CASES = [(m, t) for m in MODELS for t in TARGETS if not (t == "deeploy-cortexm" and m in DEPTHWISE)]
+CASES = [(m, t) for m in MODELS for t in TARGETS]
 
 
 @pytest.mark.parametrize("name, target", CASES)
@@ -109,22 +110,82 @@ def test_cortexm_global_pool_is_a_matmul_fused_with_its_requant(tmp_path_factory
     assert not any(n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in nodes)
 
 
-def test_cortexm_refuses_depthwise_models_and_leaves_no_folder(tmp_path):
+@pytest.mark.parametrize("name, count", [("DSCNN-S", 4), ("DSCNN-XS", 4), ("MobileNetV2-VWW", 17)])
+def test_cortexm_writes_depthwise_convs_channels_last(name, count, tmp_path_factory):
+    # Deeploy's CMSIS platform rejects a depthwise Conv it transposes itself: each one is written already NHWC
+    # (Transpose -> Conv channels_first=0 -> RequantShift -> Transpose; assert_deeploy_structure checks the form),
+    # with the same 3x3 filters the Generic graph has (the exact re-simulation of outputs.npz, read back through
+    # the channels-last Convs, is test_corpus_model_compiles_to_the_contract)
+    out, _ = build(name, "deeploy-cortexm", tmp_path_factory)
+    generic, _ = build(name, "deeploy-generic", tmp_path_factory)
+
+    def depthwise_weights(path):
+        model = onnx.load(str(path / "network.onnx"))
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        return model, [inits[n.input[1]] for n in model.graph.node if n.op_type == "Conv"
+                       and any(a.name == "group" and a.i > 1 for a in n.attribute)
+                       and inits[n.input[1]].shape[2:] == (3, 3)]
+
+    model, cortexm = depthwise_weights(out)
+    _, reference = depthwise_weights(generic)
+    reference = [w for w in reference if not np.all(w == 1)]  # Generic's global pool (MobileNetV2's is 3x3)
+    assert len(cortexm) == len(reference) == count
+    for w, w_ref in zip(cortexm, reference):
+        np.testing.assert_array_equal(w, w_ref)
+    channels_last = [n for n in model.graph.node if n.op_type == "Conv"
+                     and any(a.name == "channels_first" and a.i == 0 for a in n.attribute)]
+    assert len(channels_last) == count and all(n.domain == "ai.deeploy" for n in channels_last)
+    assert_deeploy_structure(model, "deeploy-cortexm")
+
+
+# a CMSIS variant without depthwise Convs, writing them as block-diagonal dense Convs up to 64 KiB per layer
+DENSE_DEPTHWISE = dataclasses.replace(get_target("deeploy-cortexm"), name="deeploy-cortexm-dense",
+                                      depthwise_conv=False, dense_depthwise_cap_kib=64)
+
+
+@pytest.fixture
+def dense_depthwise_target(monkeypatch):
+    monkeypatch.setitem(TARGET_REGISTRY, DENSE_DEPTHWISE.name, DENSE_DEPTHWISE)
+    return DENSE_DEPTHWISE.name
+
+
+def test_dense_depthwise_form_compiles_dscnn_exactly(dense_depthwise_target, tmp_path):
     out = tmp_path / "dscnn"
+    compile_model(model_path("DSCNN-XS"), dense_depthwise_target, out, accuracy_samples=1)
+    model = onnx.load(str(out / "network.onnx"))
+    assert_deeploy_structure(model, DENSE_DEPTHWISE)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [inits[n.input[1]] for n in model.graph.node if n.op_type == "Conv"]
+    block_diagonal = [w for w in weights if w.shape[0] == w.shape[1] and w.shape[2:] == (3, 3)]
+    assert len(weights) == 9 and len(block_diagonal) == 4
+    for w in block_diagonal:
+        assert not np.any(w[~np.eye(w.shape[0], dtype=bool)]) and np.any(w[np.eye(w.shape[0], dtype=bool)])
+    with np.load(out / "inputs.npz") as f:
+        ins = [f[k] for k in f.files]
+    with np.load(out / "outputs.npz") as f:
+        outs = [f[k] for k in f.files]
+    got = interpreter.run(import_deeploy_onnx(out / "network.onnx"), ins)
+    for g, o in zip(got.values(), outs):
+        np.testing.assert_array_equal(g, o)
+
+
+def test_refusal_over_the_dense_depthwise_cap_leaves_no_folder(dense_depthwise_target, tmp_path):
+    out = tmp_path / "mbv2"
     with pytest.raises(BackendError) as e:
-        compile_model(model_path("DSCNN-XS"), "deeploy-cortexm", out)
-    assert "node '/wrappedInnerForwardImpl_1/Conv' (int.conv)" in str(e.value)
-    assert "depthwise int.conv has no working form" in str(e.value) and "deeploy-cortexm" in str(e.value)
+        compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
+    assert str(e.value).endswith("node '/wrappedInnerForwardImpl_22/Conv' (int.conv): in pass 'deeploy-legalize': "
+                                 "depthwise conv would need 154 KiB of dense weights on deeploy-cortexm-dense (cap "
+                                 "64 KiB); the platform takes no depthwise Conv")
     assert not out.exists()
     assert os.listdir(tmp_path) == []
 
 
-def test_failed_run_leaves_an_existing_folder_untouched(tmp_path):
+def test_failed_run_leaves_an_existing_folder_untouched(dense_depthwise_target, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(BackendError):
-        compile_model(model_path("DSCNN-XS"), "deeploy-cortexm", out)
+        compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["out"]
 

@@ -69,8 +69,11 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
                     if t.data_type != onnx.TensorProto.INT32:
                         problems.append(f"{node.name}: {nm} is not int32")
                     shape = list(arr.shape)
+                    conv = producer.get(node.input[0])
+                    channels_last = conv is not None and _channels_first(conv) == 0
                     ok = shape == [1] or (shape == [] and nm == "mul" and target.gemm_scalar_mul) or (rank == 4 and len(shape) in (3, 4) and shape[-2:] == [1, 1] and
                                           (len(shape) == 3 or shape[0] == 1)) or (rank == 2 and len(shape) == 1)
+                    ok = ok or (channels_last and shape == [1, 1, 1, arr.size])
                     if not ok:
                         problems.append(f"{node.name}: {nm} shape {shape} is not [1], [C,1,1], [1,C,1,1] or [C]")
         if node.op_type == "Conv":
@@ -84,8 +87,13 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
                 group = attrs["group"].i if "group" in attrs else 1
                 if len(set(pads)) != 1 or (group > 1 and any(pads)):
                     problems.append(f"{node.name}: Conv pads {pads} are not square (or a depthwise Conv pads)")
-            if not target.depthwise_conv and "group" in attrs and attrs["group"].i > 1:
+            group = attrs["group"].i if "group" in attrs else 1
+            if not target.depthwise_conv and group > 1:
                 problems.append(f"{node.name}: depthwise Conv on a platform that rejects it")
+            if _channels_first(node) == 0:
+                problems.extend(_channels_last_problems(g, node, target, producer))
+            elif group > 1 and target.depthwise_layout == "channels-last":
+                problems.append(f"{node.name}: depthwise Conv left for Deeploy to transpose (CMSIS rejects it)")
         if node.op_type == "MaxPool":
             for key in ("kernel_shape", "pads", "strides", "ceil_mode"):
                 if key not in attrs:
@@ -115,6 +123,38 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
     names = [n.name for n in g.node]
     if len(set(names)) != len(names) or any(not n for n in names):
         problems.append("node names are not unique and non-empty")
+    return problems
+
+
+def _channels_first(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "channels_first"), 1)
+
+
+def _channels_last_problems(g, conv: onnx.NodeProto, target, producer: dict) -> list:
+    """The channels-last depthwise form (targets.DEPTHWISE_LAYOUTS): Transpose [0,2,3,1] -> Conv(ai.deeploy,
+    channels_first=0, group > 1, no pads) -> its only user RequantShift -> its only user Transpose [0,3,1,2]."""
+    problems = []
+    attrs = {a.name: a for a in conv.attribute}
+
+    def users(name):
+        return [n for n in g.node if name in n.input]
+
+    if target.depthwise_layout != "channels-last":
+        problems.append(f"{conv.name}: channels_first = 0 Conv on a channels-first target")
+    if conv.domain != "ai.deeploy":
+        problems.append(f"{conv.name}: channels_first = 0 Conv is not in domain ai.deeploy")
+    if "group" not in attrs or attrs["group"].i <= 1 or any(attrs["pads"].ints if "pads" in attrs else []):
+        problems.append(f"{conv.name}: channels-last Conv is not an unpadded depthwise Conv")
+    before = producer.get(conv.input[0])
+    if before is None or before.op_type != "Transpose" or list(before.attribute[0].ints) != [0, 2, 3, 1]:
+        problems.append(f"{conv.name}: channels-last Conv input is not Transpose [0, 2, 3, 1]")
+    rqs = users(conv.output[0])
+    if [n.op_type for n in rqs] != ["RequantShift"]:
+        problems.append(f"{conv.name}: channels-last Conv is not followed by its RequantShift only")
+        return problems
+    back = users(rqs[0].output[0])
+    if [n.op_type for n in back] != ["Transpose"] or list(back[0].attribute[0].ints) != [0, 3, 1, 2]:
+        problems.append(f"{conv.name}: channels-last RequantShift is not followed by Transpose [0, 3, 1, 2] only")
     return problems
 
 
@@ -186,3 +226,47 @@ def test_checker_catches_a_bare_or_int32_matmul_on_cortexm():
     assert "pool: MatMul constant ones is not 8-bit" in problems
     assert "pool: MatMul is not followed by its RequantShift (CMSIS fuses them)" in problems
     assert deeploy_structure_problems(m, "deeploy-generic") == ["pool: MatMul constant ones is not 8-bit"]
+
+
+def test_checker_requires_the_channels_last_depthwise_form_on_cortexm():
+    # the channels-first depthwise Conv that CMSIS rejects, then the same Conv written channels-last
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.INT8, [1, 2, 4, 4])
+    inits = [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.int8), "w"),
+             numpy_helper.from_array(np.array([3, 4], np.int32).reshape(1, 2, 1, 1), "mul"),
+             numpy_helper.from_array(np.zeros((1, 2, 1, 1), np.int32), "add")]
+    rqs_attrs = [helper.make_attribute(k, numpy_helper.from_array(np.array([v], np.int64), k))
+                 for k, v in (("div", 4), ("signed", 1), ("n_levels_out", 256))]
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], "dw", kernel_shape=[3, 3], pads=[0, 0, 0, 0], strides=[1, 1],
+                            dilations=[1, 1], group=2)
+    rqs = helper.make_node("RequantShift", ["c", "mul", "add"], ["y"], "rqs", domain="ai.deeploy")
+    rqs.attribute.extend(rqs_attrs)
+
+    def model(nodes, vis, out_shape):
+        g = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", onnx.TensorProto.INT8, out_shape)],
+                              initializer=inits, value_info=vis)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 10), helper.make_opsetid("ai.deeploy", 1)])
+        m.ir_version = 7
+        return m
+
+    nchw = model([conv, rqs], [helper.make_tensor_value_info("c", onnx.TensorProto.INT32, [1, 2, 2, 2])], [1, 2, 2, 2])
+    assert deeploy_structure_problems(nchw, "deeploy-generic") == []
+    assert deeploy_structure_problems(nchw, "deeploy-cortexm") == [
+        "dw: depthwise Conv left for Deeploy to transpose (CMSIS rejects it)"]
+    to_nhwc = helper.make_node("Transpose", ["x"], ["xt"], "to_nhwc", perm=[0, 2, 3, 1])
+    conv.input[0] = "xt"
+    conv.domain = "ai.deeploy"
+    conv.attribute.append(helper.make_attribute("channels_first", 0))
+    rqs.output[0] = "yt"
+    back = helper.make_node("Transpose", ["yt"], ["y"], "to_nchw", perm=[0, 3, 1, 2])
+    vis = [helper.make_tensor_value_info("xt", onnx.TensorProto.INT8, [1, 4, 4, 2]),
+           helper.make_tensor_value_info("c", onnx.TensorProto.INT32, [1, 2, 2, 2]),
+           helper.make_tensor_value_info("yt", onnx.TensorProto.INT8, [1, 2, 2, 2])]
+    for t in inits[1:]:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1, 1, 1, 2), t.name))
+    nhwc = model([to_nhwc, conv, rqs, back], vis, [1, 2, 2, 2])
+    assert deeploy_structure_problems(nhwc, "deeploy-cortexm") == []
+    assert deeploy_structure_problems(nhwc, "deeploy-generic") == [
+        "dw: channels_first = 0 Conv on a channels-first target"]
+    nhwc.graph.node[1].domain = ""
+    assert "dw: channels_first = 0 Conv is not in domain ai.deeploy" in deeploy_structure_problems(nhwc,
+                                                                                                 "deeploy-cortexm")

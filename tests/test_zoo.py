@@ -348,10 +348,10 @@ def test_every_network_exports_in_every_format(tmp_path, name, fmt):
         assert np.abs(_onnxruntime_output(path, x) - expected).max() <= 1e-3 * _output_scale(model)
 
 
-# Compiling the zoo files for every Deeploy target.  Networks with depthwise convolutions cannot be compiled for
-# cortex-m: Deeploy's CMSIS platform rejects every depthwise Conv (DESIGN section 4), and the backend says so at the
-# first one.  Their global average pools have a CMSIS form (an all-ones MatMul fused with its requant).
-DEPTHWISE = {"mobilenetv1-vww", "dscnn-s", "mobilenetv2-vww", "dscnn-xs"}
+# Compiling the zoo files for every Deeploy target.  On cortex-m, whose CMSIS platform rejects the depthwise Convs
+# it transposes itself, the DS-CNN's depthwise convolutions are written already channels-last (Transpose -> Conv
+# with channels_first = 0 -> RequantShift -> Transpose); its global average pool is an all-ones MatMul fused with
+# its requant.
 
 
 @pytest.fixture(scope="module")
@@ -364,15 +364,16 @@ def qcdq_files(tmp_path_factory):
 @pytest.mark.parametrize("target", ["deeploy-siracusa", "deeploy-generic", "deeploy-cortexm"])
 def test_zoo_models_compile_for_every_target(qcdq_files, tmp_path, name, target):
     driver = pytest.importorskip("qirc.driver")
-    from qirc.qir.diagnostics import BackendError
 
-    if target == "deeploy-cortexm" and name in DEPTHWISE:
-        with pytest.raises(BackendError, match=r"/dw/conv/Conv' \(int\.conv\).*depthwise int\.conv has no working "
-                                               r"form"):
-            driver.compile_model(qcdq_files[name], target, tmp_path / "out")
-        assert not (tmp_path / "out").exists()
-        return
     summary = driver.compile_model(qcdq_files[name], target, tmp_path / "out")
+    if target == "deeploy-cortexm":
+        # every depthwise Conv is written channels-last (the form CMSIS maps to arm_depthwise_conv)
+        nodes = onnx.load(str(tmp_path / "out" / "network.onnx")).graph.node
+        depthwise = [n for n in nodes
+                     if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        assert all(n.domain == "ai.deeploy" and any(a.name == "channels_first" and a.i == 0 for a in n.attribute)
+                   for n in depthwise)
+        assert len(depthwise) == (4 if name == "dscnn-xs" else 0)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(summary.files)
     (report,) = summary.accuracy["outputs"]
     assert report["max_error_steps"] <= 1.0 + 1e-4

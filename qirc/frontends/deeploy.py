@@ -133,6 +133,9 @@ class _Reader:
                 raise self.error("Conv must have no bias input", node)
             attrs = {k: list(a[k]) for k in ("kernel_shape", "pads", "strides", "dilations") if k in a}
             attrs["group"] = int(a.get("group", 1))
+            if int(a.get("channels_first", 1)) == 0:
+                self.values[node.output[0]] = self._channels_last_conv(node, attrs, operands(2), loc)
+                return
             opname, args = "int.conv", operands(2)
         elif op == "Gemm":
             if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
@@ -178,6 +181,21 @@ class _Reader:
         if opname in ("int.maxpool", "int.pad", "int.reshape", "int.flatten", "int.transpose", "int.concat"):
             rt = rt.with_element(args[0].type.element)  # moves values: keeps the (u8/i8) storage of its input
         self.values[node.output[0]] = m.create(opname, args, [rt], attrs, loc).result
+
+    def _channels_last_conv(self, node: onnx.NodeProto, attrs: dict, args, loc: str) -> Value:
+        """A Conv with channels_first = 0 (Deeploy's attribute; qirc writes its depthwise Convs so for CMSIS): the
+        input and output are NHWC, the weights OIHW.  Read as  transpose to NCHW -> int.conv -> transpose to NHWC."""
+        x, w = args
+        if x.type.rank != 4:
+            raise self.error("a Conv with channels_first = 0 must take a 4-D NHWC input", node)
+        m = self.module
+        n, h, wd, c = x.type.shape
+        x_nchw = m.create("int.transpose", [x], [TensorType((n, c, h, wd), x.type.element)], {"perm": [0, 3, 1, 2]},
+                          loc + "/to_nchw").result
+        rt = self.result_type(node)
+        n, oh, ow, oc = rt.shape
+        conv = m.create("int.conv", [x_nchw, w], [TensorType((n, oc, oh, ow), rt.element)], attrs, loc).result
+        return m.create("int.transpose", [conv], [rt], {"perm": [0, 2, 3, 1]}, loc + "/to_nhwc").result
 
 
 def import_deeploy_onnx(path_or_model: Union[str, os.PathLike, onnx.ModelProto]) -> Module:

@@ -15,6 +15,12 @@ topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4
     int.transpose      Transpose             perm
     int.concat         Concat                axis
 
+On a target whose `depthwise_layout` is "channels-last" (deeploy-cortexm), a depthwise int.conv and the requant
+after it are written NHWC between two Transposes (targets.DEPTHWISE_LAYOUTS):
+
+    Transpose(x, perm [0,2,3,1]) -> Conv(domain ai.deeploy, channels_first = 0, weights [C,1,kh,kw])
+        -> RequantShift(mul, add shaped [1,1,1,C]) -> Transpose(perm [0,3,1,2])
+
 Element types: INT8 / UINT8 for 8-bit storage (the stored integers), INT32 for accumulators; every intermediate tensor
 has its shape in `value_info` (Deeploy does no shape inference).  Node and tensor names derive from the ops' source
 locations, sanitised to C identifiers (Deeploy generates C from them) and made unique.
@@ -40,6 +46,8 @@ IR_VERSION = 7  # onnx 1.8; Deeploy's onnx-graphsurgeon reads it, and opset 10 n
 
 _ONNX_ELEM = {"i8": TensorProto.INT8, "u8": TensorProto.UINT8, "i16": TensorProto.INT16, "u16": TensorProto.UINT16,
               "i32": TensorProto.INT32, "u32": TensorProto.UINT32, "i64": TensorProto.INT64, "i1": TensorProto.BOOL}
+
+NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 _ONNX_OP = {"int.conv": "Conv", "int.gemm": "Gemm", "int.matmul": "MatMul", "int.add": "Add", "int.mul": "Mul",
             "int.requant_shift": "RequantShift", "int.maxpool": "MaxPool", "int.pad": "Pad",
@@ -97,6 +105,7 @@ class _Emitter:
         self.nodes: List[onnx.NodeProto] = []
         self.initializers: List[onnx.TensorProto] = []
         self.value_info: List[onnx.ValueInfoProto] = []
+        self.channels_last: set = set()  # id(Value) of depthwise conv results written NHWC
 
     def fail(self, op: Operation, message: str) -> BackendError:
         return BackendError(f"{message} (target {self.target.name})", loc=op.loc or None, op=op.name)
@@ -148,6 +157,10 @@ class _Emitter:
                 raise self.fail(op, f"the platform does not map {op_type}")
             node_name = self.names.fresh(op.loc or op.name.replace(".", "_"), op.name.replace(".", "_"))
             r = op.result
+            if self.is_channels_last_conv(op):
+                self.channels_last.add(id(r))
+                self.nodes.extend(self.channels_last_conv(op, node_name))
+                continue
             if id(r) in output_names:
                 out_name = output_names[id(r)]
             else:
@@ -155,6 +168,9 @@ class _Emitter:
                 self.value_info.append(helper.make_tensor_value_info(out_name, onnx_elem_type(r.type),
                                                                      list(r.type.shape)))
             self.tensor_of[id(r)] = out_name
+            if op.name == "int.requant_shift" and id(op.operands[0]) in self.channels_last:
+                self.nodes.extend(self.channels_last_requant(op, node_name, out_name))
+                continue
             self.nodes.append(self.node(op, op_type, node_name, out_name))
         graph = helper.make_graph(
             self.nodes, sanitize(module.name) or "network", graph_inputs,
@@ -165,6 +181,47 @@ class _Emitter:
                                   opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(RQS_DOMAIN, 1)])
         model.ir_version = IR_VERSION
         return model
+
+    def is_channels_last_conv(self, op: Operation) -> bool:
+        return (op.name == "int.conv" and self.target.depthwise_layout == "channels-last"
+                and int(op.attr("group")) > 1)
+
+    def nhwc_tensor(self, hint: str, v: Value) -> str:
+        """A fresh tensor name typed like `v` with its NCHW shape permuted to NHWC."""
+        name = self.names.fresh(hint, "t")
+        shape = [v.type.shape[i] for i in NCHW_TO_NHWC]
+        self.value_info.append(helper.make_tensor_value_info(name, onnx_elem_type(v.type), shape))
+        return name
+
+    def channels_last_conv(self, op: Operation, name: str) -> List[onnx.NodeProto]:
+        """Transpose NCHW -> NHWC, then the depthwise Conv on the NHWC tensor, saying so with channels_first = 0
+        (Deeploy's layout lowering then leaves it and its weights alone).  The attribute is not ONNX's, so the
+        Conv is in Deeploy's domain, where onnx.checker validates no schema; Deeploy matches it by op type."""
+        x = op.operands[0]
+        x_nhwc = self.nhwc_tensor(f"{name}_in_nhwc", x)
+        transpose = helper.make_node("Transpose", [self.operand(op, 0, name, "input")], [x_nhwc],
+                                     self.names.fresh(f"{name}_to_nhwc", "transpose"), perm=NCHW_TO_NHWC)
+        out = self.nhwc_tensor(f"{name}_out", op.result)
+        self.tensor_of[id(op.result)] = out
+        conv = self.node(op, "Conv", name, out)
+        conv.input[0] = x_nhwc
+        conv.domain = RQS_DOMAIN
+        conv.attribute.append(helper.make_attribute("channels_first", 0))
+        return [transpose, conv]
+
+    def channels_last_requant(self, op: Operation, name: str, out: str) -> List[onnx.NodeProto]:
+        """The requant of a channels-last depthwise Conv, on its NHWC accumulators (per-channel mul/add shaped
+        [1, 1, 1, C]), then Transpose NHWC -> NCHW into the requant's own tensor `out`."""
+        y_nhwc = self.nhwc_tensor(f"{name}_out_nhwc", op.result)
+        node = self.node(op, "RequantShift", name, y_nhwc)
+        for i in (1, 2):
+            t = next(t for t in self.initializers if t.name == node.input[i])
+            array = numpy_helper.to_array(t)
+            if array.size > 1:
+                t.CopyFrom(numpy_helper.from_array(array.reshape(1, 1, 1, -1), t.name))
+        back = helper.make_node("Transpose", [y_nhwc], [out], self.names.fresh(f"{name}_to_nchw", "transpose"),
+                                perm=NHWC_TO_NCHW)
+        return [node, back]
 
     def node(self, op: Operation, op_type: str, name: str, out: str) -> onnx.NodeProto:
         a = op.attr

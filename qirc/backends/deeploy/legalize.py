@@ -13,6 +13,9 @@ Rewrites, in order (`legalize(module, target)`):
   4. integer sum pools (int.reduce_sum over H, W; int.sumpool) take the target's `sum_pool` form: a depthwise
      int.conv with an all-ones kernel, or (global pools) reshape -> int.matmul with an all-ones column (ReduceMean/
      ReduceSum are unusable in Deeploy); a reshape left between that conv/matmul and its requant moves after it;
+  4b. on a target without depthwise Convs and with dense_depthwise_cap_kib > 0, a depthwise int.conv becomes the
+     dense int.conv with the block-diagonal kernel that computes the same integers, within the target's size cap
+     (a channels-last depthwise Conv is an emission form: `emit.py` writes it, the IR keeps NCHW);
   5. Gemm: a constant B is transposed to transB=1, and a missing bias becomes an int32 zero bias;
   6. a Conv bias, and a constant int.add in front of a requant, fold into the requant's `add` (add' = add + b * mul);
   7. int.clip after a requant folds into the requant's (signed, n_levels) when those can express its bounds;
@@ -176,6 +179,43 @@ def _sum_pool_to_conv(module: Module, op: Operation, target: DeeployTarget, kern
         result = module.create("int.reshape", [result], [out.type], {"shape": list(out.type.shape)},
                                op.loc + "/reshape").result
     module.replace_op(op, [result])
+
+
+# ----- 4b. depthwise conv -> dense block-diagonal conv ---------------------------------------------------------
+def _depthwise_to_dense(module: Module, target: DeeployTarget) -> None:
+    """Rewrite every depthwise int.conv (group == C_in, C_out a multiple of it) into the dense int.conv (group 1)
+    whose kernel is block-diagonal: w_dense[o, i] = w_dw[o, 0] if i == o // multiplier else 0.
+
+    Each output channel o still sums x[o // multiplier] * w_dw[o] over the window and adds exact zeros for every
+    other input channel, so the integers are the same; the cost is C_in times the weights and MACs, which is why a
+    layer whose dense kernel exceeds the target's cap is refused rather than expanded.  Only for targets that take
+    no depthwise Conv at all (verified on Deeploy's CMSIS platform with depthwise Convs disabled; deeploy-cortexm
+    itself writes them channels-last)."""
+    if target.depthwise_conv or target.dense_depthwise_cap_kib <= 0:
+        return
+    cap_bytes = target.dense_depthwise_cap_kib * 1024
+    for op in module.walk("int.conv"):
+        group = int(op.attr("group"))
+        x, w = op.operands[0], op.operands[1]
+        c_in, c_out = x.type.shape[1], op.result.type.shape[1]
+        if group == 1 or group != c_in or c_out % c_in or w.type.shape[1] != 1:
+            continue  # dense, or grouped in a way _check refuses with its own message
+        w_dw = _const_value(w)
+        if w_dw is None:
+            continue  # _check refuses computed weights
+        multiplier = c_out // c_in
+        dense_shape = (c_out, c_in) + tuple(w.type.shape[2:])
+        dense_bytes = int(np.prod(dense_shape)) * max(1, _storage(w).width // 8)
+        if dense_bytes > cap_bytes:
+            raise BackendError(f"depthwise conv would need {-(-dense_bytes // 1024)} KiB of dense weights on "
+                               f"{target.name} (cap {target.dense_depthwise_cap_kib} KiB); the platform takes no "
+                               "depthwise Conv", loc=op.loc or None, op=op.name)
+        w_dense = np.zeros(dense_shape, w_dw.dtype)
+        out_channels = np.arange(c_out)
+        w_dense[out_channels, out_channels // multiplier] = w_dw[:, 0]
+        module.set_operand(op, 1, const_op(module, w_dense, w.type.with_shape(dense_shape), w.owner.loc))
+        op.attrs["group"] = 1
+    module.erase_dead()
 
 
 def _per_channel_params(rqs: Operation, new_rank: int, channel_axis: int, channels: int):
@@ -639,8 +679,16 @@ def _check(module: Module, target: DeeployTarget) -> None:
                 raise _fail(op, target, f"grouped int.conv (group {group}, {c_in} -> {c_out} channels) is neither "
                                         "dense nor depthwise")
             if group != 1 and not target.depthwise_conv:
-                raise _fail(op, target, "depthwise int.conv has no working form on this platform (Deeploy's CMSIS "
-                                        "depthwise RequantizedConv parser rejects every depthwise Conv)")
+                raise _fail(op, target, "depthwise int.conv has no working form on this platform")
+            if group != 1 and target.depthwise_layout == "channels-last":
+                # emitted as Transpose -> Conv(channels_first=0) -> RequantShift -> Transpose: the requant must be
+                # the conv's only user (it is written channels-last with it) and the padding explicit
+                user = _sole_user(op.result)
+                if user is None or user.name != "int.requant_shift":
+                    raise _fail(op, target, "a channels-last depthwise int.conv must be followed by a requant_shift "
+                                            "(its only user)")
+                if any(op.attr("pads") or []) or x.type.rank != 4:
+                    raise _fail(op, target, "a channels-last depthwise int.conv takes a 2-D NCHW input without pads")
             if len(op.operands) > 2:
                 raise _fail(op, target, "int.conv keeps a bias input")
             if any(op.attr("pads") or []) and x.type.is_quant and any(x.type.quant.zero_points):
@@ -678,6 +726,7 @@ def legalize(module: Module, target) -> Module:
     _canonicalize_shape_ops(module)
     _sub_to_add(module, target)
     _sum_pools(module, target)
+    _depthwise_to_dense(module, target)
     _explicit_pool_pads(module, target)
     _square_conv_pads(module, target)
     _gemm_forms(module, target)

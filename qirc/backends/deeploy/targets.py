@@ -32,6 +32,17 @@ RESIDUAL_ADD_FORMS = ("mul-add", "requantized-add")
 POOL_FORMS = ("depthwise-conv", "ones-matmul", None)
 
 
+#: How an accepted depthwise Conv (group = C_in = C_out) is written.
+#:   "channels-first"  a standard NCHW Conv with group = C, then its RequantShift.
+#:   "channels-last"   Transpose NCHW -> NHWC, then a Conv in domain ai.deeploy with channels_first = 0 on the NHWC
+#:                     tensor (weights still [C, 1, kh, kw], no pads), then its RequantShift (per-channel mul/add
+#:                     shaped [1, 1, 1, C]), then Transpose NHWC -> NCHW.  Deeploy's NCHW-to-NHWC lowering leaves a
+#:                     Conv that already says channels_first = 0 alone, so CMSIS's depthwise parser sees the
+#:                     untransposed weights whose first dimension equals group (it rejects every depthwise Conv it
+#:                     has transposed itself).
+DEPTHWISE_LAYOUTS = ("channels-first", "channels-last")
+
+
 @dataclass(frozen=True)
 class DeeployTarget:
     """One Deeploy platform: what its ONNX front end maps and the forms it needs.
@@ -48,6 +59,11 @@ class DeeployTarget:
                        its mul, so that the graph computes what the device does; a Gemm's requant add moves into its
                        bias (the platform's Gemm merge would lose it)
     depthwise_conv     a depthwise (grouped) Conv is accepted
+    depthwise_layout   how an accepted depthwise Conv is written: one of DEPTHWISE_LAYOUTS
+    dense_depthwise_cap_kib
+                       when depthwise_conv is False: a depthwise Conv is rewritten into the dense Conv (group 1) with
+                       the block-diagonal kernel that computes the same integers, if that kernel takes at most this
+                       many KiB of int8 weights per layer; 0 refuses every depthwise Conv
     square_conv_pads   Conv takes only equal pads on every side, depthwise Conv none (others become an explicit Pad)
     gemm_scalar_mul    a Gemm's or MatMul's requant multiplier must be one rank-0 scalar (CMSIS fully-connected is
                        per tensor)
@@ -66,6 +82,8 @@ class DeeployTarget:
     gemm_scalar_mul: bool = False
     square_conv_pads: bool = False
     depthwise_conv: bool = True
+    depthwise_layout: str = "channels-first"
+    dense_depthwise_cap_kib: int = 0
     quirks: Tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -73,6 +91,8 @@ class DeeployTarget:
             raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
         if self.sum_pool not in POOL_FORMS:
             raise ValueError(f"target {self.name}: unknown sum-pool form {self.sum_pool!r}")
+        if self.depthwise_layout not in DEPTHWISE_LAYOUTS:
+            raise ValueError(f"target {self.name}: unknown depthwise layout {self.depthwise_layout!r}")
 
     @property
     def lowering_options(self) -> Dict[str, object]:
@@ -134,7 +154,7 @@ CORTEXM = DeeployTarget(
     add_before_mul=True,
     gemm_scalar_mul=True,
     square_conv_pads=True,
-    depthwise_conv=False,
+    depthwise_layout="channels-last",
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",
@@ -142,11 +162,14 @@ CORTEXM = DeeployTarget(
         "a multiple of mul, so the graph states what the device computes",
         "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
-        "no depthwise Conv: Deeploy's CMSIS depthwise parser compares group with the first dimension of the weight "
-        "after its own NHWC transposition has made it 1, so every depthwise RequantizedConv is rejected",
+        "Deeploy's CMSIS depthwise parser compares group with the first dimension of the weight after its own NHWC "
+        "transposition has made it 1, so it rejects every depthwise Conv that Deeploy transposes: qirc writes a "
+        "depthwise Conv already channels-last (Transpose -> Conv with channels_first = 0 in domain ai.deeploy -> "
+        "RequantShift -> Transpose), which Deeploy's lowering leaves alone and maps to arm_depthwise_conv",
+        "a depthwise Conv with a channel multiplier (C_out = M * C_in, M > 1) has no form",
         "global average pooling is Reshape [N*C, H*W] -> MatMul with an all-ones int8 [H*W, 1] -> per-tensor "
         "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape; windowed average pooling has "
-        "no form (it would need a depthwise Conv)",
+        "no form",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )
