@@ -34,6 +34,8 @@ import shutil
 import numpy as np
 import pytest
 
+from qirc.qir.batch import rebatch as with_batch
+
 onnx = pytest.importorskip("onnx")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
@@ -66,23 +68,6 @@ def _settings(examples: int):
 @pytest.fixture
 def examples() -> int:
     return fuzz_examples()
-
-
-def with_batch(module, n: int):
-    """A copy of `module` that runs `n` samples at once: axis 0 of every value of batch 1 that depends on a graph
-    input becomes n (values computed from constants alone, such as dequantized weights, keep their shape)."""
-    batched = module.clone()
-    constant = set()
-    for op in batched.ops():
-        if op.name == "qir.const" or (op.operands and all(v in constant for v in op.operands)):
-            constant.update(op.results)
-            continue
-        for r in op.results:
-            if r.type.rank and r.type.shape[0] == 1:
-                r.type = r.type.with_shape((n,) + tuple(r.type.shape[1:]))
-        if op.name in ("int.reshape", "onnx.Reshape") and list(op.attrs["shape"])[:1] == [1]:
-            op.attrs["shape"] = [n] + list(op.attrs["shape"])[1:]
-    return batched
 
 
 # ----- the contract ------------------------------------------------------------------------------------------------

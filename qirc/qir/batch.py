@@ -19,10 +19,13 @@ Sample = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
 
 
 def rebatch(module: Module, n: int) -> Module:
-    """A copy of `module` whose batch axis is `n` (reshape targets with a leading 1 follow)."""
+    """A copy of `module` whose batch axis is `n` (reshape targets with a leading 1 follow).  Values computed from
+    constants alone (a dequantized weight with one output channel, say) keep their shape."""
     batched = module.clone()
+    constant = set()
     for op in batched.ops():
-        if op.name == "qir.const":
+        if op.name == "qir.const" or (op.operands and all(v in constant for v in op.operands)):
+            constant.update(op.results)
             continue
         for r in op.results:
             if r.type.rank and r.type.shape[0] == 1:
