@@ -1,7 +1,7 @@
 """Helpers shared by the lowering passes: matching dcast/const producers, building int ops, emitting requants."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -140,3 +140,21 @@ def spatial_defaults(op: Operation, n_spatial: int) -> Tuple[list, list, list]:
 
 def fail(op: Operation, message: str) -> LoweringError:
     return op_error(LoweringError, op, message)
+
+
+Rule = Callable[[Module, Operation], bool]
+
+
+def apply_rules(module: Module, rules: Dict[str, Rule]) -> int:
+    """One forward sweep applying `rules[op.name]` to each op; returns how many rewrote.  Rewrites go in order, so
+    a sweep follows chains; ops a rule erased are skipped, and what the rewrites left dead is erased at the end."""
+    count = 0
+    for op in module.ops():
+        if op.module is not module:
+            continue
+        rule = rules.get(op.name)
+        if rule is not None and rule(module, op):
+            count += 1
+    if count:
+        module.erase_dead()
+    return count

@@ -8,8 +8,8 @@ import numpy as np
 from ..qir.ir import Module, Operation, Value
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType
-from .common import (acc_type, close, const_array, dcast_source, fail, int_const, integer_or_none, real_const,
-                     replace_with_int, spatial_defaults)
+from .common import (acc_type, apply_rules, close, const_array, dcast_source, fail, int_const, integer_or_none,
+                     real_const, replace_with_int, spatial_defaults)
 
 _SHAPE_OPS = {"onnx.Flatten": "int.flatten", "onnx.Reshape": "int.reshape", "onnx.Transpose": "int.transpose",
               "onnx.Squeeze": "int.squeeze", "onnx.Unsqueeze": "int.unsqueeze"}
@@ -41,17 +41,8 @@ class DequantPush(ModulePass):
 
 
 def push_dequants(module: Module) -> int:
-    """One forward sweep; returns how many ops were rewritten (a sweep follows chains, as rewrites go in order)."""
-    count = 0
-    for op in module.ops():
-        if op.module is not module:
-            continue
-        rule = _RULES.get(op.name)
-        if rule is not None and rule(module, op):
-            count += 1
-    if count:
-        module.erase_dead()
-    return count
+    """One forward sweep; returns how many ops were rewritten."""
+    return apply_rules(module, _RULES)
 
 
 # ----- linear ops -------------------------------------------------------------------------------------------------

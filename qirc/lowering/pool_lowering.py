@@ -6,7 +6,7 @@ import numpy as np
 from ..qir.ir import Module, Operation
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType, UniformQuantType, i32
-from .common import dcast_source, fail, replace_with_int, spatial_defaults
+from .common import apply_rules, dcast_source, fail, replace_with_int, spatial_defaults
 
 
 @register_pass
@@ -31,16 +31,8 @@ class PoolLowering(ModulePass):
 
 
 def lower_pools(module: Module) -> int:
-    count = 0
-    for op in module.ops():
-        if op.module is not module:
-            continue
-        rule = _RULES.get(op.name)
-        if rule is not None and rule(module, op):
-            count += 1
-    if count:
-        module.erase_dead()
-    return count
+    """One forward sweep; returns how many ops were rewritten."""
+    return apply_rules(module, _RULES)
 
 
 def _sum_type(shape, q: UniformQuantType, count: int, divides: bool, axis=None) -> TensorType:
