@@ -15,7 +15,7 @@ from qirc.qir.diagnostics import ParseError
 from qirc.qir.ir import Module, const_op, input_op, output_op
 from qirc.qir.ops import DIALECTS, OPS, bool_, dense, dialect, float_, floats, int_, ints, str_, type_
 from qirc.qir.parser import parse_module, parse_type
-from qirc.qir.printer import print_module, print_op, value_names
+from qirc.qir.printer import print_order, print_module, print_op, value_names
 from qirc.qir.types import ScalarType, TensorType, UniformQuantType, f32, i8, i32, i64, tensor
 
 from strategies import default_op_names, modules, quant_types, tensor_types
@@ -33,8 +33,9 @@ def roundtrip(module: Module) -> tuple[str, Module]:
 
 
 def assert_same_constants(a: Module, b: Module) -> None:
-    """Every attribute of every op comes back equal; arrays bit for bit in the same dtype and shape."""
-    for op_a, op_b in zip(a.ops(), b.ops(), strict=True):
+    """Every attribute of every op comes back equal; arrays bit for bit in the same dtype and shape.  `b` was
+    parsed from `a`'s text, so its ops come in `a`'s print order."""
+    for op_a, op_b in zip(print_order(a), b.ops(), strict=True):
         assert op_a.name == op_b.name and op_a.loc == op_b.loc
         assert [str(r.type) for r in op_a.results] == [str(r.type) for r in op_b.results]
         assert sorted(op_a.attrs) == sorted(op_b.attrs)

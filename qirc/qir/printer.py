@@ -44,10 +44,28 @@ def print_module(module: Module, elide_constants: bool = False) -> str:
     load_dialects()
     names = value_names(module)
     lines = [f"qir.module @{_symbol(module.name)} {{"]
-    for op in module.ops():
+    for op in print_order(module):
         lines.append("  " + print_op(op, names, elide_constants))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def print_order(module: Module) -> List[Operation]:
+    """The order ops print in: the module's topological order with each used constant moved to just before its
+    first user, so that a dump reads top to bottom after passes have created ops long after the weights they read.
+    Parsing keeps text order, so print -> parse -> print stays a fixed point."""
+    order: List[Operation] = []
+    placed = set()
+    for op in module.ops():
+        if op.name == "qir.const" and any(r.uses for r in op.results):
+            continue
+        for v in op.operands:
+            const = v.owner
+            if const.name == "qir.const" and id(const) not in placed:
+                placed.add(id(const))
+                order.append(const)
+        order.append(op)
+    return order
 
 
 def value_names(module: Module) -> Dict[Value, str]:
@@ -56,7 +74,7 @@ def value_names(module: Module) -> Dict[Value, str]:
     names: Dict[Value, str] = {}
     taken = set()
     counter = 0
-    for op in module.ops():
+    for op in print_order(module):
         for result in op.results:
             name = result.name
             if name is not None and name not in taken and _IDENTIFIER.fullmatch(name):
