@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from qirc.lowering import lower_module
-from qirc.lowering.add_rescale import AddRescale, choose_common_scale
+from qirc.lowering.add_rescale import AddRescale, Operand, choose_common_scale, choose_rescale
 from qirc.lowering.dequant_push import push_dequants
 from qirc.lowering.requant_fusion import fuse_requants
-from qirc.lowering.testing import QuantBuilder, requant_step_errors
+from qirc.lowering.testing import QuantBuilder, requant_step_errors, requant_unexplained
 from qirc.qir import interpreter
+from qirc.qir.diagnostics import LoweringError
 from qirc.qir.passes import translation_validate
-from qirc.qir.types import i8, u8
+from qirc.qir.types import UniformQuantType, i8, i32, u8
 from qirc.qir.verifier import verify
 
 
@@ -107,3 +108,58 @@ def test_full_pipeline_residual_block():
     for seed in range(3):
         errors = requant_step_errors(m, interpreter.run_values(m, interpreter.random_inputs(m, seed)))
         assert len(errors) == 3 and max(errors.values()) <= 1
+
+
+def test_irrational_ratio_measured_over_unsaturated_sums_only():
+    """u8 operands at 0.0028437853 and 1/512 into a u8 output at 1/1024: the old whole-range error measure (0.331
+    steps for 745/512, capped sum 2^19) refused this Add; every pair of stored inputs now meets the contract."""
+    s_a, s_b, s_out = 0.0028437853, 1 / 512, 1 / 1024
+    b = QuantBuilder()
+    a = b.input("a", (256, 256), s_a, storage=u8)
+    c = b.input("b", (256, 256), s_b, storage=u8)
+    b.output("y", b.quant(b.op("onnx.Add", [a, c]), s_out, storage=u8))
+    before = b.module.clone()
+    lower_module(b.module)
+    verify(b.module)
+    m = b.module
+    (add,) = m.walk("int.add")
+    (requant,) = m.walk("int.requant_shift")
+    assert requant.operands[0] is add.results[0]
+    # every pair of stored inputs (a, b) once
+    qa, qb = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    values = interpreter.run_values(m, {"a": qa.astype(np.uint8), "b": qb.astype(np.uint8)})
+    got = np.asarray(values[m.outputs[0].operands[0]], np.int64)
+    real = qa * (s_a / s_out) + qb * (s_b / s_out)
+    fake_quant = np.clip(np.rint(real), 0, 255)
+    assert np.max(np.abs(got - fake_quant)) <= 1
+    # differences only next to a rounding tie (the ratio's and the requant's approximation errors are ~0.01 step)
+    differ = got != fake_quant
+    assert np.all(np.abs(real[differ] - np.floor(real[differ]) - 0.5) < 0.05)
+    assert requant_step_errors(m, values)[requant.loc] <= 1
+    assert requant_unexplained(m, values)[requant.loc] == 0
+    # the quant-level module on float inputs that quantize to those stored integers agrees within one step
+    out = interpreter.run(before, {"a": (qa * s_a).astype(np.float32), "b": (qb * s_b).astype(np.float32)})
+    reference = np.asarray(list(out.values())[0], np.float64) / s_out
+    assert np.max(np.abs(got - reference)) <= 1 + 1e-3
+    assert np.count_nonzero(np.abs(got - reference) > 1e-3) < 0.01 * got.size
+
+
+def test_rescale_plan_minimises_ratio_and_requant_error():
+    ot = UniformQuantType.per_tensor(u8, 1 / 1024, 0)
+    plan = choose_rescale(None, Operand(0.0028437853, 0, 0, 255), Operand(1 / 512, 0, 0, 255), 1, [ot])
+    assert not plan.exact and plan.m_b == 125 and plan.m_a == 182  # a convergent of the ratio 1.45601807
+    assert plan.s_common == pytest.approx((1 / 512) / 125, rel=1e-12)
+    assert plan.error_steps < 0.05
+    # exact ratios stay exact
+    exact = choose_rescale(None, Operand(1 / 128, 3, -128, 127), Operand(1 / 255, -7, -128, 127), 1,
+                           [UniformQuantType.per_tensor(i8, 1 / 64, 0)])
+    assert exact.exact and (exact.m_a, exact.m_b) == (255, 128) and exact.add_error_steps < 1e-6
+
+
+def test_operands_too_wide_for_int32_name_the_node():
+    b = QuantBuilder()
+    a = b.input("a", (1, 4), 0.013, storage=i32)
+    c = b.input("b", (1, 4), 0.01, storage=i32)
+    b.output("y", b.quant(b.op("onnx.Add", [a, c], loc="/block/Add"), 0.02))
+    with pytest.raises(LoweringError, match=r"/block/Add.*too wide to rescale into one int32 scale"):
+        lower_module(b.module)

@@ -1,21 +1,34 @@
 """`add-rescale`: Add/Sub of operands at different scales, exactly, in a common int32 scale; Concat by requants."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..qir.diagnostics import LoweringError
 from ..qir.ir import Module, Operation, Value
 from ..qir.passes import ModulePass, register_pass
-from ..qir.types import TensorType
+from ..qir.types import TensorType, UniformQuantType
 from .common import acc_type, dcast_source, emit_requant, fail, int_const, replace_with_int
-from .numerics import rational_multipliers
+from .numerics import INT32_LIMIT, choose_requant, form_bounds, rational_multipliers, requant_form
 from .ranges import RangeAnalysis
 
-#: the rescaled sum stays below 2^SUM_BITS so that the requant after it keeps >= 12 bits of multiplier precision
+#: without a quantizer after the sum (no output step to measure against): the rescaled sum stays below 2^SUM_BITS
+#: so that whatever requant follows keeps >= 12 bits of multiplier precision
 SUM_BITS = 19
-#: worst tolerated error of the approximate scale ratio, in output steps
+#: without a quantizer after the sum: worst tolerated error of the approximate scale ratio, in steps of a notional
+#: 256-step output
 MAX_ERROR_STEPS = 0.25
+#: with quantizers after the sum: the approximation error of the scale ratio plus that of the requant after the sum,
+#: over the sums that do not saturate, must stay BELOW one output step (DESIGN.md section 3)
+MAX_TOTAL_ERROR_STEPS = 1.0
+#: the largest multiplier of an exact (rational) common scale; larger exact terms are still found as approximations
+MAX_EXACT_MULTIPLIER = 4096
+#: ops between the sum and its quantizer that keep "the output saturates" meaningful: monotone or shape-only, and
+#: range-preserving for the requant that requant-fusion puts after them
+_TRANSPARENT = ("onnx.Relu", "onnx.Clip", "onnx.MaxPool", "onnx.Flatten", "onnx.Reshape", "onnx.Transpose",
+                "onnx.Squeeze", "onnx.Unsqueeze")
 
 
 @register_pass
@@ -26,13 +39,18 @@ class AddRescale(ModulePass):
     After:  `%a' = int.mul(%a, m_a)`, `%b' = int.mul(%b, m_b)` (skipped when a multiplier is 1),
     `%s = int.add(%a', %b') : !quant.uniform<i32:f32, s_c:z_a*m_a + z_b*m_b>`, `%y = quant.dcast %s`, where
     s_c = s_a / m_a = s_b / m_b: exactly when the scale ratio is a small rational (equal scales, 2x, 255/128, ...),
-    otherwise with the largest power-of-two multipliers that keep |sum| < 2^19 (the requant that requant-fusion puts
-    after the sum then keeps 12 bits of precision).  The zero points live in the sum's type and requant-fusion folds
-    them into its `add`; raw operands at different scales are never summed.
+    otherwise s_c = s_small / m_small with (m_large, m_small) a continued-fraction convergent or a power-of-two
+    approximation of the ratio.  When the sum reaches quantizers (through Relu/Clip/MaxPool/shape ops), the
+    multipliers minimise, over the candidates, the ratio's approximation error plus the error of the requant after
+    the sum (whose shift shrinks as the sum widens), both measured in output steps over the sums that do not
+    saturate; range analysis bounds operands * multipliers, the sum and the requant's x * mul + add + div/2 within
+    int32.  Without a quantizer after it, the sum stays below 2^19 (power-of-two multipliers).  The zero points live
+    in the sum's type and requant-fusion folds them into its `add`; raw operands at different scales are never summed.
     Concat of operands of different quant types followed by quantizers of one type T: each operand is requantized to
     T, then int.concat; the quantizer disappears.
-    Precondition: per-tensor operand types; an approximate ratio must stay within 1/4 output step (else
-    LoweringError naming the node).
+    Precondition: per-tensor operand types; the approximation error plus the requant's must stay below 1 output step,
+    so the final requant stays within 1 step of the fake-quant result, and only near ties (else LoweringError naming
+    the node).
     """
 
     name = "add-rescale"
@@ -61,8 +79,9 @@ def choose_common_scale(op: Operation, s_a: float, r_a: int, s_b: float, r_b: in
     """Integer multipliers (m_a, m_b) with s_a / m_a ~= s_b / m_b.
 
     r_a, r_b bound |a - z_a| and |b - z_b|.  Exact when the ratio is a rational with small terms, else powers of two
-    for the smaller-scale operand.  out_span_steps: the operands' worst contributions in output steps, to bound the
-    approximation error."""
+    for the smaller-scale operand, keeping the sum below 2^SUM_BITS.  out_span_steps: the operands' worst
+    contributions in output steps, to bound the approximation error.  This is the choice for a sum that reaches no
+    quantizer (so no output step to measure in); `choose_rescale` is the one for sums that do."""
     r_a, r_b = max(int(r_a), 1), max(int(r_b), 1)
     if s_a >= s_b:
         m_large, m_small = _multipliers(op, s_a / s_b, r_a, r_b, out_span_steps and out_span_steps[0])
@@ -118,18 +137,199 @@ def _add(module: Module, op: Operation, ranges: RangeAnalysis) -> int:
     aq, bq = a.type.quant, b.type.quant
     a_lo, a_hi = ranges.scalar_range(a)
     b_lo, b_hi = ranges.scalar_range(b)
-    r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
-    r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))
-    steps = (_out_steps(op, aq.scale, r_a), _out_steps(op, bq.scale, r_b))
-    m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
-    s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
+    sign = 1 if op.name == "onnx.Add" else -1
+    outputs = _quantizers_after(op)
+    if outputs is not None:
+        plan = choose_rescale(op, Operand(aq.scale, aq.zero_point, a_lo, a_hi),
+                              Operand(bq.scale, bq.zero_point, b_lo, b_hi), sign, outputs)
+        m_a, m_b, s_common = plan.m_a, plan.m_b, plan.s_common
+    else:
+        r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
+        r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))
+        steps = (_out_steps(op, aq.scale, r_a), _out_steps(op, bq.scale, r_b))
+        m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
+        s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
     a_scaled = _scaled(module, a, m_a, s_common, op.loc)
     b_scaled = _scaled(module, b, m_b, s_common, op.loc)
-    sign = 1 if op.name == "onnx.Add" else -1
     zero = aq.zero_point * m_a + sign * bq.zero_point * m_b
     rtype = acc_type(op.results[0].type.shape, [s_common], [zero])
     replace_with_int(module, op, "int.add" if sign == 1 else "int.sub", [a_scaled, b_scaled], rtype, {})
     return 1
+
+
+# ----- multipliers judged against the quantizers after the sum -------------------------------------------------------
+@dataclass(frozen=True)
+class Operand:
+    """A quantized operand of an Add/Sub: its scale, zero point and the stored values it can hold (lo..hi)."""
+
+    scale: float
+    zero_point: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class RescalePlan:
+    """The integer multipliers of an Add/Sub, its common scale, and the errors they cost in output steps."""
+
+    m_a: int
+    m_b: int
+    s_common: float
+    exact: bool
+    add_error_steps: float       # the scale ratio's approximation, over the sums that do not saturate
+    requant_error_steps: float   # bound on the requant after the sum (mul / 2^k against M), likewise
+
+    @property
+    def error_steps(self) -> float:
+        return self.add_error_steps + self.requant_error_steps
+
+
+def choose_rescale(op: Optional[Operation], a: Operand, b: Operand, sign: int,
+                   outputs: Sequence[UniformQuantType]) -> RescalePlan:
+    """Multipliers for `a + sign * b` whose result is quantized to each of `outputs` (after monotone ops).
+
+    Candidates: the exact rational ratio (terms <= MAX_EXACT_MULTIPLIER), the continued-fraction convergents of the
+    ratio and power-of-two multipliers of the smaller-scale operand.  A candidate is admissible when operands *
+    multipliers and the sum fit int32 and the requant after the sum exists (`choose_requant` on the sum's range);
+    its cost is the ratio's error plus a bound on that requant's error, over the sums that do not saturate.  The
+    exact candidate is taken when admissible and no more costly than the best approximation; otherwise the cheapest
+    candidate, if its cost stays below MAX_TOTAL_ERROR_STEPS (else LoweringError naming `op`).
+    """
+    large, small = (a, b) if a.scale >= b.scale else (b, a)
+    ratio = large.scale / small.scale
+    best: Optional[RescalePlan] = None
+    requant_failure: Optional[str] = None
+    for m_large, m_small, exact in _candidates(ratio):
+        m_a, m_b = (m_large, m_small) if a.scale >= b.scale else (m_small, m_large)
+        s_common = small.scale / m_small
+        try:
+            plan = _evaluate(a, b, sign, m_a, m_b, s_common, exact, outputs)
+        except LoweringError as e:
+            requant_failure = requant_failure or f"{max(m_a, m_b)}/{min(m_a, m_b)}: {e.message}"
+            continue
+        if plan is not None and (best is None or plan.error_steps < best.error_steps - 1e-12):
+            best = plan
+    if best is None and requant_failure is not None:
+        raise fail(op, f"no common int32 scale of the operands (scale ratio {ratio:.9g}) leaves a faithful requant "
+                       f"after the sum (with {requant_failure})")
+    if best is None:
+        raise fail(op, f"operand ranges too wide to rescale into one int32 scale (scale ratio {ratio:.9g}, stored "
+                       f"ranges {a.lo}..{a.hi} and {b.lo}..{b.hi})")
+    if best.error_steps >= MAX_TOTAL_ERROR_STEPS:
+        raise fail(op, f"the scale ratio {ratio:.9g} of the operands cannot be approximated in int32 within "
+                       f"{MAX_TOTAL_ERROR_STEPS:g} output step (best {max(best.m_a, best.m_b)}/"
+                       f"{min(best.m_a, best.m_b)}: error {best.add_error_steps:.3g} steps of the ratio plus "
+                       f"{best.requant_error_steps:.3g} of the requant after the sum)")
+    return best
+
+
+def _candidates(ratio: float) -> Iterator[Tuple[int, int, bool]]:
+    """(m_large, m_small, exact) candidates for a ratio >= 1, the exact one first, without repeats."""
+    seen = set()
+    exact = rational_multipliers(ratio, MAX_EXACT_MULTIPLIER)
+    if exact is not None:
+        seen.add((exact[1], exact[0]))
+        yield exact[1], exact[0], True
+    approximations = list(_convergents(ratio, INT32_LIMIT))
+    approximations += [(int(round((1 << j) * ratio)), 1 << j) for j in range(31)]
+    for m_large, m_small in approximations:
+        if m_large < 1 or m_large >= INT32_LIMIT or (m_large, m_small) in seen:
+            continue
+        seen.add((m_large, m_small))
+        yield m_large, m_small, False
+
+
+def _convergents(x: float, limit: int) -> Iterator[Tuple[int, int]]:
+    """The continued-fraction convergents p/q of x > 0 with p, q < limit (the best rational approximations)."""
+    p_prev, q_prev, p, q = 1, 0, int(np.floor(x)), 1
+    rest = x - np.floor(x)
+    while p < limit and q < limit:
+        yield p, q
+        if rest < 1e-12:
+            return
+        x = 1.0 / rest
+        term = int(np.floor(x))
+        rest = x - term
+        p_prev, q_prev, p, q = p, q, term * p + p_prev, term * q + q_prev
+
+
+def _evaluate(a: Operand, b: Operand, sign: int, m_a: int, m_b: int, s_common: float, exact: bool,
+              outputs: Sequence[UniformQuantType]) -> Optional[RescalePlan]:
+    """The plan for these multipliers; None when operands * multipliers or the sum can overflow int32; the
+    LoweringError of `choose_requant` when the requant after the sum cannot be both in range and faithful."""
+    for x, m in ((a, m_a), (b, m_b)):
+        if max(abs(x.lo), abs(x.hi)) * m >= INT32_LIMIT:
+            return None
+    b_part = (b.lo * m_b, b.hi * m_b) if sign == 1 else (-b.hi * m_b, -b.lo * m_b)
+    sum_lo, sum_hi = a.lo * m_a + b_part[0], a.hi * m_a + b_part[1]
+    if sum_lo < -INT32_LIMIT or sum_hi >= INT32_LIMIT:
+        return None
+    zero = a.zero_point * m_a + sign * b.zero_point * m_b
+    add_error = requant_error = 0.0
+    for ot in outputs:
+        s_out = np.asarray(ot.scales, dtype=np.float64).reshape(-1)
+        z_out = np.asarray(ot.zero_points, dtype=np.int64).reshape(-1)
+        add_error = max(add_error, _ratio_error(a, b, sign, m_a, m_b, s_common, s_out, z_out,
+                                                int(ot.storage_min), int(ot.storage_max)))
+        signed, n_levels, _ = requant_form(ot.storage_min, ot.storage_max)
+        form_lo, form_hi = form_bounds(signed, n_levels)
+        multiplier = s_common / s_out
+        params = choose_requant(multiplier, zero, z_out, sum_lo, sum_hi, form_lo, form_hi)
+        # requant-fusion sees this range or a narrower one (per channel, after a clip), so its shift is at least
+        # params.shift: half a unit of mul at this shift bounds its error over the unsaturated inputs
+        span = max(abs(form_lo), abs(form_hi)) + float(np.max(np.abs(z_out))) + 1.0
+        dist = float(max(abs(sum_lo - zero), abs(sum_hi - zero)))
+        relevant = np.minimum(dist, span / multiplier)
+        requant_error = max(requant_error, float(np.max(relevant)) / float(1 << (params.shift + 1)))
+    return RescalePlan(int(m_a), int(m_b), float(s_common), exact, add_error, requant_error)
+
+
+def _ratio_error(a: Operand, b: Operand, sign: int, m_a: int, m_b: int, s_common: float, s_out: np.ndarray,
+                 z_out: np.ndarray, out_lo: int, out_hi: int) -> float:
+    """The largest error, in output steps, of reading A*m_a + B*m_b at s_common instead of A*s_a + B*s_b
+    (A = a - z_a, B = sign * (b - z_b)) over the operand pairs whose sum does not saturate the output.
+
+    A pair whose real sum lies beyond the output range by more than the worst error over the whole range (E)
+    saturates in the integer graph too, and a MaxPool between sum and quantizer picks among values within E of
+    the maximum; so the measured region is the real sum within 1 + 2E steps of the output range."""
+    d_a = abs(a.scale - m_a * s_common) / s_out
+    d_b = abs(b.scale - m_b * s_common) / s_out
+    a_lo, a_hi = float(a.lo - a.zero_point), float(a.hi - a.zero_point)
+    b_lo, b_hi = float(b.lo - b.zero_point), float(b.hi - b.zero_point)
+    if sign == -1:
+        b_lo, b_hi = -b_hi, -b_lo
+    whole = max(abs(a_lo), abs(a_hi)) * d_a + max(abs(b_lo), abs(b_hi)) * d_b
+    margin = 1.0 + 2.0 * whole
+    lo = out_lo - z_out - margin  # bounds on alpha * A + beta * B, in output steps
+    hi = out_hi - z_out + margin
+    alpha, beta = a.scale / s_out, b.scale / s_out
+    a_in = _largest_abs(np.maximum(a_lo, (lo - beta * b_hi) / alpha), np.minimum(a_hi, (hi - beta * b_lo) / alpha))
+    b_in = _largest_abs(np.maximum(b_lo, (lo - alpha * a_hi) / beta), np.minimum(b_hi, (hi - alpha * a_lo) / beta))
+    return float(np.max(a_in * d_a + b_in * d_b))
+
+
+def _largest_abs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """max |v| over the interval [lo, hi]; 0 where it is empty."""
+    return np.where(lo > hi, 0.0, np.maximum(np.abs(lo), np.abs(hi)))
+
+
+def _quantizers_after(op: Operation) -> Optional[List[UniformQuantType]]:
+    """The quant types of the quantizers the sum reaches through `_TRANSPARENT` ops, or None when some path ends
+    elsewhere (another Add, a pool, a graph output): then there is no output step to measure the error in."""
+    found: List[UniformQuantType] = []
+    frontier = [op.results[0]]
+    while frontier:
+        value = frontier.pop()
+        if not value.users:
+            return None
+        for user in value.users:
+            if user.name == "quant.qcast":
+                found.append(user.results[0].type.quant)
+            elif user.name in _TRANSPARENT and user.operands[0] is value:
+                frontier.append(user.results[0])
+            else:
+                return None
+    return found or None
 
 
 def _scaled(module: Module, x: Value, m: int, s_common: float, loc: str) -> Value:

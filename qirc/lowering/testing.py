@@ -148,7 +148,11 @@ def requant_unexplained(module: Module, values) -> dict:
     """For every int.requant_shift: how many outputs differ from the fake-quant requantizer although the real value
     `(x - z_in) * M` is farther from a rounding tie than the error of approximating M by mul / 2^k
     (DESIGN.md section 3 allows differences only there).  Requants from or to a plain integer are skipped, as in
-    `requant_step_errors`.  Returns {op loc: count}; all zeros when faithful."""
+    `requant_step_errors`.  Returns {op loc: count}; all zeros when faithful.
+
+    The allowance is `|x - z_in| * |M - mul / div|`, with M = s_in / s_out from the types: it depends on the
+    multiplier only, never on the op's `add`, so a wrong `add` (which shifts every output by add_error / div steps)
+    is reported instead of widening its own tolerance."""
     counts = {}
     for op in module.walk("int.requant_shift"):
         x_value, y_value = op.operands[0], op.results[0]
@@ -161,14 +165,15 @@ def requant_unexplained(module: Module, values) -> dict:
         signed, n = bool(op.attr("signed")), int(op.attr("n_levels"))
         lo, hi = (-(n // 2), n // 2 - 1) if signed else (0, n - 1)
         z_in, z_out = xt.zero_points_for(rank), yt.zero_points_for(rank)
-        real = (x - z_in) * (xt.scales_for(rank) / yt.scales_for(rank))
+        multiplier = xt.scales_for(rank) / yt.scales_for(rank)
+        real = (x - z_in) * multiplier
         ref = np.clip(np.rint(real) + z_out, lo, hi)
         mul = np.asarray(op.attrs["mul"], dtype=np.float64)
-        add = np.asarray(op.attrs["add"], dtype=np.float64)
         div = float(op.attrs["div"])
-        approx = (x * mul + add) / div - z_out  # what the kernel rounds (half up), in output steps
+        # how far mul / div may move the real value: the only legitimate source of a difference besides a tie
+        allowance = np.abs(x - z_in) * np.abs(multiplier - mul / div)
         tie_distance = np.abs(real - np.floor(real) - 0.5)
-        explained = tie_distance <= np.abs(approx - real) + 1e-9
+        explained = tie_distance <= allowance + 1e-9
         bad = (ref != y) & ~explained
         counts[op.loc] = counts.get(op.loc, 0) + int(np.count_nonzero(bad))
     return counts
