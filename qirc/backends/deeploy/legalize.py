@@ -18,11 +18,15 @@ Rewrites, in order (`legalize(module, target)`):
      (a channels-last depthwise Conv is an emission form: `emit.py` writes it, the IR keeps NCHW);
   5. Gemm: a constant B is transposed to transB=1, and a missing bias becomes an int32 zero bias;
   6. a Conv bias, and a constant int.add in front of a requant, fold into the requant's `add` (add' = add + b * mul);
-  7. int.clip after a requant folds into the requant's (signed, n_levels) when those can express its bounds;
-  8. residual adds take the target's form (targets.RESIDUAL_ADD_FORMS);
+  7. int.clip after a requant that it alone uses folds into the requant's (signed, n_levels) when the target can
+     state its bounds there; any other clip (of a graph input, of a requant with several users) becomes
+     RequantShifts that only clip, in the target's clip form (targets.CLIP_FORMS);
+  8. residual adds take the target's form (targets.RESIDUAL_ADD_FORMS); on Siracusa a residual requant clipping to
+     less than int8 (a ReLU after the Add) is split into the full-range requant and RequantShifts that only clip;
   9. requant mul/add are reshaped per the contract ([1,C,1,1] after a 4-D tensor, [C] after a 2-D one, [1] per tensor);
  10. a graph output produced by a reshape is fixed (the reshape moves before the last requant) or refused;
- 11. every op is checked against the target (dilations, groups, pads, Concat, bare Conv, 8-bit operands).
+ 11. every op is checked against the target (dilations, groups, pads, Concat, bare Conv, 8-bit operands, and on
+     CMSIS the Q31 multiplier that its Conv/Gemm/MatMul merge makes of a requant: gains >= 1 overflow it).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import numpy as np
 
 from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value, const_op
-from ...qir.types import ScalarType, TensorType, i32
+from ...qir.types import ScalarType, TensorType, i8, i32
 from .targets import DeeployTarget, get_target
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -406,25 +410,134 @@ def _requant_range(signed: bool, n_levels: int) -> Tuple[int, int]:
     return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
 
 
-def _fold_clips(module: Module, target: DeeployTarget) -> None:
-    for clip in module.walk("int.clip"):
-        rqs = clip.operands[0].owner
-        lo, hi = int(clip.attr("min")), int(clip.attr("max"))
-        if rqs.name != "int.requant_shift" or len(rqs.result.uses) != 1:
-            raise _fail(clip, target, "int.clip that does not follow a requant_shift has no Deeploy form "
-                                      "(Deeploy has no integer Clip)")
-        cur_lo, cur_hi = _requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
-        lo, hi = max(lo, cur_lo), min(hi, cur_hi)
-        for signed in (True, False):
-            n_levels = (hi + 1) * 2 if signed else hi + 1
-            if n_levels >= 2 and _requant_range(signed, n_levels) == (lo, hi):
-                rqs.attrs["signed"], rqs.attrs["n_levels"] = signed, n_levels
-                break
+def _clip_levels(lo: int, hi: int) -> Optional[Tuple[bool, int]]:
+    """The RequantShift (signed, n_levels) whose output range is exactly lo..hi, or None."""
+    for signed in (True, False):
+        n_levels = (hi + 1) * 2 if signed else hi + 1
+        if n_levels >= 2 and _requant_range(signed, n_levels) == (lo, hi):
+            return signed, n_levels
+    return None
+
+
+def _shifted_type(t: TensorType, shift: int) -> TensorType:
+    """`t` with int8 storage and its values lowered by `shift` (the zero point follows, so that the real values stay)."""
+    element = t.element
+    if t.is_quant:
+        element = element.with_(storage=i8, storage_min=-128, storage_max=127,
+                                zero_points=tuple(z - shift for z in element.zero_points))
+    else:
+        element = i8
+    return TensorType(t.shape, element)
+
+
+def _unit_requant(module: Module, x: Value, offset: int, signed: bool, n_levels: int, result_type: TensorType,
+                  loc: str, target: DeeployTarget, names=()) -> Value:
+    """RequantShift(mul = div = u, add = offset * u) of `x`: x + offset clipped to (signed, n_levels).
+
+    floor((x * u + offset * u + u / 2) / u) = x + offset for u = 1 (Deeploy's kernels shift by log2(div) = 0 and add
+    no rounding term) and u = 2; u is the target's clip_requant_unit."""
+    unit = target.clip_requant_unit
+    return module.create("int.requant_shift", [x], [result_type],
+                         {"mul": np.array([unit], np.int64), "add": np.array([offset * unit], np.int64), "div": unit,
+                          "signed": signed, "n_levels": n_levels}, loc, list(names)).result
+
+
+def _value_range(v: Value) -> Tuple[int, int]:
+    """Bounds on the integers `v` holds: its element type's range, narrowed by the clip of a requant producing it."""
+    lo, hi = int(v.type.element.min), int(v.type.element.max)
+    if v.owner.name == "int.requant_shift":
+        r_lo, r_hi = _requant_range(bool(v.owner.attr("signed")), int(v.owner.attr("n_levels")))
+        lo, hi = max(lo, r_lo), min(hi, r_hi)
+    return lo, hi
+
+
+def _shifted_clip_levels(lo: int, hi: int, x_range: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """(c, n) with clip(x, lo, hi) = clip(x - c, -n/2, n/2 - 1) + c for every x in `x_range`, n even and at most
+    256; or None.  An odd count of levels grows by one on a side that `x_range` never reaches (a ReLU's upper bound
+    is usually the storage maximum), which changes nothing there."""
+    n = hi - lo + 1
+    if n % 2:
+        if x_range[1] <= hi:
+            hi += 1
+        elif x_range[0] >= lo:
+            lo -= 1
         else:
-            raise _fail(clip, target, f"int.clip to {lo}..{hi} after a requant_shift cannot be expressed by "
-                                      "RequantShift's signed/n_levels_out clip")
-        rqs.results[0].type = clip.result.type
-        module.replace_op(clip, [rqs.result])
+            return None
+        n += 1
+    if n < 2 or n > 256:
+        return None
+    return lo + n // 2, n
+
+
+def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, target: DeeployTarget) -> Value:
+    """The clip of `x` to lo..hi as RequantShifts that only clip, in the target's clip_form (targets.CLIP_FORMS);
+    the result takes the clip's type and name.  BackendError when the range has no such form.
+
+    One RequantShift when its (signed, n_levels) range is lo..hi (only signed ranges on "shifted" targets);
+    otherwise two: clip(x - c, -n/2, n/2 - 1), then + c with the full 8-bit clip of the result's signedness."""
+    out = clip.result
+    levels = _clip_levels(lo, hi)
+    if levels is not None and (target.clip_form == "levels" or levels[0]):
+        return _unit_requant(module, x, 0, *levels, out.type, clip.loc, target, [out.name])
+    int8_only = target.clip_form == "shifted"
+    shifted = _shifted_clip_levels(lo, hi, _value_range(x))
+    fits_8bit = -128 <= lo and hi <= 127 or (not int8_only and 0 <= lo and hi <= 255)
+    if shifted is None or not fits_8bit:
+        raise _fail(clip, target, f"int.clip to {lo}..{hi} has no form on this platform (a RequantShift clips to "
+                                  "an even number of levels within 8 bits; Deeploy has no integer Clip)")
+    c, n = shifted
+    centred = _unit_requant(module, x, -c, True, n, _shifted_type(out.type, c), clip.loc, target)
+    signed = hi <= 127
+    return _unit_requant(module, centred, c, signed, 256, out.type, clip.loc + "/offset", target, [out.name])
+
+
+def _fuses_requant(rqs: Operation) -> bool:
+    """The platform fuses `rqs` with the op before it into one kernel."""
+    return rqs.operands[0].owner.name in _FUSING
+
+
+def _fold_clips(module: Module, target: DeeployTarget) -> None:
+    """Every int.clip becomes RequantShift levels (Deeploy has no integer Clip).
+
+    A clip after a requant that it alone uses folds into the requant's (signed, n_levels) when the target can
+    state that range there (clip_form "levels", or a symmetric signed range) and its fused kernels honour it.
+    Anywhere else (a clip of a graph input, of a requant that also feeds a residual Add, or a range the requant
+    cannot state) it becomes RequantShifts that only clip (`_clip_requants`) placed after the requant, whose own
+    form stays: duplicating the requant with the clip folded in would give the Conv or Add before it a second user,
+    and the platforms fuse those with their requant only when it is the only one.  Both are exact:
+    clip(clip(v, a), b) is the clip to the intersection of a and b.  On "shifted" targets a requant whose own range
+    the platform cannot take (unsigned, or narrower than int8 in a kernel that clips to int8) is first split the same
+    way (`_split_requant_clip`)."""
+    if target.clip_form == "shifted":
+        for rqs in module.walk("int.requant_shift"):
+            signed, n_levels = bool(rqs.attr("signed")), int(rqs.attr("n_levels"))
+            lo, hi = _requant_range(signed, n_levels)
+            if lo < -128 or hi > 127:
+                continue  # not an int8 range: its own form, or refused with its n_levels by the later checks
+            ignored = not target.fused_requant_levels and _fuses_requant(rqs) and (signed, n_levels) != (True, 256)
+            if not signed or ignored:
+                _split_requant_clip(module, rqs, target)
+    for clip in module.walk("int.clip"):
+        x = clip.operands[0]
+        rqs = x.owner
+        lo, hi = int(clip.attr("min")), int(clip.attr("max"))
+        if rqs.name == "int.requant_shift":
+            cur_lo, cur_hi = _requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
+            lo, hi = max(lo, cur_lo), min(hi, cur_hi)
+            if (lo, hi) == (cur_lo, cur_hi):  # the requant already clips at least as much
+                module.replace_op(clip, [x])
+                continue
+            levels = _clip_levels(lo, hi)
+            # beyond 8 bits the fold is kept so that the requant's check names its n_levels
+            foldable = levels is not None and len(x.uses) == 1 and (levels[1] > 256 or (
+                (target.clip_form == "levels" or levels[0]) and
+                (target.fused_requant_levels or not _fuses_requant(rqs))))
+            if foldable:
+                rqs.attrs["signed"], rqs.attrs["n_levels"] = levels
+                rqs.results[0].type = clip.result.type
+                module.replace_op(clip, [rqs.result])
+                continue
+        module.replace_op(clip, [_clip_requants(module, clip, x, lo, hi, target)])
 
 
 # ----- 8. residual adds ------------------------------------------------------------------------------------------
@@ -530,9 +643,8 @@ def _residual_adds(module: Module, target: DeeployTarget) -> None:
             if rqs is None or rqs.name != "int.requant_shift":
                 raise _fail(add, target, "int.add of two tensors must be followed by a requant_shift (its only "
                                          "user) on this platform")
-            if int(rqs.attr("n_levels")) != 256:
-                raise _fail(rqs, target, "RequantizedAdd clips its output to the full 8-bit range: a residual "
-                                         f"requant with n_levels {rqs.attr('n_levels')} has no form")
+            if int(rqs.attr("n_levels")) != 256:  # RequantizedAdd clips its output to int8
+                rqs = _split_requant_clip(module, rqs, target)
             if all(_is_8bit(v) and v.owner.name == "int.requant_shift" for v in add.operands) and \
                     _already_requantized_add(add):
                 continue
@@ -541,6 +653,27 @@ def _residual_adds(module: Module, target: DeeployTarget) -> None:
             for v in add.operands:
                 if v.type.storage.width > 32:
                     raise _fail(add, target, "int.add of operands wider than int32 has no Deeploy form")
+
+
+def _split_requant_clip(module: Module, rqs: Operation, target: DeeployTarget) -> Operation:
+    """A requant clipping to less than int8 (a ReLU folded into it) as the full int8 requant followed by
+    RequantShifts that only clip (`_clip_requants`), for when the platform cannot take that clip in the requant
+    itself: its fused kernel clips to -128..127 whatever n_levels_out says (Siracusa's RequantizedConv/Gemm/Add), or
+    the range is unsigned (targets.CLIP_FORMS "shifted").  Exact: clip(clip(v, int8), r) = clip(v, r) for a range r
+    inside int8.  Returns the full-range requant."""
+    lo, hi = _requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
+    if lo < -128 or hi > 127:
+        raise _fail(rqs, target, f"a requant to {lo}..{hi} has no form on this platform (its kernels clip to "
+                                 "int8 -128..127)")
+    out = rqs.result
+    full = module.create("int.requant_shift", [rqs.operands[0]], [_shifted_type(out.type, 0)],
+                         {**rqs.attrs, "signed": True, "n_levels": 256}, rqs.loc)
+    # the clip op stands for the requant's own clip: the RequantShifts after the full one take its place and name
+    clip = module.create("int.clip", [full.result], [out.type], {"min": lo, "max": hi}, rqs.loc + "/clip",
+                         [out.name])
+    module.replace_op(rqs, [clip.result])
+    module.replace_op(clip, [_clip_requants(module, clip, full.result, lo, hi, target)])
+    return full
 
 
 def _already_requantized_add(add: Operation) -> bool:
@@ -659,6 +792,42 @@ def _fix_trailing_reshapes(module: Module, target: DeeployTarget) -> None:
 
 
 # ----- 11. final checks ------------------------------------------------------------------------------------------
+def _cmsis_merged_multiplier(producer: str, mul: np.ndarray, div: int) -> Tuple[np.ndarray, int]:
+    """(multiplier, shift) that Deeploy's CMSIS merge of `producer` + RequantShift(mul, div) hands to CMSIS-NN.
+
+    Deeploy/Targets/CortexM/TopologyOptimizationPasses/Passes.py: total = 31 - log2(div); the Conv merge shifts mul
+    left by min(total, floor(32 - log2(max mul))), the Gemm/MatMul merge by min(total, floor(log2(2^31 - max mul))),
+    and passes the rest of `total` as CMSIS-NN's (left) shift.  CMSIS-NN reads the multiplier as int32 Q31, so the
+    result must fit int32: with gain g = mul / div it is g * 2^31 whenever the min takes `total`, and above 2^31
+    otherwise, so any gain >= 1 overflows (except mul = div = 1 on a Gemm, which becomes 2^30 with shift 1)."""
+    total = 31 - (div.bit_length() - 1)
+    max_mul = int(mul.max())
+    if max_mul <= 0:
+        shift = total
+    elif producer == "int.conv":
+        shift = min(total, int(np.floor(32 - np.log2(max_mul))))
+    else:
+        shift = min(total, int(np.floor(np.log2(float((1 << 31) - max_mul))))) if max_mul < (1 << 31) else 0
+    return mul.astype(object) * (1 << shift), total - shift
+
+
+def _check_q31_multiplier(rqs: Operation, target: DeeployTarget) -> None:
+    """Refuse a Conv/Gemm/MatMul requant whose merged CMSIS-NN multiplier overflows int32 (a gain >= 1)."""
+    producer = rqs.operands[0].owner.name
+    if producer not in ("int.conv", "int.gemm", "int.matmul"):
+        return  # a standalone RequantShift runs Deeploy's int32 reference kernel
+    mul = np.asarray(rqs.attr("mul"), np.int64)
+    div = int(rqs.attr("div"))
+    merged, _shift = _cmsis_merged_multiplier(producer, mul, div)
+    largest = max(abs(int(m)) for m in np.ravel(merged))
+    if largest > INT32_MAX:
+        top = int(np.abs(mul).max())
+        kind = {"int.conv": "Conv", "int.gemm": "Gemm", "int.matmul": "MatMul"}[producer]
+        raise _fail(rqs, target, f"requant gain mul/div = {top}/{div} = {top / div:.6g} after a {kind}: Deeploy's "
+                                 f"CMSIS merge turns it into the Q31 multiplier {largest}, which overflows int32 "
+                                 "(the fused kernel takes gains below 1 only)")
+
+
 def _check(module: Module, target: DeeployTarget) -> None:
     for op in module.walk():
         if op.dialect == "qir":
@@ -715,6 +884,8 @@ def _check(module: Module, target: DeeployTarget) -> None:
         elif op.name in ("int.gemm", "int.matmul"):
             if not all(_is_8bit(v) for v in op.operands[:2]):
                 raise _fail(op, target, f"Deeploy's {op.name[4:].capitalize()} takes 8-bit operands")
+        elif op.name == "int.requant_shift" and target.q31_requant_multiplier:
+            _check_q31_multiplier(op, target)
 
 
 def legalize(module: Module, target) -> Module:

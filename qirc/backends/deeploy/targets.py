@@ -43,6 +43,19 @@ POOL_FORMS = ("depthwise-conv", "ones-matmul", None)
 DEPTHWISE_LAYOUTS = ("channels-first", "channels-last")
 
 
+#: How a clip to lo..hi that no requant before it can absorb is written (a ReLU on a graph input, on a requant with
+#: other users, or after a fused kernel that ignores n_levels_out).
+#:   "levels"   RequantShift(mul = div = 1, add = 0) with the (signed, n_levels_out) whose range is lo..hi: an
+#:              unsigned range (signed = 0) is stored with an offset that Deeploy's Generic kernels compensate.
+#:   "shifted"  signed ranges only, for int8-only platforms: a symmetric lo..hi is one such RequantShift with
+#:              signed = 1; otherwise RequantShift(add = -c, signed = 1, n_levels_out = hi - lo + 1) then
+#:              RequantShift(add = +c, n_levels_out = 256) with c = lo + (hi - lo + 1) / 2:
+#:              clip(x - c, -n/2, n/2 - 1) + c = clip(x, lo, hi).  Deeploy's unsigned (signed = 0) outputs are
+#:              uint8 tensors that PULP-NN kernels refuse, and that CMSIS kernels read back with the offset of
+#:              their own n_levels_out instead of the producer's.
+CLIP_FORMS = ("levels", "shifted")
+
+
 @dataclass(frozen=True)
 class DeeployTarget:
     """One Deeploy platform: what its ONNX front end maps and the forms it needs.
@@ -67,6 +80,19 @@ class DeeployTarget:
     square_conv_pads   Conv takes only equal pads on every side, depthwise Conv none (others become an explicit Pad)
     gemm_scalar_mul    a Gemm's or MatMul's requant multiplier must be one rank-0 scalar (CMSIS fully-connected is
                        per tensor)
+    clip_form          how a clip (a ReLU) that is not already a requant's range is written: one of CLIP_FORMS
+    fused_requant_levels
+                       the fused Conv/Gemm/MatMul/Add kernels clip to the RequantShift's n_levels_out; when False
+                       (pulp-nn clips every fused output to the full int8 range) a clip never folds into a requant
+                       that the platform fuses
+    clip_requant_unit  mul = div of a RequantShift that only clips (add 0 or the clip's offset): 1, or 2 where
+                       Deeploy deletes unity requants after Reshape/Transpose/Concat whatever their clip
+                       (PULPOpen's SkipUnityRequantPass) and its RequantShift kernel adds 1 << (log2D - 1), undefined
+                       for div = 1; floor((2x + 2a + 1) / 2) = x + a either way
+    q31_requant_multiplier
+                       a Conv's, Gemm's or MatMul's requant is merged into the kernel's int32 Q31 multiplier
+                       mul * 2^s (Deeploy's CMSIS merge passes, s = 31 - log2(div) at most): the merged multiplier
+                       must fit int32, which needs the requant's gain mul / div below 1
     quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
     """
 
@@ -81,6 +107,10 @@ class DeeployTarget:
     add_before_mul: bool = False
     gemm_scalar_mul: bool = False
     square_conv_pads: bool = False
+    clip_form: str = "levels"
+    fused_requant_levels: bool = True
+    clip_requant_unit: int = 1
+    q31_requant_multiplier: bool = False
     depthwise_conv: bool = True
     depthwise_layout: str = "channels-first"
     dense_depthwise_cap_kib: int = 0
@@ -91,6 +121,8 @@ class DeeployTarget:
             raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
         if self.sum_pool not in POOL_FORMS:
             raise ValueError(f"target {self.name}: unknown sum-pool form {self.sum_pool!r}")
+        if self.clip_form not in CLIP_FORMS:
+            raise ValueError(f"target {self.name}: unknown clip form {self.clip_form!r}")
         if self.depthwise_layout not in DEPTHWISE_LAYOUTS:
             raise ValueError(f"target {self.name}: unknown depthwise layout {self.depthwise_layout!r}")
 
@@ -132,12 +164,19 @@ SIRACUSA = DeeployTarget(
     conv_needs_requant=True,
     residual_add="requantized-add",
     sum_pool="depthwise-conv",
+    clip_form="shifted",
+    fused_requant_levels=False,
+    clip_requant_unit=2,
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "Add followed by RequantShift is always fused into RequantizedAdd (pulp_nn_add), which takes 8-bit "
         "operands only and clips each requantized operand to 8 bits: residual adds are written as "
         "RequantShift(a), RequantShift(b) -> Add -> RequantShift, all per tensor",
-        "a unity RequantShift (mul == div, add == 0) after Reshape/Transpose is removed by Deeploy",
+        "a unity RequantShift (mul == div, add == 0) after Reshape/Transpose/Concat is removed by Deeploy, even "
+        "when it clips, and its RequantShift kernel's rounding term is undefined for div = 1: a requant that only "
+        "clips (a ReLU) is written with mul = div = 2",
+        "the fused kernels (RequantizedConv/Gemm/Add, pulp-nn) clip to the full int8 range whatever n_levels_out "
+        "says: a ReLU after them is a separate signed RequantShift pair (clip around an offset, then add it back)",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )
@@ -153,6 +192,8 @@ CORTEXM = DeeployTarget(
     sum_pool="ones-matmul",
     add_before_mul=True,
     gemm_scalar_mul=True,
+    clip_form="shifted",
+    q31_requant_multiplier=True,
     square_conv_pads=True,
     depthwise_layout="channels-last",
     quirks=(
@@ -162,6 +203,11 @@ CORTEXM = DeeployTarget(
         "a multiple of mul, so the graph states what the device computes",
         "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
+        "unsigned RequantShift outputs are read back by CMSIS kernels with the offset of their own n_levels_out: a "
+        "ReLU into int8 is a signed RequantShift pair (clip around an offset, then add it back)",
+        "its Conv/Gemm/MatMul-requant merges put the whole scale into CMSIS-NN's int32 Q31 multiplier "
+        "(mul * 2^(31 - log2 div)), which overflows when the requant's gain mul / div is 1 or more: such a requant "
+        "is refused",
         "Deeploy's CMSIS depthwise parser compares group with the first dimension of the weight after its own NHWC "
         "transposition has made it 1, so it rejects every depthwise Conv that Deeploy transposes: qirc writes a "
         "depthwise Conv already channels-last (Transpose -> Conv with channels_first = 0 in domain ai.deeploy -> "
