@@ -32,6 +32,20 @@ qir.module @m {
 """
 
 
+# a well-formed model that no Deeploy target can take: its output is requantized to 16 bits
+UNLOWERABLE_QIR = """\
+qir.module @m {
+  %x = qir.input "x" : tensor<1x4xf32>  loc("x")
+  %0 = quant.qcast %x {rounding = "round_add"} : tensor<1x4x!quant.uniform<i8:f32, 0.125:0>>  loc("/q/QuantizeLinear")
+  %1 = quant.dcast %0 : tensor<1x4xf32>  loc("/q/DequantizeLinear")
+  %2 = onnx.Relu %1 : tensor<1x4xf32>  loc("/relu/Relu")
+  %3 = quant.qcast %2 {rounding = "round_add"} : tensor<1x4x!quant.uniform<i16:f32, 0.001:0>>  loc("/q16/QuantizeLinear")
+  %4 = quant.dcast %3 : tensor<1x4xf32>  loc("/q16/DequantizeLinear")
+  qir.output "y" %4  loc("y")
+}
+"""
+
+
 # ----- helpers -------------------------------------------------------------------------------------------------------
 def _save(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Paths:
     path = folder / name
@@ -362,6 +376,10 @@ def good_model(folder: Path) -> Paths:
 
 def good_qir(folder: Path) -> Paths:
     return _qir(folder, GOOD_QIR)
+
+
+def unlowerable_qir(folder: Path) -> Paths:
+    return _qir(folder, UNLOWERABLE_QIR)
 
 
 def output_is_a_file(folder: Path) -> Paths:

@@ -149,8 +149,8 @@ CASES = [
          ("zero point 300 is outside the storage range -128..127",), node="/q/QuantizeLinear"),
     Case("qirc-on-bad-qir", B.qir_bad_shape, COMPILE, 1, ("shape 1x3", "1x4"), node="/relu/Relu",
          existing_out=True),
-    Case("qirc-on-unlowerable-qir", B.good_qir, COMPILE, 1,
-         ("in pass 'deeploy-legalize'", "int.clip", "no Deeploy form", "deeploy-siracusa"), node="/relu/Relu"),
+    Case("qirc-on-unlowerable-qir", B.unlowerable_qir, COMPILE, 1,
+         ("in pass 'deeploy-legalize'", "n_levels 32768", "8-bit", "deeploy-siracusa"), node="/q16/QuantizeLinear"),
     Case("qirc-emit-truncated-qir", B.qir_truncated, EMIT, 1, ("unexpected end of input",)),
     # ----- simulator inputs --------------------------------------------------------------------------------------
     Case("sim-too-many-arrays", _sim_arrays(x=np.zeros((1, 8), np.float32), z=np.zeros(3, np.float32)), SIM, 1,
