@@ -10,8 +10,8 @@ the autoencoders, whose outputs are reconstructions), and every int.requant_shif
 `lower-to-int` (with the target's options) makes of the file within 1 output step of the fake-quant requantizer on
 its actual integer input, differing from it only at rounding ties.
 
-The default run covers the three small networks (ResNet-8, DS-CNN XS, the small autoencoder) in every format for
-every target; the rest (the MobileNets, DS-CNN S, the larger autoencoders) runs with `-m slow`.  `pytest -s` prints a
+The rest of the matrix (the MobileNets, DS-CNN S, the larger autoencoders) is marked slow: `-m "not slow"` keeps only
+the three small networks (ResNet-8, DS-CNN XS, the small autoencoder) in every format for every target.  `pytest -s` prints a
 table of network / format / target / samples / max steps / argmax.
 """
 from __future__ import annotations
