@@ -3,7 +3,7 @@
     python benchmarks/bench_throughput.py [--batch 256] [--threads 1] [--repeat 3] [--model PATH]
 
 The integer side is qirc's interpreter running the compiled integer IR (`lower-to-int` + `deeploy-legalize`, the
-graph that `qirc` emits) rebatched to N by `qirc.lowering.testing.with_batch`, in ONE call on the whole batch.
+graph that `qirc` emits) rebatched to N by `qirc.qir.batch.rebatch`, in ONE call on the whole batch.
 The float side is onnxruntime running the model file itself (the float fake-quant split.onnx), graph optimisations
 DISABLED (DESIGN.md's reference), one session, sequential execution, fed the same N samples in a loop of batch-1
 runs (the file's input shape is fixed at batch 1).  Both use the same thread count: `--threads` sets
@@ -34,16 +34,16 @@ def measure(model_path: str, batch: int, threads: int, repeat: int, seed: int = 
     from bench_compile import compile_once
     from qirc.backends.deeploy.vectors import quantize_samples
     from qirc.frontends.onnx import import_onnx
-    from qirc.lowering.testing import with_batch
+    from qirc.qir.batch import rebatch
     from qirc.qir import interpreter
 
     quant = import_onnx(model_path)
     module = compile_once(model_path)["module"]
-    batched = with_batch(module, batch)
+    batched = rebatch(module, batch)
     (in_name,) = quant.input_names()
     (int_in_name,) = module.input_names()
-    floats = interpreter.random_inputs(with_batch(quant, batch), seed)[in_name]
-    (ints,) = quantize_samples(with_batch(quant, batch), batched, [{int_in_name: floats}])
+    floats = interpreter.random_inputs(rebatch(quant, batch), seed)[in_name]
+    (ints,) = quantize_samples(rebatch(quant, batch), batched, [{int_in_name: floats}])
     int_x = ints[int_in_name]
 
     options = ort.SessionOptions()

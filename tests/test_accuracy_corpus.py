@@ -54,7 +54,8 @@ def _reference(case, inputs):
 @pytest.mark.skipif(not CASES, reason="corpus not found")
 @pytest.mark.parametrize("case", CASES)
 def test_corpus_model_accuracy(case):
-    from qirc.lowering.testing import requant_step_errors, requant_unexplained, with_batch
+    from qirc.lowering.testing import requant_step_errors, requant_unexplained
+    from qirc.qir.batch import rebatch
     from qirc.qir import interpreter
 
     module, input_quant = _lowered(case)
@@ -65,7 +66,7 @@ def test_corpus_model_accuracy(case):
     x = rng.uniform(-1.1, 1.1, size=(n,) + tuple(shape[1:])).astype(np.float32)
     reference = _reference(case, x)
 
-    batched = with_batch(module, n)
+    batched = rebatch(module, n)
     values = interpreter.run_values(batched, {module.input_names()[0]: _quantize_input(x, input_quant)})
     out_value = batched.outputs[0].operands[0]
     out_type = out_value.type.quant
@@ -89,7 +90,7 @@ def test_corpus_model_accuracy(case):
 @pytest.mark.parametrize("case", CASES)
 def test_corpus_adversarial_ranges_never_overflow(case):
     from qirc.lowering.ranges import RangeAnalysis
-    from qirc.lowering.testing import with_batch
+    from qirc.qir.batch import rebatch
     from qirc.qir import interpreter
 
     module, _ = _lowered(case)
@@ -114,7 +115,7 @@ def test_corpus_adversarial_ranges_never_overflow(case):
                     pattern = np.broadcast_to(pattern[:1], shape[1:])
             patterns.append(pattern)
     stack = np.stack(patterns).astype(np.int64)
-    batched = with_batch(module, len(stack))
+    batched = rebatch(module, len(stack))
     values = interpreter.run_values(batched, {module.input_names()[0]: stack}, check_overflow=True)
     ranges = RangeAnalysis()
     checked = 0

@@ -34,7 +34,7 @@ import shutil
 import numpy as np
 import pytest
 
-from qirc.qir.batch import rebatch as with_batch
+from qirc.qir.batch import rebatch
 
 onnx = pytest.importorskip("onnx")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -86,7 +86,7 @@ def quant_reference(quant_module, n: int, seed: int):
     outputs on them): `n` seeded samples run as one batch.  The integer module is fed those very stored integers,
     so it sees exactly the reference's quantized input."""
     rng = np.random.default_rng(seed)
-    batched = with_batch(quant_module, n)
+    batched = rebatch(quant_module, n)
     (inp,) = batched.inputs
     samples = np.concatenate([interpreter.random_inputs(quant_module, int(rng.integers(2 ** 31)))["input"]
                               for _ in range(n)])
@@ -180,7 +180,7 @@ def check_lowering(net, signed: bool) -> None:
     # signed normalisation may move u8 storage to i8 (zero point - 128): the same real values on the same grid
     assert in_q.scale == ref_q.scale
     stored_input = stored_input + (in_q.zero_point - ref_q.zero_point)
-    batched = with_batch(module, SAMPLES)
+    batched = rebatch(module, SAMPLES)
     values = interpreter.run_values(batched, {"input": stored_input})
     worst = requant_step_errors(batched, values)
     assert max(worst.values(), default=0) <= 1, f"requant more than 1 step off: {worst}"
@@ -309,7 +309,7 @@ def test_random_networks_compile_for_every_target(examples, tmp_path_factory):
 def _quantize_like(quant_module, samples: np.ndarray, int_type) -> np.ndarray:
     """The stored integers of `samples` (float, batch axis first) for an integer input of type `int_type`, quantized
     by the quant-level module's own input quantizer (its rounding), then moved to int_type's zero point."""
-    batched = with_batch(quant_module, len(samples))
+    batched = rebatch(quant_module, len(samples))
     qcast = batched.inputs[0].results[0].users[0]
     values = interpreter.run_values(batched, {"input": samples})
     stored = np.asarray(values[qcast.results[0]], np.int64)

@@ -177,7 +177,7 @@ def test_corpus_integer_graph_batched_equals_per_sample(name):
     from qirc.backends.deeploy.targets import get_target
     from qirc.driver import build_passes
     from qirc.frontends.onnx import import_onnx
-    from qirc.lowering.testing import with_batch
+    from qirc.qir.batch import rebatch
     from qirc.qir.passes import PassManager
 
     module = import_onnx(str(path))
@@ -187,7 +187,7 @@ def test_corpus_integer_graph_batched_equals_per_sample(name):
     n = 5
     x = np.random.default_rng(8).integers(element.storage_min, element.storage_max, (n,) +
                                           tuple(module.inputs[0].results[0].type.shape[1:]), endpoint=True)
-    batched = run(with_batch(module, n), {in_name: x})
+    batched = run(rebatch(module, n), {in_name: x})
     singles = [run(module, {in_name: x[i:i + 1]}) for i in range(n)]
     for key, y in batched.items():
         np.testing.assert_array_equal(y, np.concatenate([s[key] for s in singles]))

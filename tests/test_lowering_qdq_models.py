@@ -11,7 +11,8 @@ from onnx_builders import GraphBuilder, ort_run  # noqa: E402  (tests/ helper sh
 
 from qirc.lowering import lower_module  # noqa: E402
 from qirc.qir import interpreter  # noqa: E402
-from qirc.lowering.testing import requant_step_errors, requant_unexplained, with_batch  # noqa: E402
+from qirc.lowering.testing import requant_step_errors, requant_unexplained  # noqa: E402
+from qirc.qir.batch import rebatch  # noqa: E402
 
 
 def qdq_net(seed=0):
@@ -58,7 +59,7 @@ def test_qdq_model_matches_onnxruntime(signed):
     in_type = module.inputs[0].results[0].type.quant
     stored = np.clip(np.rint(x / np.float32(in_type.scale)) + in_type.zero_point, in_type.storage_min,
                      in_type.storage_max).astype(np.int64)
-    batched = with_batch(module, n)
+    batched = rebatch(module, n)
     values = interpreter.run_values(batched, {"x": stored})
     out = batched.outputs[0].operands[0]
     got = (values[out] - out.type.quant.zero_point) * out.type.quant.scale

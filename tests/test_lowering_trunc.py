@@ -22,7 +22,8 @@ from test_frontend_trunc import CASES, S_Q, grid_inputs, trunc_model  # noqa: E4
 from qirc.frontends.onnx import import_onnx  # noqa: E402
 from qirc.frontends.onnx.patterns import shift_round  # noqa: E402
 from qirc.lowering import lower_module  # noqa: E402
-from qirc.lowering.testing import requant_step_errors, requant_unexplained, with_batch  # noqa: E402
+from qirc.lowering.testing import requant_step_errors, requant_unexplained  # noqa: E402
+from qirc.qir.batch import rebatch  # noqa: E402
 from qirc.qir.interpreter import run, run_values  # noqa: E402
 
 def stored_input(module, x):
@@ -105,7 +106,7 @@ def test_brevitas_trunc_lowers_exactly_and_meets_the_contract(perchannel_qonnx):
     assert {op.dialect for op in lowered.ops()} == {"qir", "int"}
     n = 48
     xs = np.concatenate(bm.random_inputs(n, seed=3))
-    batched = with_batch(lowered, n)
+    batched = rebatch(lowered, n)
     values = run_values(batched, {batched.input_names()[0]: stored_input(batched, xs)})
     # the Trunc on the same integer input: exactly QONNX's round-half-even shift of the pool's sum
     pool_sum = values[batched.walk("int.sumpool")[0].results[0]]

@@ -115,12 +115,13 @@ def _stack(samples: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
 def _requant_figures(int_module, int_samples: List[Dict[str, np.ndarray]]):
     """requant_step_errors / requant_unexplained of `int_module` on the integer samples: one batched run where the
     module can be rebatched, else one run per sample (the figures are maxima / counts, merged over the runs)."""
-    from qirc.lowering.testing import requant_step_errors, requant_unexplained, with_batch
+    from qirc.lowering.testing import requant_step_errors, requant_unexplained
+    from qirc.qir.batch import rebatch
     from qirc.qir import interpreter
     from qirc.qir.diagnostics import InterpretError
 
     try:
-        batched = with_batch(int_module, len(int_samples))
+        batched = rebatch(int_module, len(int_samples))
         values = interpreter.run_values(batched, _stack(int_samples))
         return requant_step_errors(batched, values), requant_unexplained(batched, values)
     except InterpretError:

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..qir.batch import rebatch
 from ..qir.ir import Module, Operation, Value, const_op, input_op, output_op
 from ..qir.types import ScalarType, TensorType, UniformQuantType, f32, i8, i32
 
@@ -137,11 +136,6 @@ def requant_step_errors(module: Module, values) -> dict:
         diff = float(np.max(np.abs(ref - y))) if y.size else 0.0
         errors[op.loc] = max(diff, errors.get(op.loc, 0.0))
     return errors
-
-
-def with_batch(module: Module, n: int) -> Module:
-    """A copy of `module` with batch axis n (see `qirc.qir.batch.rebatch`), for tests and benchmarks."""
-    return rebatch(module, n)
 
 
 def requant_unexplained(module: Module, values) -> dict:
