@@ -1,11 +1,11 @@
 """`dequant-push`: move quant.dcast forward through the float ops that commute with it."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
-from ..qir.ir import Module, Operation, Value
+from ..qir.ir import Module, Operation, Value, pad_op
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType
 from .common import (acc_type, apply_rules, close, const_array, dcast_source, fail, int_const, integer_or_none,
@@ -107,7 +107,7 @@ def _conv(module: Module, op: Operation) -> bool:
     if z != 0:
         bias = bias - z * w.reshape(c_out, -1).sum(axis=1)
         if any(pads):
-            x_in = _pad_value(module, x, [0, 0] + pads[:n_spatial], [0, 0] + pads[n_spatial:], z, loc)
+            x_in = pad_op(module, x, pads, z, loc)
             pads = [0] * (2 * n_spatial)
     attrs = {"kernel_shape": [int(k) for k in w.shape[2:]], "pads": pads, "strides": strides,
              "dilations": dilations, "group": int(op.attr("group") or 1)}
@@ -117,12 +117,6 @@ def _conv(module: Module, op: Operation) -> bool:
     rtype = acc_type(op.results[0].type.shape, acc_scales, axis=1)
     replace_with_int(module, op, "int.conv", operands, rtype, attrs)
     return True
-
-
-def _pad_value(module: Module, x: Value, begins: List[int], ends: List[int], value: int, loc: str) -> Value:
-    shape = [d + b + e for d, b, e in zip(x.type.shape, begins, ends)]
-    return module.create("int.pad", [x], [TensorType(shape, x.type.element)],
-                         {"pads": [int(p) for p in begins + ends], "value": int(value)}, loc).result
 
 
 def _gemm(module: Module, op: Operation) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..qir.ir import Module, Operation
+from ..qir.ir import Module, Operation, pad_op
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType, UniformQuantType, i32
 from .common import apply_rules, dcast_source, fail, replace_with_int, spatial_defaults
@@ -88,10 +88,7 @@ def _average_pool(module: Module, op: Operation) -> bool:
     if any(pads) and any(z != 0 for z in q.zero_points):
         if q.is_per_axis:
             raise fail(op, "AveragePool padding of a per-axis tensor with non-zero zero points")
-        begins, ends = [0, 0] + pads[:n_spatial], [0, 0] + pads[n_spatial:]
-        shape = [d + b + e for d, b, e in zip(x.type.shape, begins, ends)]
-        source = module.create("int.pad", [x], [TensorType(shape, x.type.element)],
-                               {"pads": begins + ends, "value": q.zero_point}, op.loc).result
+        source = pad_op(module, x, pads, q.zero_point, op.loc)
         pads = [0] * (2 * n_spatial)
     count = int(np.prod(kernel))
     axis = q.axis % x.type.rank if q.is_per_axis else None

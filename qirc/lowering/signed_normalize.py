@@ -5,7 +5,7 @@ from typing import Dict
 
 import numpy as np
 
-from ..qir.ir import Module, Operation, Value
+from ..qir.ir import Module, Operation, Value, pad_op
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType, i8, u8
 from .common import fail, int_const
@@ -159,14 +159,8 @@ def _linear(module: Module, op: Operation, in_deltas) -> None:
         correction = -shift * w.reshape(c_out, -1).sum(axis=1)
         pads = [int(p) for p in op.attr("pads")]
         if any(pads):
-            x = op.operands[0]
-            n = len(pads) // 2
-            begins, ends = [0, 0] + pads[:n], [0, 0] + pads[n:]
-            shape = [s + b + e for s, b, e in zip(x.type.shape, begins, ends)]
-            padded = module.create("int.pad", [x], [TensorType(shape, x.type.element)],
-                                   {"pads": begins + ends, "value": shift}, op.loc).result
-            module.set_operand(op, 0, padded)
-            op.attrs["pads"] = [0] * (2 * n)
+            module.set_operand(op, 0, pad_op(module, op.operands[0], pads, shift, op.loc))
+            op.attrs["pads"] = [0] * len(pads)
     else:
         wk = w.T if (op.name == "int.gemm" and op.attr("transB")) else w
         correction = -shift * wk.sum(axis=0)

@@ -17,7 +17,7 @@ import networkx as nx
 import numpy as np
 
 from .ops import OpDef, get_op_def
-from .types import TensorType, UniformQuantType
+from .types import TensorType
 
 _seq = itertools.count()
 
@@ -271,6 +271,18 @@ def input_op(module: Module, name: str, type: TensorType, loc: str = "") -> Valu
 
 def output_op(module: Module, name: str, value: Value, loc: str = "") -> Operation:
     return module.create("qir.output", [value], [], {"name": name}, loc or name)
+
+
+def pad_op(module: Module, x: Value, spatial_pads: Sequence[int], value: int, loc: str = "") -> Value:
+    """Add an `int.pad` of the N, C, spatial... tensor `x` by ONNX-style `spatial_pads` (begins of the spatial axes,
+    then their ends; N and C are not padded) with the constant `value`, and return its result.  Windowed ops (conv,
+    pools) use it to make their padding explicit, where it must be a zero point or a value that never wins."""
+    pads = [int(p) for p in spatial_pads]
+    n = len(pads) // 2
+    begins, ends = [0, 0] + pads[:n], [0, 0] + pads[n:]
+    shape = tuple(d + b + e for d, b, e in zip(x.type.shape, begins, ends))
+    return module.create("int.pad", [x], [x.type.with_shape(shape)], {"pads": begins + ends, "value": int(value)},
+                         loc).result
 
 
 def _ssa_name(s: str) -> str:

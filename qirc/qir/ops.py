@@ -14,7 +14,7 @@ An operand name ending in `?` is optional (it may be absent, only at the end), o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 

@@ -36,7 +36,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ...qir.diagnostics import BackendError
-from ...qir.ir import Module, Operation, Value, const_op
+from ...qir.ir import Module, Operation, Value, const_op, pad_op
 from ...qir.types import ScalarType, TensorType, i8, i32
 from .targets import DeeployTarget, get_target
 
@@ -297,13 +297,7 @@ def _explicit_pool_pads(module: Module, target: DeeployTarget) -> None:
         if not any(pads):
             continue
         x = op.operands[0]
-        n = len(pads) // 2
-        full = [0, 0] + pads[:n] + [0, 0] + pads[n:]
-        padded = TensorType(tuple(d + full[i] + full[i + x.type.rank] for i, d in enumerate(x.type.shape)),
-                            x.type.element)
-        pad = module.create("int.pad", [x], [padded], {"pads": full, "value": int(x.type.element.min)},
-                            op.loc + "/pad")
-        module.set_operand(op, 0, pad.result)
+        module.set_operand(op, 0, pad_op(module, x, pads, x.type.element.min, op.loc + "/pad"))
         op.attrs["pads"] = [0] * len(pads)
 
 
@@ -318,20 +312,14 @@ def _square_conv_pads(module: Module, target: DeeployTarget) -> None:
         depthwise = int(op.attr("group")) > 1
         if not any(pads) or (len(set(pads)) == 1 and not depthwise):
             continue
-        x = op.operands[0]
-        n = len(pads) // 2
-        full = [0, 0] + pads[:n] + [0, 0] + pads[n:]
-        padded = TensorType(tuple(d + full[i] + full[i + x.type.rank] for i, d in enumerate(x.type.shape)),
-                            x.type.element)
-        pad = module.create("int.pad", [x], [padded], {"pads": full, "value": 0}, op.loc + "/pad")
-        module.set_operand(op, 0, pad.result)
+        module.set_operand(op, 0, pad_op(module, op.operands[0], pads, 0, op.loc + "/pad"))
         op.attrs["pads"] = [0] * len(pads)
 
 
 # ----- 5. gemm forms ---------------------------------------------------------------------------------------------
 def _gemm_forms(module: Module, target: DeeployTarget) -> None:
     for op in module.walk("int.gemm"):
-        a, b = op.operands[0], op.operands[1]
+        b = op.operands[1]
         if int(op.attr("transB")) == 0:
             bv = _const_value(b)
             if bv is None:

@@ -4,7 +4,7 @@ Names and attributes follow the ONNX operator spec.  Inputs that ONNX passes as 
 Pad's pads and value, Clip's min and max, reduction axes) are attributes here; the frontend moves them.
 Every op computes in float32 as onnxruntime does.
 """
-from ..ops import dialect, float_, floats, int_, ints, str_
+from ..ops import dialect, float_, int_, ints, str_
 from ..shapes import (batchnorm_shape, broadcast_operands, concat_shape, conv_shape, flatten_shape, float_in_out,
                       gemm_shape, global_pool_shape, matmul_shape, pad_shape, pool_shape, reduce_shape,
                       reshape_shape, same_as_first, softmax_shape, squeeze_shape, transpose_shape, unsqueeze_shape)
