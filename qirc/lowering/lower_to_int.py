@@ -1,7 +1,7 @@
 """`lower-to-int`: the whole lowering from the quant-level IR to an integer-only graph."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import List
 
 from ..qir.ir import Module
 from ..qir.passes import ModulePass, register_pass
@@ -35,18 +35,10 @@ class LowerToInt(ModulePass):
     """
 
     name = "lower-to-int"
-
-    @classmethod
-    def options(cls) -> Dict[str, Tuple[type, Any]]:
-        # spelled with a hyphen like the pass it switches on: lower-to-int{signed-normalize=1}
-        return {"signed-normalize": (bool, False)}
-
-    def __init__(self, **options: Any):
-        setattr(self, "signed-normalize", False)
-        super().__init__(**{key.replace("_", "-"): value for key, value in options.items()})
+    signed_normalize: bool = False
 
     def run(self, module: Module) -> None:
-        lower_to_int(module, signed=bool(getattr(self, "signed-normalize")))
+        lower_to_int(module, signed=self.signed_normalize)
 
 
 def lower_to_int(module: Module, signed: bool = False) -> None:

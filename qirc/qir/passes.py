@@ -49,6 +49,14 @@ ENTRY_POINT_GROUP = "qirc.passes"
 _OPTION_TYPES = (bool, int, float, str)
 
 
+def _option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def _attribute_name(option: str) -> str:
+    return option.replace("-", "_")
+
+
 class ModulePass:
     """Base class of passes: set `name`, document the rewrite in the docstring, implement `run(module)`."""
 
@@ -57,6 +65,7 @@ class ModulePass:
     def __init__(self, **options: Any):
         spec = self.options()
         for key, value in options.items():
+            key = _option_name(key)
             if key not in spec:
                 raise UsageError(_unknown_option_message(self.name, key, spec))
             typ, _default = spec[key]
@@ -66,11 +75,12 @@ class ModulePass:
                 value = float(value)
             elif not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise UsageError(f"pass '{self.name}' option '{key}' expects {typ.__name__}, got {value!r}")
-            setattr(self, key, value)
+            setattr(self, _attribute_name(key), value)
 
     @classmethod
     def options(cls) -> Dict[str, Tuple[type, Any]]:
-        """Option name -> (type, default), from the annotated class attributes (base classes first)."""
+        """Option name -> (type, default), from the annotated class attributes (base classes first).  Options are
+        spelled like pass names, `signed_normalize: bool` as `signed-normalize`; constructors accept either."""
         out: Dict[str, Tuple[type, Any]] = {}
         for klass in reversed(cls.__mro__):
             if klass is object or "__annotations__" not in vars(klass):
@@ -87,7 +97,7 @@ class ModulePass:
                                     f"not {typ!r}")
                 if not hasattr(cls, key):
                     raise TypeError(f"pass {cls.__name__}: option '{key}' needs a default value")
-                out[key] = (typ, getattr(cls, key))
+                out[_option_name(key)] = (typ, getattr(cls, key))
         return out
 
     @classmethod
@@ -97,7 +107,7 @@ class ModulePass:
         return doc.splitlines()[0].strip() if doc else ""
 
     def option_values(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.options()}
+        return {k: getattr(self, _attribute_name(k)) for k in self.options()}
 
     def spec(self) -> str:
         """The pipeline text that recreates this pass: `name` or `name{k=v,...}` (non-default options only)."""
