@@ -114,22 +114,10 @@ class _Writer:
 
     # ----- names ---------------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
-        base = hint or "t"
-        name, n = base, 1
-        while name in self.used_names:
-            name = f"{base}_{n}"
-            n += 1
-        self.used_names.add(name)
-        return name
+        return _unique(hint or "t", self.used_names)
 
     def node_name(self, op: Operation, suffix: str = "") -> str:
-        base = (op.loc or op.name) + suffix
-        name, n = base, 1
-        while name in self.node_names:
-            name = f"{base}_{n}"
-            n += 1
-        self.node_names.add(name)
-        return name
+        return _unique((op.loc or op.name) + suffix, self.node_names)
 
     def result_name(self, value: Value, op: Operation) -> str:
         """The tensor name for `value`: its graph output name if it is one, else its SSA name or the op's loc."""
@@ -537,3 +525,13 @@ def _graph_name(name: str) -> str:
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _unique(base: str, taken: set) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `taken`, which it joins."""
+    name, n = base, 1
+    while name in taken:
+        name = f"{base}_{n}"
+        n += 1
+    taken.add(name)
+    return name
