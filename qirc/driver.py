@@ -13,6 +13,9 @@ lowering and backends together.  Steps:
      the graph that is written);
   4. quantize the float samples (`--inputs FILE.npz`, else seeded random ones), run the device graph for
      inputs.npz / outputs.npz (first sample) and compare every sample with the quant-level model for qirc.json;
+     record per requant of the lowered module its error bound and its mismatch against the exact requantizer on
+     the samples (`qirc.lowering.precision`; `accuracy.requants`), with a warning for each whose bound reaches one
+     output step (`strict` refuses those in step 2 instead);
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
      place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.
 """
@@ -37,6 +40,7 @@ from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
+from .lowering.precision import precision_warnings, requant_precision
 from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
@@ -59,6 +63,7 @@ class CompileSummary:
     nodes: int
     op_counts: Dict[str, int] = field(default_factory=dict)
     module: Optional[Module] = field(default=None, repr=False)  # the legalised integer IR that was emitted
+    warnings: List[str] = field(default_factory=list)  # one line each, without a prefix (the CLI prints them)
 
     def text(self) -> str:
         """A few lines for the terminal."""
@@ -75,13 +80,15 @@ class CompileSummary:
         return "\n".join(lines) + "\n"
 
 
-def lowering_pipeline(target: DeeployTarget) -> str:
-    """The pipeline text that lowers a quant-level module for `target`."""
-    return f"lower-to-int{{signed-normalize={1 if target.signed_normalize else 0}}}"
+def lowering_pipeline(target: DeeployTarget, strict: bool = False) -> str:
+    """The pipeline text that lowers a quant-level module for `target` (strict: refuse imprecise requants)."""
+    return f"lower-to-int{{signed-normalize={1 if target.signed_normalize else 0}{',strict=1' if strict else ''}}}"
 
 
-def build_passes(target: DeeployTarget, extra_pipeline: Optional[str] = None) -> List[ModulePass]:
-    passes = parse_pipeline(lowering_pipeline(target))
+def build_passes(target: DeeployTarget, extra_pipeline: Optional[str] = None,
+                 strict: bool = False) -> List[ModulePass]:
+    """lower-to-int (always the first pass), the extra pipeline, deeploy-legalize."""
+    passes = parse_pipeline(lowering_pipeline(target, strict))
     if extra_pipeline:
         passes += parse_pipeline(extra_pipeline)
     passes.append(DeeployLegalize(target=target.name))
@@ -96,10 +103,14 @@ def _render(module: Module, fmt: str) -> str:
 
 
 def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bool, dump_ir_dir: Optional[str],
-                out: Optional[TextIO], dump_format: str = "qir") -> None:
+                out: Optional[TextIO], dump_format: str = "qir") -> Module:
+    """Run `passes` over `module`; returns a copy of the module after the first pass (the lowered integer IR, whose
+    requants are still in the form requant-fusion chose)."""
     if dump_ir_dir is None:
-        PassManager(passes, print_ir_after_all=print_ir_after_all, out=out).run(module)
-        return
+        PassManager(passes[:1], print_ir_after_all=print_ir_after_all, out=out).run(module)
+        lowered = module.clone()
+        PassManager(passes[1:], print_ir_after_all=print_ir_after_all, out=out).run(module)
+        return lowered
     ext = "dot" if dump_format == "dot" else "qir"
 
     def dump(file_name: str) -> None:
@@ -111,9 +122,13 @@ def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bo
             raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
 
     dump(f"00-imported.{ext}")
+    lowered = module
     for i, p in enumerate(passes, 1):
         PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
         dump(f"{i:02d}-{p.name}.{ext}")
+        if i == 1:
+            lowered = module.clone()
+    return lowered
 
 
 def _errors_name_the_model_file(compile_fn):
@@ -134,7 +149,7 @@ def _errors_name_the_model_file(compile_fn):
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
-                  out: Optional[TextIO] = None, dump_format: str = "qir") -> CompileSummary:
+                  out: Optional[TextIO] = None, dump_format: str = "qir", strict: bool = False) -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -143,6 +158,8 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     print_ir_after_all  dump the IR after every pass to `out` (stderr by default)
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
+    strict            refuse a requant whose worst-case approximation error reaches one output step (LoweringError)
+                      instead of compiling it with a warning (summary.warnings) and its record in qirc.json
     seed, accuracy_samples  the random samples used when no inputs_npz is given
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
@@ -158,8 +175,8 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
 
     quant_module = load_model(model_path) if isinstance(model_path, (str, os.PathLike)) else import_onnx(model_path)
     module = quant_module.clone()
-    passes = build_passes(target, extra_pipeline)
-    _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
+    passes = build_passes(target, extra_pipeline, strict)
+    lowered = _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
 
     model = emit_onnx(module, target)
     device = import_deeploy_onnx(model)
@@ -173,6 +190,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     accuracy["inputs"] = os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})"
     from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
     accuracy["layers"] = layer_figures(quant_module, module, samples)
+    accuracy["requants"] = requant_precision(lowered, int_samples)
+    warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
+                for line in precision_warnings(accuracy["requants"], len(int_samples))]
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
@@ -206,7 +226,7 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     for n in model.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
-                          len(model.graph.node), counts, module)
+                          len(model.graph.node), counts, module, warnings)
 
 
 def _check_output_parent(out_dir: str) -> None:

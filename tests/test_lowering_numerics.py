@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qirc.lowering.numerics import (INT32_LIMIT, choose_requant, form_bounds, quantize_scalar, rational_multipliers,
-                                    requant_form)
+                                    requant_error_bound, requant_form, unsaturated_span)
 from qirc.lowering.ranges import RangeAnalysis
 from qirc.lowering.testing import QuantBuilder
 from qirc.lowering.dequant_push import push_dequants
@@ -46,7 +46,7 @@ def test_largest_shift_that_keeps_int32():
 def test_within_one_step_of_float64_reference(m, z_in, z_out, r):
     lo, hi = -r, r
     try:
-        p = choose_requant(m, z_in, z_out, lo, hi, -128, 127)
+        p = choose_requant(m, z_in, z_out, lo, hi, -128, 127, strict=True)
     except LoweringError:
         return  # honest refusal: precision and range cannot both be met
     x = np.unique(np.linspace(lo, hi, 4001).astype(np.int64))
@@ -68,14 +68,49 @@ def test_per_tensor_parameters_are_shape_one():
     assert p.mul.shape == (1,)
 
 
-def test_impossible_precision_names_the_node():
+def test_imprecise_requant_is_compiled_with_its_bound_and_refused_only_when_strict():
     class Op:
         loc, name = "/layer9/Conv", "int.requant_shift"
+    lo, hi = -(1 << 30), 1 << 30
+    p = choose_requant(1e-4, 0, 0, lo, hi, -128, 127, op=Op())
+    # still int32-safe: the largest shift whose products fit
+    assert max(abs(lo), abs(hi)) * int(p.mul[0]) + p.div // 2 < INT32_LIMIT
+    assert max(abs(lo), abs(hi)) * int(np.rint(1e-4 * 2 ** (p.shift + 1))) >= INT32_LIMIT
+    # the bound is what it claims: the worst error over the unsaturated inputs (|x| <= 128.5 / M)
+    assert p.error_steps >= 1.0
+    x = np.arange(-1_285_000, 1_285_001, 997, dtype=np.int64)
+    real = x * 1e-4
+    approx = x * (int(p.mul[0]) / p.div)
+    assert np.max(np.abs(approx - real)) <= p.error_steps + 1e-9
+    assert np.max(np.abs(approx - real)) >= 0.9 * p.error_steps
     with pytest.raises(LoweringError) as err:
-        choose_requant(1e-4, 0, 0, -(1 << 30), 1 << 30, -128, 127, op=Op())
-    assert "/layer9/Conv" in str(err.value) and "output steps" in str(err.value)
+        choose_requant(1e-4, 0, 0, lo, hi, -128, 127, op=Op(), strict=True)
+    assert "/layer9/Conv" in str(err.value) and "output steps" in str(err.value) and "--strict" in str(err.value)
     with pytest.raises(LoweringError, match="overflows int32 for every shift"):
         choose_requant(5e9, 0, 0, -10, 10, -128, 127, op=Op())
+
+
+def test_unsaturated_span_counts_the_steps_on_the_wider_side_of_the_zero_point():
+    assert unsaturated_span(128, 0, 255) == 129.0
+    assert unsaturated_span(0, 0, 255) == 256.0
+    assert unsaturated_span(0, -128, 127) == 129.0
+    assert np.array_equal(unsaturated_span(np.array([0, 100]), -128, 127), [129.0, 229.0])
+
+
+def test_uint8_zero_point_128_is_not_measured_over_384_steps():
+    """A ResNet-18 per-tensor requant from onnxruntime's quantizer (u8 output, zero point 128): over the 129 steps
+    that do not saturate the approximation error stays below one step; counted over 384 it did not."""
+    m, lo, hi = 1.043e-5, -(1 << 24), 1 << 24
+    p = choose_requant(m, 0, 128, lo, hi, 0, 255, strict=True)
+    assert p.error_steps < 1.0
+    # the old count (max(|lo|, |hi|) + |z_out| + 1 = 384 steps) would have put this requant above one step
+    deviation = abs(int(p.mul[0]) / p.div - m)
+    assert min(hi, 384 / m) * deviation >= 1.0
+    assert requant_error_bound(m, p.mul, p.shift, 0, 128, lo, hi, 0, 255) == p.error_steps
+    x = np.arange(lo, hi, 331, dtype=np.int64)
+    y = kernel(x, p.mul, p.add, p.div, 0, 255)
+    ref = np.clip(np.rint(x * m) + 128, 0, 255)
+    assert np.max(np.abs(y - ref)) <= 1
 
 
 def test_requant_forms():

@@ -27,13 +27,16 @@ class RequantFusion(ModulePass):
     target may reject).  A dcast -> qcast between identical types is the identity and disappears, and so does one
     whose scales differ only by float rounding when no reachable integer can change and only int.* ops read it (the
     requant onto a QONNX Trunc's input grid after an average pool).
+    k is the most precise int32-safe shift even when its worst-case error over the reachable range reaches one output
+    step (the driver records and warns); option strict (bool, default 0) refuses such a requant instead.
     Precondition: the dcast reads a quantized value; per-axis output types take no Relu/Clip.
     """
 
     name = "requant-fusion"
+    strict: bool = False
 
     def run(self, module: Module) -> None:
-        fuse_requants(module)
+        fuse_requants(module, strict=self.strict)
 
 
 def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
@@ -50,7 +53,7 @@ def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
     return source, clips
 
 
-def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int:
+def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None, strict: bool = False) -> int:
     ranges = ranges or RangeAnalysis()
     count = 0
     for op in module.ops():
@@ -81,7 +84,7 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int
         elif not clips and _integer_identity(source, op, ranges):
             result = source
         else:
-            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op)
+            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op, strict=strict)
         module.replace_op(op, [result])
         count += 1
     if count:
