@@ -178,3 +178,50 @@ def test_ranges_of_zero_point_corrected_conv_cover_random_inputs():
     for seed in range(5):
         acc = interpreter.run_values(module, interpreter.random_inputs(module, seed))[conv.results[0]]
         assert np.all(acc >= lo) and np.all(acc <= hi)
+
+
+def test_requant_fits_int32_with_a_foldable_offset_folded_into_add():
+    """Deeploy folds a conv's bias into the requant's add (add' = add + b * mul); the shift must keep that in int32
+    too, not only x * mul + add over the biased range."""
+    p = choose_requant(0.002, 0, 0, -40_000, 40_000, -128, 127)
+    bias = np.array([-1_000_000, 900_000]).reshape(1, 2, 1, 1)
+    assert np.any(np.abs(p.add + bias * p.mul) + p.div // 2 >= INT32_LIMIT)  # the unfolded choice breaks
+    q = choose_requant(0.002, 0, 0, -40_000, 40_000, -128, 127, fold_offset=bias)
+    assert np.all(np.abs(q.add + bias * q.mul) + q.div // 2 < INT32_LIMIT)
+    assert np.all(np.maximum(np.abs(-40_000 - bias), np.abs(40_000 - bias)) * q.mul < INT32_LIMIT)
+    assert q.shift < p.shift
+
+
+def test_four_bit_activations_after_signed_normalisation_keep_the_folded_bias_in_int32():
+    """Brevitas 4-bit QuantReLU on siracusa/cortexm: u4 stored as i8 with zero point -128 makes the zero-point term of
+    the bias (-z_x * sum(w)) far larger than the accumulator's own range; the requant after the conv is sized so that
+    folding that bias into add stays in int32 ("requant_shift add does not fit int32" before)."""
+    from qirc.lowering import lower_module
+    from qirc.qir.types import u8
+    rng = np.random.default_rng(4)
+    b = QuantBuilder()
+    x = b.input("x", (1, 8, 6, 6), 0.05)
+    for layer in range(2):
+        # mostly positive weights: sum(w) * 128, the zero-point term, dwarfs the accumulator range
+        y = b.conv(x, rng.integers(-20, 128, (8, 8, 3, 3)), 0.004, bias=rng.integers(-3000, 3000, 8),
+                   pads=[1, 1, 1, 1])
+        x = b.quant(b.op("onnx.Relu", [y]), 0.1, storage=u8, storage_min=0, storage_max=15)
+    b.output("y", x)
+    reference = b.module.clone()
+    lower_module(b.module, signed=True)
+    checked = 0
+    for rq in b.module.walk("int.requant_shift"):
+        conv = rq.operands[0].owner
+        if conv.name != "int.conv" or len(conv.operands) < 3:
+            continue
+        bias = np.asarray(conv.operands[2].owner.attrs["value"], np.int64).reshape(1, -1, 1, 1)
+        add = np.asarray(rq.attrs["add"], np.int64)
+        assert np.all(np.abs(add + bias * rq.attrs["mul"]) + int(rq.attrs["div"]) // 2 < INT32_LIMIT)
+        checked += 1
+    assert checked == 2
+    for seed in range(3):
+        stored = interpreter.random_inputs(b.module, seed)["x"]
+        ref = interpreter.run(reference, {"x": (stored * 0.05).astype(np.float32)})["y"]
+        got = interpreter.run(b.module, {"x": stored})["y"]
+        # the stored u4 value is the i8 one + 128 (signed normalisation moves the zero point from 0 to -128)
+        assert np.max(np.abs((got.astype(np.int64) + 128) - np.rint(ref / 0.1))) <= 1

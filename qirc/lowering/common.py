@@ -110,7 +110,7 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
     acc_lo, acc_hi = ranges.range_of(x)
     anchor = op_for_errors or x.owner
     params = choose_requant(multiplier, xt.zero_points_for(rank), ot.zero_points_for(rank), acc_lo, acc_hi,
-                            form_lo, form_hi, op=_Located(loc, anchor), strict=strict)
+                            form_lo, form_hi, op=_Located(loc, anchor), strict=strict, fold_offset=_foldable_offset(x))
     needs_clip = (lo, hi) != (form_lo, form_hi)
     requant_elem = ot.with_(storage_min=min(form_lo, ot.storage_min), storage_max=max(form_hi, ot.storage_max)) \
         if needs_clip else ot
@@ -122,6 +122,24 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
     if needs_clip:
         result = module.create("int.clip", [result], [TensorType(shape, ot)], {"min": lo, "max": hi}, loc).result
     return result
+
+
+def _foldable_offset(x: Value) -> Optional[np.ndarray]:
+    """The constant part of x that a backend folds into the requant's add (Deeploy: a Conv's bias, a constant
+    int.add before the requant), broadcastable against x; None when there is none.  The requant is sized for both
+    forms, with and without it (a 4-bit activation after signed normalisation has a bias far beyond the
+    accumulator's own range: the zero-point correction)."""
+    op = x.owner
+    if op.name == "int.conv" and len(op.operands) > 2:
+        b = const_array(op.operands[2])
+        if b is not None:
+            return b.astype(np.int64).reshape([1, -1] + [1] * (x.type.rank - 2))
+    if op.name == "int.add":
+        for v in op.operands:
+            k = const_array(v)
+            if k is not None and np.broadcast_shapes(np.shape(k), x.type.shape) == tuple(x.type.shape):
+                return k.astype(np.int64)
+    return None
 
 
 class _Located:

@@ -51,7 +51,7 @@ class RequantParams:
 
 
 def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, out_hi: int, *, op=None,
-                   max_shift: int = MAX_SHIFT, strict: bool = False,
+                   max_shift: int = MAX_SHIFT, strict: bool = False, fold_offset=None,
                    max_error_steps: float = MAX_ERROR_STEPS) -> RequantParams:
     """mul/add/shift for `y = clip(round((x - zero_in) * multiplier) + zero_out, out_lo, out_hi)`.
 
@@ -60,6 +60,9 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     multiplier, zero_in and zero_out only (the range may be finer without making them per channel).  `op` locates
     errors.  The shift is the largest one free of int32 overflow; with `strict`, a requant whose error bound
     reaches `max_error_steps` is refused instead of returned (see the module docstring).
+    fold_offset: a constant part of x (a conv's bias, a constant add before the requant; broadcastable like
+    acc_lo) that a backend may fold into add (add' = add + offset * mul, x' = x - offset): the shift keeps that form
+    in int32 too.
     """
     m = np.asarray(multiplier, dtype=np.float64)
     z_in = np.asarray(zero_in, dtype=np.int64)
@@ -91,6 +94,8 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if np.any(worst >= INT32_LIMIT) or np.any(x_abs * mul >= INT32_LIMIT) or \
                 np.any(np.abs(add) + half >= INT32_LIMIT):
             continue
+        if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
+            continue
         error = requant_error_bound(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
         if strict and error >= max_error_steps:
             raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
@@ -101,6 +106,13 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         return RequantParams(_param_array(mul), _param_array(add), k, error)
     raise _error(op, f"requantization overflows int32 for every shift: multiplier {_fmt(m_b)} with accumulator "
                      f"range {_fmt(lo)}..{_fmt(hi)}")
+
+
+def _folded_fits(offset, lo, hi, mul, add, half) -> bool:
+    """add + offset * mul and (x - offset) * mul within int32 (the requant after a backend folded `offset`)."""
+    b = np.asarray(offset, dtype=np.int64)
+    folded_abs = np.maximum(np.abs(lo - b), np.abs(hi - b))
+    return not (np.any(np.abs(add + b * mul) + half >= INT32_LIMIT) or np.any(folded_abs * mul >= INT32_LIMIT))
 
 
 def unsaturated_span(zero_out, out_lo: int, out_hi: int) -> np.ndarray:
