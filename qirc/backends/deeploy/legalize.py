@@ -8,7 +8,8 @@ take raises a `BackendError` naming the node, the op and the target.
 
 Rewrites, in order (`legalize(module, target)`):
   1. only qir.* / int.* ops are accepted;
-  2. squeeze / unsqueeze / flatten become int.reshape (every platform maps Reshape);
+  2. squeeze / unsqueeze / flatten become int.reshape (every platform maps Reshape); rank-3 channel tensors
+     ([N, C, L]: Conv1d, 1-D pools, their requants) become [N, C, 1, L] (`rank_lift.py`);
   3. int.sub by a constant becomes int.add of the negated constant;
   4. integer sum pools (int.reduce_sum over H, W; int.sumpool) take the target's `sum_pool` form: a depthwise
      int.conv with an all-ones kernel, or (global pools) reshape -> int.matmul with an all-ones column (ReduceMean/
@@ -38,6 +39,7 @@ import numpy as np
 from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value, const_op, pad_op
 from ...qir.types import ScalarType, TensorType, i8, i32
+from .rank_lift import lift_rank3
 from .targets import DeeployTarget, get_target
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -883,6 +885,7 @@ def legalize(module: Module, target) -> Module:
         if op.dialect not in ("qir", "int"):
             raise _fail(op, target, f"{op.name} is not integer arithmetic: lower the model first (lower-to-int)")
     _canonicalize_shape_ops(module)
+    lift_rank3(module)
     _sub_to_add(module, target)
     _sum_pools(module, target)
     _depthwise_to_dense(module, target)
