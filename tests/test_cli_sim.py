@@ -2,20 +2,17 @@
 qirc's own Deeploy output; npz arrays are matched to the graph's inputs by name, else by order."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from qirc.frontends.onnx import import_onnx
 from qirc.qir import interpreter
 from qirc.qir.printer import print_module
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-RESNET8 = CORPUS / "ResNet8" / "split.onnx"
-QIRC = [sys.executable, "-m", "qirc"]
+from real_models import deepquant
 
-pytestmark = pytest.mark.skipif(not RESNET8.exists(), reason="the shared corpus is not next to this checkout")
+RESNET8 = deepquant("ResNet8")
+QIRC = [sys.executable, "-m", "qirc"]
 
 
 def _sim(model, inputs, out):

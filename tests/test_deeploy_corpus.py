@@ -1,11 +1,11 @@
-"""The whole driver on the corpus: every model for every target, then the written folder checked against the
+"""The whole driver on real models (shipped DeepQuant exporter output and committed zoo examples, see
+tests/real_models.py): every model for every target, then the written folder checked against the
 Deeploy contract; atomicity of the output folder."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,15 +19,18 @@ from qirc.qir.diagnostics import BackendError, UsageError
 
 from test_deeploy_structure import assert_deeploy_structure
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-MODELS = ["ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS", "Autoencoder", "Autoencoder-MLPerf"]
-TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
+from real_models import deepquant, example
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
+#: DeepQuant's own files for three networks, zoo examples for the others (same architectures as the exporter's)
+MODEL_FILES = {"ResNet8": lambda: deepquant("ResNet8"), "DSCNN-XS": lambda: deepquant("DSCNN-XS"),
+               "Autoencoder": lambda: deepquant("Autoencoder"),
+               "MobileNetV2-VWW": lambda: example("mobilenetv2-vww"), "DSCNN-S": lambda: example("dscnn-s")}
+MODELS = list(MODEL_FILES)
+TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
 
 
 def model_path(name):
-    return str(CORPUS / name / "split.onnx")
+    return str(MODEL_FILES[name]())
 
 
 _built = {}
@@ -173,7 +176,7 @@ def test_refusal_over_the_dense_depthwise_cap_leaves_no_folder(dense_depthwise_t
     out = tmp_path / "mbv2"
     with pytest.raises(BackendError) as e:
         compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
-    assert str(e.value).endswith("node '/wrappedInnerForwardImpl_22/Conv' (int.conv): in pass 'deeploy-legalize': "
+    assert str(e.value).endswith("node '/blocks/blocks.7/dw/conv/Conv' (int.conv): in pass 'deeploy-legalize': "
                                  "depthwise conv would need 154 KiB of dense weights on deeploy-cortexm-dense (cap "
                                  "64 KiB); the platform takes no depthwise Conv")
     assert not out.exists()
@@ -201,7 +204,7 @@ def test_successful_run_replaces_an_existing_folder(tmp_path):
 
 
 def test_inputs_npz_gives_the_samples(tmp_path):
-    ref = np.load(CORPUS / "Autoencoder" / "reference.npz")
+    ref = np.load(deepquant("Autoencoder", "reference.npz"))
     samples = tmp_path / "samples.npz"
     batch = np.concatenate([ref["input"], ref["input"] * 0.5, -ref["input"]])
     np.savez(samples, batch)
