@@ -315,14 +315,22 @@ def _render(module, fmt: str, elide_constants: bool) -> str:
 
 def _sim(argv: List[str]) -> Optional[int]:
     p = _ArgumentParser(prog="qirc sim", description="Run the simulator (the IR interpreter) on a model: any ONNX "
-                        "form qirc imports, qirc's own Deeploy output, or a .qir file. npz arrays are matched to "
-                        "graph inputs and outputs by name, else by order.")
-    p.add_argument("file", help="model: .onnx (quantized ONNX or qirc's network.onnx) or .qir")
-    p.add_argument("--inputs", required=True, help="npz of inputs")
-    p.add_argument("-o", "--output", required=True, help="npz of outputs to write")
+                        "form qirc imports, qirc's own Deeploy output, or a .qir file, for every sample of IN.npz. "
+                        "IN.npz holds one array per model input, named like it (a one-input model also takes one "
+                        "unnamed array), each with a leading sample axis (N samples: N x the input's shape without "
+                        "its batch axis). OUT.npz gets each output stacked over the samples, in the dtype "
+                        "outputs.npz uses (the storage type of a quantized output).",
+                        epilog="Example: qirc sim build/m/network.onnx --inputs build/m/inputs.npz -o out.npz")
+    p.add_argument("file", metavar="MODEL", help="model: .onnx (quantized ONNX or qirc's network.onnx) or .qir")
+    p.add_argument("--inputs", metavar="IN.npz", required=True, help="npz of input samples")
+    p.add_argument("-o", "--output", metavar="OUT.npz", required=True,
+                   help="npz of outputs to write (a new file or an earlier qirc sim output)")
     args = p.parse_args(argv)
     from .driver import simulate_file
-    simulate_file(args.file, args.inputs, args.output)
+    summary = simulate_file(args.file, args.inputs, args.output)
+    for note in summary.notes:
+        _print_error(f"qirc sim: note: {note}")
+    sys.stdout.write(summary.text())
     return None
 
 

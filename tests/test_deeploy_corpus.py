@@ -183,24 +183,31 @@ def test_refusal_over_the_dense_depthwise_cap_leaves_no_folder(dense_depthwise_t
     assert os.listdir(tmp_path) == []
 
 
-def test_failed_run_leaves_an_existing_folder_untouched(dense_depthwise_target, tmp_path):
+def test_failed_run_leaves_a_previous_output_untouched(dense_depthwise_target, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    compile_model(model_path("Autoencoder"), "deeploy-generic", out, accuracy_samples=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(BackendError):
         compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
-    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-def test_successful_run_replaces_an_existing_folder(tmp_path):
+def test_successful_run_replaces_a_previous_output_and_refuses_other_folders(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    compile_model(model_path("Autoencoder"), "deeploy-generic", out, accuracy_samples=1)
+    first = json.loads((out / "qirc.json").read_text())
     summary = compile_model(model_path("Autoencoder"), "deeploy-cortexm", out, accuracy_samples=1)
     assert sorted(os.listdir(out)) == ["inputs.npz", "network.onnx", "outputs.npz", "qirc.json"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert first["target"] == "deeploy-generic"
+    assert json.loads((out / "qirc.json").read_text())["target"] == "deeploy-cortexm"
     assert summary.nodes == len(onnx.load(str(out / "network.onnx")).graph.node)
+
+    (out / "stale.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds files qirc did not write"):
+        compile_model(model_path("Autoencoder"), "deeploy-cortexm", out, accuracy_samples=1)
+    assert (out / "stale.txt").read_text() == "mine" and len(os.listdir(out)) == 5
 
 
 def test_inputs_npz_gives_the_samples(tmp_path):
