@@ -44,10 +44,21 @@ def _selected(only: Optional[Iterable[str]]):
 def make_examples(out_dir: Path = EXAMPLES_DIR, progress: bool = False, only: Optional[Iterable[str]] = None) \
         -> list[Path]:
     """Build every example (or those named in `only`) into `out_dir/<folder>/model.onnx`; returns the paths."""
-    from qirc.zoo import zoo_build
+    import os
 
-    return [zoo_build(name, Path(out_dir) / folder, format="qcdq", progress=progress)
-            for name, folder in _selected(only)]
+    from qirc.zoo import MODEL_FILE, zoo_build
+
+    written = []
+    for name, folder in _selected(only):
+        dest = Path(out_dir) / folder
+        dest.mkdir(parents=True, exist_ok=True)
+        # the example folders hold a README too, which `zoo build -o` rightly refuses to write next to: build in a
+        # fresh folder beside it and move the model over the committed one (this tool owns those files)
+        with tempfile.TemporaryDirectory(prefix=".qirc-example-", dir=dest) as tmp:
+            built = zoo_build(name, Path(tmp) / "build", format="qcdq", progress=progress)
+            os.replace(built, dest / MODEL_FILE)
+        written.append(dest / MODEL_FILE)
+    return written
 
 
 def _attribute_value(attr):
