@@ -1,5 +1,5 @@
 """Rank-3 channel tensors (Conv1d, 1-D pooling, per-channel requants of [N, C, L]) reach Deeploy as rank-4
-[N, C, 1, L] on every target (`qirc/backends/deeploy/rank_lift.py`); token tensors that only meet MatMul stay rank 3."""
+[N, C, 1, L] on every target (`qirc/backends/deeploy/rules/rank.py`); token tensors that only meet MatMul stay rank 3."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from onnx_builders import GraphBuilder
 from qirc.backends.deeploy.legalize import legalize
-from qirc.backends.deeploy.rank_lift import lift_rank3
+from qirc.backends.deeploy.rules.rank import lift_rank3
 from qirc.backends.deeploy.targets import get_target
 from qirc.driver import compile_model
 from qirc.lowering import lower_module

@@ -1,8 +1,8 @@
 """Rank-3 channel tensors (Conv1d, 1-D pooling, per-channel requants of [N, C, L]) as rank-4 [N, C, 1, L].
 
 Deeploy's Conv, pools, ReduceMean forms and per-channel RequantShift read NCHW (or 2-D) tensors only.  A rank-3
-tensor [N, C, L] holds the same integers in the same order as [N, C, 1, L], so `lift_rank3(module)` gives every
-rank-3 value of a "channel region" that extra unit axis:
+tensor [N, C, L] holds the same integers in the same order as [N, C, 1, L], so the rule `rank3-to-rank4`
+(`lift_rank3(module)`) gives every rank-3 value of a "channel region" that extra unit axis:
 
 - the region grows from the ops that need NCHW (int.conv, int.maxpool, int.sumpool, int.reduce_sum of a rank-3
   tensor, an int.requant_shift whose mul/add vary along axis 1 of a rank-3 tensor) through the ops that read and
@@ -22,8 +22,10 @@ from typing import Dict, List, Set
 
 import numpy as np
 
-from ...qir.ir import Module, Operation, Value, const_op
-from ...qir.types import TensorType
+from ....qir.ir import Module, Operation, Value, const_op
+from ....qir.types import TensorType
+from ..targets import DeeployTarget
+from .rule import rule
 
 #: ops whose rank-3 operands and results must be NCHW-like
 _SEEDS = ("int.conv", "int.maxpool", "int.sumpool", "int.reduce_sum")
@@ -83,6 +85,14 @@ def _region(module: Module) -> Set[int]:
             neighbours = [v.owner] + list(v.users)
             frontier += [n for n in neighbours if n.name in _LAYOUT_OPS or n.name == "int.reduce_sum"]
     return lifted
+
+
+@rule("rank3-to-rank4")
+def rank3_to_rank4(module: Module, target: DeeployTarget) -> None:
+    """Rank-3 channel tensors [N, C, L] (Conv1d, 1-D pools, their requants, a mean over L) -> [N, C, 1, L], with
+    1 x k windows and int.reshape at the region's border (graph inputs and outputs, token tensors of MatMuls keep
+    their rank)."""
+    lift_rank3(module)
 
 
 def lift_rank3(module: Module) -> int:
