@@ -22,6 +22,7 @@ ORDER: Tuple[Rule, ...] = (
     checks.integer_only,
     canonical.shape_ops_to_reshape,
     rank.rank3_to_rank4,
+    canonical.distinct_concat_operands,
     canonical.sub_to_add,
     pools.sum_pools,
     convs.depthwise_to_dense,
