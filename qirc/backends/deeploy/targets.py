@@ -215,8 +215,9 @@ CORTEXM = DeeployTarget(
         "RequantShift -> Transpose), which Deeploy's lowering leaves alone and maps to arm_depthwise_conv",
         "a depthwise Conv with a channel multiplier (C_out = M * C_in, M > 1) has no form",
         "global average pooling is Reshape [N*C, H*W] -> MatMul with an all-ones int8 [H*W, 1] -> per-tensor "
-        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape; windowed average pooling has "
-        "no form",
+        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape, its requant with gain 1 "
+        "written mul = div = 1 (the only gain-1 multiplier the Q31 merge takes); a pool over one element is no op; "
+        "windowed average pooling is the all-ones depthwise Conv in the channels-last form",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )

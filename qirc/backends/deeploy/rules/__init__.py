@@ -34,6 +34,7 @@ ORDER: Tuple[Rule, ...] = (
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
     requant.shape_requant_params,
+    requant.smallest_exact_shift,
     gemm.gemm_requant_add_to_bias,
     outputs.trailing_reshapes,
     checks.erase_dead,

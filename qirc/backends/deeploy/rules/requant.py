@@ -59,3 +59,24 @@ def shape_requant_params(module: Module, target: DeeployTarget) -> None:
             continue
         rqs.attrs["mul"] = np.ascontiguousarray(np.broadcast_to(mul, full)).reshape(shape)
         rqs.attrs["add"] = np.ascontiguousarray(np.broadcast_to(add, full)).reshape(shape)
+
+
+@rule("smallest-exact-shift", when="q31_requant_multiplier")
+def smallest_exact_shift(module: Module, target: DeeployTarget) -> None:
+    """A Gemm's or MatMul's requant with gain mul/div >= 1 whose mul, add and div share a power of two -> the same
+    requant with it divided out (a gain-1 global pool: mul = div = 2^23 -> mul = div = 1), which the CMSIS merge
+    turns into a Q31 multiplier that fits int32 (2^30 with shift 1) where the larger one overflows.
+
+    Exact for every x: floor((x*m*2^j + a*2^j + d*2^j/2) / (d*2^j)) = floor((x*m + a + d/2) / d), also for d = 1
+    (the kernel adds no rounding term: x*m + a either way)."""
+    for rqs in module.walk("int.requant_shift"):
+        if rqs.operands[0].owner.name not in ("int.gemm", "int.matmul"):
+            continue
+        mul = np.asarray(rqs.attr("mul"), np.int64)
+        add = np.asarray(rqs.attr("add"), np.int64)
+        div = int(rqs.attr("div"))
+        if not mul.size or int(mul.min()) < div:
+            continue  # gains below 1 fit as they are
+        while div > 1 and not np.any(mul % 2) and not np.any(add % 2):
+            mul, add, div = mul // 2, add // 2, div // 2
+        rqs.attrs.update({"mul": np.asarray(mul, np.int64), "add": np.asarray(add, np.int64), "div": div})
