@@ -67,3 +67,32 @@ def test_windowed_average_pool_is_an_all_ones_depthwise_conv(target):
     pool = [op for op in module.walk("int.conv") if int(op.attrs["group"]) > 1]
     assert len(pool) == 1 and pool[0].attrs["kernel_shape"] == [2, 2]
     assert np.all(np.asarray(pool[0].operands[1].owner.attrs["value"]) == 1)
+
+
+def per_channel_linear_net():
+    rng = np.random.default_rng(8)
+    b = QuantBuilder()
+    x = b.input("x", (1, 12), 0.05)
+    y = b.gemm(x, rng.integers(-127, 128, (6, 12)), rng.uniform(0.002, 0.02, 6), bias=rng.integers(-300, 300, 6))
+    y = b.quant(b.op("onnx.Relu", [y]), 0.05)
+    y = b.gemm(y, rng.integers(-127, 128, (4, 6)), rng.uniform(0.002, 0.02, 4), bias=rng.integers(-300, 300, 4))
+    b.output("y", b.quant(y, 0.1))
+    return b.module
+
+
+def test_per_channel_gemm_requant_is_a_1x1_conv_on_cortexm():
+    """RequantizedGemm takes one multiplier: a per-channel Linear (every onnxruntime per-channel model) is the same
+    product as a 1x1 Conv, whose requant is per channel; at the graph's end a clip-only RequantShift follows the
+    reshape back (Deeploy leaves an output written by a Reshape zero)."""
+    module = legalised(per_channel_linear_net(), "deeploy-cortexm")
+    assert not module.walk("int.gemm")
+    names = [op.name for op in module.ops() if op.name != "qir.const"]
+    # (the ReLU between the layers is cortex-m's signed RequantShift pair, as for any ReLU into int8 there)
+    assert names[:4] == ["qir.input", "int.reshape", "int.conv", "int.requant_shift"]
+    assert names[-6:] == ["int.reshape", "int.conv", "int.requant_shift", "int.reshape", "int.requant_shift",
+                          "qir.output"]
+    assert all(conv.attrs["kernel_shape"] == [1, 1] for conv in module.walk("int.conv"))
+    first = module.walk("int.requant_shift")[0]
+    assert np.asarray(first.attrs["mul"]).shape == (1, 6, 1, 1)
+    last = module.walk("int.requant_shift")[-1]
+    assert int(np.asarray(last.attrs["mul"]).reshape(-1)[0]) == 1 and int(last.attrs["div"]) == 1

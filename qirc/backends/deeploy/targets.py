@@ -202,7 +202,8 @@ CORTEXM = DeeployTarget(
         "no Concat mapping",
         "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
         "a multiple of mul, so the graph states what the device computes",
-        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
+        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor: a per-channel Gemm is written as "
+        "a 1x1 Conv",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
         "unsigned RequantShift outputs are read back by CMSIS kernels with the offset of their own n_levels_out: a "
         "ReLU into int8 is a signed RequantShift pair (clip around an offset, then add it back)",

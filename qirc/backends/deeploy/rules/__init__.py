@@ -29,6 +29,7 @@ ORDER: Tuple[Rule, ...] = (
     pools.explicit_pool_pads,
     convs.square_conv_pads,
     gemm.gemm_forms,
+    gemm.per_channel_gemm_as_conv,
     bias.fold_biases,
     clips.fold_clips,
     residual.int32_residual_adds,
