@@ -7,9 +7,11 @@ import numpy as np
 
 from ..qir.ir import Module, Operation, Value, const_op, pad_op
 from ..qir.passes import ModulePass, register_pass
-from ..qir.types import TensorType, i8
-from .common import (acc_type, apply_rules, close, const_array, dcast_source, fail, int_const, integer_or_none,
+from ..qir.types import TensorType, UniformQuantType, i8
+from .common import (acc_type, apply_rules, close, const_array, dcast_source, emit_requant, fail, int_const,
+                     integer_or_none,
                      real_const, replace_with_int, spatial_defaults)
+from .ranges import RangeAnalysis
 
 _SHAPE_OPS = {"onnx.Flatten": "int.flatten", "onnx.Reshape": "int.reshape", "onnx.Transpose": "int.transpose",
               "onnx.Squeeze": "int.squeeze", "onnx.Unsqueeze": "int.unsqueeze"}
@@ -339,6 +341,57 @@ def _concat(module: Module, op: Operation) -> bool:
     return True
 
 
+# ----- products of two activations (squeeze-excitation, HardSwish) -----------------------------------------------------
+def _zero_point_free_operand(module: Module, x: Value, loc: str) -> Value:
+    """x as int8 with zero point 0: itself when it already is; the exact shift x - z when every value fits int8 (a u8
+    tensor with zero point 128); else a requant onto the int8 grid that holds its range (one rounding, at most half
+    a step of that grid)."""
+    q = x.type.quant
+    if q.zero_point == 0 and q.storage_min >= -128 and q.storage_max <= 127:
+        return x
+    lo, hi = q.storage_min - q.zero_point, q.storage_max - q.zero_point
+    scale = q.scale if (lo >= -128 and hi <= 127) else q.scale * max(-lo / 128.0, hi / 127.0)
+    target = TensorType(x.type.shape, UniformQuantType.per_tensor(i8, float(scale), 0))
+    return emit_requant(module, RangeAnalysis(), x, target, loc=loc + "/zero_point_free")
+
+
+def _mul(module: Module, op: Operation) -> bool:
+    """onnx.Mul of two dequantized per-tensor activations -> int.mul of their int8 values with zero point 0 (int8 x
+    int8 -> int32, Deeploy's integer Mul), at scale s_a * s_b."""
+    a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
+    if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
+        return False
+    if const_array(a) is not None or const_array(b) is not None:
+        return False
+    a8 = _zero_point_free_operand(module, a, op.loc)
+    b8 = _zero_point_free_operand(module, b, op.loc)
+    scale = a8.type.quant.scale * b8.type.quant.scale
+    rtype = acc_type(op.results[0].type.shape, [scale])
+    replace_with_int(module, op, "int.mul", [a8, b8], rtype, {})
+    return True
+
+
+#: HardSwish's gate x / 6 + 1/2 clipped to [0, 1] is quantized on this grid (int8, 127 steps over [0, 1]) before the
+#: product: one extra rounding of at most 1/254 of x
+_GATE_SCALE = 1.0 / 127.0
+
+
+def _hard_swish(module: Module, op: Operation) -> bool:
+    """onnx.HardSwish(dcast x) -> onnx.Mul(dcast x, dcast(qcast(HardSigmoid(dcast x)))) with the gate on an int8
+    grid of 1/127: requant-fusion makes the gate one clipped affine requant, the Mul rule the product."""
+    x = dcast_source(op.operands[0])
+    if x is None or x.type.quant.is_per_axis:
+        return False
+    d = op.operands[0]
+    gate = module.create("onnx.HardSigmoid", [d], [d.type], {"alpha": 1.0 / 6.0, "beta": 0.5}, op.loc + "/gate")
+    gate_t = TensorType(d.type.shape, UniformQuantType.per_tensor(i8, _GATE_SCALE, 0))
+    q = module.create("quant.qcast", [gate.result], [gate_t], {"rounding": "round_add"}, op.loc + "/gate")
+    g = module.create("quant.dcast", [q.result], [d.type], {}, op.loc + "/gate")
+    mul = module.create("onnx.Mul", [d, g.result], [op.results[0].type], {}, op.loc)
+    module.replace_op(op, [mul.result])
+    return True
+
+
 _RULES = {
     "onnx.Conv": _conv,
     "onnx.Gemm": _gemm,
@@ -348,5 +401,7 @@ _RULES = {
     "onnx.Clip": _clip,
     "onnx.Pad": _pad,
     "onnx.Concat": _concat,
+    "onnx.Mul": _mul,
+    "onnx.HardSwish": _hard_swish,
     **{name: _shape_op for name in _SHAPE_OPS},
 }

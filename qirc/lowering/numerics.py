@@ -51,7 +51,7 @@ class RequantParams:
 
 
 def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, out_hi: int, *, op=None,
-                   max_shift: int = MAX_SHIFT, strict: bool = False, fold_offset=None,
+                   max_shift: int = MAX_SHIFT, strict: bool = False, fold_offset=None, offset_steps: float = 0.0,
                    max_error_steps: float = MAX_ERROR_STEPS) -> RequantParams:
     """mul/add/shift for `y = clip(round((x - zero_in) * multiplier) + zero_out, out_lo, out_hi)`.
 
@@ -62,7 +62,8 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     reaches `max_error_steps` is refused instead of returned (see the module docstring).
     fold_offset: a constant part of x (a conv's bias, a constant add before the requant; broadcastable like
     acc_lo) that a backend may fold into add (add' = add + offset * mul, x' = x - offset): the shift keeps that form
-    in int32 too.
+    in int32 too.  offset_steps: a real constant added before rounding, in output steps (an affine activation
+    such as HardSigmoid's beta / s_out): add gets round(offset_steps * 2^k), and the bound half a unit of it.
     """
     m = np.asarray(multiplier, dtype=np.float64)
     z_in = np.asarray(zero_in, dtype=np.int64)
@@ -87,6 +88,8 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if np.any(mul >= INT32_LIMIT):
             continue
         add = z_out_b * (1 << k) - z_in_b * mul
+        if offset_steps:
+            add = add + np.int64(np.rint(float(offset_steps) * (1 << k)))
         half = (1 << k) // 2
         t_lo = lo * mul + add
         t_hi = hi * mul + add
@@ -97,6 +100,8 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
             continue
         error = requant_error_bound(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
+        if offset_steps:
+            error += 0.5 / (1 << k)
         if strict and error >= max_error_steps:
             raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
                              f"the int32 intermediate in range (k={k}, mul={_fmt(mul)}) the multiplier "

@@ -17,7 +17,8 @@ compile driver writes them to qirc.json under `accuracy.requants`, in graph orde
 `precision_warnings(records)` gives the one-line warning for each requant whose bound reaches one output step
 (`numerics.MAX_ERROR_STEPS`): those are compiled anyway (the most precise int32-safe form) unless strict precision
 refuses them.  Requants from or to a plain integer (the exact shift of a QONNX Trunc) have no exact twin and are
-not recorded.
+not recorded, nor are those whose mul / div is not the types' M = s_in / s_out (an activation folded into the
+requant, such as HardSigmoid's alpha * x + beta: the types do not state it).
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndar
         add = np.asarray(op.attr("add"), dtype=np.int64)
         div = int(op.attr("div"))
         shift = div.bit_length() - 1
+        if np.any(np.abs(mul / div - multiplier) > 0.01 * multiplier + 1.0 / div):
+            continue  # an affine activation folded in (see the module docstring)
         acc_lo, acc_hi = ranges.range_of(x_value)
         bound = requant_error_bound(multiplier, mul, shift, z_in, z_out, acc_lo, acc_hi,
                                     lo, hi)
