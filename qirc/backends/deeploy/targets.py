@@ -69,8 +69,9 @@ class DeeployTarget:
     conv_needs_requant a Conv must be followed by a RequantShift (its only user): no bare integer Conv kernel
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
-    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant's add is made a multiple of
-                       its mul, so that the graph computes what the device does; a Gemm's requant add moves into its
+    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant fused with a Conv, Gemm or
+                       MatMul gets an add that is a multiple of its mul, so that the graph computes what the device
+                       does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's requant add moves into its
                        bias (the platform's Gemm merge would lose it)
     depthwise_conv     a depthwise (grouped) Conv is accepted
     depthwise_layout   how an accepted depthwise Conv is written: one of DEPTHWISE_LAYOUTS

@@ -13,7 +13,7 @@ from .rule import rule
 def shape_requant_params(module: Module, target: DeeployTarget) -> None:
     """requant_shift mul/add are shaped per the contract ([1,C,1,1] after a 4-D tensor, [C] after a 2-D one, [1]
     per tensor; a Gemm's or MatMul's mul one scalar where the platform needs it), add is made a multiple of mul
-    where the platform adds before multiplying; a div, n_levels or parameter the platform cannot take is refused."""
+    where the platform adds before multiplying (in the requants it fuses with a Conv, Gemm or MatMul); a div, n_levels or parameter the platform cannot take is refused."""
     for rqs in module.walk("int.requant_shift"):
         x = rqs.operands[0].type
         div = int(rqs.attr("div"))
@@ -45,8 +45,10 @@ def shape_requant_params(module: Module, target: DeeployTarget) -> None:
             else:
                 raise fail(rqs, target, f"per-channel requant_shift along axis {axis} of a rank-{x.rank} tensor has "
                                         "no Deeploy form (channels must be axis 1 of NCHW or the last axis of 2-D)")
-        if target.add_before_mul:
-            # the device adds round(add / mul) before multiplying (Deeploy: np.round(add / (mul + 1e-3))): state that
+        if target.add_before_mul and rqs.operands[0].owner.name in ("int.conv", "int.gemm", "int.matmul"):
+            # the device adds round(add / mul) before multiplying (Deeploy: np.round(add / (mul + 1e-3))): state that.
+            # Only the requants its Conv/Gemm/MatMul merges fuse: a standalone RequantShift runs the reference
+            # kernel with add as given (rounding add there costs up to half a step times the gain, for nothing)
             add = np.rint(add / (mul + 1e-3)).astype(np.int64) * mul
         if target.gemm_scalar_mul and rqs.operands[0].owner.name in ("int.gemm", "int.matmul"):
             if np.unique(mul).size != 1:
