@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, products, rank, requant, residual
+from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, products, rank, requant, residual, trunc
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
@@ -25,6 +25,7 @@ ORDER: Tuple[Rule, ...] = (
     canonical.distinct_concat_operands,
     canonical.sub_to_add,
     products.broadcast_mul_operands,
+    trunc.trunc_round_half_up,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
