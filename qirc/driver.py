@@ -30,8 +30,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, TextIO
 
-import onnx
-
+from . import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
