@@ -26,6 +26,7 @@ ORDER: Tuple[Rule, ...] = (
     canonical.sub_to_add,
     products.broadcast_mul_operands,
     trunc.trunc_round_half_up,
+    gemm.per_channel_matmul_as_gemm,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
