@@ -32,10 +32,10 @@ def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[st
         _flush_stdout()
         return EXIT_OK if code is None else int(code)
     except UsageError as e:
-        _print_error(f"{prog}: error: {e}")
+        _print_error(f"{prog}: error: {e.user_message()}")
         return EXIT_USAGE
     except QircError as e:
-        _print_error(str(e))
+        _print_error(e.user_message())  # a refusal ends with a pointer to docs/support.md
         return EXIT_ERROR
     except KeyboardInterrupt:
         _print_error(f"{prog}: interrupted")

@@ -88,15 +88,34 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if np.any(worst >= INT32_LIMIT) or np.any(x_abs * mul >= INT32_LIMIT) or \
                 np.any(np.abs(add) + half >= INT32_LIMIT):
             continue
-        error = float(np.max(relevant * np.abs(mul / scale - m_b))) if relevant.size else 0.0
+        errors = relevant * np.abs(mul / scale - m_b)
+        error = float(np.max(errors)) if relevant.size else 0.0
         if error >= max_error_steps:
+            where, at = _worst(errors, lo, hi, m_b, mul)
             raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
-                             f"the int32 intermediate in range (k={k}, mul={_fmt(mul)}) the multiplier "
-                             f"{_fmt(m_b)} is approximated with an error of {error:.3g} output steps "
-                             f"(accumulator range {_fmt(lo)}..{_fmt(hi)})")
+                             f"the int32 intermediate in range (k={k}, mul={at[3]}) the multiplier {at[2]:.6g} "
+                             f"is approximated with an error of {error:.3g} output steps (accumulator range "
+                             f"[{at[0]}, {at[1]}]{where})")
         return RequantParams(_param_array(mul), _param_array(add), k, error)
-    raise _error(op, f"requantization overflows int32 for every shift: multiplier {_fmt(m_b)} with accumulator "
-                     f"range {_fmt(lo)}..{_fmt(hi)}")
+    where, at = _worst(x_abs * m_b, lo, hi, m_b)
+    raise _error(op, f"requantization overflows int32 for every shift: multiplier {at[2]:.6g} with accumulator "
+                     f"range [{at[0]}, {at[1]}]{where}")
+
+
+def _worst(badness, lo, hi, m, mul=None):
+    """(", channel c of C", (lo, hi, multiplier, mul)) at the element where `badness` is largest: per-channel arrays
+    name the channel the numbers come from; per-tensor ones give an empty location."""
+    arrays = np.broadcast_arrays(*(np.asarray(a) for a in (badness, lo, hi, m, 0 if mul is None else mul)))
+    bad = arrays[0]
+    index = np.unravel_index(int(np.argmax(bad)), bad.shape) if bad.size else ()
+    values = tuple(a[index] if a.size else a for a in arrays[1:])
+    at = (int(values[0]), int(values[1]), float(values[2]), int(values[3]))
+    axes = [axis for axis, d in enumerate(bad.shape) if d > 1]
+    if not axes:
+        return "", at
+    channel = ", ".join(str(int(index[axis])) for axis in axes)
+    count = int(np.prod([bad.shape[axis] for axis in axes]))
+    return f", channel {channel} of {count}", at
 
 
 def _param_array(a: np.ndarray) -> np.ndarray:

@@ -577,11 +577,13 @@ def _requantized_add(module: Module, add: Operation, rqs: Operation, target: Dee
     """
     sources = [_affine_source(v) for v in add.operands]
     if any(s is None for s in sources):
-        raise _fail(add, target, "residual int.add whose operands are not 8-bit tensors scaled by constants has no "
-                                 "form the platform's RequantizedAdd accepts")
+        raise _fail(add, target, "int.add of two tensors whose operands are not 8-bit tensors scaled by constants "
+                                 "has no form the platform's RequantizedAdd accepts")
     cs = [s[1] for s in sources]
     if min(cs) <= 0:
-        raise _fail(add, target, "residual int.add with a non-positive operand scale has no RequantizedAdd form")
+        raise _fail(add, target, "int.add of two tensors with a non-positive operand scale (as in the exact "
+                                 "round-half-to-even of a QONNX Trunc with rounding_mode ROUND; FLOOR and CEIL have "
+                                 "a form) has no RequantizedAdd form")
     c_max = max(cs)
     mul = np.asarray(rqs.attrs["mul"], np.int64)
     radd = np.asarray(rqs.attrs["add"], np.int64)
@@ -915,6 +917,7 @@ def _register() -> None:
 
         name = "deeploy-legalize"
         target: str = ""  # required: one of targets.TARGETS
+        required_options = {"target": "one of qirc --list-targets, e.g. deeploy-generic"}
 
         def run(self, module: Module) -> None:
             legalize(module, self.target)

@@ -35,6 +35,14 @@ from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, Qu
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
+#: quantizer inputs that must be constants: op type -> (input index, what it is)
+_PARAM_INPUTS = {"QuantizeLinear": ((1, "the scale"), (2, "the zero point")),
+                 "DequantizeLinear": ((1, "the scale"), (2, "the zero point")),
+                 "Quant": ((1, "the scale"), (2, "the zero point"), (3, "the bit width")),
+                 "BipolarQuant": ((1, "the scale"),),
+                 "Trunc": ((1, "the scale"), (2, "the zero point"), (4, "the output scale"))}
+_CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be constants (initializers or Constant "
+                   "nodes), since qirc compiles the quantization the model fixes")
 #: QONNX ops whose versions differ in their inputs: the input counts of the versions qirc reads (Trunc v2 as
 #: Brevitas exports it, and with the output zero point of qonnx's newer reference; v1's five inputs rescale by the
 #: input scale and are not read)
@@ -76,6 +84,7 @@ class OnnxImporter:
     # ----- driver ------------------------------------------------------------------------------------------------
     def run(self) -> Module:
         self._check_supported()
+        self._check_quant_params_are_not_inputs()
         for vi in self.g.real_inputs:
             elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
             if elem != onnx.TensorProto.FLOAT:
@@ -132,8 +141,18 @@ class OnnxImporter:
                 label = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
                 unsupported.setdefault(label, []).append(self.g.label(node))
         if unsupported:
-            parts = [f"{op} ({', '.join(names)})" for op, names in unsupported.items()]
-            raise FrontendError("unsupported ops: " + ", ".join(parts), file=self.g.filename)
+            raise FrontendError("unsupported ops: " + _listing(unsupported), file=self.g.filename)
+
+    def _check_quant_params_are_not_inputs(self) -> None:
+        """A quantizer's scale or zero point fed by a graph input (of any element type): say that, before the input
+        check would complain about the input's element type."""
+        real = {vi.name for vi in self.g.real_inputs}
+        for node in self.g.nodes:
+            params = _PARAM_INPUTS.get(node.op_type if node.domain in DEFAULT_DOMAINS or node.domain in QONNX_DOMAINS
+                                       else "", ())
+            for i, what in params:
+                if i < len(node.input) and node.input[i] in real:
+                    raise self.g.error(f"{what} ('{node.input[i]}') is a graph input, {_CONSTANTS_RULE}", node)
 
     # ----- diagnostics -------------------------------------------------------------------------------------------
     def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
@@ -161,6 +180,8 @@ class OnnxImporter:
             return s.array
         if isinstance(s, Scaled) and isinstance(self.env[s.x_name], Const):
             return self._scaled_const(s)
+        if any(vi.name == name for vi in self.g.real_inputs):
+            raise self.error(f"{what} ('{name}') is a graph input, {_CONSTANTS_RULE}")
         raise self.error(f"{what} ('{name}') must be a constant")
 
     @staticmethod
@@ -998,3 +1019,25 @@ def _fmt_param(a: np.ndarray) -> str:
     if a.size == 1:
         return repr(float(a[0]))
     return "[" + ", ".join(repr(float(v)) for v in a[:4]) + (", ...]" if a.size > 4 else "]")
+
+
+#: an unsupported-ops error names at most this many nodes (a model of 500 LSTMs must not print 500 names)
+MAX_LISTED_NODES = 5
+
+
+def _listing(unsupported: Dict[str, List[str]]) -> str:
+    """`LSTM (12 nodes: /l0, /l1, /l2, ...), Sin (/s)`: every op type with its node count, and node names up to
+    MAX_LISTED_NODES in all."""
+    budget = MAX_LISTED_NODES
+    parts = []
+    for op, names in unsupported.items():
+        shown = names[:budget]
+        budget -= len(shown)
+        if len(shown) == len(names):
+            parts.append(f"{op} ({', '.join(shown)})")
+        elif shown:
+            parts.append(f"{op} ({len(names)} nodes: {', '.join(shown)}, ...)")
+        else:
+            parts.append(f"{op} ({len(names)} node{'s' if len(names) > 1 else ''})")
+    total = sum(len(names) for names in unsupported.values())
+    return ", ".join(parts) + (f"; {total} nodes in all" if total > MAX_LISTED_NODES else "")
