@@ -227,8 +227,8 @@ def prepare(case: Case, folder: Path) -> Tuple[list, Dict[str, Path]]:
 
 
 #: cases run through the installed console scripts in a subprocess (one per kind of outcome); the rest in-process
-SUBPROCESS_CASES = frozenset({"random-bytes", "unknown-ops", "output-is-a-file", "qir-truncated", "unknown-pass-qirc-opt",
-                              "sim-wrong-shape", "unknown-flag"})
+SUBPROCESS_CASES = frozenset({"random-bytes", "unknown-ops", "output-is-a-file", "qir-truncated",
+                              "unknown-pass-qirc-opt", "sim-wrong-shape", "unknown-flag"})
 
 
 def execute(case: Case, folder: Path) -> Run:
