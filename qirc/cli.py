@@ -291,6 +291,9 @@ def _main(argv: List[str]) -> Optional[int]:
         raise UsageError("--emit and --target exclude each other")
     if args.emit:
         from .frontends import load_model
+        if args.output:
+            from .outputs import check_output_file
+            check_output_file(args.output, "emit")  # `--emit qir -o model.onnx` must not eat the model
         module = load_model(args.model)
         text = _render(module, args.emit, args.elide_constants)
         if args.output:
