@@ -74,12 +74,12 @@ InputsArg = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
 def run(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[str, np.ndarray]:
     """Execute `module`; return {qir.output name: array} in output order."""
     values = _execute(module, inputs, check_overflow, keep_all=False)
-    return {op.attrs["name"]: values[op.operands[0]] for op in module.outputs}
+    return {op.attrs["name"]: _widen(values[op.operands[0]]) for op in module.outputs}
 
 
 def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[Value, np.ndarray]:
     """Execute `module`; return the runtime array of every value (keyed by the Value object)."""
-    return _execute(module, inputs, check_overflow, keep_all=True)
+    return {v: _widen(a) for v, a in _execute(module, inputs, check_overflow, keep_all=True).items()}
 
 
 def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: bool) -> Dict[Value, np.ndarray]:
@@ -102,6 +102,11 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     dying: Dict[int, List[Value]] = {}
     for v, i in last_reader.items():
         dying.setdefault(i, []).append(v)
+    # With the overflow checks on, every integer value lies inside its type's range, so a kernel may hand back a
+    # narrower integer array than int64 (a requantized tensor as int8: an eighth of the memory traffic of the ops
+    # that follow) wherever that dtype holds the type's range; kernels not known to compute right on such arrays
+    # get them widened to int64 first, and run() / run_values() return int64 as documented.
+    narrow = check_overflow
     token = _CHECK_OVERFLOW.set(check_overflow)
     try:
         for position, op in enumerate(order):
@@ -109,6 +114,8 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
             if fn is None:
                 raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
             args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
+            if narrow and op.name not in NARROW_INPUTS:
+                args = [_widen(a) for a in args]
             try:
                 results = fn(op, args)
             except QircError:
@@ -119,7 +126,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
                 raise op_error(InterpretError, op,
                                f"{op.name} kernel produced {len(results)} results, the op declares {len(op.results)}")
             for value, array in zip(op.results, results):
-                array = _as_runtime(array, value.type)
+                array = _as_runtime(array, value.type, narrow)
                 if array.shape != value.type.shape:
                     raise op_error(InterpretError, op,
                                    f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
@@ -133,9 +140,36 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     return values
 
 
-def _as_runtime(array, type: TensorType) -> np.ndarray:
-    dtype = _F32 if type.is_float else _I64
-    return np.asarray(array).astype(dtype, copy=False)
+def _as_runtime(array, type: TensorType, narrow: bool = False) -> np.ndarray:
+    """A kernel's result in the runtime convention: float32, or int64 (with `narrow`, any integer dtype that holds
+    the type's whole range is kept as it is)."""
+    array = np.asarray(array)
+    if type.is_float:
+        return array.astype(_F32, copy=False)
+    if narrow and array.dtype != _I64 and array.dtype.kind in "iu" and _holds(array.dtype, type.element):
+        return array
+    return array.astype(_I64, copy=False)
+
+
+def _holds(dtype: np.dtype, element) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= element.min and element.max <= info.max
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """An integer array as int64 (the documented runtime dtype); other arrays as they are."""
+    if array.dtype != _I64 and array.dtype.kind in "iu":
+        return array.astype(_I64)
+    return array
+
+
+def narrowest_int(lo: int, hi: int) -> np.dtype:
+    """The smallest numpy integer dtype holding lo..hi."""
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(_I64)
 
 
 def _fmt_shape(shape) -> str:
@@ -160,6 +194,13 @@ def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> 
     raise op_error(OverflowError_, op, f"{_range_name(element)} overflow: values reach {reach} (limit {limit}); "
                                        f"{count} of {array.size} values out of range {lo}..{hi}")
 
+
+# Kernels that compute right on integer operands of any numpy integer dtype (they widen wherever arithmetic could
+# overflow the operand's dtype); with the overflow checks on, the runner passes them narrow arrays as they are.  Any
+# other kernel (a new one included) gets int64 operands.
+NARROW_INPUTS = frozenset(("qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub", "int.mul",
+                           "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool", "int.reshape",
+                           "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
 
 # ops whose results are some of their operands' values (plus an int.pad's fill value)
 _VALUE_PRESERVING = frozenset(("int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
@@ -198,9 +239,9 @@ def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> boo
     if name == "int.conv" and len(args) >= 2 and args[1].ndim >= 2:
         x_lo, x_hi = _type_range(op.operands[0].type)
         w = args[1]
-        bound = max(abs(x_lo), abs(x_hi)) * int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=_I64).max())
+        bound = max(abs(x_lo), abs(x_hi)) * _row_abs_sum(w)
         if len(args) > 2 and args[2].size:
-            bound += int(np.abs(args[2]).max())
+            bound += _abs_max(args[2])
         return lo <= -bound and bound <= hi
     return False
 
@@ -435,12 +476,19 @@ def exact_dtype(bound: int):
     return _I64
 
 
+def _row_abs_sum(w: np.ndarray) -> int:
+    """The largest sum of |w| over one output channel (axis 0) of a weight array."""
+    if w.size == 0:
+        return 0
+    return int(np.abs(w.reshape(w.shape[0], -1).astype(_I64)).sum(axis=1).max())
+
+
 def _partial_sum_bound(x_type: TensorType, x: np.ndarray, rows: np.ndarray) -> int:
     """A bound on |every partial sum| of the products x * w where each output sums one row of `rows` [M, K] (a
     constant weight matrix) against values of x: max|x| times the largest row sum of |w| (any partial sum is a subset
     of a row's terms).  max|x| comes from x's declared storage range, which costs nothing; only when that bound is
     too loose for float32 are the actual values of x scanned for a tighter one."""
-    weights = int(np.abs(rows).sum(axis=1, dtype=_I64).max()) if rows.size else 0
+    weights = _row_abs_sum(rows)
     # x's type bounds its values only where the runner checks them (check_overflow) or they were clipped
     element = x_type.element
     static = (max(abs(int(element.min)), abs(int(element.max)))
@@ -468,22 +516,25 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # Elements of one im2col block of the integer convolution: a few MB, so that the patch matrix stays in cache
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
+_FLAT_CONV = True  # stride-1 2-d convolutions through _conv_flat (tests and benchmarks switch it off to compare)
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
                 dilations: Sequence[int], group: int, dtype, bias: Optional[np.ndarray] = None,
-                int_result: bool = False) -> np.ndarray:
+                int_result=False) -> np.ndarray:
     """Exact grouped N-d convolution (NCHW, zero padding) of integer arrays, computed in `dtype`.
 
-    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with `int_result`
-    (each block is converted while it is in cache, instead of one more pass over the whole output).  `bias` (one
+    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with
+    `int_result=True`, or the integer dtype `int_result` (which must hold every result: the caller's bound), each block
+    converted while it is in cache instead of in one more pass over the whole output.  `bias` (one
     integer per output channel) is added in int64 and needs `int_result`.  Unlike `conv_nd` (which mirrors MLAS's
     layout for the float kernels), the patch matrix of a block of images is built image-major, cols[b, g, Cg*k, P],
     whose gather reads the padded input along its rows, and the weights multiply from the left, so every image's
     product lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
     """
-    if bias is not None and not int_result:
-        raise ValueError("int_conv_nd adds a bias only with int_result=True")
+    if bias is not None and int_result is False:
+        raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
+    result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -516,15 +567,17 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                 xs = np.repeat(xs, Mg, axis=1)
             np.multiply(xs, wd[..., k], out=scratch)
             y += scratch
-        if int_result:
-            y = y.astype(_I64, copy=False)
+        if result is not None:
+            y = y.astype(result, copy=False)
             if bias is not None:
                 y += bias.astype(_I64, copy=False).reshape(bias_shape)
         return y
+    if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
+        return _conv_flat(xp, wf, kernel, dilations, out, dtype, bias, result)
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    y = np.empty((N, M) + out, dtype=_I64 if int_result else dtype)
+    y = np.empty((N, M) + out, dtype=dtype if result is None else result)
     b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
     block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
     pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
@@ -540,12 +593,51 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
             cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
             cols = cols.reshape(b, group, K, P)
         target = y[start:stop].reshape(b, group, Mg, P)
-        if int_result:
+        if result is not None:
             np.copyto(target, np.matmul(wm, cols), casting="unsafe")  # exact integers: the cast is exact
             if b64 is not None:
                 y[start:stop] += b64
         else:
             np.matmul(wm, cols, out=target)
+    return y
+
+
+def _conv_flat(xp: np.ndarray, wf: np.ndarray, kernel, dilations, out, dtype, bias, result) -> np.ndarray:
+    """A stride-1 2-d convolution of the padded input `xp` [N, C, Hp, Wp] (already in `dtype`) by `wf` [M, C, kh, kw].
+
+    Laid out channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of every output position p reads
+    X[c, p + i*dh*Wp + j*dw]: so a patch-matrix row is one contiguous slice of X (a long, fast copy, where the classic
+    im2col gathers short rows), and one matmul gives every output on the padded grid, of which the first Ho x Wo of
+    each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
+    images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
+    NCHW result in one pass."""
+    N, C, Hp, Wp = xp.shape
+    M = wf.shape[0]
+    kh, kw = kernel
+    Ho, Wo = out
+    S = Hp * Wp
+    offsets = [i * dilations[0] * Wp + j * dilations[1] for i in range(kh) for j in range(kw)]
+    T = len(offsets)
+    K = C * T
+    X = np.ascontiguousarray(xp.transpose(1, 0, 2, 3)).reshape(C, N * S)
+    wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
+    y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
+    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, M, 1, 1)
+    images = max(1, _IM2COL_BLOCK // max(1, K * S))
+    cols = np.empty((C, T, images * S), dtype=dtype)
+    grid = np.empty((M, images * S), dtype=dtype)
+    tail = offsets[-1]
+    for n0 in range(0, N, images):
+        n1 = min(N, n0 + images)
+        width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
+        start = n0 * S
+        for t, off in enumerate(offsets):
+            cols[:, t, :width] = X[:, start + off:start + off + width]
+        np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
+        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hp, Wp)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
+        if b64 is not None:
+            y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
     return y
 
 
@@ -1105,9 +1197,14 @@ def _int_conv(op, args):
     # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^24 / 2^53 float32 / float64
     # BLAS is exact, and converting x and w (not the 9x larger im2col matrix) keeps the whole conv on that route
     x_type = op.operands[0].type if op.operands[0].owner.name != "qir.const" else TensorType(x.shape, ScalarType("i64"))
-    dtype = exact_dtype(_partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1)))
+    sums = _partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1))
+    dtype = exact_dtype(sums)
     bias = args[2] if len(args) > 2 else None
-    return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=True)]
+    # an int32 result (half the memory traffic of int64) where the sums provably fit it, so that no value wraps
+    result = np.dtype(_I64)
+    if _CHECK_OVERFLOW.get() and sums + (_abs_max(bias) if bias is not None else 0) <= _I32_MAX:
+        result = np.dtype(np.int32)
+    return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=result)]
 
 
 @kernel("int.gemm")
@@ -1145,7 +1242,11 @@ def _int_mul(op, args):
 
 @kernel("int.clip")
 def _int_clip(op, args):
-    return [np.clip(args[0], int(_required(op, "min")), int(_required(op, "max")))]
+    x = args[0]
+    lo, hi = int(_required(op, "min")), int(_required(op, "max"))
+    if x.dtype != _I64 and not (np.iinfo(x.dtype).min <= lo and hi <= np.iinfo(x.dtype).max):
+        x = x.astype(_I64)
+    return [np.clip(x, lo, hi)]
 
 
 def requant_bounds(signed: bool, n_levels: int):
@@ -1155,7 +1256,7 @@ def requant_bounds(signed: bool, n_levels: int):
 
 @kernel("int.requant_shift")
 def _int_requant_shift(op, args):
-    x = args[0].astype(_I64, copy=False)
+    x = args[0]
     mul = np.asarray(_required(op, "mul")).astype(_I64)
     add = np.asarray(_required(op, "add")).astype(_I64)
     div = int(_required(op, "div"))
@@ -1164,21 +1265,25 @@ def _int_requant_shift(op, args):
     lo, hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
     offset = add + div // 2
     shape = np.broadcast_shapes(x.shape, mul.shape, offset.shape)
-    y = np.empty(shape, dtype=_I64)
     check = _CHECK_OVERFLOW.get()
+    # the result is clipped to lo..hi: held in the narrowest dtype for that where the runner keeps narrow arrays
+    y = np.empty(shape, dtype=narrowest_int(lo, hi) if check else _I64)
     tmin, tmax = _I32_MIN, _I32_MAX
-    # Blocks along the batch axis keep the six passes below in cache (a batch of 256 feature maps is 32 MB of int64);
+    # Blocks along the batch axis keep the passes below in cache (a batch of 256 feature maps is 32 MB of int64);
     # when x does not span the batch axis, or a parameter has a batch extent of its own, one block does it all.
     blocked = y.ndim > 0 and x.shape[:1] == shape[:1] and all(
         p.ndim < y.ndim or p.shape[0] == 1 for p in (mul, offset))
     if blocked:
         step = max(1, _REQUANT_BLOCK // max(1, y.size // max(1, shape[0])))
         blocks = [slice(start, start + step) for start in range(0, shape[0], step)]
+        scratch = np.empty((min(step, shape[0]),) + tuple(shape[1:]), dtype=_I64)
     else:
         blocks = [Ellipsis]
+        scratch = np.empty(shape, dtype=_I64)
     for block in blocks:
-        t = y[block]
-        np.multiply(x[block], mul, out=t)
+        out = y[block]
+        t = scratch[:out.shape[0]] if blocked else scratch
+        np.multiply(x[block], mul, out=t)  # in int64 whatever x's dtype
         t += offset
         if check and t.size:
             tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
@@ -1186,8 +1291,7 @@ def _int_requant_shift(op, args):
             np.right_shift(t, div.bit_length() - 1, out=t)  # arithmetic shift = floor division by 2^k
         else:
             np.floor_divide(t, div, out=t)
-        np.maximum(t, lo, out=t)
-        np.minimum(t, hi, out=t)
+        np.clip(t, lo, hi, out=out, casting="unsafe")  # lo..hi fits the out dtype: exact
     if tmin < _I32_MIN or tmax > _I32_MAX:
         reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
         raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
@@ -1220,10 +1324,11 @@ def _int_pad(op, args):
     if len(pads) == 2 * x.ndim and min(pads, default=0) >= 0:
         # np.pad's general machinery costs several passes; a fill and one slice copy are enough here
         r = x.ndim
-        y = np.full(tuple(x.shape[i] + pads[i] + pads[i + r] for i in range(r)), value, dtype=_I64)
+        dtype = x.dtype if x.dtype.kind in "iu" and np.iinfo(x.dtype).min <= value <= np.iinfo(x.dtype).max else _I64
+        y = np.full(tuple(x.shape[i] + pads[i] + pads[i + r] for i in range(r)), value, dtype=dtype)
         y[tuple(slice(pads[i], pads[i] + x.shape[i]) for i in range(r))] = x
         return [y]
-    return [_pad_nd(x, pads, "constant", value)]
+    return [_pad_nd(_widen(x), pads, "constant", value)]
 
 
 @kernel("int.reshape")
