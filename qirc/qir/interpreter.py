@@ -556,21 +556,34 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     wf = w.astype(dtype)
     bias_shape = (1, M) + (1,) * n
     if Cg == 1:
-        # depthwise (channel multiplier Mg): one whole-tensor multiply-add per kernel tap
-        windows = _window_view(xp, kernel, strides, dilations, out)
-        y = np.zeros((N, M) + out, dtype=dtype)
+        # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
+        # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        scratch = np.empty_like(y)
-        for k, tap in enumerate(np.ndindex(*kernel)):
-            xs = windows[(Ellipsis,) + tap]
-            if Mg > 1:
-                xs = np.repeat(xs, Mg, axis=1)
-            np.multiply(xs, wd[..., k], out=scratch)
-            y += scratch
-        if result is not None:
-            y = y.astype(result, copy=False)
-            if bias is not None:
-                y += bias.astype(_I64, copy=False).reshape(bias_shape)
+        y = np.empty((N, M) + out, dtype=dtype if result is None else result)
+        b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
+        per_image = M * int(np.prod(out))
+        images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
+        taps = list(np.ndindex(*kernel))
+        for start in range(0, N, images):
+            stop = min(N, start + images)
+            windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
+            acc = np.empty((stop - start, M) + out, dtype=dtype)
+            scratch = np.empty_like(acc)
+            for k, tap in enumerate(taps):
+                xs = windows[(Ellipsis,) + tap]
+                if Mg > 1:
+                    xs = np.repeat(xs, Mg, axis=1)
+                if k == 0:
+                    np.multiply(xs, wd[..., 0], out=acc)
+                else:
+                    np.multiply(xs, wd[..., k], out=scratch)
+                    acc += scratch
+            if result is None:
+                y[start:stop] = acc
+            else:
+                np.copyto(y[start:stop], acc, casting="unsafe")  # exact integers: the cast is exact
+                if b64 is not None:
+                    y[start:stop] += b64
         return y
     if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
         return _conv_flat(xp, wf, kernel, dilations, out, dtype, bias, result)
@@ -1283,7 +1296,11 @@ def _int_requant_shift(op, args):
     for block in blocks:
         out = y[block]
         t = scratch[:out.shape[0]] if blocked else scratch
-        np.multiply(x[block], mul, out=t)  # in int64 whatever x's dtype
+        if x.dtype == _I64:
+            np.multiply(x[block], mul, out=t)
+        else:  # widen into the scratch first: a mixed-dtype multiply goes through numpy's slow casting buffers
+            np.copyto(t, x[block])
+            t *= mul
         t += offset
         if check and t.size:
             tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
