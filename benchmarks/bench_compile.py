@@ -38,15 +38,18 @@ def compile_once(model, target: str = TARGET) -> dict:
     from qirc.frontends.onnx import import_onnx
     from qirc.qir.passes import PassManager
 
+    from qirc.cli import compiler_gc
+
     deeploy_target = get_target(target)
-    t0, c0 = time.perf_counter(), time.process_time()
-    module = import_onnx(str(model) if isinstance(model, Path) else model)
-    t1, c1 = time.perf_counter(), time.process_time()
-    imported_ops = len(module)
-    PassManager(build_passes(deeploy_target)).run(module)
-    t2, c2 = time.perf_counter(), time.process_time()
-    emitted = emit_onnx(module, deeploy_target)
-    t3, c3 = time.perf_counter(), time.process_time()
+    with compiler_gc():  # the garbage collector's settings of a `qirc` process
+        t0, c0 = time.perf_counter(), time.process_time()
+        module = import_onnx(str(model) if isinstance(model, Path) else model)
+        t1, c1 = time.perf_counter(), time.process_time()
+        imported_ops = len(module)
+        PassManager(build_passes(deeploy_target)).run(module)
+        t2, c2 = time.perf_counter(), time.process_time()
+        emitted = emit_onnx(module, deeploy_target)
+        t3, c3 = time.perf_counter(), time.process_time()
     return {"import": t1 - t0, "lower": t2 - t1, "emit": t3 - t2, "compile": t3 - t0, "import_cpu": c1 - c0,
             "lower_cpu": c2 - c1, "emit_cpu": c3 - c2, "compile_cpu": c3 - c0, "ops": imported_ops,
             "int_ops": len(module), "nodes": len(emitted.graph.node), "module": module}
