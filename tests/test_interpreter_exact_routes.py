@@ -240,3 +240,83 @@ def test_unchecked_values_outside_their_type_do_not_select_a_float_route():
     xs[0, 0] = (1 << 20) + 3
     got = run(m, {"x": xs}, check_overflow=False)["y"]
     assert int(got.ravel()[0]) == 2 * int(xs.sum())
+
+
+def _conv_requant_module(x_shape, w, mul, add, div, signed=True):
+    """x (i8) -> int.conv (int32 sums, kept narrow by the runner) -> int.requant_shift -> y."""
+    m = Module("conv_rq")
+    x = input_op(m, "x", tensor(x_shape, i8))
+    wv = const_op(m, w.astype(np.int8), tensor(w.shape, i8))
+    n, _, h, wd = x_shape
+    acc_t = tensor((n, w.shape[0], h - w.shape[2] + 1, wd - w.shape[3] + 1), i32)
+    conv = m.create("int.conv", [x, wv], [acc_t], {"kernel_shape": list(w.shape[2:]), "pads": [0, 0, 0, 0],
+                                                   "strides": [1, 1], "dilations": [1, 1], "group": 1}, loc="/conv")
+    out_t = tensor(acc_t.shape, i8 if signed else i32)
+    rq = m.create("int.requant_shift", [conv.result], [out_t],
+                  {"mul": np.asarray(mul), "add": np.asarray(add), "div": div, "signed": signed, "n_levels": 256},
+                  loc="/rq")
+    output_op(m, "y", rq.result)
+    output_op(m, "acc", conv.result)
+    return m
+
+
+@pytest.mark.parametrize("mul_scale, div, signed", [(1, 1 << 10, True), (1 << 10, 1 << 20, True), (3, 1000, False),
+                                                    (1 << 12, 7, True)])
+def test_requant_of_narrow_conv_sums_matches_python_ints(mul_scale, div, signed, monkeypatch):
+    # the runner keeps the conv's sums as int32; the requant then takes its int32 route when max|x| * max|mul| +
+    # max|offset| fits int32 and its int64 route with the overflow scan otherwise: both must give the exact formula
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 40)
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (5, 8, 6, 6))
+    w = rng.integers(-127, 128, (3, 8, 3, 3))
+    mul = rng.integers(1, 50, (1, 3, 1, 1)) * mul_scale
+    add = rng.integers(-(1 << 12), 1 << 12, (1, 3, 1, 1))
+    m = _conv_requant_module(x.shape, w, mul, add, div, signed)
+    try:
+        out = run(m, {"x": x})
+    except OverflowError_:
+        out = None
+    acc = _int64_conv(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 1)
+    t = acc * mul + add + div // 2
+    if np.abs(t).max() > (1 << 31) - 1:
+        assert out is None  # the int64 route reports what Deeploy's int32 kernel would overflow
+        return
+    lo, hi = (-128, 127) if signed else (0, 255)
+    expected = np.clip(np.floor_divide(t, div), lo, hi)
+    assert out["y"].dtype == np.int64 and out["acc"].dtype == np.int64  # run() returns int64 as documented
+    np.testing.assert_array_equal(out["acc"], acc)
+    np.testing.assert_array_equal(out["y"], expected)
+
+
+def test_requant_int32_route_edge_and_overflow():
+    # reach = max|x| * max|mul| + max|offset| right at and just past int32's limit
+    x = np.zeros((1, 1, 2, 1), dtype=np.int64)
+    w = np.ones((1, 1, 1, 1), dtype=np.int64)
+    for xs, mul, expect_overflow in (([127, -128], (1 << 24) - 1, False), ([127, -128], 1 << 24, False),
+                                     ([127, -128], 1 << 25, True)):
+        x[0, 0, :, 0] = xs
+        m = _conv_requant_module(x.shape, w, [mul], [0], 1 << 24)
+        t = np.array(xs) * mul + (1 << 23)
+        if expect_overflow:
+            with pytest.raises(OverflowError_, match="int32 overflow in requant_shift"):
+                run(m, {"x": x})
+            continue
+        assert run(m, {"x": x})["y"].ravel().tolist() == np.clip(t >> 24, -128, 127).tolist()
+
+
+@pytest.mark.parametrize("div", [1, 2, 3, 32, 1000])
+@pytest.mark.parametrize("x_dtype", [np.int16, np.int32, np.int64])
+def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype, monkeypatch):
+    # values that mostly stay inside the clip bounds, so that any off-by-one of either route shows
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 64)
+    rng = np.random.default_rng(div)
+    reach = min(100 * div // 3, 30000)  # x * mul / div mostly inside -128..127
+    x = rng.integers(-reach, reach + 1, (6, 4, 5, 5)).astype(x_dtype)
+    mul = rng.integers(1, 4, (1, 4, 1, 1))
+    add = rng.integers(-div * 5, div * 5 + 1, (1, 4, 1, 1))
+    op = _requant_module(x.shape, mul, add, div).walk("int.requant_shift")[0]
+    (y,) = interp.KERNELS["int.requant_shift"](op, [x])
+    t = x.astype(np.int64) * mul + add + div // 2
+    expected = np.clip(np.floor_divide(t, div), -128, 127)
+    assert np.mean((expected > -128) & (expected < 127)) > 0.3
+    np.testing.assert_array_equal(y.astype(np.int64), expected)

@@ -1281,6 +1281,16 @@ def _int_requant_shift(op, args):
     check = _CHECK_OVERFLOW.get()
     # the result is clipped to lo..hi: held in the narrowest dtype for that where the runner keeps narrow arrays
     y = np.empty(shape, dtype=narrowest_int(lo, hi) if check else _I64)
+    # x's extremes bound t = x*mul + offset, and every intermediate, by max|x| * max|mul| + max|offset|: when that
+    # fits int32 nothing can overflow (no scan of t for the check) and int32 arithmetic, twice the SIMD width of
+    # int64, is exact; otherwise int64 with the check
+    work = np.dtype(_I64)
+    if x.size and x.dtype.kind in "iu" and x.dtype.itemsize <= 4:
+        reach = max(abs(int(x.min())), abs(int(x.max()))) * _abs_max(mul) + _abs_max(offset)
+        if reach <= _I32_MAX:
+            work = np.dtype(np.int32)
+    mul_w, offset_w = mul.astype(work), offset.astype(work)
+    verify = check and work == _I64
     tmin, tmax = _I32_MIN, _I32_MAX
     # Blocks along the batch axis keep the passes below in cache (a batch of 256 feature maps is 32 MB of int64);
     # when x does not span the batch axis, or a parameter has a batch extent of its own, one block does it all.
@@ -1289,20 +1299,20 @@ def _int_requant_shift(op, args):
     if blocked:
         step = max(1, _REQUANT_BLOCK // max(1, y.size // max(1, shape[0])))
         blocks = [slice(start, start + step) for start in range(0, shape[0], step)]
-        scratch = np.empty((min(step, shape[0]),) + tuple(shape[1:]), dtype=_I64)
+        scratch = np.empty((min(step, shape[0]),) + tuple(shape[1:]), dtype=work)
     else:
         blocks = [Ellipsis]
-        scratch = np.empty(shape, dtype=_I64)
+        scratch = np.empty(shape, dtype=work)
     for block in blocks:
         out = y[block]
         t = scratch[:out.shape[0]] if blocked else scratch
-        if x.dtype == _I64:
-            np.multiply(x[block], mul, out=t)
+        if x.dtype == work:
+            np.multiply(x[block], mul_w, out=t)
         else:  # widen into the scratch first: a mixed-dtype multiply goes through numpy's slow casting buffers
             np.copyto(t, x[block])
-            t *= mul
-        t += offset
-        if check and t.size:
+            t *= mul_w
+        t += offset_w
+        if verify and t.size:
             tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
         if div & (div - 1) == 0:
             np.right_shift(t, div.bit_length() - 1, out=t)  # arithmetic shift = floor division by 2^k
