@@ -547,6 +547,8 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     if min(out) < 1:
         raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
                          f"{list(padded)}")
+    if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
+        return _conv_flat(x, w.astype(dtype), pads, kernel, dilations, out, dtype, bias, result)
     if any(pads):
         xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
         xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
@@ -585,8 +587,6 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                 if b64 is not None:
                     y[start:stop] += b64
         return y
-    if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
-        return _conv_flat(xp, wf, kernel, dilations, out, dtype, bias, result)
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
@@ -615,8 +615,8 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     return y
 
 
-def _conv_flat(xp: np.ndarray, wf: np.ndarray, kernel, dilations, out, dtype, bias, result) -> np.ndarray:
-    """A stride-1 2-d convolution of the padded input `xp` [N, C, Hp, Wp] (already in `dtype`) by `wf` [M, C, kh, kw].
+def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, dilations, out, dtype, bias, result) -> np.ndarray:
+    """A stride-1 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`).
 
     Laid out channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of every output position p reads
     X[c, p + i*dh*Wp + j*dw]: so a patch-matrix row is one contiguous slice of X (a long, fast copy, where the classic
@@ -624,7 +624,8 @@ def _conv_flat(xp: np.ndarray, wf: np.ndarray, kernel, dilations, out, dtype, bi
     each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
     images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
     NCHW result in one pass."""
-    N, C, Hp, Wp = xp.shape
+    N, C, H, W = x.shape
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
     M = wf.shape[0]
     kh, kw = kernel
     Ho, Wo = out
@@ -632,7 +633,10 @@ def _conv_flat(xp: np.ndarray, wf: np.ndarray, kernel, dilations, out, dtype, bi
     offsets = [i * dilations[0] * Wp + j * dilations[1] for i in range(kh) for j in range(kw)]
     T = len(offsets)
     K = C * T
-    X = np.ascontiguousarray(xp.transpose(1, 0, 2, 3)).reshape(C, N * S)
+    # pad, convert and go channel-major in one pass
+    X = (np.zeros if any(pads) else np.empty)((C, N, Hp, Wp), dtype=dtype)
+    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    X = X.reshape(C, N * S)
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
     y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
     b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, M, 1, 1)
