@@ -557,6 +557,9 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     Mg = M // group
     wf = w.astype(dtype)
     bias_shape = (1, M) + (1,) * n
+    if (_FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and all(st == 1 for st in strides)
+            and 2 * out[0] * out[1] >= padded[0] * padded[1]):
+        return _depthwise_flat(x, w.astype(dtype), pads, kernel, dilations, out, dtype, bias, result)
     if Cg == 1:
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
         # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
@@ -655,6 +658,48 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, dilations, out, dtyp
         np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
         if b64 is not None:
             y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
+    return y
+
+
+def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, dilations, out, dtype, bias,
+                    result) -> np.ndarray:
+    """A stride-1 2-d depthwise convolution (one weight plane per channel) in the flat channel-major layout of
+    `_conv_flat`: each tap is one multiply of a contiguous slice of X[c, (n, h, w)] by a per-channel scalar, added into
+    the accumulator grid (long contiguous rows, numpy's fast path; the windowed views of the general route are
+    strided).  Used where the valid outputs are at least half of the padded grid."""
+    N, C, H, W = x.shape
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    Ho, Wo = out
+    S = Hp * Wp
+    offsets = [i * dilations[0] * Wp + j * dilations[1] for i in range(kernel[0]) for j in range(kernel[1])]
+    X = (np.zeros if any(pads) else np.empty)((C, N, Hp, Wp), dtype=dtype)
+    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    X = X.reshape(C, N * S)
+    taps = wf.reshape(C, len(offsets))
+    y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
+    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, C, 1, 1)
+    images = max(1, (_IM2COL_BLOCK // 8) // max(1, C * S))
+    acc = np.empty((C, images * S), dtype=dtype)
+    scratch = np.empty_like(acc)
+    tail = offsets[-1]
+    for n0 in range(0, N, images):
+        n1 = min(N, n0 + images)
+        width = (n1 - n0) * S - tail
+        start = n0 * S
+        a, t = acc[:, :width], scratch[:, :width]
+        for k, off in enumerate(offsets):
+            if k == 0:
+                np.multiply(X[:, start + off:start + off + width], taps[:, :1], out=a)
+            else:
+                np.multiply(X[:, start + off:start + off + width], taps[:, k:k + 1], out=t)
+                a += t
+        valid = acc[:, :(n1 - n0) * S].reshape(C, n1 - n0, Hp, Wp)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        if result is None:
+            y[n0:n1] = valid
+        else:
+            np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
+            if b64 is not None:
+                y[n0:n1] += b64
     return y
 
 
