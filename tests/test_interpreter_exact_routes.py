@@ -346,3 +346,33 @@ def test_flat_and_im2col_stride_1_convs_agree_with_the_reference(flat, dtype, sh
     narrow = int_conv_nd(x, w, pads, [1, 1], dilations, group, dtype, bias=bias, int_result=np.int32)
     assert narrow.dtype == np.int32
     np.testing.assert_array_equal(narrow, expected + bias.reshape(-1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_depthwise_kernel_over_the_whole_input_is_exact(dtype):
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (7, 5, 4, 3)).astype(np.int8)
+    w = rng.integers(-127, 128, (5, 1, 4, 3))
+    bias = rng.integers(-(1 << 20), 1 << 20, 5)
+    y = int_conv_nd(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 5, dtype, bias=bias, int_result=True)
+    expected = _int64_conv(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 5) + bias.reshape(-1, 1, 1)
+    assert y.shape == (7, 5, 1, 1) and y.dtype == np.int64
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("kind", ["int.add", "int.sub"])
+def test_narrow_sums_are_exact_at_the_edges_of_their_types(kind):
+    # i8 + i8 into an i32 result: computed in int32 (the runner keeps it narrow); the extremes must be exact
+    m = Module("sum")
+    a = input_op(m, "a", tensor((4,), i8))
+    b = input_op(m, "b", tensor((4,), i8))
+    ra = m.create("int.requant_shift", [a], [tensor((4,), i8)], {"mul": np.array([1]), "add": np.array([0]), "div": 1,
+                                                                 "signed": True, "n_levels": 256}, loc="/ra")
+    rb = m.create("int.requant_shift", [b], [tensor((4,), i8)], {"mul": np.array([1]), "add": np.array([0]), "div": 1,
+                                                                 "signed": True, "n_levels": 256}, loc="/rb")
+    s = m.create(kind, [ra.result, rb.result], [tensor((4,), i32)], loc="/s")
+    output_op(m, "y", s.result)
+    xa, xb = np.array([-128, 127, -128, 5]), np.array([-128, 127, 127, -7])
+    got = run(m, {"a": xa, "b": xb})["y"]
+    assert got.dtype == np.int64
+    assert got.tolist() == (xa + xb if kind == "int.add" else xa - xb).tolist()

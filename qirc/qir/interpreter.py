@@ -549,17 +549,26 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                          f"{list(padded)}")
     if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
         return _conv_flat(x, w.astype(dtype), pads, kernel, dilations, out, dtype, bias, result)
-    if any(pads):
-        xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
-        xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
-    else:
-        xp = x.astype(dtype)
     Mg = M // group
     wf = w.astype(dtype)
     bias_shape = (1, M) + (1,) * n
     if (_FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and all(st == 1 for st in strides)
             and 2 * out[0] * out[1] >= padded[0] * padded[1]):
-        return _depthwise_flat(x, w.astype(dtype), pads, kernel, dilations, out, dtype, bias, result)
+        return _depthwise_flat(x, wf, pads, kernel, dilations, out, dtype, bias, result)
+    if Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads):
+        # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
+        # (image, channel), exact in `dtype` like every route here
+        y = np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out)
+        if result is not None:
+            y = y.astype(result)
+            if bias is not None:
+                y += bias.astype(_I64, copy=False).reshape(bias_shape)
+        return y
+    if any(pads):
+        xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
+        xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
+    else:
+        xp = x.astype(dtype)
     if Cg == 1:
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
         # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
@@ -1287,14 +1296,28 @@ def _int_matmul(op, args):
     return [exact_int_matmul(args[0], args[1])]
 
 
+def _sum_dtype(op: Operation, args: List[np.ndarray], sign: int) -> np.dtype:
+    """The dtype in which a + sign*b is exact and that the runner keeps for the result: int32 when the operands'
+    declared ranges (which the runner has checked) bound the result inside int32 and int32 holds the result's type;
+    int64 otherwise (and always without the overflow checks, when values may lie outside their types)."""
+    if not _CHECK_OVERFLOW.get() or any(a.dtype.kind not in "iu" or a.dtype.itemsize > 4 for a in args):
+        return np.dtype(_I64)
+    (a_lo, a_hi), (b_lo, b_hi) = (_type_range(v.type) for v in op.operands[:2])
+    lo, hi = (a_lo + b_lo, a_hi + b_hi) if sign > 0 else (a_lo - b_hi, a_hi - b_lo)
+    result = op.results[0].type
+    if _I32_MIN <= lo and hi <= _I32_MAX and not result.is_float and _holds(np.dtype(np.int32), result.element):
+        return np.dtype(np.int32)
+    return np.dtype(_I64)
+
+
 @kernel("int.add")
 def _int_add(op, args):
-    return [np.add(args[0], args[1], dtype=_I64)]
+    return [np.add(args[0], args[1], dtype=_sum_dtype(op, args, 1))]
 
 
 @kernel("int.sub")
 def _int_sub(op, args):
-    return [np.subtract(args[0], args[1], dtype=_I64)]
+    return [np.subtract(args[0], args[1], dtype=_sum_dtype(op, args, -1))]
 
 
 @kernel("int.mul")
