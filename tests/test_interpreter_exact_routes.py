@@ -324,26 +324,30 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
 
 @pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-@pytest.mark.parametrize("shape, w_shape, pads, dilations, group", [
-    ((2, 5, 9, 8), (3, 5, 3, 2), [2, 0, 1, 3], [2, 1], 1),   # asymmetric pads, dilation
-    ((3, 4, 4, 4), (2, 4, 4, 4), [0, 0, 0, 0], [1, 1], 1),   # the kernel covers the whole input
-    ((1, 1, 7, 5), (6, 1, 2, 3), [1, 1, 1, 1], [1, 1], 1),   # one input channel (not depthwise: group 1)
-    ((3, 6, 9, 8), (6, 1, 3, 3), [1, 2, 1, 0], [1, 2], 6),   # depthwise, flat route
-    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], 5),   # depthwise on a small map: windowed route
+@pytest.mark.parametrize("shape, w_shape, pads, strides, dilations, group", [
+    ((2, 5, 9, 8), (3, 5, 3, 2), [2, 0, 1, 3], [1, 1], [2, 1], 1),   # asymmetric pads, dilation
+    ((3, 4, 4, 4), (2, 4, 4, 4), [0, 0, 0, 0], [1, 1], [1, 1], 1),   # the kernel covers the whole input
+    ((1, 1, 7, 5), (6, 1, 2, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),   # one input channel (not depthwise: group 1)
+    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map: flat route
+    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map: windowed route
+    ((2, 3, 11, 10), (4, 3, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 1),  # strided: phases of the padded input
+    ((2, 3, 12, 13), (4, 3, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # uneven strides with a dilation
+    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise: windowed route
+    ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
 ])
-def test_flat_and_im2col_stride_1_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, dilations,
-                                                                  group, monkeypatch):
+def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
+                                                          group, monkeypatch):
     monkeypatch.setattr(interp, "_FLAT_CONV", flat)
     monkeypatch.setattr(interp, "_IM2COL_BLOCK", 150)  # several blocks of images
     rng = np.random.default_rng(10)
     x = rng.integers(-128, 128, shape).astype(np.int8)
     w = rng.integers(-127, 128, w_shape)
     bias = rng.integers(-5000, 5000, w_shape[0])
-    expected = _int64_conv(x, w, pads, [1, 1], dilations, group)
-    plain = int_conv_nd(x, w, pads, [1, 1], dilations, group, dtype)
+    expected = _int64_conv(x, w, pads, strides, dilations, group)
+    plain = int_conv_nd(x, w, pads, strides, dilations, group, dtype)
     assert plain.dtype == dtype
     np.testing.assert_array_equal(plain.astype(np.int64), expected)
-    narrow = int_conv_nd(x, w, pads, [1, 1], dilations, group, dtype, bias=bias, int_result=np.int32)
+    narrow = int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=np.int32)
     assert narrow.dtype == np.int32
     np.testing.assert_array_equal(narrow, expected + bias.reshape(-1, 1, 1))
 

@@ -516,7 +516,7 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # Elements of one im2col block of the integer convolution: a few MB, so that the patch matrix stays in cache
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
-_FLAT_CONV = True  # stride-1 2-d convolutions through _conv_flat (tests and benchmarks switch it off to compare)
+_FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
@@ -547,14 +547,17 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     if min(out) < 1:
         raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
                          f"{list(padded)}")
-    if _FLAT_CONV and group == 1 and n == 2 and all(st == 1 for st in strides) and any(k > 1 for k in kernel):
-        return _conv_flat(x, w.astype(dtype), pads, kernel, dilations, out, dtype, bias, result)
+    if _FLAT_CONV and group == 1 and n == 2 and any(k > 1 for k in kernel) and _flat_fits(padded, kernel, strides,
+                                                                                          out):
+        return _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, bias, result)
     Mg = M // group
     wf = w.astype(dtype)
     bias_shape = (1, M) + (1,) * n
+    # measured: the flat depthwise route wins on large maps at stride 1 (its channel-major copy and extraction pay
+    # off over long rows), the windowed one below on small or strided maps
     if (_FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and all(st == 1 for st in strides)
-            and 2 * out[0] * out[1] >= padded[0] * padded[1]):
-        return _depthwise_flat(x, wf, pads, kernel, dilations, out, dtype, bias, result)
+            and padded[0] * padded[1] >= 1024 and _flat_fits(padded, kernel, strides, out)):
+        return _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, bias, result)
     if Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads):
         # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
         # (image, channel), exact in `dtype` like every route here
@@ -627,82 +630,102 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     return y
 
 
-def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, dilations, out, dtype, bias, result) -> np.ndarray:
-    """A stride-1 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`).
+def _flat_layout(x: np.ndarray, pads, kernel, strides, dilations, dtype):
+    """`x` [N, C, H, W] zero-padded by `pads`, in `dtype`, laid out for the flat convolutions below.
 
-    Laid out channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of every output position p reads
-    X[c, p + i*dh*Wp + j*dw]: so a patch-matrix row is one contiguous slice of X (a long, fast copy, where the classic
-    im2col gathers short rows), and one matmul gives every output on the padded grid, of which the first Ho x Wo of
+    Channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of the output at flat position p reads
+    X[c, p + i*dh*Wp + j*dw] (stride 1).  With strides (sh, sw) the padded image is first split into its sh x sw
+    phases (rows a::sh, columns b::sw, each Hq x Wq): tap (i, j) reads phase (i*dh % sh, j*dw % sw) at offset
+    (i*dh // sh) * Wq + (j*dw // sw), again one contiguous slice for every output.  Returns X [C, phases, N*Hq*Wq],
+    the (phase, offset) of every tap in (i, j) order, and (Hq, Wq); the valid outputs of image n are the first
+    Ho x Wo of its Hq x Wq grid."""
+    N, C, H, W = x.shape
+    sh, sw = strides
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+    full = (Hq * sh, Wq * sw)
+    # pad, convert and go channel-major in one pass (plus one to split the phases of a strided conv)
+    X = (np.zeros if any(pads) or full != (Hp, Wp) else np.empty)((C, N) + full, dtype=dtype)
+    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    if sh * sw > 1:
+        X = np.ascontiguousarray(X.reshape(C, N, Hq, sh, Wq, sw).transpose(0, 3, 5, 1, 2, 4))
+    X = X.reshape(C, sh * sw, N * Hq * Wq)
+    taps = [(((i * dilations[0]) % sh) * sw + (j * dilations[1]) % sw,
+             ((i * dilations[0]) // sh) * Wq + (j * dilations[1]) // sw)
+            for i in range(kernel[0]) for j in range(kernel[1])]
+    return X, taps, (Hq, Wq)
+
+
+def _flat_fits(padded, kernel, strides, out) -> bool:
+    """Whether the flat layout's grid wastes at most half its positions (valid outputs / grid >= 1/2)."""
+    grid = (-(-padded[0] // strides[0])) * (-(-padded[1] // strides[1]))
+    return 2 * out[0] * out[1] >= grid
+
+
+def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
+               result) -> np.ndarray:
+    """A 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`), in the flat
+    layout of `_flat_layout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
+    classic im2col gathers short rows), and one matmul gives every output of the grid, of which the first Ho x Wo of
     each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
     images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
     NCHW result in one pass."""
-    N, C, H, W = x.shape
-    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    N, C = x.shape[:2]
     M = wf.shape[0]
-    kh, kw = kernel
     Ho, Wo = out
-    S = Hp * Wp
-    offsets = [i * dilations[0] * Wp + j * dilations[1] for i in range(kh) for j in range(kw)]
-    T = len(offsets)
+    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
+    S = Hq * Wq
+    T = len(taps)
     K = C * T
-    # pad, convert and go channel-major in one pass
-    X = (np.zeros if any(pads) else np.empty)((C, N, Hp, Wp), dtype=dtype)
-    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
-    X = X.reshape(C, N * S)
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
     y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
     b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, M, 1, 1)
     images = max(1, _IM2COL_BLOCK // max(1, K * S))
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((M, images * S), dtype=dtype)
-    tail = offsets[-1]
+    tail = max(off for _, off in taps)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
         start = n0 * S
-        for t, off in enumerate(offsets):
-            cols[:, t, :width] = X[:, start + off:start + off + width]
+        for t, (phase, off) in enumerate(taps):
+            cols[:, t, :width] = X[:, phase, start + off:start + off + width]
         np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
-        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hp, Wp)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
         np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
         if b64 is not None:
             y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
     return y
 
 
-def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, dilations, out, dtype, bias,
+def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
                     result) -> np.ndarray:
-    """A stride-1 2-d depthwise convolution (one weight plane per channel) in the flat channel-major layout of
-    `_conv_flat`: each tap is one multiply of a contiguous slice of X[c, (n, h, w)] by a per-channel scalar, added into
-    the accumulator grid (long contiguous rows, numpy's fast path; the windowed views of the general route are
-    strided).  Used where the valid outputs are at least half of the padded grid."""
-    N, C, H, W = x.shape
-    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: each tap is
+    one multiply of a contiguous slice of X by a per-channel scalar, added into the accumulator grid (long contiguous
+    rows, numpy's fast path; the windowed views of the general route are strided)."""
+    N, C = x.shape[:2]
     Ho, Wo = out
-    S = Hp * Wp
-    offsets = [i * dilations[0] * Wp + j * dilations[1] for i in range(kernel[0]) for j in range(kernel[1])]
-    X = (np.zeros if any(pads) else np.empty)((C, N, Hp, Wp), dtype=dtype)
-    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
-    X = X.reshape(C, N * S)
-    taps = wf.reshape(C, len(offsets))
+    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
+    S = Hq * Wq
+    weights = wf.reshape(C, len(taps))
     y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
     b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, C, 1, 1)
     images = max(1, (_IM2COL_BLOCK // 8) // max(1, C * S))
     acc = np.empty((C, images * S), dtype=dtype)
     scratch = np.empty_like(acc)
-    tail = offsets[-1]
+    tail = max(off for _, off in taps)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         width = (n1 - n0) * S - tail
         start = n0 * S
         a, t = acc[:, :width], scratch[:, :width]
-        for k, off in enumerate(offsets):
+        for k, (phase, off) in enumerate(taps):
             if k == 0:
-                np.multiply(X[:, start + off:start + off + width], taps[:, :1], out=a)
+                np.multiply(X[:, phase, start + off:start + off + width], weights[:, :1], out=a)
             else:
-                np.multiply(X[:, start + off:start + off + width], taps[:, k:k + 1], out=t)
+                np.multiply(X[:, phase, start + off:start + off + width], weights[:, k:k + 1], out=t)
                 a += t
-        valid = acc[:, :(n1 - n0) * S].reshape(C, n1 - n0, Hp, Wp)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        valid = acc[:, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
         if result is None:
             y[n0:n1] = valid
         else:
