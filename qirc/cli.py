@@ -294,6 +294,9 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a requant whose int32-safe form may be off by one output step or more (by default "
+                        "it is compiled, warned about on stderr and recorded in qirc.json)")
     p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
                                                           "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
@@ -332,7 +335,9 @@ def _main(argv: List[str]) -> Optional[int]:
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
                             dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed,
-                            layers=args.layers)
+                            layers=args.layers, strict=args.strict)
+    for line in summary.warnings:
+        _print_error(f"qirc: warning: {line}")
     sys.stdout.write(summary.text())
     return None
 

@@ -354,7 +354,9 @@ def test_generic_and_siracusa_keep_the_depthwise_pool_form():
         assert conv.attrs["group"] == 8 and conv.result.uses[0][0].name == "int.requant_shift"
 
 
-def test_cortexm_refuses_windowed_average_pooling_naming_the_node():
+def test_cortexm_windowed_average_pooling_is_an_all_ones_depthwise_conv():
+    """Refused before (issue 11); now the all-ones depthwise Conv, which cortex-m writes channels-last (Deeploy's
+    QEMU-ARM code generation accepts it)."""
     m = Module("avg")
     x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1)))
     s = m.create("int.sumpool", [x], [TensorType((1, 2, 2, 2), i32)],
@@ -362,11 +364,14 @@ def test_cortexm_refuses_windowed_average_pooling_naming_the_node():
     r = m.create("int.requant_shift", [s], [TensorType((1, 2, 2, 2), q8(0.1))], rqs_attrs([1], 0, 4),
                  "/avg/rqs").result
     output_op(m, "y", r)
-    with pytest.raises(BackendError) as e:
-        legalize(m, "deeploy-cortexm")
-    assert str(e.value) == ("node '/avg/AveragePool' (int.sumpool): windowed average pooling (window [2, 2] over 4x4, "
-                            "pads [0, 0, 0, 0]) has no form on this platform (only global pools: its depthwise Conv "
-                            "is rejected) (target deeploy-cortexm)")
+    before = m.clone()
+    legalize(m, "deeploy-cortexm")
+    assert [op.name for op in m.ops() if op.name != "qir.const"] == ["qir.input", "int.conv", "int.requant_shift",
+                                                                      "qir.output"]
+    conv = m.walk("int.conv")[0]
+    assert conv.attrs["group"] == 2 and conv.attrs["kernel_shape"] == [2, 2] and conv.attrs["strides"] == [2, 2]
+    inputs = interpreter.random_inputs(before, 0)
+    np.testing.assert_array_equal(interpreter.run(m, inputs)["y"], interpreter.run(before, inputs)["y"])
 
 
 def test_cortexm_refuses_a_global_pool_with_a_per_channel_requant():
@@ -889,14 +894,20 @@ def test_cortexm_refuses_a_conv_requant_gain_of_one_or_more():
 
 def test_cortexm_takes_the_unit_gain_gemm_requant_its_merge_can_hold():
     # a Gemm/MatMul requant with mul = div = 1 merges into multiplier 2^30 with shift 1 (a global pool over a 1x1
-    # map); mul = div = 2 gives 2^31, which does not fit
+    # map); mul = div = 2 would give 2^31, which does not fit, so smallest-exact-shift writes it 1/1 (exact); a gain
+    # above 1 (3/2) fits no way
     m = _gemm_module([0, 0, 0, 0, 0])
     rqs = m.walk("int.requant_shift")[0]
     rqs.attrs.update(mul=np.array([1], np.int64), div=1)
     legalize(m, "deeploy-cortexm")
     m = _gemm_module([0, 0, 0, 0, 0])
-    m.walk("int.requant_shift")[0].attrs.update(mul=np.array([2], np.int64), div=2)
-    with pytest.raises(BackendError, match=r"requant gain mul/div = 2/2 = 1 after a Gemm.* 2147483648"):
+    rqs = m.walk("int.requant_shift")[0]
+    rqs.attrs.update(mul=np.array([2], np.int64), div=2)
+    legalize(m, "deeploy-cortexm")
+    assert int(np.asarray(rqs.attrs["mul"])) == 1 and int(rqs.attrs["div"]) == 1
+    m = _gemm_module([0, 0, 0, 0, 0])
+    m.walk("int.requant_shift")[0].attrs.update(mul=np.array([3], np.int64), div=2)
+    with pytest.raises(BackendError, match=r"requant gain mul/div = 3/2 = 1.5 after a Gemm.* overflows int32"):
         legalize(m, "deeploy-cortexm")
 
 

@@ -31,25 +31,28 @@ class LowerToInt(ModulePass):
     After:  `qir.input (quantized) -> int.* / int.requant_shift -> qir.output (integer, type records the scale)`.
     Postcondition (checked): every op is qir.* or int.*; otherwise LoweringError names the first op left (its
     location and name) and how many others remain.
-    Option: signed-normalize (bool, default 0): store u8 tensors as i8 with zero point z - 128.
+    Options: signed-normalize (bool, default 0): store u8 tensors as i8 with zero point z - 128; strict (bool,
+    default 0): refuse a requant (or an Add's common scale) whose worst-case approximation error reaches one output
+    step, instead of compiling the most precise int32-safe one (what `qirc --strict` sets).
     """
 
     name = "lower-to-int"
     signed_normalize: bool = False
+    strict: bool = False
 
     def run(self, module: Module) -> None:
-        lower_to_int(module, signed=self.signed_normalize)
+        lower_to_int(module, signed=self.signed_normalize, strict=self.strict)
 
 
-def lower_to_int(module: Module, signed: bool = False) -> None:
+def lower_to_int(module: Module, signed: bool = False, strict: bool = False) -> None:
     fold_constants(module)
     if signed:
         signed_normalize(module)
     for _ in range(16):
-        moved = lower_pools(module) + rescale_adds(module) + push_dequants(module)
+        moved = lower_pools(module) + rescale_adds(module, strict=strict) + push_dequants(module)
         if not moved:
             break
-    fuse_requants(module, RangeAnalysis())
+    fuse_requants(module, RangeAnalysis(), strict=strict)
     strip_boundaries(module)
     module.erase_dead()
     check_integer_only(module)

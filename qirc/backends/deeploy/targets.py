@@ -69,8 +69,9 @@ class DeeployTarget:
     conv_needs_requant a Conv must be followed by a RequantShift (its only user): no bare integer Conv kernel
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
-    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant's add is made a multiple of
-                       its mul, so that the graph computes what the device does; a Gemm's requant add moves into its
+    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant fused with a Conv, Gemm or
+                       MatMul gets an add that is a multiple of its mul, so that the graph computes what the device
+                       does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's requant add moves into its
                        bias (the platform's Gemm merge would lose it)
     depthwise_conv     a depthwise (grouped) Conv is accepted
     depthwise_layout   how an accepted depthwise Conv is written: one of DEPTHWISE_LAYOUTS
@@ -202,7 +203,8 @@ CORTEXM = DeeployTarget(
         "no Concat mapping",
         "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
         "a multiple of mul, so the graph states what the device computes",
-        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
+        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor: a per-channel Gemm is written as "
+        "a 1x1 Conv",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
         "unsigned RequantShift outputs are read back by CMSIS kernels with the offset of their own n_levels_out: a "
         "ReLU into int8 is a signed RequantShift pair (clip around an offset, then add it back)",
@@ -215,8 +217,9 @@ CORTEXM = DeeployTarget(
         "RequantShift -> Transpose), which Deeploy's lowering leaves alone and maps to arm_depthwise_conv",
         "a depthwise Conv with a channel multiplier (C_out = M * C_in, M > 1) has no form",
         "global average pooling is Reshape [N*C, H*W] -> MatMul with an all-ones int8 [H*W, 1] -> per-tensor "
-        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape; windowed average pooling has "
-        "no form",
+        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape, its requant with gain 1 "
+        "written mul = div = 1 (the only gain-1 multiplier the Q31 merge takes); a pool over one element is no op; "
+        "windowed average pooling is the all-ones depthwise Conv in the channels-last form",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )

@@ -341,6 +341,11 @@ class OnnxImporter:
             return np.rint(x)
         if op == "Relu":
             return np.maximum(x, 0).astype(x.dtype)
+        if op in ("HardSigmoid", "HardSwish"):
+            alpha, beta = (float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))) if op == "HardSigmoid" \
+                else (1.0 / 6.0, 0.5)
+            h = np.minimum(np.maximum(x * np.float32(alpha) + np.float32(beta), 0), 1).astype(x.dtype)
+            return h if op == "HardSigmoid" else (x * h).astype(x.dtype)
         if op == "Clip":
             lo, hi = self._clip_bounds(node)
             return np.clip(x, lo, hi).astype(x.dtype)
@@ -759,6 +764,12 @@ class OnnxImporter:
 
     _op_Relu = _unary("onnx.Relu")
     _op_Sigmoid = _unary("onnx.Sigmoid")
+    _op_HardSwish = _unary("onnx.HardSwish")
+
+    def _op_HardSigmoid(self, node):
+        a = self.attrs(node)
+        attrs = {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.HardSigmoid", node.input[:1], attrs))
     _op_GlobalAveragePool = _unary("onnx.GlobalAveragePool")
     _op_GlobalMaxPool = _unary("onnx.GlobalMaxPool")
 

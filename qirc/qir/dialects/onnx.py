@@ -46,6 +46,11 @@ ONNX.op("Round", "Round half to even.", operands=["X"], traits=("elementwise",),
         shape=same_as_first, element=float_in_out)
 ONNX.op("Sigmoid", "1 / (1 + exp(-x)).", operands=["X"], traits=("elementwise",),
         shape=same_as_first, element=float_in_out)
+ONNX.op("HardSigmoid", "max(0, min(1, alpha * x + beta)).", operands=["X"],
+        attrs={"alpha": float_(0.2), "beta": float_(0.5)}, traits=("elementwise",),
+        shape=same_as_first, element=float_in_out)
+ONNX.op("HardSwish", "x * max(0, min(1, x / 6 + 1 / 2)).", operands=["X"], traits=("elementwise",),
+        shape=same_as_first, element=float_in_out)
 ONNX.op("MaxPool", "Max pooling; padding never wins.", operands=["X"], attrs={**_pool_attrs, "dilations": ints([])},
         shape=pool_shape, element=float_in_out)
 ONNX.op("AveragePool", "Average pooling.", operands=["X"], attrs={**_pool_attrs, "count_include_pad": int_(0)},

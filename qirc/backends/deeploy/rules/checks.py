@@ -119,6 +119,12 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
                     raise fail(op, target, "int.conv must be followed by a requant_shift (its only user): the "
                                            "platform has no bare integer Conv")
         elif op.name == "int.concat" and not target.accepts("Concat"):
+            if len(op.operands) == 2 and _same_source(op.operands[0], op.operands[1]):
+                # the form dequant-push gives weights with zero points whose offsets need 9 bits
+                raise fail(op, target, "weights with a zero point (values minus zero point beyond int8) are "
+                                       "lowered by reading the input twice (Concat), and the platform has no Concat; "
+                                       "quantize the weights symmetrically (onnxruntime: WeightSymmetric=True or "
+                                       "QInt8 weights)")
             raise fail(op, target, "the platform has no Concat")
         elif op.name == "int.pad":
             pads = list(op.attr("pads"))
@@ -133,3 +139,12 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
         elif op.name in ("int.gemm", "int.matmul"):
             if not all(is_8bit(v) for v in op.operands[:2]):
                 raise fail(op, target, f"Deeploy's {op.name[4:].capitalize()} takes 8-bit operands")
+
+
+def _same_source(a, b) -> bool:
+    """True when a and b are the same tensor, up to copies by int.reshape to the same shape."""
+    def root(v):
+        while v.owner.name == "int.reshape" and v.owner.operands[0].type.shape == v.type.shape:
+            v = v.owner.operands[0]
+        return v
+    return root(a) is root(b)

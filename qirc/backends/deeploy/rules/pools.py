@@ -34,13 +34,16 @@ def sum_pools(module: Module, target: DeeployTarget) -> None:
             kernel = list(op.attr("kernel_shape"))
             pads = list(op.attr("pads") or [0, 0, 0, 0])
             strides = list(op.attr("strides") or [1, 1])
-        if target.sum_pool == "ones-matmul":
-            if kernel != [h, w] or any(pads):
-                raise fail(op, target, f"windowed average pooling (window {kernel} over {h}x{w}, pads {pads}) has "
-                                       "no form on this platform (only global pools: its depthwise Conv is "
-                                       "rejected)")
+        if kernel == [1, 1] and not any(pads) and tuple(op.result.type.shape[2:]) == (h, w):
+            # a sum over one element (a global pool over a 1x1 map) is the identity: no op, so no gain-1 requant
+            # after a MatMul or Conv either (CMSIS's Q31 merge cannot take one)
+            _identity_sum(module, op)
+            continue
+        if target.sum_pool == "ones-matmul" and kernel == [h, w] and not any(pads):
             pool_matmuls.append(_global_sum_to_matmul(module, op))
         else:
+            # windowed pools on "ones-matmul" targets too: the all-ones depthwise Conv takes the target's
+            # depthwise form (CMSIS: written channels-last, see targets.DeeployTarget.depthwise_layout)
             _sum_pool_to_conv(module, op, target, kernel, pads, strides)
     _sink_reshapes_below_requant(module)
     for mm in pool_matmuls:
@@ -49,6 +52,16 @@ def sum_pools(module: Module, target: DeeployTarget) -> None:
         if user is None or user.name != "int.requant_shift":
             raise fail(mm, target, "a global average pool must be followed by a per-tensor requant_shift (its only "
                                    "user, possibly behind reshapes) on this platform")
+
+
+def _identity_sum(module: Module, op: Operation) -> None:
+    """Replace a sum over a single element by its operand (reshaped when keepdims = 0 drops the unit axes)."""
+    x, out = op.operands[0], op.result
+    result = x
+    if tuple(x.type.shape) != tuple(out.type.shape):
+        result = module.create("int.reshape", [x], [TensorType(out.type.shape, x.type.element)],
+                               {"shape": list(out.type.shape)}, op.loc + "/reshape").result
+    module.replace_op(op, [result])
 
 
 def _global_sum_to_matmul(module: Module, op: Operation) -> Operation:
