@@ -31,6 +31,7 @@ from ...qir.ir import Module, Value, const_op, input_op, output_op
 from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
 from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
+from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 
 F32 = np.float32
@@ -48,6 +49,9 @@ State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 def import_onnx(path_or_model, name: Optional[str] = None) -> Module:
     """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module."""
     model, filename = load_model_proto(path_or_model)
+    check_dynamic_quantization(model, filename)
+    if is_qoperator(model):
+        model = qoperator_to_qdq(model, filename)
     index = index_graph(model, filename)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
