@@ -262,6 +262,11 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--elide-constants", action="store_true", help="with --emit qir: print large constants as "
                                                                    "placeholders")
     p.add_argument("--inputs", help="an .npz of float input samples (first axis = sample) for the test vectors")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape of a graph input with dynamic dims, e.g. x=1x3x32x32 (repeatable); a lone "
+                        "dynamic batch dim is bound to 1 without it")
+    p.add_argument("--outputs", metavar="NAME[,NAME]",
+                   help="compile only the subgraph computing these tensors (cut off a float Softmax or a head)")
     p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=None,
                    help="extra passes to run after lowering, before legalisation: 'a,b{k=v}'")
     p.add_argument("--print-ir-after-all", action="store_true", help="dump the IR to stderr after every pass")
@@ -284,9 +289,10 @@ def _main(argv: List[str]) -> Optional[int]:
         raise UsageError("no model given (qirc MODEL --target T -o DIR, or qirc MODEL --emit qir)")
     if args.emit and args.target:
         raise UsageError("--emit and --target exclude each other")
+    onnx_options = _onnx_options(args)
     if args.emit:
         from .frontends import load_model
-        module = load_model(args.model)
+        module = load_model(args.model, **onnx_options)
         text = _render(module, args.emit, args.elide_constants)
         if args.output:
             write_text_atomic(args.output, text)
@@ -300,9 +306,30 @@ def _main(argv: List[str]) -> Optional[int]:
     from .driver import compile_model
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
-                            dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed)
+                            dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed, **onnx_options)
     sys.stdout.write(summary.text())
     return None
+
+
+def _onnx_options(args) -> dict:
+    """--input-shape / --outputs as import options, and notes (a bound batch dim) printed to stderr."""
+    from .frontends.onnx.loader import parse_input_shape
+    shapes = {}
+    for text in args.input_shape:
+        name, shape = parse_input_shape(text)
+        if name in shapes:
+            raise UsageError(f"--input-shape: input '{name}' is given twice")
+        shapes[name] = shape
+    outputs = None
+    if args.outputs is not None:
+        outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        if not outputs:
+            raise UsageError("--outputs: give at least one tensor name")
+    return {"input_shapes": shapes or None, "outputs": outputs, "note": _print_note}
+
+
+def _print_note(text: str) -> None:
+    _print_error(f"qirc: note: {text}")
 
 
 def _render(module, fmt: str, elide_constants: bool) -> str:

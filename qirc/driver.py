@@ -134,7 +134,9 @@ def _errors_name_the_model_file(compile_fn):
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
-                  out: Optional[TextIO] = None, dump_format: str = "qir") -> CompileSummary:
+                  out: Optional[TextIO] = None, dump_format: str = "qir",
+                  input_shapes: Optional[Dict[str, tuple]] = None, outputs: Optional[List[str]] = None,
+                  note=None) -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -144,6 +146,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
     seed, accuracy_samples  the random samples used when no inputs_npz is given
+    input_shapes      {input name: shape} for dynamic inputs (`--input-shape`; a lone dynamic batch dim is bound
+                      to 1 without it, with a note through `note(text)`)
+    outputs           compile the subgraph computing these tensors (`--outputs`)
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
     target = get_target(target)
@@ -156,7 +161,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
         raise UsageError(f"--inputs: no such file '{inputs_npz}'")
 
-    quant_module = load_model(model_path) if isinstance(model_path, (str, os.PathLike)) else import_onnx(model_path)
+    onnx_options = {"input_shapes": input_shapes, "outputs": outputs, "note": note}
+    quant_module = (load_model(model_path, **onnx_options) if isinstance(model_path, (str, os.PathLike))
+                    else import_onnx(model_path, **onnx_options))
+    check_activation_bits(quant_module, target)
     module = quant_module.clone()
     passes = build_passes(target, extra_pipeline)
     _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
@@ -207,6 +215,23 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
                           len(model.graph.node), counts, module)
+
+
+def check_activation_bits(quant_module: Module, target: DeeployTarget) -> None:
+    """Refuse, before lowering, a model whose activations are quantized wider than 8 bits, naming the first such
+    tensor: every Deeploy target runs int8/uint8 activations (RequantShift outputs 8 bits)."""
+    from .qir.diagnostics import LoweringError, op_error
+    for op in quant_module.ops():
+        if op.name != "quant.qcast":
+            continue
+        qt = op.results[0].type.quant
+        # i32 grids (QONNX Trunc's integer step, accumulators) are internal, not activations
+        if qt.storage.name in ("i32", "u32") or qt.storage_max - qt.storage_min < 256:
+            continue
+        bits = int(qt.storage_max - qt.storage_min).bit_length()
+        raise op_error(LoweringError, op, f"{bits}-bit activations: this quantizer's output is {qt.storage.name} "
+                       f"({qt.storage_min}..{qt.storage_max}), but the Deeploy targets take 8-bit activations "
+                       f"(target {target.name}); quantize activations to 8 bits (int8 or uint8)")
 
 
 def _check_output_parent(out_dir: str) -> None:
