@@ -583,8 +583,9 @@ def summarize(cells: List[Cell]) -> str:
 #: (cause, owner, a substring of qirc's error line) for the refusals the matrix shows today, in the order they are
 #: matched; `cause_of(cell)` names a failing cell's cause.
 CAUSES: List[Tuple[str, str, str]] = [
-    ("qoperator", "frontend", "unsupported ops: "),
-    ("dynamic-batch", "frontend", "has an unknown or dynamic shape"),
+    ("hard-ops", "lowering", "Hard"),  # HardSigmoid / HardSwish (MobileNetV3), import or lowering
+    ("unsupported-ops", "frontend", "unsupported ops: "),
+    ("dynamic-shape", "frontend", "has a dynamic shape"),
     ("weight-zero-point", "lowering", "only symmetric weights can be lowered"),
     ("rank-3", "lowering", "of a rank-3 tensor has no Deeploy form"),
     ("requant-policy", "lowering", "requantization cannot be both exact and in range"),
@@ -594,7 +595,6 @@ CAUSES: List[Tuple[str, str, str]] = [
     ("cortexm-per-channel-gemm", "backend", "a Gemm requant needs one multiplier for all channels"),
     ("cortexm-windowed-pool", "backend", "windowed average pooling"),
     ("cortexm-concat", "backend", "the platform has no Concat"),
-    ("hard-ops", "lowering", "Hard"),
 ]
 
 
