@@ -248,7 +248,7 @@ _SUBCOMMANDS = ("sim", "zoo", "report")
 def _main_parser() -> argparse.ArgumentParser:
     p = _ArgumentParser(
         prog="qirc",
-        description="Compile a quantized model (ONNX: decomposed QCDQ, QDQ, QONNX; or .qir) to an integer-only "
+        description="Compile a quantized model (ONNX: decomposed QCDQ, QDQ, QONNX, QOperator; or .qir) to an integer-only "
                     "Deeploy graph with bit-exact test vectors.",
         epilog="Other commands: 'qirc sim FILE --inputs IN.npz -o OUT.npz' runs the integer/fake-quant simulator; "
                "'qirc zoo list|build' builds the MLPerf Tiny networks; 'qirc report MODEL --target T -o report.html' "
