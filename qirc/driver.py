@@ -218,20 +218,35 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
 
 
 def check_activation_bits(quant_module: Module, target: DeeployTarget) -> None:
-    """Refuse, before lowering, a model whose activations are quantized wider than 8 bits, naming the first such
-    tensor: every Deeploy target runs int8/uint8 activations (RequantShift outputs 8 bits)."""
+    """Refuse, before lowering, a model whose activations (or weights) are quantized wider than 8 bits, naming the
+    first such tensor: every Deeploy target runs int8/uint8 activations (RequantShift outputs 8 bits) and int8
+    weights."""
     from .qir.diagnostics import LoweringError, op_error
     for op in quant_module.ops():
-        if op.name != "quant.qcast":
+        if op.name not in ("quant.qcast", "qir.const") or not op.results[0].type.is_quant:
             continue
         qt = op.results[0].type.quant
-        # i32 grids (QONNX Trunc's integer step, accumulators) are internal, not activations
+        # i32 grids (QONNX Trunc's integer step, accumulators) and i32 constants (biases) are not 8-bit data
         if qt.storage.name in ("i32", "u32") or qt.storage_max - qt.storage_min < 256:
             continue
+        if op.name == "qir.const" and not _is_weight(op):
+            continue  # a bias or another constant operand: lowered as int32
         bits = int(qt.storage_max - qt.storage_min).bit_length()
-        raise op_error(LoweringError, op, f"{bits}-bit activations: this quantizer's output is {qt.storage.name} "
-                       f"({qt.storage_min}..{qt.storage_max}), but the Deeploy targets take 8-bit activations "
-                       f"(target {target.name}); quantize activations to 8 bits (int8 or uint8)")
+        what = "activations" if op.name == "quant.qcast" else "weights"
+        where = "this quantizer's output" if op.name == "quant.qcast" else "this constant"
+        raise op_error(LoweringError, op, f"{bits}-bit {what}: {where} is {qt.storage.name} "
+                       f"({qt.storage_min}..{qt.storage_max}), but the Deeploy targets take 8-bit {what} "
+                       f"(target {target.name}); quantize {what} to 8 bits (int8 or uint8)")
+
+
+def _is_weight(const) -> bool:
+    """Whether a quantized constant is dequantized into the weight operand of a Conv, Gemm or MatMul."""
+    for dcast in const.results[0].users:
+        if dcast.name == "quant.dcast":
+            for user, index in dcast.results[0].uses:
+                if user.name in ("onnx.Conv", "onnx.Gemm", "onnx.MatMul") and index == 1:
+                    return True
+    return False
 
 
 def _check_output_parent(out_dir: str) -> None:

@@ -293,6 +293,7 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("pt-u8u8", per_channel=False, weight="QUInt8"),
     Variant("pc-u8u8", per_channel=True, weight="QUInt8"),  # QInt8 activations with QUInt8 weights: refused by ORT
     Variant("pc-reduce", per_channel=True, reduce_range=True),
+    Variant("pc-w4", per_channel=True, weight="QInt4"),  # standard-domain INT4 weight initializers (opset 21)
     Variant("pt-actsym", per_channel=False, activation="QInt8", extra=(("ActivationSymmetric", True),)),
     Variant("pc-wasym", per_channel=True, extra=(("WeightSymmetric", False),)),
     Variant("pc-pre", per_channel=True, activation="QInt8", preprocess=True),

@@ -198,3 +198,22 @@ def test_outputs_drops_nodes_the_cut_does_not_need():
         import_onnx(model)
     module = import_onnx(model, outputs=["probs"])
     assert module.output_names() == ["probs"]
+
+
+def test_16bit_weights_are_refused_but_a_16bit_bias_is_not(tmp_path):
+    def model(weight_dtype, bias_dtype):
+        b = GraphBuilder("w16")
+        x = b.qdq(b.input("x", [1, 8]), 1 / 64, 0, prefix="/in")
+        w = b.dequantize_linear(RNG.integers(-100, 100, (4, 8)).astype(weight_dtype), 0.01, prefix="/fc/w")
+        bias = b.dequantize_linear(RNG.integers(-100, 100, 4).astype(bias_dtype), 0.01 / 64, prefix="/fc/b")
+        y = b.node("Gemm", [x, w, bias], name="/fc/Gemm", transB=1)
+        b.output(b.qdq(y, 0.05, 0, prefix="/out"), "y")
+        path = tmp_path / f"{np.dtype(weight_dtype).name}_{np.dtype(bias_dtype).name}.onnx"
+        onnx.save(b.build(21), str(path))
+        return path
+
+    with pytest.raises(LoweringError) as err:
+        compile_model(model(np.int16, np.int32), "deeploy-siracusa", tmp_path / "out")
+    msg = str(err.value)
+    assert "node '/fc/w/DequantizeLinear'" in msg and "16-bit weights" in msg and "take 8-bit weights" in msg
+    compile_model(model(np.int8, np.int16), "deeploy-siracusa", tmp_path / "out")
