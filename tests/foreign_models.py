@@ -568,7 +568,7 @@ def _quant_module(path, compile_options):
     """The quant-level module the driver compiles with `compile_options` (input shapes, output cut)."""
     from qirc.frontends.onnx import import_onnx
     return import_onnx(str(path), **{k: v for k, v in compile_options.items()
-                                     if k in ("input_shapes", "outputs")})
+                                     if k in ("input_shapes",)})
 
 
 def summarize(cells: List[Cell]) -> str:

@@ -183,7 +183,7 @@ def test_outputs_cuts_the_float_softmax_off(tmp_path):
     np.testing.assert_allclose(interpreter.run(module, {"x": x})[cut], expected, atol=0.1001)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    summary = compile_model(path, "deeploy-generic", tmp_path / "out", outputs=[cut])
+    summary = compile_model(path, "deeploy-generic", tmp_path / "out", subgraph_outputs=[cut])
     assert [o["name"] for o in summary.outputs] == [cut] or len(summary.outputs) == 1
     with pytest.raises(UsageError, match="'nope' is not a tensor of the graph"):
         import_onnx(model, outputs=["nope"])

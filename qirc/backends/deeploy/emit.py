@@ -1,6 +1,6 @@
 """ONNX emission: legalised integer IR -> the ONNX graph Deeploy reads.
 
-`emit_onnx(module, target)` writes one ONNX node per int op (see `legalize.py` for the forms), in the module's
+`emit_onnx(module, target)` writes one ONNX node per int op (see `rules/` for the forms), in the module's
 topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4):
 
     int.conv           Conv(x, w)            kernel_shape, pads, strides, dilations, group all spelled out; no bias
@@ -31,8 +31,8 @@ import re
 from typing import Dict, List
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import TensorProto, helper, numpy_helper
 
 from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value

@@ -28,8 +28,9 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import helper, numpy_helper
 
 from ...qir.diagnostics import FrontendError
 from .loader import DEFAULT_DOMAINS, node_label
