@@ -61,7 +61,8 @@ def test_the_matrix_covers_the_issues_models_and_variants():
                         "conv1d-flatten", "concat"}
     variants = [fm.VARIANTS[s.variant] for s in SPECS if not s.brevitas]
     assert {v.per_channel for v in variants} == {True, False}
-    assert {v.activation for v in variants} == {v.weight for v in variants} == {"QInt8", "QUInt8"}
+    assert {v.activation for v in variants} == {"QInt8", "QUInt8"}
+    assert {v.weight for v in variants} == {"QInt8", "QUInt8", "QInt4"}
     assert any(v.reduce_range for v in variants) and any(v.preprocess for v in variants)
     assert any(v.qoperator for v in variants) and any(v.dynamic_batch for v in variants)
     assert {k for v in variants for k, _ in v.extra} == {"ActivationSymmetric", "WeightSymmetric"}
