@@ -300,6 +300,7 @@ VARIANTS: Dict[str, Variant] = {v.name: v for v in [
     Variant("pc-dynbatch", per_channel=True, activation="QInt8", dynamic_batch=True, small_only=True),
     Variant("qop-pt", per_channel=False, qoperator=True, small_only=True),
     Variant("qop-pc", per_channel=True, activation="QInt8", qoperator=True, small_only=True),
+    Variant("qop-u8u8", per_channel=False, weight="QUInt8", qoperator=True, small_only=True),
 ]}
 
 #: Brevitas networks (brevitas_models) in the matrix: the foreign ones and the library's own test models.
