@@ -30,7 +30,9 @@ from ...qir.diagnostics import FrontendError
 from ...qir.ir import Module, Value, const_op, input_op, output_op
 from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
-from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
+from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs, default_opset,
+                     dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
+from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 
 F32 = np.float32
@@ -53,9 +55,24 @@ FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where"
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
 
-def import_onnx(path_or_model, name: Optional[str] = None) -> Module:
-    """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module."""
+def import_onnx(path_or_model, name: Optional[str] = None,
+                input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None, outputs: Optional[Sequence[str]] = None,
+                note: Optional[Callable[[str], None]] = None) -> Module:
+    """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module.
+
+    input_shapes  {input name: shape} for inputs with dynamic dims (`--input-shape`); an input whose only dynamic
+                  dim is the leading one gets batch 1 without it, with a note through `note(text)`
+    outputs       compile only the subgraph computing these tensors (`--outputs`)
+    """
     model, filename = load_model_proto(path_or_model)
+    if isinstance(path_or_model, onnx.ModelProto) and (input_shapes or outputs or has_dynamic_input(model)):
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's proto stays as it was
+    if outputs:
+        cut_outputs(model, filename, outputs)
+    bind_input_shapes(model, filename, input_shapes, note)
+    check_dynamic_quantization(model, filename)
+    if is_qoperator(model):
+        model = qoperator_to_qdq(model, filename)
     index = index_graph(model, filename)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
@@ -93,11 +110,10 @@ class OnnxImporter:
                                     file=self.g.filename)
             shape = self.g.shapes.get(vi.name)
             if shape is None:
-                raise FrontendError(f"graph input '{vi.name}' has an unknown or dynamic shape",
-                                    file=self.g.filename)
+                raise dynamic_input_error(vi, self.g.filename)
             self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
         for name, array in self.g.initializers.items():
-            self.env[name] = Const(array)
+            self.env[name] = Const(array, self.g.low_bit.get(name))
         for node in self.g.nodes:
             self.node = node
             handler = self._handler(node)
@@ -584,14 +600,24 @@ class OnnxImporter:
     def _op_QuantizeLinear(self, node):
         shape = self.shape(node.input[0])
         scale, zp, axis = self._qdq_params(node, shape)
+        to = self.attrs(node).get("output_dtype", 0)
+        low_bit = self.g.low_bit.get(self.inp(node, 2) or "")
+        if low_bit is None and zp is None and to in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            low_bit = (-8, 7) if to == onnx.TensorProto.INT4 else (0, 15)
+        if low_bit is not None and not isinstance(self.env[node.input[0]], Const):
+            kind = "int4" if low_bit[0] < 0 else "uint4"
+            raise self.error(f"element type {kind} is not supported for activations: the Deeploy targets keep "
+                             f"activations in 8-bit tensors; quantize them to int8/uint8 (a 4-bit range in 8-bit "
+                             f"storage, as QONNX Quant or Brevitas bit_width=4 exports it, compiles)")
         if zp is not None:
             storage = P.storage_for_dtype(zp.dtype)
         else:
-            to = self.attrs(node).get("output_dtype", onnx.TensorProto.UINT8)
-            storage = P.storage_for_dtype(helper.tensor_dtype_to_np_dtype(to))
+            storage = P.storage_for_dtype(helper.tensor_dtype_to_np_dtype(to or onnx.TensorProto.UINT8)
+                                          if low_bit is None else np.int8 if low_bit[0] < 0 else np.uint8)
             zp = np.zeros((), storage.np_dtype)
-        zp = P.check_zero_point(zp, storage.min, storage.max)
-        qtype = P.make_quant_type(storage, storage.min, storage.max, scale, zp, shape, axis)
+        lo, hi = (storage.min, storage.max) if low_bit is None else low_bit
+        zp = P.check_zero_point(zp, lo, hi)
+        qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
         self.env[node.output[0]] = self._quantizer(node.input[0], qtype, ROUND_ADD, shape, self.loc)
 
     def _op_DequantizeLinear(self, node):
