@@ -7,14 +7,16 @@ in `ORDER`; `python -m qirc.backends.deeploy.rules docs/targets.md` rewrites the
 Why this order: canonical forms first, so that later rules see one spelling of each op; pools and convs before the
 bias folding, which reads the conv -> requant pairs they leave; clips after the bias folding (a clip folds into the
 requant that the bias went into); residual adds after the clips (on Siracusa they split a ReLU off the add's
-requant); requant parameters once every requant exists; the checks last.
+requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
+goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
+once every requant exists; the checks last.
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, requant, residual
+from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, requant, residual, tiling
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
@@ -25,11 +27,15 @@ ORDER: Tuple[Rule, ...] = (
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
     convs.square_conv_pads,
+    tiling.zero_padding,
+    tiling.equal_conv_pads,
     gemm.gemm_forms,
     bias.fold_biases,
     clips.fold_clips,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    tiling.unsigned_requants_fused,
+    tiling.requant_div_min,
     requant.shape_requant_params,
     gemm.gemm_requant_add_to_bias,
     outputs.trailing_reshapes,
