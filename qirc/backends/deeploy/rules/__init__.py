@@ -9,14 +9,14 @@ bias folding, which reads the conv -> requant pairs they leave; clips after the 
 requant that the bias went into); residual adds after the clips (on Siracusa they split a ReLU off the add's
 requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
 goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
-once every requant exists; the checks last.
+once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last.
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, requant, residual, tiling
+from . import bias, canonical, checks, clips, convs, gemm, harness, outputs, pools, requant, residual, tiling
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
@@ -38,6 +38,7 @@ ORDER: Tuple[Rule, ...] = (
     tiling.requant_div_min,
     requant.shape_requant_params,
     gemm.gemm_requant_add_to_bias,
+    harness.debug_pass_invariant_adds,
     outputs.trailing_reshapes,
     checks.erase_dead,
     checks.check_forms,

@@ -203,8 +203,8 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
     Exact: the Conv copies its 8-bit input into the int32 accumulator; pulp-nn clips to 0..255, which is the
     requant's own range (a narrower unsigned clip was split off by fold-clips)."""
     for rqs in list(module.walk("int.requant_shift")):
-        if bool(rqs.attr("signed")):
-            continue
+        if bool(rqs.attr("signed")) or int(rqs.attr("n_levels")) > 256:
+            continue  # (wider than 8 bits: requant-params refuses it, naming its n_levels)
         x = rqs.operands[0]
         if x.owner.name in FUSING and sole_user(x) is rqs or _feeds_requantized_add(rqs):
             continue
