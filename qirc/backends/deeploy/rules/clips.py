@@ -13,6 +13,7 @@ from .rule import rule
 
 
 def requant_range(signed: bool, n_levels: int) -> Tuple[int, int]:
+    """The output range of a RequantShift with (signed, n_levels)."""
     return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
 
 
@@ -93,7 +94,7 @@ def _shifted_clip_levels(lo: int, hi: int, x_range: Tuple[int, int]) -> Optional
     return lo + n // 2, n
 
 
-def clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, target: DeeployTarget) -> Value:
+def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, target: DeeployTarget) -> Value:
     """The clip of `x` to lo..hi as RequantShifts that only clip, in the target's clip_form (targets.CLIP_FORMS);
     the result takes the clip's type and name.  BackendError when the range has no such form.
 
@@ -127,7 +128,7 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
     A clip after a requant that it alone uses folds into the requant's (signed, n_levels) when the target can
     state that range there (clip_form "levels", or a symmetric signed range) and its fused kernels honour it.
     Anywhere else (a clip of a graph input, of a requant that also feeds a residual Add, or a range the requant
-    cannot state) it becomes RequantShifts that only clip (`clip_requants`) placed after the requant, whose own
+    cannot state) it becomes RequantShifts that only clip (`_clip_requants`) placed after the requant, whose own
     form stays: duplicating the requant with the clip folded in would give the Conv or Add before it a second user,
     and the platforms fuse those with their requant only when it is the only one.  Both are exact:
     clip(clip(v, a), b) is the clip to the intersection of a and b.  On "shifted" targets a requant whose own range
@@ -165,12 +166,12 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
                 rqs.results[0].type = clip.result.type
                 module.replace_op(clip, [rqs.result])
                 continue
-        module.replace_op(clip, [clip_requants(module, clip, x, lo, hi, target)])
+        module.replace_op(clip, [_clip_requants(module, clip, x, lo, hi, target)])
 
 
 def split_requant_clip(module: Module, rqs: Operation, target: DeeployTarget) -> Operation:
     """A requant clipping to less than int8 (a ReLU folded into it) as the full int8 requant followed by
-    RequantShifts that only clip (`clip_requants`), for when the platform cannot take that clip in the requant
+    RequantShifts that only clip (`_clip_requants`), for when the platform cannot take that clip in the requant
     itself: its fused kernel clips to the full 8-bit range of its output type whatever n_levels_out says (Siracusa's
     RequantizedConv/Gemm/Add), or the range is unsigned on an int8-only platform (targets.CLIP_FORMS "shifted").
     Exact: clip(clip(v, full), r) = clip(v, r) for a range r inside the full one, which is int8, or uint8 0..255
@@ -187,5 +188,5 @@ def split_requant_clip(module: Module, rqs: Operation, target: DeeployTarget) ->
     clip = module.create("int.clip", [full.result], [out.type], {"min": lo, "max": hi}, rqs.loc + "/clip",
                          [out.name])
     module.replace_op(rqs, [clip.result])
-    module.replace_op(clip, [clip_requants(module, clip, full.result, lo, hi, target)])
+    module.replace_op(clip, [_clip_requants(module, clip, full.result, lo, hi, target)])
     return full
