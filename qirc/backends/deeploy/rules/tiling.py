@@ -135,7 +135,7 @@ def _pad_into_maxpools(module: Module, pad: Operation, pools: List[Operation], t
             out.type = padded.type.with_shape(out_type.shape)
             back = module.create("int.requant_shift", [out], [out_type],
                                  {"mul": np.array([2], np.int64), "add": np.array([2 * v], np.int64), "div": 2,
-                                  "signed": storage(out_type).signed, "n_levels": 256}, pool.loc + "/zero_point")
+                                  "signed": out_type.storage.signed, "n_levels": 256}, pool.loc + "/zero_point")
             module.replace_all_uses(out, back.result, except_ops=[back])
     module.erase(pad)
 
@@ -216,6 +216,10 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
             raise fail(rqs, target, f"an unsigned requant_shift of a rank-{len(shape)} tensor has no form on this "
                                     "platform")
         c = shape[1]
+        out = rqs.result
+        if len(shape) == 2 and any(u.name == "qir.output" for u, _ in out.uses):
+            _identity_gemm(module, rqs, target)  # (a graph may not end in a Reshape)
+            continue
         shape4 = shape + (1,) * (4 - len(shape))
         x4 = x if len(shape) == 4 else module.create("int.reshape", [x], [x.type.with_shape(shape4)],
                                                      {"shape": list(shape4)}, rqs.loc + "/nchw").result
@@ -227,7 +231,6 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
         for name in ("mul", "add"):
             a = np.asarray(rqs.attrs[name], np.int64)
             params[name] = a.reshape(-1) if a.size == 1 else a.reshape(1, c, 1, 1)
-        out = rqs.result
         fused = module.create("int.requant_shift", [acc], [out.type.with_shape(shape4)], {**rqs.attrs, **params},
                               rqs.loc).result
         if len(shape) != 4:
@@ -235,6 +238,21 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
         module.replace_all_uses(out, fused)
         module.erase(rqs)
     module.erase_dead()
+
+
+def _identity_gemm(module: Module, rqs: Operation, target: DeeployTarget) -> None:
+    """The unsigned requant of a [N, C] graph output behind an identity Gemm (RequantizedGemm, pulp_nn_linear with a
+    uint8 output): the Gemm copies its 8-bit input, at the cost of a C x C int8 identity (refused beyond 256)."""
+    x = rqs.operands[0]
+    n, c = x.type.shape
+    if c > 256:
+        raise fail(rqs, target, f"an unsigned requant_shift of a {c}-wide graph output has no form on this platform "
+                                "(it must be fused; an identity Gemm is refused beyond 256 channels)")
+    eye = const_op(module, np.eye(c, dtype=np.int8), TensorType((c, c), _I8), rqs.loc)
+    zero = int_const(module, np.zeros((c,), np.int64), rqs.loc + "/bias")
+    acc = module.create("int.gemm", [x, eye, zero], [TensorType((n, c), i32)], {"transA": 0, "transB": 1},
+                        rqs.loc + "/copy").result
+    module.set_operand(rqs, 0, acc)
 
 
 @rule("requant-div-min", when="requant_div_min == 2")
