@@ -53,6 +53,8 @@ def written_exact(m, seeds=range(6)):
     verify(m)
     model = emit_onnx(m, SIRACUSA)
     assert_deeploy_structure_with(model, SIRACUSA, debug_pass_changes(model))
+    assert not [n.name for n in model.graph.node if n.op_type == "RequantShift" and any(
+        a.name == "div" and int(numpy_helper.to_array(a.t).reshape(-1)[0]) < 2 for a in n.attribute)]
     device = import_deeploy_onnx(model)
     for inputs, expected in zip(samples, before):
         got = interpreter.run(device, list(inputs.values()))
@@ -105,13 +107,15 @@ def test_a_zero_point_pad_after_a_requant_moves_into_its_add():
     assert {a.name: int(numpy_helper.to_array(a.t).reshape(-1)[0]) for a in act.attribute}["signed"] == 0
 
 
-def test_a_zero_point_that_cannot_be_shifted_out_is_refused_naming_the_remedy():
-    m = _zero_point_conv(3, True, via_requant=False)
-    with pytest.raises(BackendError) as e:
-        legalize(m, SIRACUSA)
-    text = str(e.value)
-    assert "\n" not in text and text.startswith("node '/conv' (int.conv): ")
-    assert "zero point 3" in text and "quantize this activation with zero point 0" in text
+@pytest.mark.parametrize("zp, signed", [(3, True), (-77, True), (200, False)])
+def test_a_zero_point_that_cannot_be_shifted_out_is_added_on_the_border(zp, signed):
+    # x - zp fits no 8-bit type: x zero-padded plus a border of zp (made from ones), in one RequantizedAdd
+    model = written_exact(_zero_point_conv(zp, signed, via_requant=False))
+    assert "Pad" not in ops(model)
+    assert ops(model) == ["RequantShift", "Conv", "RequantShift", "Conv", "RequantShift", "Add", "RequantShift",
+                          "Conv", "RequantShift"]
+    # the ones requant (mul 0) is the one DeeployTest's debug pass changes
+    assert debug_pass_changes(model) == [model.graph.node[0].name]
 
 
 @pytest.mark.parametrize("pads", [[5, 1, 5, 1], [2, 0, 1, 3], [0, 1, 0, 0]])

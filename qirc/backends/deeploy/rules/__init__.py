@@ -34,6 +34,7 @@ ORDER: Tuple[Rule, ...] = (
     clips.fold_clips,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    tiling.border_padding,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
     requant.shape_requant_params,

@@ -33,13 +33,15 @@ def _unit_requant(module: Module, x: Value, offset: int, signed: bool, result_ty
                           "signed": signed, "n_levels": 256}, loc).result
 
 
-def one_hot_pad(module: Module, x: Value, pads: Sequence[int], loc: str, target: DeeployTarget) -> Value:
+def one_hot_pad(module: Module, x: Value, pads: Sequence[int], loc: str, target: DeeployTarget,
+                scale: int = 1, offset: int = 0, result_type: TensorType = None) -> Value:
     """`x` (N, C, H, W, 8-bit) zero-padded by [top, left, bottom, right] as a depthwise Conv with equal pads and a
     one-hot kernel, then an identity requant (fused into one RequantizedConv, pulp_nn_depthwise).
 
     With P = max(pads) on every side and a kernel of (2P - top - bottom + 1) x (2P - left - right + 1) whose only 1 sits
     at (P - top, P - left), output[i, j] = x_P[i + P - top, j + P - left] = x[i - top, j - left], or 0 outside x:
-    exactly the padded tensor, of size (H + top + bottom) x (W + left + right)."""
+    exactly the padded tensor, of size (H + top + bottom) x (W + left + right).  The requant may instead compute
+    scale * that + offset (into `result_type`), still exactly."""
     t, l, b, r = (int(p) for p in pads)
     n, c, h, w = x.type.shape
     p = max(t, l, b, r)
@@ -51,7 +53,13 @@ def one_hot_pad(module: Module, x: Value, pads: Sequence[int], loc: str, target:
     acc = module.create("int.conv", [x, weights], [TensorType(shape, i32)],
                         {"kernel_shape": [kh, kw], "pads": [p] * 4, "strides": [1, 1], "dilations": [1, 1],
                          "group": c}, loc).result
-    return _unit_requant(module, acc, 0, storage(x).signed, x.type.with_shape(shape), loc + "/copy", target)
+    if scale == 1:
+        return _unit_requant(module, acc, offset, storage(x).signed, result_type or x.type.with_shape(shape),
+                             loc + "/copy", target)
+    u = max(target.clip_requant_unit, target.requant_div_min)
+    return module.create("int.requant_shift", [acc], [result_type],
+                         {"mul": np.array([scale * u], np.int64), "add": np.array([offset * u], np.int64), "div": u,
+                          "signed": result_type.storage.signed, "n_levels": 256}, loc + "/copy").result
 
 
 def _spatial(pad: Operation) -> List[int]:
@@ -60,18 +68,25 @@ def _spatial(pad: Operation) -> List[int]:
     return [pads[2], pads[3], pads[6], pads[7]]
 
 
+def _shifted_signedness(x: Value, v: int, target: DeeployTarget):
+    """True/False when x - v fits int8/uint8 (uint8 only where the platform keeps it), None when it fits neither."""
+    lo, hi = value_range(x)
+    if -128 <= lo - v and hi - v <= 127:
+        return True
+    if 0 <= lo - v and hi - v <= 255 and keeps_uint8(target):
+        return False
+    return None
+
+
 def _shift_out(module: Module, x: Value, v: int, where: Operation, target: DeeployTarget, why: str) -> Value:
     """`x - v` as an 8-bit tensor (int8 when its values fit, else uint8), so that a padding value v becomes 0.
 
     A requant producing `x` for this use alone takes the shift in its add (add - v * div, exact: its clip moves with
     it); otherwise a RequantShift that only adds -v.  BackendError naming the remedy when x - v fits no 8-bit type."""
-    lo, hi = value_range(x)
-    lo, hi = lo - v, hi - v
-    if -128 <= lo and hi <= 127:
-        signed = True
-    elif 0 <= lo and hi <= 255 and keeps_uint8(target):
-        signed = False
-    else:
+    signed = _shifted_signedness(x, v, target)
+    if signed is None:
+        lo, hi = value_range(x)
+        lo, hi = lo - v, hi - v
         raise fail(where, target, f"{why} pads a tensor with zero point {v} whose values ({lo + v}..{hi + v}) do "
                                   f"not fit 8 bits once {v} is subtracted, and Deeploy's tiled flow has no Pad: "
                                   "quantize this activation with zero point 0 (a symmetric int8 or an unsigned "
@@ -106,6 +121,8 @@ def _pad_into_convs(module: Module, pad: Operation, convs: List[Operation], targ
     x, v = pad.operands[0], int(pad.attr("value"))
     spatial = _spatial(pad)
     if v:
+        if _shifted_signedness(x, v, target) is None:
+            return  # x - v fits no 8-bit type: border-padding writes the padding instead
         x = _shift_out(module, x, v, convs[0], target, "int.conv")
     for conv in convs:
         if v:
@@ -160,6 +177,36 @@ def zero_padding(module: Module, target: DeeployTarget) -> None:
         else:
             raise fail(pad, target, "int.pad has no tiled form on this platform (Deeploy's Pad has no tiling "
                                     "constraint; only a Conv's or MaxPool's padding can be rewritten)")
+    module.erase_dead()
+
+
+@rule("border-padding", when="not pad_node")
+def border_padding(module: Module, target: DeeployTarget) -> None:
+    """An int.pad(x, v) that zero-padding left (x - v fits no 8-bit type) becomes the sum, in one RequantizedAdd, of
+    x zero-padded and a border tensor that holds v on the border and 0 inside, both made by one-hot depthwise Convs:
+    ones = RequantShift(x; mul 0, add 1); border = v - v * one_hot_pad(ones); padded = one_hot_pad(x) + border.
+
+    Exact: inside, x + 0; on the border, 0 + v; every term is 8-bit, so pulp_nn_add's clips change nothing.  Its
+    cost is three depthwise Convs and an Add per padded tensor; a zero point that can be shifted out is cheaper
+    (zero-padding).  The ones requant's add is not a multiple of its mul (0), so DeeployTest's debug pass changes
+    it (qirc.json lists it): the tiled flow does not insert that pass."""
+    for pad in list(module.walk("int.pad")):
+        x, v = pad.operands[0], int(pad.attr("value"))
+        spatial = _spatial(pad)
+        out = pad.result
+        loc = pad.loc or "pad"
+        u = max(target.clip_requant_unit, target.requant_div_min)
+        ones = module.create("int.requant_shift", [x], [TensorType(x.type.shape, _I8)],
+                             {"mul": np.array([0], np.int64), "add": np.array([u], np.int64), "div": u,
+                              "signed": True, "n_levels": 256}, loc + "/ones").result
+        border_type = TensorType(out.type.shape, _I8 if v <= 127 else ScalarType("u8"))
+        border = one_hot_pad(module, ones, spatial, loc + "/border", target, scale=-v, offset=v,
+                             result_type=border_type)
+        inside = one_hot_pad(module, x, spatial, loc + "/inside", target)
+        total = module.create("int.add", [inside, border], [TensorType(out.type.shape, i32)], {}, loc + "/add").result
+        padded = _unit_requant(module, total, 0, storage(out).signed, out.type, loc, target)
+        module.replace_all_uses(out, padded)
+        module.erase(pad)
     module.erase_dead()
 
 
