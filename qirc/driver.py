@@ -40,6 +40,7 @@ from . import outputs
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
+from .backends.deeploy.rules.harness import debug_pass_report
 from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
@@ -231,6 +232,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
               "accuracy": accuracy}
+    debug_pass = debug_pass_report(model, target)
+    if debug_pass is not None:
+        report["deeploytest_debug_pass"] = debug_pass
 
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
