@@ -21,7 +21,7 @@ def build_model(name: str, per_channel: bool = False, act_bits: int = 8, seed: i
     Deterministic: the weights come from torch's default initialisers under `torch.manual_seed(seed)`, and the
     BatchNorm statistics and affine parameters from a generator seeded with `seed`, so two builds are identical.
     The BatchNorm values are drawn (not left at mean 0 / var 1 / gamma 1 / beta 0) so that folding them changes the
-    weights as a trained network's would.
+    weights as a trained network's would; LayerNorm's gamma and beta are drawn the same way.
     """
     if not isinstance(act_bits, int) or not 2 <= act_bits <= 16:
         raise UsageError(f"activation bit width must be an integer in 2..16, got {act_bits!r}")
@@ -40,6 +40,11 @@ def build_model(name: str, per_channel: bool = False, act_bits: int = 8, seed: i
                 module.bias.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator))
                 module.running_mean.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator))
                 module.running_var.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator))
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                # drawn like BatchNorm's affine parameters: every LayerNorm gets its own gamma and beta
+                n = module.weight.numel()
+                module.weight.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator).view_as(module.weight))
+                module.bias.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator).view_as(module.bias))
     return model.eval()
 
 

@@ -32,6 +32,8 @@ from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
 from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
+from .shape_folding import refine_shapes
+from .transformer_patterns import TransformerImport, parameters_constant
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
@@ -40,7 +42,7 @@ QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brev
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
-FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
+FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf")
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
@@ -49,6 +51,7 @@ def import_onnx(path_or_model, name: Optional[str] = None) -> Module:
     """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module."""
     model, filename = load_model_proto(path_or_model)
     index = index_graph(model, filename)
+    refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
             name = model.graph.name or "model"
@@ -62,7 +65,7 @@ def _module_name(name: str) -> str:
     return name if not name[0].isdigit() else "m" + name
 
 
-class OnnxImporter:
+class OnnxImporter(TransformerImport):
     """Translates one checked graph (`GraphIndex`) into a Module."""
 
     def __init__(self, index: GraphIndex, name: str):
@@ -107,6 +110,9 @@ class OnnxImporter:
         return self.module
 
     def _handler(self, node: onnx.NodeProto) -> Callable:
+        fused = self.fused_handler(node)  # a node of a LayerNorm / GELU chain (transformer_patterns)
+        if fused is not None:
+            return fused
         if node.domain in QONNX_DOMAINS:
             return getattr(self, f"_qonnx_{node.op_type}")
         return getattr(self, f"_op_{node.op_type}")
@@ -116,6 +122,8 @@ class OnnxImporter:
         constant = set(self.g.initializers)
         unsupported: Dict[str, List[str]] = {}
         for node in self.g.nodes:
+            if id(node) in self.fusions:
+                continue
             if node.domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{node.op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
@@ -125,6 +133,8 @@ class OnnxImporter:
                 if node.op_type == "Constant" or (node.op_type == "Shape") or (ok and all_const):
                     constant.update(o for o in node.output if o)
                 if node.op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = False
+                if not parameters_constant(node, constant):
                     ok = False
             else:
                 ok = False
@@ -426,7 +436,7 @@ class OnnxImporter:
             raise self.error(f"{node.op_type} of a non-constant tensor is not supported")
         self.fold_or(node, refuse)
 
-    _op_Gather = _op_Slice = _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _op_Expand = _fold_only
+    _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _fold_only
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
