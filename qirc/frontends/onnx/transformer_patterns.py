@@ -253,6 +253,9 @@ class TransformerImport:
         prefix = os.path.commonprefix(labels)
         loc = prefix.rsplit("/", 1)[0] if "/" in prefix and prefix.rsplit("/", 1)[0] else labels[-1]
         operands = [self.float_value(fusion.x)] + [self.float_value(p) for p in fusion.params]
+        if fusion.op_name == "onnx.LayerNormalization" and not fusion.params:  # no affine part: Scale = 1
+            norm = self.shape(fusion.x)[int(fusion.attrs["axis"]):]
+            operands.append(self.float_const(np.ones(norm, F32)))
         value = self.module.create(fusion.op_name, operands, [self.out_type(last)], dict(fusion.attrs), loc).result
         self.env[last.output[0]] = FloatVal(value)
 
