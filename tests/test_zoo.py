@@ -318,10 +318,11 @@ def test_per_channel_and_activation_bits(tmp_path):
     assert meta["qirc.zoo.activations"] == "4-bit"
 
 
-# Every network but the largest variant in the main (decomposed QCDQ) format; two small networks in every format.
+# Every network but the largest variant and the transformers (tests/test_zoo_transformers.py) in the main
+# (decomposed QCDQ) format; two small networks in every format.
 # The rest of the matrix (the MobileNets exported by Brevitas as QDQ and QONNX, MobileNetV2 in any format) takes
 # tens of seconds per case on a shared 2-core machine; -m "not slow" skips it.
-FAST_EXPORTS = [(name, "qcdq") for name in NETWORKS if name != "mobilenetv2-vww"] + [
+FAST_EXPORTS = [(name, "qcdq") for name in NETWORKS if name not in ("mobilenetv2-vww", "kwt-tiny", "vit-tiny")] + [
     (name, fmt) for name in ("resnet8", "dscnn-xs") for fmt in ("qdq", "qonnx")]
 SLOW_EXPORTS = [(name, fmt) for name in NETWORKS for fmt in FORMATS if (name, fmt) not in FAST_EXPORTS]
 EXPORT_CASES = FAST_EXPORTS + [pytest.param(*case, marks=pytest.mark.slow) for case in SLOW_EXPORTS]
