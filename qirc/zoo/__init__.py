@@ -118,7 +118,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
 
     The steps: build the training form (seeded), calibrate the activation quantizers with Brevitas'
     calibration_mode, fold BatchNorm, optionally correct biases (bias_correction_mode), export.  The file is
-    written atomically; the same arguments give the same bytes.  Errors are QircErrors (UsageError for a bad name
+    written atomically; the same arguments give the same graph, and the same bytes with the same torch on the same
+    CPU.  `out_dir` must be new, empty or an earlier zoo build (qirc.outputs): nothing qirc did not write is
+    overwritten.  Errors are QircErrors (UsageError for a bad name
     or option, ZooError for an unusable calibration file, FrontendError/BackendError from the export).
     """
     from qirc.qir.diagnostics import UsageError
@@ -129,6 +131,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
     if opset is not None and (format == "qcdq" or not isinstance(opset, int) or not 13 <= opset <= 20):
         raise UsageError(f"opset {opset!r} is not available for format '{format}' (the qdq and qonnx exports take "
                          f"an opset from 13 to 20; qcdq is always written at opset 13)")
+    from qirc import outputs
+    # a folder that holds anything but an earlier zoo build (model.onnx, DIR/TARGET compile outputs) is refused
+    outputs.check_output_dir(out_dir, "zoo")
     _require_torch()
     import torch
 
