@@ -367,14 +367,18 @@ class FCAutoencoder(nn.Module):
 # integer softmax, LayerNorm and GELU need (DESIGN.md section 7)
 # ----------------------------------------------------------------------------------------------------------------
 
+#: the smallest GELU input scale Deeploy's iGELU can hold (DESIGN.md section 7), with a margin
+GELU_MIN_SCALE = 0.02
+
+
 class QuantEncoderBlock(nn.Module):
     """A pre-norm transformer encoder block: x + MHA(LN(x)), then x + MLP(LN(x)), MLP = dense -> GELU -> dense.
 
     Every tensor an integer kernel reads has a quantizer: the residual stream (a signed requantizer after each add),
     each LayerNorm's output (the attention's `in_proj_input_quant`, the MLP's `ln2_quant`), the softmax input
-    (`softmax_input_quant`, which Brevitas leaves None by default), both sides of GELU (`fc1`'s output quantizer and
-    `gelu_quant`) and the attention output (`out_proj_output_quant`), so that each residual add sees two quantized
-    operands.  `batch_first` is the token layout: [N, L, E] (True, Brevitas adds a Transpose at each end of the
+    (`softmax_input_quant`, which Brevitas leaves None by default), both sides of GELU (`fc1`'s output quantizer, whose
+    scale is kept >= GELU_MIN_SCALE for iGELU, and `gelu_quant`) and the attention output (`out_proj_output_quant`),
+    so that each residual add sees two quantized operands.  `batch_first` is the token layout: [N, L, E] (True, Brevitas adds a Transpose at each end of the
     attention) or [L, N, E].  `packed_in_proj` chooses one [3E, E] in-projection (True) or separate q/k/v ones.
     """
 
@@ -393,7 +397,11 @@ class QuantEncoderBlock(nn.Module):
         self.attn_add_quant = signed_act(opts, return_quant_tensor=False)
         self.ln2 = nn.LayerNorm(dim)
         self.ln2_quant = signed_act(opts)
-        self.fc1 = quant_linear(opts, dim, mlp_dim, output_quant=True)
+        # the GELU input quantizer: Deeploy's iGELU needs its scale >= 0.0196 (b = round(-1.769 sqrt 2 / s) must fit
+        # int8); a trained block's MLP activations are that wide, a random one's may not be
+        self.fc1 = qnn.QuantLinear(dim, mlp_dim, bias=True, weight_quant=opts.weight_quant, bias_quant=Int32Bias,
+                                   output_quant=Int8ActPerTensorFloat, output_bit_width=opts.act_bits,
+                                   output_scaling_min_val=GELU_MIN_SCALE, return_quant_tensor=False)
         self.gelu = nn.GELU()
         self.gelu_quant = signed_act(opts)
         self.fc2 = quant_linear(opts, mlp_dim, dim, output_quant=True)
