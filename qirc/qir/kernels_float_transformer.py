@@ -1,4 +1,5 @@
-"""Interpreter kernels of the float transformer ops: onnx.LayerNormalization, onnx.Gelu, onnx.Gather, onnx.Slice.
+"""Interpreter kernels of the float transformer ops: onnx.LayerNormalization, onnx.Gelu, onnx.Gather, onnx.Slice
+(and int.gather, int.slice, which move stored integers the same way).
 
 Each computes in float32 what onnxruntime's CPU provider computes, up to the last ulp of an ordered sum:
 
@@ -71,6 +72,7 @@ def _onnx_gelu(op, args):
     return [gelu_f32(args[0], op.attr("approximate"))]
 
 
+@kernel("int.gather")
 @kernel("onnx.Gather")
 def _onnx_gather(op, args):
     x = args[0]
@@ -80,6 +82,7 @@ def _onnx_gather(op, args):
     return [np.take(x, index, axis=axis)]
 
 
+@kernel("int.slice")
 @kernel("onnx.Slice")
 def _onnx_slice(op, args):
     x = args[0]

@@ -1,0 +1,99 @@
+"""Token data movement of a transformer at the integer level: the packed in-projection's Slices, the class token's
+Gather (x[:, 0]) and its Concat lower to int.slice / int.gather / int.concat on stored integers (dequant-push), and
+are emitted for Deeploy as Slice / Gather (constant parameters) / Concat; the emitted graph, read back and run,
+gives the quant-level model's output exactly (pure data movement and one requant)."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qirc.frontends.onnx import import_onnx
+from qirc.qir.interpreter import random_inputs, run
+from qirc.qir.passes import PassManager, parse_pipeline
+
+driver = pytest.importorskip("qirc.driver")
+
+
+def _qdq(nodes, inits, x, scale, zp, name):
+    """QuantizeLinear -> DequantizeLinear of `x` (int8, zero point zp); returns the dequantized tensor name."""
+    inits[f"{name}_s"] = np.float32(scale)
+    inits[f"{name}_z"] = np.int8(zp)
+    nodes += [helper.make_node("QuantizeLinear", [x, f"{name}_s", f"{name}_z"], [f"{name}_q"], name=f"/{name}/Q"),
+              helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"],
+                               name=f"/{name}/DQ")]
+    return f"{name}_dq"
+
+
+def _token_model(class_token: bool):
+    """x [1, 6, 12] -> quantize -> Slice of features 4:8 (k out of q|k|v) [-> Concat(class token, tokens)] ->
+    Gather token 0 -> requantize -> y."""
+    nodes, inits = [], {}
+    x = _qdq(nodes, inits, "x", 0.05, 0, "in")
+    inits.update(starts=np.array([4], np.int64), ends=np.array([8], np.int64), axes=np.array([2], np.int64))
+    nodes.append(helper.make_node("Slice", [x, "starts", "ends", "axes"], ["k"], name="/attn/Slice_1"))
+    tokens = "k"
+    if class_token:
+        inits["cls_q"] = np.array([[[12, -7, 100, -128]]], np.int8)
+        nodes.append(helper.make_node("DequantizeLinear", ["cls_q", "in_s", "in_z"], ["cls"], name="/cls/DQ"))
+        nodes.append(helper.make_node("Concat", ["cls", "k"], ["cat"], axis=1, name="/Concat"))
+        tokens = "cat"
+    inits["zero"] = np.array(0, np.int64)
+    nodes.append(helper.make_node("Gather", [tokens, "zero"], ["first"], axis=1, name="/Gather"))
+    # 0.05 / 0.07 = 5 / 7: no stored input lands on a rounding tie of the requant (RequantShift rounds ties up,
+    # QuantizeLinear to even)
+    y = _qdq(nodes, inits, "first", 0.07, 3, "out")
+    nodes.append(helper.make_node("Identity", [y], ["y"], name="/out"))
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_slice_and_gather_lower_to_integer_data_movement():
+    module = import_onnx(_token_model(class_token=True))
+    feeds = [random_inputs(module, seed) for seed in range(3)]
+    expected = [run(module, f)["y"] for f in feeds]
+    PassManager(parse_pipeline("lower-to-int")).run(module)
+    ops = Counter(op.name for op in module.ops())
+    assert ops["int.slice"] == 1 and ops["int.gather"] == 1 and ops["int.concat"] == 1
+    assert ops["int.requant_shift"] == 1 and not any(name.startswith(("onnx.", "quant.")) for name in ops)
+    (gather,) = module.walk("int.gather")
+    assert gather.attr("indices") == [0] and gather.attr("scalar") and gather.results[0].type.shape == (1, 4)
+    out_type = module.outputs[0].operands[0].type.quant
+    for f, want in zip(feeds, expected):
+        x = f["x"]
+        q = np.clip(np.rint(x / np.float32(0.05)), -128, 127).astype(np.int64)
+        got = run(module, {"x": q})["y"]
+        np.testing.assert_array_equal(got, np.rint(want / np.float32(0.07)).astype(np.int64) + 3)
+        assert out_type.zero_point == 3
+
+
+@pytest.mark.parametrize("target,class_token", [("deeploy-generic", True), ("deeploy-generic", False),
+                                                ("deeploy-cortexm", False), ("deeploy-siracusa", False),
+                                                ("deeploy-siracusa", True)])
+def test_token_ops_are_emitted_for_deeploy(tmp_path, target, class_token):
+    path = tmp_path / "tokens.onnx"
+    onnx.save(_token_model(class_token), str(path))
+    summary = driver.compile_model(str(path), target, tmp_path / "out")
+    (report,) = summary.accuracy["outputs"]
+    if target == "deeploy-cortexm":
+        # cortex-m's legalisation rounds the requant's add (the output zero point 3 * div) to a multiple of mul, as
+        # CMSIS' merges need: up to half an input step off, which moves some outputs by one step
+        assert report["max_error_steps"] <= 1 + 1e-4
+    else:
+        assert report["max_error_steps"] < 1e-3  # exact up to the float arithmetic of the comparison
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    ops = Counter(n.op_type for n in emitted.graph.node)
+    assert ops["Slice"] == 1 and ops["Gather"] == 1 and ops["Concat"] == int(class_token)
+    inits = {t.name: numpy_helper.to_array(t) for t in emitted.graph.initializer}
+    (gather,) = [n for n in emitted.graph.node if n.op_type == "Gather"]
+    assert inits[gather.input[1]].tolist() == 0 and inits[gather.input[1]].dtype == np.int64  # one constant index
+    (slice_,) = [n for n in emitted.graph.node if n.op_type == "Slice"]
+    assert [inits[i].tolist() for i in slice_.input[1:]] == [[4], [8], [2], [1]]
