@@ -97,3 +97,42 @@ def test_token_ops_are_emitted_for_deeploy(tmp_path, target, class_token):
     assert inits[gather.input[1]].tolist() == 0 and inits[gather.input[1]].dtype == np.int64  # one constant index
     (slice_,) = [n for n in emitted.graph.node if n.op_type == "Slice"]
     assert [inits[i].tolist() for i in slice_.input[1:]] == [[4], [8], [2], [1]]
+
+
+def _token_mean_model(shape, axis):
+    """x -> quantize -> ReduceMean over the token axis (keepdims 0) -> requantize -> dense 8 -> 4 (the head)."""
+    nodes, inits = [], {}
+    x = _qdq(nodes, inits, "x", 0.05, 0, "in")
+    nodes.append(helper.make_node("ReduceMean", [x], ["mean"], axes=[axis], keepdims=0, name="/ReduceMean"))
+    pooled = _qdq(nodes, inits, "mean", 0.03, 0, "pool")
+    rng = np.random.default_rng(0)
+    inits.update(w_q=rng.integers(-127, 128, (4, 8)).astype(np.int8), w_s=np.float32(0.01), w_z=np.int8(0),
+                 b_q=rng.integers(-500, 500, 4).astype(np.int32), b_s=np.float32(0.03 * 0.01), b_z=np.int32(0))
+    nodes += [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="/head/w"),
+              helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="/head/b"),
+              helper.make_node("Gemm", [pooled, "w", "b"], ["logits"], transB=1, name="/head/Gemm")]
+    y = _qdq(nodes, inits, "logits", 0.02, 0, "out")
+    nodes.append(helper.make_node("Identity", [y], ["y"], name="/out"))
+    out_shape = [1, 4]
+    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm", "deeploy-siracusa"])
+@pytest.mark.parametrize("shape,axis", [((16, 1, 8), 0), ((1, 16, 8), 1)])
+def test_mean_over_tokens_is_emitted_as_a_spatial_sum(tmp_path, target, shape, axis):
+    """A transformer's mean over tokens ([L, N, E] over L, or [N, L, E] over L) is a sum over a non-spatial axis of
+    a rank-3 tensor: legalisation writes it as the NCHW spatial sum each platform has a form for."""
+    path = tmp_path / "mean.onnx"
+    onnx.save(_token_mean_model(shape, axis), str(path))
+    summary = driver.compile_model(str(path), target, tmp_path / "out")
+    (report,) = summary.accuracy["outputs"]
+    assert report["max_error_steps"] <= 1 + 1e-4
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    ops = [n.op_type for n in emitted.graph.node]
+    assert ops[:2] == ["Transpose", "Reshape"]  # tokens moved last, then [1, features, tokens, 1]
+    assert {"Conv", "MatMul"} & set(ops)  # the platform's sum-pool form: depthwise ones Conv or ones MatMul
