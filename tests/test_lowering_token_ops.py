@@ -136,3 +136,44 @@ def test_mean_over_tokens_is_emitted_as_a_spatial_sum(tmp_path, target, shape, a
     ops = [n.op_type for n in emitted.graph.node]
     assert ops[:2] == ["Transpose", "Reshape"]  # tokens moved last, then [1, features, tokens, 1]
     assert {"Conv", "MatMul"} & set(ops)  # the platform's sum-pool form: depthwise ones Conv or ones MatMul
+
+
+def _patch_embedding_model():
+    """A vision transformer's patch embedding: Conv 4x4 stride 4 -> Reshape (flatten) -> Transpose -> token
+    quantizer, then a dense layer on the tokens (MatMul with constant weights) and its quantizer."""
+    nodes, inits = [], {}
+    x = _qdq(nodes, inits, "x", 0.02, 0, "in")
+    rng = np.random.default_rng(1)
+    inits.update(cw_q=rng.integers(-127, 128, (6, 3, 4, 4)).astype(np.int8), cw_s=np.float32(0.01),
+                 cw_z=np.int8(0), cb_q=rng.integers(-300, 300, 6).astype(np.int32), cb_s=np.float32(0.02 * 0.01),
+                 cb_z=np.int32(0), flat=np.array([1, 6, 4], np.int64),
+                 mw_q=rng.integers(-127, 128, (6, 5)).astype(np.int8), mw_s=np.float32(0.02), mw_z=np.int8(0))
+    nodes += [helper.make_node("DequantizeLinear", ["cw_q", "cw_s", "cw_z"], ["cw"], name="/embed/w"),
+              helper.make_node("DequantizeLinear", ["cb_q", "cb_s", "cb_z"], ["cb"], name="/embed/b"),
+              helper.make_node("Conv", [x, "cw", "cb"], ["patches"], kernel_shape=[4, 4], strides=[4, 4],
+                               name="/embed/Conv"),
+              helper.make_node("Reshape", ["patches", "flat"], ["flat_patches"], name="/Reshape"),
+              helper.make_node("Transpose", ["flat_patches"], ["tokens"], perm=[0, 2, 1], name="/Transpose")]
+    t = _qdq(nodes, inits, "tokens", 0.05, 0, "token_quant")
+    nodes += [helper.make_node("DequantizeLinear", ["mw_q", "mw_s", "mw_z"], ["mw"], name="/fc/w"),
+              helper.make_node("MatMul", [t, "mw"], ["h"], name="/fc/MatMul")]
+    y = _qdq(nodes, inits, "h", 0.3, 0, "out")
+    nodes.append(helper.make_node("Identity", [y], ["y"], name="/out"))
+    graph = helper.make_graph(nodes, "patches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm", "deeploy-siracusa"])
+def test_patch_embedding_requant_moves_before_the_transpose(tmp_path, target):
+    path = tmp_path / "patches.onnx"
+    onnx.save(_patch_embedding_model(), str(path))
+    summary = driver.compile_model(str(path), target, tmp_path / "out")
+    (report,) = summary.accuracy["outputs"]
+    assert report["max_error_steps"] <= 1 + 1e-4
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "out" / "network.onnx")).graph.node]
+    # the Conv is fused with its requant on every platform; the tokens move as 8-bit values
+    assert ops.index("RequantShift") == ops.index("Conv") + 1 and ops.index("Transpose") > ops.index("RequantShift")

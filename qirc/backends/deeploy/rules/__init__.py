@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, requant, residual
+from . import bias, canonical, checks, clips, convs, gemm, moves, outputs, pools, requant, residual
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
     checks.integer_only,
     canonical.shape_ops_to_reshape,
     canonical.sub_to_add,
+    moves.requant_before_transposes,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
