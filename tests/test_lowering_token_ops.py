@@ -177,3 +177,48 @@ def test_patch_embedding_requant_moves_before_the_transpose(tmp_path, target):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "out" / "network.onnx")).graph.node]
     # the Conv is fused with its requant on every platform; the tokens move as 8-bit values
     assert ops.index("RequantShift") == ops.index("Conv") + 1 and ops.index("Transpose") > ops.index("RequantShift")
+
+
+def _token_dense_model(tokens_first: bool, per_channel: bool):
+    """A dense layer on tokens as Brevitas exports it: MatMul(x [1, L, K] or [L, 1, K], W^T) -> Add(bias) ->
+    quantizer, then the class token (Gather token 0)."""
+    nodes, inits = [], {}
+    shape = [5, 1, 8] if tokens_first else [1, 5, 8]
+    x = _qdq(nodes, inits, "x", 0.04, 0, "in")
+    rng = np.random.default_rng(2)
+    w_scale = np.linspace(0.005, 0.02, 6).astype(np.float32) if per_channel else np.float32(0.01)
+    inits.update(w_q=rng.integers(-127, 128, (8, 6)).astype(np.int8), w_s=w_scale,
+                 w_z=np.zeros(6, np.int8) if per_channel else np.int8(0),
+                 b_q=rng.integers(-2000, 2000, 6).astype(np.int32), b_s=(np.float32(0.04) * w_scale),
+                 b_z=np.zeros(6, np.int32) if per_channel else np.int32(0))
+    axis = {"axis": 1} if per_channel else {}
+    nodes += [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="/fc/w", **axis),
+              helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], name="/fc/b",
+                               **({"axis": 0} if per_channel else {})),
+              helper.make_node("MatMul", [x, "w"], ["mm"], name="/fc/MatMul"),
+              helper.make_node("Add", ["b", "mm"], ["h"], name="/fc/Add")]
+    h = _qdq(nodes, inits, "h", 0.05, 0, "out")
+    inits["zero"] = np.array(0, np.int64)
+    nodes.append(helper.make_node("Gather", [h, "zero"], ["y"], axis=0 if tokens_first else 1, name="/Gather"))
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm", "deeploy-siracusa"])
+# (per-channel weights: add-rescale does not yet lower the bias Add of a per-axis accumulator, on any rank)
+@pytest.mark.parametrize("tokens_first,per_channel", [(False, False), (True, False)])
+def test_dense_layer_on_tokens_is_a_2d_matmul(tmp_path, target, tokens_first, per_channel):
+    path = tmp_path / "dense.onnx"
+    onnx.save(_token_dense_model(tokens_first, per_channel), str(path))
+    summary = driver.compile_model(str(path), target, tmp_path / "out")
+    (report,) = summary.accuracy["outputs"]
+    assert report["max_error_steps"] <= 1 + 1e-4
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in emitted.graph.value_info}
+    linear = [n for n in emitted.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert len(linear) == 1 and shapes[linear[0].output[0]] == [5, 6]  # tokens x features

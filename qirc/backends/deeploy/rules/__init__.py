@@ -22,6 +22,7 @@ ORDER: Tuple[Rule, ...] = (
     canonical.shape_ops_to_reshape,
     canonical.sub_to_add,
     moves.requant_before_transposes,
+    moves.token_matmuls_2d,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
