@@ -414,6 +414,8 @@ def _zoo(argv: List[str]) -> Optional[int]:
                                                         "inputs)")
     b.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     b.add_argument("--act-bits", metavar="BITS", type=int, default=8, help="activation bit width")
+    b.add_argument("--opset", metavar="N", type=int, help="ONNX opset of the qdq / qonnx export (default 13 for qdq; "
+                                                         "from 17 on a LayerNorm is exported as LayerNormalization)")
     b.add_argument("--target", metavar="TARGET", help="also compile the exported model for this target (into DIR/TARGET)")
     args = p.parse_args(argv)
     from . import zoo
@@ -421,7 +423,7 @@ def _zoo(argv: List[str]) -> Optional[int]:
         sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()) + "\n")
         return None
     path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
-                         per_channel=args.per_channel, act_bits=args.act_bits)
+                         per_channel=args.per_channel, act_bits=args.act_bits, opset=args.opset)
     print(f"wrote {path}")
     if args.target:
         from .driver import compile_model

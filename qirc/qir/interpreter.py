@@ -1502,3 +1502,7 @@ def missing_kernels() -> List[str]:
     """Declared ops without a kernel (empty when the interpreter covers every dialect)."""
     load_dialects()
     return sorted(name for name in OPS if name not in KERNELS)
+
+
+# Kernels kept in their own modules register themselves here (they import `kernel` from this module).
+from . import kernels_float_transformer  # noqa: E402,F401

@@ -154,7 +154,7 @@ class DeeployTarget:
 
 
 _COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
-                     "Transpose"})
+                     "Transpose", "Gather", "Slice"})
 
 GENERIC = DeeployTarget(
     name="deeploy-generic",

@@ -34,6 +34,8 @@ from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs
                      dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
 from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
+from .shape_folding import refine_shapes
+from .transformer_patterns import TransformerImport, parameters_constant
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
@@ -50,7 +52,7 @@ _CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be co
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
-FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
+FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf")
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
@@ -74,6 +76,7 @@ def import_onnx(path_or_model, name: Optional[str] = None,
     if is_qoperator(model):
         model = qoperator_to_qdq(model, filename)
     index = index_graph(model, filename)
+    refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
             name = model.graph.name or "model"
@@ -87,7 +90,7 @@ def _module_name(name: str) -> str:
     return name if not name[0].isdigit() else "m" + name
 
 
-class OnnxImporter:
+class OnnxImporter(TransformerImport):
     """Translates one checked graph (`GraphIndex`) into a Module."""
 
     def __init__(self, index: GraphIndex, name: str):
@@ -132,6 +135,9 @@ class OnnxImporter:
         return self.module
 
     def _handler(self, node: onnx.NodeProto) -> Callable:
+        fused = self.fused_handler(node)  # a node of a LayerNorm / GELU chain (transformer_patterns)
+        if fused is not None:
+            return fused
         if node.domain in QONNX_DOMAINS:
             return getattr(self, f"_qonnx_{node.op_type}")
         return getattr(self, f"_op_{node.op_type}")
@@ -141,6 +147,8 @@ class OnnxImporter:
         constant = set(self.g.initializers)
         unsupported: Dict[str, List[str]] = {}
         for node in self.g.nodes:
+            if id(node) in self.fusions:
+                continue
             if node.domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{node.op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
@@ -150,6 +158,8 @@ class OnnxImporter:
                 if node.op_type == "Constant" or (node.op_type == "Shape") or (ok and all_const):
                     constant.update(o for o in node.output if o)
                 if node.op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = False
+                if not parameters_constant(node, constant):
                     ok = False
             else:
                 ok = False
@@ -468,7 +478,7 @@ class OnnxImporter:
             raise self.error(f"{node.op_type} of a non-constant tensor is not supported")
         self.fold_or(node, refuse)
 
-    _op_Gather = _op_Slice = _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _op_Expand = _fold_only
+    _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _fold_only
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):

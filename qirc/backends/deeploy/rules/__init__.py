@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import (bias, canonical, checks, clips, convs, gemm, harness, outputs, pools, products, rank, requant, residual,
-               tiling, trunc)
+from . import (bias, canonical, checks, clips, convs, gemm, harness, moves, outputs, pools, products, rank, requant,
+               residual, tiling, trunc)
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
@@ -29,6 +29,8 @@ ORDER: Tuple[Rule, ...] = (
     canonical.sub_to_add,
     products.broadcast_mul_operands,
     trunc.trunc_round_half_up,
+    moves.requant_before_transposes,
+    moves.token_matmuls_2d,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
