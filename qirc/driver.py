@@ -40,6 +40,7 @@ from . import outputs
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
+from .backends.deeploy.rules.harness import debug_pass_report
 from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
@@ -168,7 +169,8 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
                   out: Optional[TextIO] = None, dump_format: str = "qir", layers: bool = False,
-                  strict: bool = False) -> CompileSummary:
+                  strict: bool = False, input_shapes: Optional[Dict[str, tuple]] = None,
+                  subgraph_outputs: Optional[List[str]] = None, note=None) -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -181,6 +183,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                       instead of compiling it with a warning (summary.warnings) and its record in qirc.json
     seed, accuracy_samples  the random samples used when no inputs_npz is given
     layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers
+    input_shapes      {input name: shape} for dynamic inputs (`--input-shape`; a lone dynamic batch dim is bound
+                      to 1 without it, with a note through `note(text)`)
+    subgraph_outputs  compile the subgraph computing these tensors (`--outputs`)
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
     target = get_target(target)
@@ -196,10 +201,14 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
         raise UsageError(f"--inputs: no such file '{inputs_npz}'")
 
-    quant_module = load_model(model_path) if isinstance(model_path, (str, os.PathLike)) else import_onnx(model_path)
+    onnx_options = {"input_shapes": input_shapes, "outputs": subgraph_outputs, "note": note}
+    quant_module = (load_model(model_path, **onnx_options) if isinstance(model_path, (str, os.PathLike))
+                    else import_onnx(model_path, **onnx_options))
+    check_activation_bits(quant_module, target)
     module = quant_module.clone()
     passes = build_passes(target, extra_pipeline, strict)
-    lowered = _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
+    lowered = _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr,
+                          dump_format)
 
     model = emit_onnx(module, target)
     device = import_deeploy_onnx(model)
@@ -223,6 +232,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
               "accuracy": accuracy}
+    debug_pass = debug_pass_report(model, target)
+    if debug_pass is not None:
+        report["deeploytest_debug_pass"] = debug_pass
 
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
@@ -248,6 +260,38 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
                           len(model.graph.node), counts, module, warnings)
+
+
+def check_activation_bits(quant_module: Module, target: DeeployTarget) -> None:
+    """Refuse, before lowering, a model whose activations (or weights) are quantized wider than 8 bits, naming the
+    first such tensor: every Deeploy target runs int8/uint8 activations (RequantShift outputs 8 bits) and int8
+    weights."""
+    from .qir.diagnostics import LoweringError, op_error
+    for op in quant_module.ops():
+        if op.name not in ("quant.qcast", "qir.const") or not op.results[0].type.is_quant:
+            continue
+        qt = op.results[0].type.quant
+        # i32 grids (QONNX Trunc's integer step, accumulators) and i32 constants (biases) are not 8-bit data
+        if qt.storage.name in ("i32", "u32") or qt.storage_max - qt.storage_min < 256:
+            continue
+        if op.name == "qir.const" and not _is_weight(op):
+            continue  # a bias or another constant operand: lowered as int32
+        bits = int(qt.storage_max - qt.storage_min).bit_length()
+        what = "activations" if op.name == "quant.qcast" else "weights"
+        where = "this quantizer's output" if op.name == "quant.qcast" else "this constant"
+        raise op_error(LoweringError, op, f"{bits}-bit {what}: {where} is {qt.storage.name} "
+                       f"({qt.storage_min}..{qt.storage_max}), but the Deeploy targets take 8-bit {what} "
+                       f"(target {target.name}); quantize {what} to 8 bits (int8 or uint8)")
+
+
+def _is_weight(const) -> bool:
+    """Whether a quantized constant is dequantized into the weight operand of a Conv, Gemm or MatMul."""
+    for dcast in const.results[0].users:
+        if dcast.name == "quant.dcast":
+            for user, index in dcast.results[0].uses:
+                if user.name in ("onnx.Conv", "onnx.Gemm", "onnx.MatMul") and index == 1:
+                    return True
+    return False
 
 
 def load_any(path: str) -> Module:

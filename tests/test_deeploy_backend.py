@@ -96,7 +96,7 @@ def run_samples(module, seeds=range(4)):
 # ----- targets --------------------------------------------------------------------------------------------------
 def test_targets_are_declared_with_their_lowering_options():
     assert set(TARGETS) == set(TARGET_NAMES)
-    assert get_target("deeploy-siracusa").lowering_options == {"signed_normalize": True}
+    assert get_target("deeploy-siracusa").lowering_options == {"signed_normalize": False}
     assert get_target("deeploy-cortexm").lowering_options == {"signed_normalize": True}
     assert get_target("deeploy-generic").lowering_options == {"signed_normalize": False}
     assert get_target("deeploy-siracusa").platform == "Siracusa"
@@ -720,12 +720,26 @@ def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
                  "/avg/rqs").result
     output_op(m, "y", r)
     before = run_samples(m)
-    legalize(m, "deeploy-siracusa")
-    model = emit_onnx(m, "deeploy-siracusa")
+    legalize(m, "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
     assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "RequantShift"]
-    assert_deeploy_structure(model, "deeploy-siracusa")
+    assert_deeploy_structure(model, "deeploy-generic")
     for b, a in zip(before, run_samples(m)):
         np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_padded_sum_pool_on_siracusa_pads_zeros_in_the_conv():
+    # Siracusa's tiled flow has no Pad: the sum pool's stored zeros are the depthwise Conv's own padding
+    m = Module("avg")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
+    s = m.create("int.sumpool", [x], [TensorType((1, 2, 4, 4), i32)],
+                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, "/avg/AveragePool").result
+    r = m.create("int.requant_shift", [s], [TensorType((1, 2, 4, 4), q8(0.1, -128))], rqs_attrs([7282], 0, 1 << 16),
+                 "/avg/rqs").result
+    output_op(m, "y", r)
+    model = _assert_written_file_exact(m, "deeploy-siracusa")
+    assert [n.op_type for n in model.graph.node] == ["Conv", "RequantShift"]
+    assert [list(a.ints) for a in model.graph.node[0].attribute if a.name == "pads"] == [[1, 1, 1, 1]]
 
 
 # ----- clips that do not follow a single-use requant, and CMSIS requant gains --------------------------------------

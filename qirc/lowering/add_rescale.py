@@ -29,7 +29,7 @@ MAX_EXACT_MULTIPLIER = 4096
 #: ops between the sum and its quantizer that keep "the output saturates" meaningful: monotone or shape-only, and
 #: range-preserving for the requant that requant-fusion puts after them
 _TRANSPARENT = ("onnx.Relu", "onnx.Clip", "onnx.MaxPool", "onnx.Flatten", "onnx.Reshape", "onnx.Transpose",
-                "onnx.Squeeze", "onnx.Unsqueeze")
+                "onnx.Squeeze", "onnx.Unsqueeze", "onnx.Gather", "onnx.Slice")
 
 
 @register_pass

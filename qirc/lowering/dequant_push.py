@@ -14,9 +14,13 @@ from .common import (acc_type, apply_rules, close, const_array, dcast_source, em
 from .ranges import RangeAnalysis
 
 _SHAPE_OPS = {"onnx.Flatten": "int.flatten", "onnx.Reshape": "int.reshape", "onnx.Transpose": "int.transpose",
-              "onnx.Squeeze": "int.squeeze", "onnx.Unsqueeze": "int.unsqueeze"}
+              "onnx.Squeeze": "int.squeeze", "onnx.Unsqueeze": "int.unsqueeze", "onnx.Gather": "int.gather",
+              "onnx.Slice": "int.slice"}
 _SHAPE_ATTRS = {"onnx.Flatten": ("axis",), "onnx.Reshape": ("shape",), "onnx.Transpose": ("perm",),
-                "onnx.Squeeze": ("axes",), "onnx.Unsqueeze": ("axes",)}
+                "onnx.Squeeze": ("axes",), "onnx.Unsqueeze": ("axes",),
+                "onnx.Gather": ("axis", "indices", "scalar"), "onnx.Slice": ("starts", "ends", "axes", "steps")}
+#: shape ops that select part of an axis: a per-axis quantization along it would need its scales selected too
+_SELECTING = ("onnx.Gather", "onnx.Slice")
 
 
 @register_pass
@@ -34,9 +38,9 @@ class DequantPush(ModulePass):
     (b' = b - z_x * sum(w[c])) and the padding becomes an explicit `int.pad` with value z_x.  Gemm and MatMul
     likewise (MatMul's zero-point term is an `int.add` of a constant).  MaxPool -> int.maxpool; Relu/Clip whose
     bounds are exact stored integers -> int.clip (unless only quantizers read them: requant-fusion folds those);
-    Flatten/Reshape/Transpose/Squeeze/Unsqueeze -> int.*; constant Pad whose value is a stored integer -> int.pad;
-    Concat of operands of one quant type -> int.concat.  A quantizer reading a shape op of a float graph input
-    moves before it (quantizing commutes with moving elements).
+    Flatten/Reshape/Transpose/Squeeze/Unsqueeze/Gather/Slice -> int.*; constant Pad whose value is a stored integer
+    -> int.pad; Concat of operands of one quant type -> int.concat.  A quantizer reading a shape op of a float graph
+    input moves before it (quantizing commutes with moving elements).
     Precondition: the float operand comes from quant.dcast of a per-tensor quantized value (per axis for shape ops
     whose channel axis survives).  Ops that do not match are left alone.
     """
@@ -295,6 +299,8 @@ def _shape_op(module: Module, op: Operation) -> bool:
     out_shape = op.results[0].type.shape
     element = x.type.element
     if element.is_per_axis:
+        if op.name in _SELECTING:
+            return False
         axis = _moved_axis(op, x.type.shape, out_shape, element.axis % x.type.rank)
         if axis is None:
             return False

@@ -10,13 +10,15 @@ from .common import fail
 from .dequant_push import push_dequants
 from .fold_constants import fold_constants
 from .pool_lowering import lower_pools
+from .quantize_before_moves import quantize_before_moves
 from .ranges import RangeAnalysis
 from .requant_fusion import fuse_requants
 from .signed_normalize import signed_normalize
 from .strip_quant_boundaries import strip_boundaries
 
 #: the passes lower-to-int runs, in order (dequant-push, pool-lowering and add-rescale repeat until nothing moves)
-PIPELINE = ("fold-constants", "[signed-normalize]", "pool-lowering", "add-rescale", "dequant-push", "requant-fusion",
+PIPELINE = ("fold-constants", "quantize-before-moves", "[signed-normalize]", "pool-lowering", "add-rescale",
+            "dequant-push", "requant-fusion",
             "strip-quant-boundaries", "dce", "check-integer-only")
 
 
@@ -24,7 +26,7 @@ PIPELINE = ("fold-constants", "[signed-normalize]", "pool-lowering", "add-rescal
 class LowerToInt(ModulePass):
     """Lower a quant-level module to integer-only arithmetic (qir.* and int.* ops only).
 
-    Runs fold-constants, signed-normalize (when the option is on), then pool-lowering, add-rescale and
+    Runs fold-constants, quantize-before-moves, signed-normalize (when the option is on), then pool-lowering, add-rescale and
     dequant-push until no dcast moves, then requant-fusion, strip-quant-boundaries and dead-code elimination
     (the same passes, once each in this order, lower the corpus models too).
     Before: `qir.input (f32) -> quant.qcast -> quant.dcast -> onnx.* -> quant.qcast -> ... -> quant.dcast -> qir.output`.
@@ -46,6 +48,7 @@ class LowerToInt(ModulePass):
 
 def lower_to_int(module: Module, signed: bool = False, strict: bool = False) -> None:
     fold_constants(module)
+    quantize_before_moves(module)
     if signed:
         signed_normalize(module)
     for _ in range(16):

@@ -99,18 +99,37 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
             continue
         if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
             continue
-        error = requant_error_bound(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
+        errors = requant_error_bounds(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
+        error = float(np.max(errors)) if errors.size else 0.0
         if offset_steps:
             error += 0.5 / (1 << k)
         if strict and error >= max_error_steps:
+            where, at = _worst(errors, lo, hi, m_b, mul)
             raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
-                             f"the int32 intermediate in range (k={k}, mul={_fmt(mul)}) the multiplier "
-                             f"{_fmt(m_b)} is approximated with an error of up to {error:.3g} output steps "
-                             f"(accumulator range {_fmt(lo)}..{_fmt(hi)}); refused under --strict (without it the "
-                             f"requant is compiled and its error recorded in qirc.json)")
+                             f"the int32 intermediate in range (k={k}, mul={at[3]}) the multiplier {at[2]:.6g} "
+                             f"is approximated with an error of up to {error:.3g} output steps (accumulator range "
+                             f"[{at[0]}, {at[1]}]{where}); refused under --strict (without it the requant is compiled "
+                             f"and its error recorded in qirc.json)")
         return RequantParams(_param_array(mul), _param_array(add), k, error)
-    raise _error(op, f"requantization overflows int32 for every shift: multiplier {_fmt(m_b)} with accumulator "
-                     f"range {_fmt(lo)}..{_fmt(hi)}")
+    where, at = _worst(x_abs * m_b, lo, hi, m_b)
+    raise _error(op, f"requantization overflows int32 for every shift: multiplier {at[2]:.6g} with accumulator "
+                     f"range [{at[0]}, {at[1]}]{where}")
+
+
+def _worst(badness, lo, hi, m, mul=None):
+    """(", channel c of C", (lo, hi, multiplier, mul)) at the element where `badness` is largest: per-channel arrays
+    name the channel the numbers come from; per-tensor ones give an empty location."""
+    arrays = np.broadcast_arrays(*(np.asarray(a) for a in (badness, lo, hi, m, 0 if mul is None else mul)))
+    bad = arrays[0]
+    index = np.unravel_index(int(np.argmax(bad)), bad.shape) if bad.size else ()
+    values = tuple(a[index] if a.size else a for a in arrays[1:])
+    at = (int(values[0]), int(values[1]), float(values[2]), int(values[3]))
+    axes = [axis for axis, d in enumerate(bad.shape) if d > 1]
+    if not axes:
+        return "", at
+    channel = ", ".join(str(int(index[axis])) for axis in axes)
+    count = int(np.prod([bad.shape[axis] for axis in axes]))
+    return f", channel {channel} of {count}", at
 
 
 def _folded_fits(offset, lo, hi, mul, add, half) -> bool:
@@ -130,8 +149,15 @@ def unsaturated_span(zero_out, out_lo: int, out_hi: int) -> np.ndarray:
 
 def requant_error_bound(multiplier, mul, shift: int, zero_in, zero_out, acc_lo, acc_hi, out_lo: int,
                         out_hi: int) -> float:
-    """Worst `|x - z_in| * |mul / 2^shift - M|`, in output steps, over the reachable inputs x in [acc_lo, acc_hi]
-    whose output does not saturate (outside that, both the exact and the integer requantizer clip).  All arguments
+    """The largest of `requant_error_bounds` (0 for empty parameters)."""
+    errors = requant_error_bounds(multiplier, mul, shift, zero_in, zero_out, acc_lo, acc_hi, out_lo, out_hi)
+    return float(np.max(errors)) if errors.size else 0.0
+
+
+def requant_error_bounds(multiplier, mul, shift: int, zero_in, zero_out, acc_lo, acc_hi, out_lo: int,
+                         out_hi: int) -> np.ndarray:
+    """Per element (channel), the worst `|x - z_in| * |mul / 2^shift - M|`, in output steps, over the reachable
+    inputs x in [acc_lo, acc_hi] whose output does not saturate (outside that, both the exact and the integer requantizer clip).  All arguments
     broadcast against each other (per channel or per tensor)."""
     m = np.asarray(multiplier, dtype=np.float64)
     z_in = np.asarray(zero_in, dtype=np.int64)
@@ -140,8 +166,7 @@ def requant_error_bound(multiplier, mul, shift: int, zero_in, zero_out, acc_lo, 
     dist = np.maximum(np.abs(lo - z_in), np.abs(hi - z_in)).astype(np.float64)
     relevant = np.minimum(dist, unsaturated_span(zero_out, out_lo, out_hi) / m)
     deviation = np.abs(np.asarray(mul, dtype=np.float64) / float(1 << shift) - m)
-    error = relevant * deviation
-    return float(np.max(error)) if error.size else 0.0
+    return relevant * deviation
 
 
 def _param_array(a: np.ndarray) -> np.ndarray:

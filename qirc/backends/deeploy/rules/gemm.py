@@ -126,12 +126,12 @@ def per_channel_gemm_as_conv(module: Module, target: DeeployTarget) -> None:
         module.erase_dead()
 
 
-@rule("per-channel-matmul-as-gemm")
+@rule("per-channel-matmul-as-gemm", when="gemm_scalar_mul")
 def per_channel_matmul_as_gemm(module: Module, target: DeeployTarget) -> None:
     """int.matmul(A, B) with a constant 2-D B whose requant varies along the last axis (per-channel weights; token
     tensors [N, T, D] included) -> Reshape [rows, D] -> int.gemm(A', B^T, transB = 1, zero bias) -> RequantShift
-    (parameters [E]) -> Reshape back: a per-channel requant has a Deeploy form after a 2-D Gemm only (and on
-    platforms whose Gemm takes one multiplier, per-channel-gemm-as-conv continues from there).  Exact: the same sums."""
+    (parameters [E]) -> Reshape back, on a platform whose MatMul kernel takes one multiplier:
+    per-channel-gemm-as-conv continues from there to a 1x1 Conv.  Exact: the same sums."""
     for mm in module.walk("int.matmul"):
         rqs = sole_user(mm.result)
         b = const_value(mm.operands[1])
