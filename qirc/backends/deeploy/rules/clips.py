@@ -117,7 +117,7 @@ def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, 
     if out.type.is_quant and out.type.element.narrow:
         # the second RequantShift states the full 8-bit clip (its kernel's); the values stay within lo..hi, but the
         # result's declared storage range must hold what the op can write (a 4-bit ReLU: i8<-128:-113>)
-        full_lo, full_hi = _requant_range(signed, 256)
+        full_lo, full_hi = requant_range(signed, 256)
         result_type = TensorType(out.type.shape, out.type.element.with_(storage_min=full_lo, storage_max=full_hi))
     return _unit_requant(module, centred, c, signed, 256, result_type, clip.loc + "/offset", target, [out.name])
 
