@@ -113,6 +113,8 @@ def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, 
     c, n = shifted
     centred = _unit_requant(module, x, -c, True, n, shifted_type(out.type, c), clip.loc, target)
     signed = hi <= 127
+    if out.type.is_quant and not out.type.storage.signed:
+        signed = False  # an unsigned tensor (no signed normalisation): the full uint8 clip, a no-op on lo..hi too
     result_type = out.type
     if out.type.is_quant and out.type.element.narrow:
         # the second RequantShift states the full 8-bit clip (its kernel's); the values stay within lo..hi, but the
