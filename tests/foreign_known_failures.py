@@ -31,6 +31,5 @@ KNOWN_FAILURES = {
     'int4_relu4/brevitas-qonnx@cortexm': 'inaccurate',
     'mlp/pt-u8u8@cortexm': 'cortexm-weight-zero-point',
     'mlp/qop-u8u8@cortexm': 'cortexm-weight-zero-point',
-    'mobilenetv3-small/pt-u8s8@siracusa': 'siracusa-unsigned-product',
     'resnet18/pt-u8s8@siracusa': 'inaccurate',
 }

@@ -45,6 +45,7 @@ ORDER: Tuple[Rule, ...] = (
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
     tiling.border_padding,
+    products.unsigned_product_requants,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
     requant.shape_requant_params,
