@@ -268,7 +268,12 @@ class Module:
 
     @staticmethod
     def _is_dead(op: Operation) -> bool:
-        return op.name not in ("qir.output", "qir.input") and all(not r.uses for r in op.results)
+        if op.name == "qir.output" or op.name == "qir.input":
+            return False
+        for r in op.results:  # a loop, not all(...): erase_dead asks this of every op, often
+            if r.uses:
+                return False
+        return True
 
     # ----- queries -----------------------------------------------------------------------------------------------
     def ops(self) -> List[Operation]:
@@ -298,23 +303,27 @@ class Module:
         waiting: Dict[Operation, int] = {}
         heap = []
         for op in rest:
-            n = sum(1 for v in op.operands if v.owner in members)
+            n = 0
+            for v in op.operands:
+                if v.owner in members:
+                    n += 1
             if n:
                 waiting[op] = n
             else:
                 heap.append((op.seq, inserted[op], op))
         heapq.heapify(heap)
         out = done
+        append, pop, push, get = out.append, heapq.heappop, heapq.heappush, waiting.get
         while heap:
-            op = heapq.heappop(heap)[2]
-            out.append(op)
+            op = pop(heap)[2]
+            append(op)
             for r in op.results:
                 for user, _ in r.uses:
-                    n = waiting.get(user)
+                    n = get(user)
                     if n is not None:
                         if n == 1:
                             del waiting[user]
-                            heapq.heappush(heap, (user.seq, inserted[user], user))
+                            push(heap, (user.seq, inserted[user], user))
                         else:
                             waiting[user] = n - 1
         if waiting:
