@@ -138,7 +138,7 @@ class Module:
         self._max_seq = float("-inf")
         # the order: `_order` was the exact order when last computed, except from position `_dirty` on; ops added
         # out of sequence wait in `_pending`; erased ops stay in `_order` (skipped) until the next ops()
-        self._order: Optional[List[Operation]] = None
+        self._order: Optional[List[Operation]] = []  # kept from the first op on: a module built op by op is in order
         self._pos: Optional[Dict[Operation, int]] = None
         self._dirty = 0
         self._pending: Dict[Operation, None] = {}
@@ -422,6 +422,9 @@ class Module:
         # the same graph with the same seqs has the same order: no need to sort it again
         m._order = copies
         m._dirty = len(copies)
+        m._pos = None
+        m._pending.clear()
+        m._erased.clear()
         return m
 
 
