@@ -982,6 +982,21 @@ def _onnx_clip(op, args):
     return [np.minimum(np.maximum(args[0], _F32(op.attr("min"))), _F32(op.attr("max")))]
 
 
+def _hard_sigmoid(x: np.ndarray, alpha, beta) -> np.ndarray:
+    """onnxruntime's float32 HardSigmoid: (alpha * x + beta) clamped to [0, 1]."""
+    return np.minimum(np.maximum(x * _F32(alpha) + _F32(beta), _F32(0)), _F32(1))
+
+
+@kernel("onnx.HardSigmoid")
+def _onnx_hard_sigmoid(op, args):
+    return [_hard_sigmoid(args[0], op.attr("alpha"), op.attr("beta"))]
+
+
+@kernel("onnx.HardSwish")
+def _onnx_hard_swish(op, args):
+    return [args[0] * _hard_sigmoid(args[0], 1.0 / 6.0, 0.5)]
+
+
 @kernel("onnx.Round")
 def _onnx_round(op, args):
     return [np.rint(args[0])]
@@ -1487,3 +1502,7 @@ def missing_kernels() -> List[str]:
     """Declared ops without a kernel (empty when the interpreter covers every dialect)."""
     load_dialects()
     return sorted(name for name in OPS if name not in KERNELS)
+
+
+# Kernels kept in their own modules register themselves here (they import `kernel` from this module).
+from . import kernels_float_transformer  # noqa: E402,F401
