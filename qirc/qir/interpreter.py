@@ -1187,3 +1187,8 @@ def missing_kernels() -> List[str]:
     """Declared ops without a kernel (empty when the interpreter covers every dialect)."""
     load_dialects()
     return sorted(name for name in OPS if name not in KERNELS)
+
+
+# The integer transformer kernels (Deeploy's iSoftmax, iLayerNorm, iGELU) live in their own module; importing it
+# registers them.  At the end: the module imports `kernel` from here.
+from . import kernels_transformer  # noqa: E402,F401
