@@ -80,3 +80,11 @@ ONNX.op("BatchNormalization", "Inference-mode batch normalisation over axis 1.",
         shape=batchnorm_shape, element=float_in_out)
 ONNX.op("Softmax", "Softmax along `axis`.", operands=["X"], attrs={"axis": int_(-1)},
         shape=softmax_shape, element=float_in_out)
+
+# --- PENDING (int-kernels): helper transformer-zoo declares these two in main; this block goes at the merge ---------
+from ..ops import str_ as _str  # noqa: E402
+ONNX.op("LayerNormalization", "Normalise over the axes from `axis` on: (x - mean) / sqrt(var + epsilon) * Scale + B.",
+        operands=["X", "Scale", "B?"], attrs={"axis": int_(-1), "epsilon": float_(1e-5)},
+        shape=same_as_first, element=float_in_out)
+ONNX.op("Gelu", "x * Phi(x).", operands=["X"], attrs={"approximate": _str("none", choices=("none", "tanh"))},
+        traits=("elementwise",), shape=same_as_first, element=float_in_out)
