@@ -39,7 +39,8 @@ class IntegerTransformer(ModulePass):
     tensor at scale e (any zero point: the kernel subtracts the row maximum).  After: `%u = int.isoftmax %x
     {coeffA = 1, coeffB = round(1.353 / e), coeffC = round(0.344 / (0.3585 e^2)), log2 = round(ln 2 / e),
     n_levels = 256} : u8 @ 1/255`.  When only dequantizers read %a (P feeding the P x V MatMul), %a is replaced by %u
-    itself: the kernel's 1/255 grid folds into the next requant instead of being requantized onto s_a first.
+    itself: the kernel's 1/255 grid folds into the next requant instead of being requantized onto s_a first (a
+    graph output keeps the model's scale through a requant).
     LayerNormalization (last axis, constant Scale gamma and B beta).  Before: `onnx.LayerNormalization(dcast %x) ;
     quant.qcast : i8 @ s_o, z_o`.  After: `int.ilayernorm %x, weight, bias {D = 2^k} : i8 @ s_o, z_o` with
     weight = round(gamma 2^k / s_o), bias = round((beta / s_o + z_o) 2^k) + 2^(k-1) (the kernel floors after >> k)
@@ -149,7 +150,8 @@ def _softmax(module: Module, op: Operation) -> bool:
     qcasts = [u for u in users if u.name == "quant.qcast"]
     folded = False
     if len(users) == 1 and qcasts and qcasts[0].results[0].users and \
-            all(u.name == "quant.dcast" for u in qcasts[0].results[0].users):
+            all(u.name == "quant.dcast" and all(w.name != "qir.output" for w in u.results[0].users)
+                for u in qcasts[0].results[0].users):
         # only dequantizers read the softmax output's quantizer: give them the kernel's own 1/255 grid, so that the
         # next requant (after P x V) folds it in instead of a lossy requant onto the model's scale first
         module.replace_op(qcasts[0], [new.result])
@@ -224,8 +226,9 @@ def _gelu(module: Module, op: Operation) -> bool:
     s = float(xq.scale)
     c = gelu_coefficients(s)
     if not -128 <= c["b"] <= -1 or not 1 <= c["one"] <= 32767:
+        s_min = max(-ERF_B * math.sqrt(2) / 128.5, math.sqrt(2.0 / (-ERF_A * 32767.5)))
         raise fail(op, f"GELU input scale {s:.6g} is out of iGELU's range: b = {c['b']} must fit int8 and one = "
-                       f"{c['one']} int16, which needs {2.0 * -ERF_B / 255:.4g} <= s (about 0.0196 and above)")
+                       f"{c['one']} int16, which needs s >= {s_min:.4g} (a coarser GELU input quantizer)")
     oq = qcast.results[0].type.quant
     if oq.zero_point != 0 or oq.storage.width != 8 or (oq.storage_min, oq.storage_max) not in ((-128, 127), (0, 255)):
         raise fail(op, f"GELU output quantizer {oq} must be full-range 8-bit with zero point 0: Deeploy fuses iGELU "
