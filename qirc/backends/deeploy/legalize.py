@@ -39,12 +39,14 @@ from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value, const_op, pad_op
 from ...qir.types import ScalarType, TensorType, i8, i32
 from .targets import DeeployTarget, get_target
+from .transformer_forms import check_transformer_forms
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 #: int ops the emitter can write (after legalisation)
 EMITTABLE = frozenset({"int.conv", "int.gemm", "int.matmul", "int.add", "int.mul", "int.requant_shift", "int.maxpool",
-                       "int.pad", "int.reshape", "int.transpose", "int.concat"})
+                       "int.pad", "int.reshape", "int.transpose", "int.concat",
+                       "int.isoftmax", "int.ilayernorm", "int.igelu"})
 
 
 def _fail(op: Operation, target: DeeployTarget, message: str) -> BackendError:
@@ -895,6 +897,7 @@ def legalize(module: Module, target) -> Module:
     _shape_requant_params(module, target)
     _fix_trailing_reshapes(module, target)
     module.erase_dead()
+    check_transformer_forms(module, target)
     _check(module, target)
     return module
 

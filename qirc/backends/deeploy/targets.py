@@ -137,12 +137,16 @@ class DeeployTarget:
 
 _COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
                      "Transpose"})
+#: Deeploy's integer transformer kernels (DESIGN.md section 7): Generic and CMSIS map iSoftmax, iLayerNorm and iGELU
+#: with the Generic C kernels; Siracusa maps iSoftmax and iGELU only fused with its RequantShift (RequantizediGELU),
+#: and has no integer LayerNorm
+_TRANSFORMER = frozenset({"iSoftmax", "iLayerNorm", "iGELU"})
 
 GENERIC = DeeployTarget(
     name="deeploy-generic",
     platform="Generic",
     description="Deeploy Generic platform (host C, reference kernels; builds and runs with gcc)",
-    onnx_ops=_COMMON | {"Concat"},
+    onnx_ops=_COMMON | _TRANSFORMER | {"Concat"},
     signed_normalize=False,
     conv_needs_requant=False,
     residual_add="mul-add",
@@ -159,7 +163,7 @@ SIRACUSA = DeeployTarget(
     name="deeploy-siracusa",
     platform="Siracusa",
     description="Deeploy PULPOpen/Siracusa (RISC-V cluster, PULP-NN kernels, int8 only)",
-    onnx_ops=_COMMON | {"Concat"},
+    onnx_ops=_COMMON | {"Concat", "iSoftmax", "iGELU"},
     signed_normalize=True,
     conv_needs_requant=True,
     residual_add="requantized-add",
@@ -185,7 +189,7 @@ CORTEXM = DeeployTarget(
     name="deeploy-cortexm",
     platform="QEMU-ARM",
     description="Deeploy CMSIS platform (Arm Cortex-M, CMSIS-NN kernels, int8 only, no Concat)",
-    onnx_ops=_COMMON,
+    onnx_ops=_COMMON | _TRANSFORMER,
     signed_normalize=True,
     conv_needs_requant=True,
     residual_add="mul-add",
