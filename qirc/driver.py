@@ -72,6 +72,10 @@ class CompileSummary:
                          f"{rec['mean_error_steps']:.3g}" + ("" if agree is None else f", argmax agreement "
                                                              f"{100 * agree:.1f}%")
                          + f" over {self.accuracy['samples']} sample(s)")
+        for rec in self.accuracy.get("approximations", []):
+            wrapped = f", {rec['wrapped']} output(s) wrapped" if rec.get("wrapped") else ""
+            lines.append(f"  {rec['kernel']} '{rec['node']}' vs the float op: mean error {rec['mean_error_steps']:.3g}, "
+                         f"max {rec['max_error_steps']:.3g} output step(s){wrapped}")
         return "\n".join(lines) + "\n"
 
 
@@ -173,6 +177,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     accuracy["inputs"] = os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})"
     from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
     accuracy["layers"] = layer_figures(quant_module, module, samples)
+    from .lowering.approximations import approximation_report
+    approximations = approximation_report(quant_module, module, int_samples)
+    if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
+        accuracy["approximations"] = approximations
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
