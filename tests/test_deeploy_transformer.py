@@ -203,3 +203,23 @@ def test_reader_reads_the_kernels_back():
     assert [op.name for op in back.ops() if op.dialect == "int"] == ["int.igelu", "int.requant_shift"]
     x = np.arange(-128, 128, 32).reshape(1, 8)
     assert np.array_equal(interpreter.run(back, {"x": x})["y"], interpreter.run(m, {"x": x})["y"])
+
+
+def test_transposed_weights_under_a_batched_input_become_a_2d_matmul():
+    # Brevitas' batch_first attention: x [S, B, E] (after its Transpose) times the transposed weight matrix
+    b = QuantBuilder("proj")
+    x = b.input("x", (4, 2, 8), scale=0.05)
+    w = b.qconst(np.random.default_rng(1).integers(-100, 101, (8, 8)), b.qtype(0.02))
+    y = b.op("onnx.MatMul", [x, b.op("onnx.Transpose", [w], {"perm": [1, 0]})], loc="/q_proj/MatMul")
+    b.output("y", b.op("onnx.Transpose", [b.quant(y, scale=0.05)], {"perm": [1, 0, 2]}))  # back to batch first
+    m = b.module
+    lower_module(m)
+    assert [op.name for op in m.ops() if op.dialect == "int"] == ["int.matmul", "int.requant_shift", "int.transpose"]
+    assert m.walk("int.matmul")[0].operands[1].owner.name == "qir.const"  # the transpose was folded
+    x_int = np.random.default_rng(2).integers(-128, 128, (4, 2, 8))
+    before = interpreter.run(m, {"x": x_int})["y"]
+    legalize(m, "deeploy-generic")
+    (mm,) = m.walk("int.matmul")
+    assert mm.operands[0].type.shape == (8, 8) and mm.results[0].type.shape == (8, 8)
+    assert np.array_equal(interpreter.run(m, {"x": x_int})["y"], before)
+    assert deeploy_structure_problems(emit_onnx(m, "deeploy-generic"), "deeploy-generic") == []

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..qir.ir import Module, Operation, Value
+from ..qir.ir import Module, Operation, Value, const_op
 from ..qir.passes import ModulePass, register_pass
 from ..qir.kernels_transformer import igelu
 from ..qir.types import TensorType, UniformQuantType, i32, u8
@@ -51,7 +51,8 @@ class IntegerTransformer(ModulePass):
     by `quant.dcast` (requant-fusion turns the qcast into the RequantShift, whose add is 0 because T_o must have zero
     point 0, as Deeploy's fused RequantizediGELU requires).
     MatMul of two dequantized activations (Q K^T, P V), both per tensor with zero point 0: `int.matmul` with an
-    int32 accumulator at s_a * s_b, then `quant.dcast`.
+    int32 accumulator at s_a * s_b, then `quant.dcast`.  An operand computed by shape-only int ops from a constant
+    (weights transposed in the graph) is folded into a constant first, for dequant-push's weight MatMul.
     Preconditions, each a LoweringError naming the node otherwise: softmax over the last axis, no -inf attention
     mask; 8-bit per-tensor input quantizers (the Brevitas argument that adds a missing one is named); the output
     quantizer of a LayerNorm and a GELU; a GELU input scale for which b fits int8 and one fits int16 (s >= about
@@ -247,10 +248,33 @@ def gelu_output_range(lo: int, hi: int, b: int, one: int):
 
 
 # ----- MatMul of two activations ---------------------------------------------------------------------------------------
+def _fold_const_chain(module: Module, value: Value) -> Optional[Value]:
+    """If `value` is computed by shape-only int ops from one constant (a weight transposed in the graph, pushed by
+    dequant-push after fold-constants ran), a constant holding it; else None."""
+    op = value.owner
+    if op.dialect != "int" or "shape_only" not in op.opdef.traits or len(op.operands) != 1:
+        return None
+    source = op.operands[0]
+    if const_array(source) is None:
+        source = _fold_const_chain(module, source)
+        if source is None:
+            return None
+    from ..qir.interpreter import KERNELS
+    array = KERNELS[op.name](op, [const_array(source).astype(np.int64)])[0]
+    return const_op(module, np.asarray(array).astype(value.type.storage.np_dtype).reshape(value.type.shape),
+                    value.type, op.loc)
+
+
 def _matmul_activations(module: Module, op: Operation) -> bool:
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
     if a is None or b is None or const_array(b) is not None or const_array(a) is not None:
         return False  # a constant operand is dequant-push's (weights)
+    for i, source in ((0, a), (1, b)):
+        folded = _fold_const_chain(module, source)
+        if folded is not None:  # weights after all: make them a constant for dequant-push's MatMul rule
+            dcast = module.create("quant.dcast", [folded], [op.operands[i].type], {}, op.loc)
+            module.set_operand(op, i, dcast.result)
+            return True
     aq, bq = a.type.quant, b.type.quant
     if aq.is_per_axis or bq.is_per_axis:
         return False

@@ -39,7 +39,7 @@ from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value, const_op, pad_op
 from ...qir.types import ScalarType, TensorType, i8, i32
 from .targets import DeeployTarget, get_target
-from .transformer_forms import check_transformer_forms
+from .transformer_forms import check_transformer_forms, flatten_batched_matmuls
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -885,6 +885,7 @@ def legalize(module: Module, target) -> Module:
         if op.dialect not in ("qir", "int"):
             raise _fail(op, target, f"{op.name} is not integer arithmetic: lower the model first (lower-to-int)")
     _canonicalize_shape_ops(module)
+    flatten_batched_matmuls(module, target)
     _sub_to_add(module, target)
     _sum_pools(module, target)
     _depthwise_to_dense(module, target)

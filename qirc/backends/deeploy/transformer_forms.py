@@ -17,6 +17,7 @@ import numpy as np
 
 from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation
+from ...qir.types import TensorType
 from .targets import DeeployTarget
 
 
@@ -27,6 +28,28 @@ def _fail(op: Operation, target: DeeployTarget, message: str) -> BackendError:
 def _sole_user(op: Operation):
     users = op.results[0].users
     return users[0] if len(users) == 1 and not any(u.name == "qir.output" for u in users) else None
+
+
+def flatten_batched_matmuls(module: Module, target: DeeployTarget) -> None:
+    """`int.matmul(a [..., M, K], b [K, N])` with batch dimensions on a only becomes
+    `reshape(a) [B*M, K] -> int.matmul -> [B*M, N] -> reshape [..., M, N]`: Deeploy's MatMul advances the pointer of
+    b every batch too, so a 2-D b under a batched a would be read out of bounds.  The same integers either way."""
+    for op in module.walk("int.matmul"):
+        a, b = op.operands
+        sa, sb = a.type.shape, b.type.shape
+        if len(sb) != 2 or len(sa) <= 2 or int(np.prod(sa[:-2], dtype=np.int64)) == 1:
+            continue
+        rows = int(np.prod(sa[:-1], dtype=np.int64))
+        flat = module.create("int.reshape", [a], [TensorType((rows, sa[-1]), a.type.element)],
+                             {"shape": [rows, sa[-1]]}, op.loc + "/flatten")
+        out = op.results[0]
+        element = out.type.element
+        if out.type.is_quant and element.is_per_axis:
+            element = element.with_(axis=1)  # the per-column axis of the 2-D product
+        mm = module.create("int.matmul", [flat.result, b], [TensorType((rows, sb[-1]), element)], {}, op.loc)
+        back = module.create("int.reshape", [mm.result], [out.type], {"shape": list(out.type.shape)},
+                             op.loc + "/unflatten")
+        module.replace_op(op, [back.result])
 
 
 def check_transformer_forms(module: Module, target: DeeployTarget) -> None:
