@@ -139,10 +139,10 @@ def _opt_parser() -> argparse.ArgumentParser:
         prog="qirc-opt",
         description="Parse textual qir, verify it, run a pass pipeline and print the result.",
         epilog="Example: qirc-opt model.qir -p 'dequant-push,dce' -o lowered.qir")
-    p.add_argument("file", nargs="?", help="input .qir file ('-' for stdin)")
+    p.add_argument("file", metavar="FILE", nargs="?", help="input .qir file ('-' for stdin)")
     p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default="",
                    help="comma-separated passes, options in braces: 'a,b{k=v,k2=1},c'")
-    p.add_argument("-o", "--output", help="write the result here (atomically) instead of stdout")
+    p.add_argument("-o", "--output", metavar="OUT.qir", help="write the result here (atomically) instead of stdout")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes and their options")
     p.add_argument("--describe-pass", metavar="NAME", help="print a pass's description (rewrite, precondition)")
     p.add_argument("--print-ir-before-all", action="store_true", help="dump the IR to stderr before every pass")
@@ -150,8 +150,8 @@ def _opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-passes", action="store_true", help="print seconds per pass to stderr")
     p.add_argument("--validate-each", action="store_true",
                    help="interpret the module before and after each pass on random inputs; print the differences")
-    p.add_argument("--validate-seed", type=int, default=0, help="first seed of --validate-each's inputs")
-    p.add_argument("--validate-samples", type=int, default=3, help="input samples per pass for --validate-each")
+    p.add_argument("--validate-seed", metavar="N", type=int, default=0, help="first seed of --validate-each's inputs")
+    p.add_argument("--validate-samples", metavar="N", type=int, default=3, help="input samples per pass for --validate-each")
     p.add_argument("--elide-constants", action="store_true", help="print large constants as placeholders")
     p.add_argument("--no-verify", action="store_true", help="do not run the verifier before and between passes")
     return p
@@ -253,21 +253,26 @@ def _main_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'qirc sim FILE --inputs IN.npz -o OUT.npz' runs the integer/fake-quant simulator; "
                "'qirc zoo list|build' builds the MLPerf Tiny networks; 'qirc report MODEL --target T -o report.html' "
                "shows per-layer errors. Example: qirc model.onnx --target deeploy-siracusa -o build/model")
-    p.add_argument("model", nargs="?", help="the model: .onnx or .qir")
-    p.add_argument("--target", "-t", help="compile for this target (see --list-targets)")
-    p.add_argument("-o", "--output", help="output directory (with --target) or file (with --emit); default stdout "
-                                          "for --emit")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="the model: .onnx or .qir")
+    p.add_argument("--target", "-t", metavar="TARGET", help="compile for this target (see --list-targets)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output directory DIR with --target (new, empty or an "
+                                                         "earlier qirc output, which is replaced), or file with "
+                                                         "--emit (default stdout)")
     p.add_argument("--emit", choices=("qir", "dot"), help="print the imported model as textual IR or Graphviz dot "
                                                            "instead of compiling")
     p.add_argument("--elide-constants", action="store_true", help="with --emit qir: print large constants as "
                                                                    "placeholders")
-    p.add_argument("--inputs", help="an .npz of float input samples (first axis = sample) for the test vectors")
+    p.add_argument("--inputs", metavar="SAMPLES.npz",
+                   help="an .npz of float input samples (first axis = sample) for the test vectors")
     p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=None,
                    help="extra passes to run after lowering, before legalisation: 'a,b{k=v}'")
     p.add_argument("--print-ir-after-all", action="store_true", help="dump the IR to stderr after every pass")
-    p.add_argument("--dump-ir", metavar="DIR2", help="write the IR after every pass into DIR2 (one file per pass)")
+    p.add_argument("--dump-ir", metavar="IRDIR", help="write the IR after import and after every pass into IRDIR "
+                                                       "(one NN-pass.qir file each; a new, empty or earlier --dump-ir "
+                                                       "directory)")
     p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--seed", metavar="N", type=int, default=0,
+                   help="seed of the random test inputs (without --inputs)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
     return p
 
@@ -315,14 +320,22 @@ def _render(module, fmt: str, elide_constants: bool) -> str:
 
 def _sim(argv: List[str]) -> Optional[int]:
     p = _ArgumentParser(prog="qirc sim", description="Run the simulator (the IR interpreter) on a model: any ONNX "
-                        "form qirc imports, qirc's own Deeploy output, or a .qir file. npz arrays are matched to "
-                        "graph inputs and outputs by name, else by order.")
-    p.add_argument("file", help="model: .onnx (quantized ONNX or qirc's network.onnx) or .qir")
-    p.add_argument("--inputs", required=True, help="npz of inputs")
-    p.add_argument("-o", "--output", required=True, help="npz of outputs to write")
+                        "form qirc imports, qirc's own Deeploy output, or a .qir file, for every sample of IN.npz. "
+                        "IN.npz holds one array per model input, named like it (a one-input model also takes one "
+                        "unnamed array), each with a leading sample axis (N samples: N x the input's shape without "
+                        "its batch axis). OUT.npz gets each output stacked over the samples, in the dtype "
+                        "outputs.npz uses (the storage type of a quantized output).",
+                        epilog="Example: qirc sim build/m/network.onnx --inputs build/m/inputs.npz -o out.npz")
+    p.add_argument("file", metavar="MODEL", help="model: .onnx (quantized ONNX or qirc's network.onnx) or .qir")
+    p.add_argument("--inputs", metavar="IN.npz", required=True, help="npz of input samples")
+    p.add_argument("-o", "--output", metavar="OUT.npz", required=True,
+                   help="npz of outputs to write (a new file or an earlier qirc sim output)")
     args = p.parse_args(argv)
     from .driver import simulate_file
-    simulate_file(args.file, args.inputs, args.output)
+    summary = simulate_file(args.file, args.inputs, args.output)
+    for note in summary.notes:
+        _print_error(f"qirc sim: note: {note}")
+    sys.stdout.write(summary.text())
     return None
 
 
@@ -333,18 +346,19 @@ def _zoo(argv: List[str]) -> Optional[int]:
     sub.required = True
     sub.add_parser("list", help="name, task, input shape, parameters, MACs")
     b = sub.add_parser("build", help="build, calibrate and export a network; with --target, compile it")
-    b.add_argument("name")
-    b.add_argument("-o", "--output", required=True, help="output directory")
+    b.add_argument("name", metavar="NAME", help="a network of 'qirc zoo list'")
+    b.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="output directory (new, empty or an earlier zoo build); gets DIR/model.onnx")
     b.add_argument("--format", choices=("qcdq", "qdq", "qonnx"), default="qcdq")
     b.add_argument("--calibrate", metavar="F.npz", help="float calibration samples (default: seeded synthetic "
                                                         "inputs)")
     b.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
-    b.add_argument("--act-bits", type=int, default=8, help="activation bit width")
-    b.add_argument("--target", help="also compile the exported model for this target (into DIR/TARGET)")
+    b.add_argument("--act-bits", metavar="BITS", type=int, default=8, help="activation bit width")
+    b.add_argument("--target", metavar="TARGET", help="also compile the exported model for this target (into DIR/TARGET)")
     args = p.parse_args(argv)
     from . import zoo
     if args.cmd == "list":
-        sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()))
+        sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()) + "\n")
         return None
     path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
                          per_channel=args.per_channel, act_bits=args.act_bits)
@@ -362,15 +376,18 @@ def _report(argv: List[str]) -> Optional[int]:
                         "requantized tensor its error in output steps, a histogram of it, saturation and "
                         "accumulator use (needs matplotlib: pip install -e .[report]).",
                         epilog="Example: qirc report model.onnx --target deeploy-siracusa -o report.html")
-    p.add_argument("model", help="the quantized model (.onnx or .qir)")
-    p.add_argument("--target", "-t", required=True, help="lower for this target (see qirc --list-targets)")
+    p.add_argument("model", metavar="MODEL", help="the quantized model (.onnx or .qir)")
+    p.add_argument("--target", "-t", metavar="TARGET", required=True, help="lower for this target (see qirc --list-targets)")
     p.add_argument("--inputs", metavar="F.npz", help="float input samples (first axis = sample); default: seeded "
                                                      "random inputs")
-    p.add_argument("--samples", type=int, default=4, help="number of random samples without --inputs (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random samples")
-    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--samples", metavar="N", type=int, default=4, help="number of random samples without --inputs (default 4)")
+    p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the random samples")
+    p.add_argument("-o", "--output", metavar="REPORT.html", required=True,
+                   help="the HTML file to write (a new file or an earlier qirc report page)")
     args = p.parse_args(argv)
+    from .outputs import check_output_file
     from .report.page import build_report, render_html, require_matplotlib
+    check_output_file(args.output, "report")  # never overwrite a file qirc did not write
     require_matplotlib()  # fail before the work, not after it
     data = build_report(args.model, args.target, inputs_npz=args.inputs, samples=args.samples, seed=args.seed)
     write_text_atomic(args.output, render_html(data))

@@ -14,7 +14,9 @@ lowering and backends together.  Steps:
   4. quantize the float samples (`--inputs FILE.npz`, else seeded random ones), run the device graph for
      inputs.npz / outputs.npz (first sample) and compare every sample with the quant-level model for qirc.json;
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
-     place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.
+     place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.  DIR must be new,
+     empty or a previous qirc output (checked before step 1; qirc.outputs): qirc never removes a file it did not
+     write.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Dict, List, Optional, TextIO
 
 import onnx
 
+from . import outputs
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
@@ -105,19 +108,33 @@ def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bo
         PassManager(passes, print_ir_after_all=print_ir_after_all, out=out).run(module)
         return
     ext = "dot" if dump_format == "dot" else "qir"
+    # the dumps go to a folder next to DIR that replaces it at the end, also when a pass fails (that is when they
+    # are wanted): DIR never mixes this run's files with an earlier run's
+    dump_ir_dir = os.path.abspath(dump_ir_dir)
+    try:
+        staging = outputs.staging_dir(dump_ir_dir)
+    except OSError as e:
+        raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
 
     def dump(file_name: str) -> None:
         try:
-            os.makedirs(dump_ir_dir, exist_ok=True)
-            with open(os.path.join(dump_ir_dir, file_name), "w") as f:
+            with open(os.path.join(staging, file_name), "w") as f:
                 f.write(_render(module, dump_format))
         except OSError as e:
             raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
 
-    dump(f"00-imported.{ext}")
-    for i, p in enumerate(passes, 1):
-        PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
-        dump(f"{i:02d}-{p.name}.{ext}")
+    try:
+        dump(f"00-imported.{ext}")
+        for i, p in enumerate(passes, 1):
+            PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
+            dump(f"{i:02d}-{p.name}.{ext}")
+    finally:
+        try:
+            outputs.install_dir(staging, dump_ir_dir, "dump", "--dump-ir")
+        except OSError as e:
+            raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # made by this run: everything in it is ours
 
 
 def _errors_name_the_model_file(compile_fn):
@@ -152,9 +169,12 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     """
     target = get_target(target)
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"output path '{out_dir}' exists and is not a directory")
-    _check_output_parent(out_dir)
+    # refuse before any work a folder qirc may not write into (qirc.outputs: only new, empty or previous outputs)
+    outputs.check_output_dir(out_dir, "compile")
+    if dump_ir_dir is not None:
+        outputs.check_output_dir(dump_ir_dir, "dump", "--dump-ir")
+        if os.path.abspath(dump_ir_dir) == out_dir:
+            raise UsageError("--dump-ir and -o name the same directory")
     if accuracy_samples < 1:
         raise UsageError(f"accuracy_samples must be at least 1, got {accuracy_samples}")
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
@@ -188,12 +208,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
 
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
-    parent = os.path.dirname(out_dir)
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        tmp = outputs.staging_dir(out_dir)
     except OSError as e:
-        _check_output_parent(out_dir)
+        outputs.check_output_dir(out_dir, "compile")
         raise QircError(f"cannot write the output directory ({e.strerror or e})", file=out_dir) from None
     try:
         onnx.save(model, os.path.join(tmp, "network.onnx"))
@@ -202,45 +220,16 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
         with open(os.path.join(tmp, "qirc.json"), "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out_dir)
+        outputs.install_dir(tmp, out_dir, "compile")
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise QircError(f"cannot write the output directory ({e.strerror or e})", file=out_dir) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # made by this run (gone once installed)
     counts: Dict[str, int] = {}
     for n in model.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
                           len(model.graph.node), counts, module)
-
-
-def _check_output_parent(out_dir: str) -> None:
-    """Refuse, before any work, an output directory that cannot be created because an ancestor is a file."""
-    ancestor = os.path.dirname(out_dir)
-    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise QircError(f"cannot write the output directory ('{ancestor}' is a file, not a directory)",
-                        file=out_dir)
-
-
-def _replace_dir(new: str, dest: str) -> None:
-    """Move the finished folder `new` to `dest`; an existing `dest` is swapped out and removed only afterwards."""
-    if not os.path.exists(dest):
-        os.rename(new, dest)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=os.path.dirname(dest))
-    os.rmdir(old)
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_any(path: str) -> Module:
@@ -250,36 +239,89 @@ def load_any(path: str) -> Module:
     return load_model(path)
 
 
-def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
-    """`qirc sim`: run the interpreter on `model_path` with the arrays of `inputs_npz` (matched to the graph inputs by
-    name, else by order) and write the outputs, keyed by output name, to `outputs_npz` (atomically)."""
+@dataclass
+class SimSummary:
+    """What `qirc sim` wrote: the file, the number of samples, the outputs (stacked over samples) and notes."""
+
+    path: str
+    samples: int
+    outputs: Dict
+    notes: List[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        """One line for the terminal."""
+        shown = ", ".join(f"'{k}' {'x'.join(map(str, a.shape))} {a.dtype}" for k, a in self.outputs.items())
+        return f"wrote {self.path}: {self.samples} sample(s); {shown}\n"
+
+
+def _read_npz(path: str) -> Dict:
     import numpy as np
 
-    from .qir import interpreter
-    from .qir.diagnostics import QircError
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle (and advise allow_pickle) or hand back a bare .npy array
+        raise QircError("not an .npz file (not a zip archive; numpy.savez writes one)", file=path)
+    try:
+        with np.load(path) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except FileNotFoundError:
+        raise QircError("no such file", file=path) from None
+    except IsADirectoryError:
+        raise QircError("is a directory, not an .npz file", file=path) from None
+    except Exception as e:  # np.load raises many types for a bad file; all mean "not an npz"
+        raise QircError(f"not a readable .npz file ({type(e).__name__}: {e})", file=path) from None
+
+
+def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> SimSummary:
+    """`qirc sim`: run the interpreter on `model_path` (any form `load_any` reads) for every sample of `inputs_npz`
+    and write the outputs to `outputs_npz` (atomically), keyed by output name, stacked over the samples, each in
+    the dtype outputs.npz uses for it (the storage type of a quantized output: int8, uint8, ...; float32 else).
+
+    `inputs_npz` holds one array per model input, named like it (a one-input model also takes a single array of
+    any name, as numpy.savez(f, x) writes it), each with a leading sample axis: [N, ...] where the model declares
+    [1, ...].  Integer arrays given to a float input are used as real numbers, and a note says so.
+    """
+    import numpy as np
+
+    from .qir.batch import run_samples
+    outputs.check_output_file(outputs_npz, "sim")
     module = load_any(model_path)
     names = module.input_names()
-    if os.path.isfile(inputs_npz) and not zipfile.is_zipfile(inputs_npz):
-        # np.load would try it as a pickle (and advise allow_pickle) or hand back a bare .npy array
-        raise QircError("not an .npz file (not a zip archive; numpy.savez writes one)", file=inputs_npz)
-    try:
-        with np.load(inputs_npz) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-    except FileNotFoundError:
-        raise QircError("no such file", file=inputs_npz) from None
-    except Exception as e:  # np.load raises many types for a bad file; all mean "not an npz"
-        raise QircError(f"not a readable .npz file ({type(e).__name__}: {e})", file=inputs_npz) from None
+    arrays = _read_npz(inputs_npz)
     if set(arrays) == set(names):
-        inputs = arrays
-    elif len(arrays) == len(names):
-        inputs = dict(zip(names, arrays.values()))
+        given = [arrays[n] for n in names]
+    elif len(arrays) == 1 and len(names) == 1:
+        given = list(arrays.values())
     else:
-        raise QircError(f"has {len(arrays)} array(s) ({', '.join(arrays)}) but the model has {len(names)} input(s) "
-                        f"({', '.join(names)})", file=inputs_npz)
+        raise QircError(f"has {len(arrays)} array(s) ({', '.join(arrays) or 'none'}) but the model has "
+                        f"{len(names)} input(s) ({', '.join(names)}); name each array like its input (a one-input "
+                        f"model also takes one unnamed array)", file=inputs_npz)
+    notes = []
+    counts = []
+    for op, name, array in zip(module.inputs, names, given):
+        t = op.results[0].type
+        if array.ndim != t.rank or tuple(array.shape[1:]) != tuple(t.shape[1:]) or array.shape[0] < 1:
+            want = "x".join(map(str, t.shape))
+            per_sample = "x".join(["N"] + [str(d) for d in t.shape[1:]])
+            raise QircError(f"array for input '{name}' has shape {'x'.join(map(str, array.shape)) or 'scalar'}; "
+                            f"the model takes {want}, so give {per_sample} (a leading sample axis)",
+                            file=inputs_npz)
+        counts.append(array.shape[0])
+        if t.is_float and np.issubdtype(array.dtype, np.integer):
+            notes.append(f"input '{name}' of {os.path.basename(str(model_path))} is float but the arrays are "
+                         f"{array.dtype}: they are used as real numbers, not as quantized values (integer test "
+                         f"vectors such as inputs.npz go with the compiled network.onnx)")
+    if len(set(counts)) > 1:
+        raise QircError(f"the arrays hold different numbers of samples ({', '.join(map(str, counts))})",
+                        file=inputs_npz)
+    n = counts[0] if counts else 1
+    samples = [[a[i:i + 1] for a in given] for i in range(n)]
     try:
-        outputs = interpreter.run(module, inputs)
+        results = run_samples(module, samples)
     except QircError as e:
         raise e.with_file(str(model_path))
+    out_types = [op.operands[0].type for op in module.outputs]
+    stacked = {k: np.concatenate([r[k] for r in results]).astype(t.storage.np_dtype)
+               for k, t in zip(module.output_names(), out_types)}
     parent = os.path.dirname(os.path.abspath(outputs_npz)) or "."
     try:
         fd, tmp = tempfile.mkstemp(prefix=".qirc-", suffix=".npz", dir=parent)
@@ -287,7 +329,9 @@ def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
         raise QircError(f"cannot write ({e.strerror or e})", file=outputs_npz) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **outputs)
+            np.savez(f, **stacked)
+        outputs.mark_sim_output(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, outputs_npz)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -295,7 +339,13 @@ def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> Dict:
         if isinstance(e, OSError):
             raise QircError(f"cannot write ({e.strerror or e})", file=outputs_npz) from None
         raise
-    return outputs
+    return SimSummary(outputs_npz, n, stacked, notes)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def simulate(model_path, inputs_npz: Optional[str] = None, seed: int = 0) -> Dict:

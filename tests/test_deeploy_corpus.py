@@ -1,11 +1,11 @@
-"""The whole driver on the corpus: every model for every target, then the written folder checked against the
+"""The whole driver on real models (shipped DeepQuant exporter output and committed zoo examples, see
+tests/real_models.py): every model for every target, then the written folder checked against the
 Deeploy contract; atomicity of the output folder."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,15 +19,18 @@ from qirc.qir.diagnostics import BackendError, UsageError
 
 from test_deeploy_structure import assert_deeploy_structure
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-MODELS = ["ResNet8", "MobileNetV2-VWW", "DSCNN-S", "DSCNN-XS", "Autoencoder", "Autoencoder-MLPerf"]
-TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
+from real_models import deepquant, example
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
+#: DeepQuant's own files for three networks, zoo examples for the others (same architectures as the exporter's)
+MODEL_FILES = {"ResNet8": lambda: deepquant("ResNet8"), "DSCNN-XS": lambda: deepquant("DSCNN-XS"),
+               "Autoencoder": lambda: deepquant("Autoencoder"),
+               "MobileNetV2-VWW": lambda: example("mobilenetv2-vww"), "DSCNN-S": lambda: example("dscnn-s")}
+MODELS = list(MODEL_FILES)
+TARGETS = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
 
 
 def model_path(name):
-    return str(CORPUS / name / "split.onnx")
+    return str(MODEL_FILES[name]())
 
 
 _built = {}
@@ -173,35 +176,42 @@ def test_refusal_over_the_dense_depthwise_cap_leaves_no_folder(dense_depthwise_t
     out = tmp_path / "mbv2"
     with pytest.raises(BackendError) as e:
         compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
-    assert str(e.value).endswith("node '/wrappedInnerForwardImpl_22/Conv' (int.conv): in pass 'deeploy-legalize': "
+    assert str(e.value).endswith("node '/blocks/blocks.7/dw/conv/Conv' (int.conv): in pass 'deeploy-legalize': "
                                  "depthwise conv would need 154 KiB of dense weights on deeploy-cortexm-dense (cap "
                                  "64 KiB); the platform takes no depthwise Conv")
     assert not out.exists()
     assert os.listdir(tmp_path) == []
 
 
-def test_failed_run_leaves_an_existing_folder_untouched(dense_depthwise_target, tmp_path):
+def test_failed_run_leaves_a_previous_output_untouched(dense_depthwise_target, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    compile_model(model_path("Autoencoder"), "deeploy-generic", out, accuracy_samples=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(BackendError):
         compile_model(model_path("MobileNetV2-VWW"), dense_depthwise_target, out)
-    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-def test_successful_run_replaces_an_existing_folder(tmp_path):
+def test_successful_run_replaces_a_previous_output_and_refuses_other_folders(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    compile_model(model_path("Autoencoder"), "deeploy-generic", out, accuracy_samples=1)
+    first = json.loads((out / "qirc.json").read_text())
     summary = compile_model(model_path("Autoencoder"), "deeploy-cortexm", out, accuracy_samples=1)
     assert sorted(os.listdir(out)) == ["inputs.npz", "network.onnx", "outputs.npz", "qirc.json"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert first["target"] == "deeploy-generic"
+    assert json.loads((out / "qirc.json").read_text())["target"] == "deeploy-cortexm"
     assert summary.nodes == len(onnx.load(str(out / "network.onnx")).graph.node)
+
+    (out / "stale.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds files qirc did not write"):
+        compile_model(model_path("Autoencoder"), "deeploy-cortexm", out, accuracy_samples=1)
+    assert (out / "stale.txt").read_text() == "mine" and len(os.listdir(out)) == 5
 
 
 def test_inputs_npz_gives_the_samples(tmp_path):
-    ref = np.load(CORPUS / "Autoencoder" / "reference.npz")
+    ref = np.load(deepquant("Autoencoder", "reference.npz"))
     samples = tmp_path / "samples.npz"
     batch = np.concatenate([ref["input"], ref["input"] * 0.5, -ref["input"]])
     np.savez(samples, batch)

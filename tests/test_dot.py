@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from qirc.qir.dot import format_quant_short, format_type_short, print_dot
 from qirc.qir.ir import Module, const_op, input_op, output_op
 from qirc.qir.types import TensorType, UniformQuantType, f32, i8, i32, u8
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+from real_models import deepquant, example
 
 _NODE = re.compile(r"^\s*(n\d+) \[label=(\"(?:[^\"\\]|\\.)*\")(.*)\];$")
 _EDGE = re.compile(r"^\s*(n\d+) -> (n\d+) \[label=(\"(?:[^\"\\]|\\.)*\")\];$")
@@ -107,13 +106,12 @@ def test_integer_module_nodes_edges_and_folded_constant():
     assert "rankdir=TB;" in text
 
 
-@pytest.mark.skipif(not (CORPUS / "ResNet8" / "split.onnx").exists(), reason="corpus not available")
 def test_resnet8_quant_and_integer_levels_are_valid_and_deterministic():
     from qirc.frontends import load_model
     import qirc.lowering  # noqa: F401  (registers the passes)
     from qirc.qir.passes import PassManager, parse_pipeline
 
-    module = load_model(str(CORPUS / "ResNet8" / "split.onnx"))
+    module = load_model(str(deepquant("ResNet8")))
     text = print_dot(module)
     assert text == print_dot(module.clone())
     nodes, edges = parse_dot(text)
@@ -143,11 +141,10 @@ def test_graphviz_renders_it(tmp_path):
     assert "<svg" in result.stdout and "int.requant_shift" in result.stdout
 
 
-@pytest.mark.skipif(shutil.which("dot") is None or not (CORPUS / "MobileNetV2-VWW" / "split.onnx").exists(),
-                    reason="graphviz or the corpus not available")
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz (dot) not installed")
 def test_cli_emit_dot_mobilenet_renders(tmp_path):
     out = tmp_path / "mnv2.dot"
-    assert main([str(CORPUS / "MobileNetV2-VWW" / "split.onnx"), "--emit", "dot", "-o", str(out)]) == 0
+    assert main([str(example("mobilenetv2-vww")), "--emit", "dot", "-o", str(out)]) == 0
     nodes, edges = parse_dot(out.read_text())
     assert len(nodes) > 100 and len(edges) >= len(nodes) - 2
     result = subprocess.run(["dot", "-Tsvg", str(out), "-o", str(tmp_path / "mnv2.svg")], capture_output=True,

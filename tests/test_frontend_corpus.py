@@ -1,12 +1,12 @@
-"""Every DeepQuant corpus model imports, and the interpreter on the imported IR equals onnxruntime on the file.
+"""Every real model (the shipped DeepQuant exporter output and the committed zoo examples) imports, and the interpreter on the imported IR equals onnxruntime on the file.
 
 The reference is onnxruntime on the very file with graph optimisations disabled.  Every quantizer is compared, not
 only the outputs: onnxruntime also returns each quantizer's Clip output (the stored integers, as floats), which is the
 `quant.qcast` whose location is that Clip node.  Criteria: quantized values identical in at least 99.9% of elements
 and never more than one step apart; float outputs within 1e-5 of the output's scale.
 
-Inputs: 20 seeded uniform samples over [-1.1, 1.1] plus the `reference.npz` input (DSCNN-XS has none).  MobileNetV2
-(the largest model) runs 10 random samples plus the reference input to keep this file under a minute.
+Inputs: 20 seeded uniform samples over [-1.1, 1.1] plus the `reference.npz` input where the folder has one.
+MobileNetV2 (the largest model) runs 10 random samples to keep this file short.
 """
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ from qirc.frontends.onnx import import_onnx
 
 from onnx_builders import ort_session
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-MODELS = sorted(CORPUS.glob("*/*.onnx")) if CORPUS.exists() else []
-SAMPLES = {"MobileNetV2-VWW": 10}
-DEFAULT_SAMPLES = 20
+from real_models import deepquant_params, example_params
 
-pytestmark = pytest.mark.skipif(not MODELS, reason="corpus not available")
+MODELS = deepquant_params() + example_params()
+SAMPLES = {"MobileNetV2-VWW": 10, "mobilenetv2-vww": 10}
+DEFAULT_SAMPLES = 20
 
 
 def corpus_inputs(path: Path, shape):
@@ -38,7 +37,7 @@ def corpus_inputs(path: Path, shape):
     return samples
 
 
-@pytest.mark.parametrize("path", MODELS, ids=[f"{p.parent.name}/{p.name}" for p in MODELS])
+@pytest.mark.parametrize("path", MODELS)
 def test_corpus_model_matches_onnxruntime(path):
     from qirc.qir.interpreter import run_values
 

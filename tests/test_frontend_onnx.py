@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ from qirc.qir.types import ScalarType, UniformQuantType
 
 from onnx_builders import GraphBuilder, ort_run, qonnx_as_decomposed
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+from real_models import deepquant  # noqa: E402
 
 
 def interpret(module, feeds):
@@ -381,9 +380,7 @@ def test_import_from_model_proto_with_name():
 
 # ----- DeepQuant dequant_moved form -----------------------------------------------------------------------------------
 def test_dequant_moved_conv_becomes_int_conv():
-    path = CORPUS / "ResNet8" / "dequant_moved.onnx"
-    if not path.exists():
-        pytest.skip("corpus not available")
+    path = deepquant("ResNet8", "dequant_moved.onnx")
     module = import_onnx(path)
     convs = module.walk("int.conv")
     assert len(convs) == 9 and len(module.walk("int.gemm")) == 1 and not module.walk("onnx.Conv")
@@ -415,9 +412,7 @@ def test_load_model_dispatches_on_extension(tmp_path):
 
 
 def test_importing_onnx_does_not_import_torch():
-    path = CORPUS / "ResNet8" / "split.onnx"
-    if not path.exists():
-        pytest.skip("corpus not available")
+    path = deepquant("ResNet8")
     code = ("import sys; from qirc.frontends.onnx import import_onnx; "
             f"import_onnx({str(path)!r}); assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

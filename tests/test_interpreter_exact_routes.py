@@ -3,7 +3,6 @@ int.gemm at the bounds, the blocked im2col and requant over a batch, the int.pad
 dead intermediates without changing any output."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,16 +163,13 @@ def test_requant_unblocked_shapes_match_the_formula(shape, param_shape, monkeypa
     assert y.shape == shape and y.tolist() == expected.reshape(shape).tolist()
 
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-
-
 @pytest.mark.parametrize("name", ["Autoencoder", "DSCNN-XS", "ResNet8"])
 def test_corpus_integer_graph_batched_equals_per_sample(name):
     """The compiled integer graph (gemm; depthwise/strided conv, sum pooling; residual adds) rebatched to N gives
     exactly the per-sample outputs: every int kernel is batch-agnostic."""
-    path = CORPUS / name / "split.onnx"
-    if not path.exists():
-        pytest.skip(f"needs {path}")
+    from real_models import deepquant
+
+    path = deepquant(name)
     from qirc.backends.deeploy.targets import get_target
     from qirc.driver import build_passes
     from qirc.frontends.onnx import import_onnx

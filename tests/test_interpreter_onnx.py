@@ -7,7 +7,6 @@ compares the float32 results: selection and data-movement ops bit for bit, arith
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,11 +317,10 @@ def test_kernel_failure_is_a_located_interpret_error():
 
 
 # ----- real exporter output --------------------------------------------------------------------------------------
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-CORPUS_FILES = sorted(CORPUS.glob("*/*.onnx")) if CORPUS.is_dir() else []
+from real_models import deepquant_params, example_params  # noqa: E402
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES, ids=[f"{p.parent.name}/{p.name}" for p in CORPUS_FILES])
+@pytest.mark.parametrize("path", deepquant_params() + example_params(slow=("mobilenetv2-vww",)))
 def test_corpus_model_matches_onnxruntime(path):
     """The imported quant-level module interpreted on seeded inputs (which saturate the input quantizer) and on the
     corpus reference input gives onnxruntime's output on the file itself; only Conv/Gemm summation order may differ,

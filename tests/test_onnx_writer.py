@@ -18,8 +18,9 @@ from qirc.qir.interpreter import random_inputs, run  # noqa: E402
 from qirc.qir.ir import Module, const_op, input_op, output_op  # noqa: E402
 from qirc.qir.types import UniformQuantType, f32, i8, i32, tensor, u8  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
-RESNET8_SPLIT = CORPUS / "ResNet8" / "split.onnx"
+from real_models import deepquant  # noqa: E402
+
+RESNET8_SPLIT = deepquant("ResNet8")
 FORMS = ("qdq", "qcdq")
 
 
@@ -303,7 +304,6 @@ def _has_round_add_with_zero_point(module: Module) -> bool:
                for op in module.walk("quant.qcast"))
 
 
-@pytest.mark.skipif(not RESNET8_SPLIT.exists(), reason="corpus not available")
 @pytest.mark.parametrize("form", FORMS)
 def test_resnet8_split_round_trip(form, tmp_path):
     import_onnx = _import_onnx()
@@ -317,11 +317,10 @@ def test_resnet8_split_round_trip(form, tmp_path):
         assert {t: op_types(written).count(t) for t in counts} == counts
 
 
-@pytest.mark.skipif(not (CORPUS / "ResNet8" / "dequant_moved.onnx").exists(), reason="corpus not available")
 @pytest.mark.parametrize("form", FORMS)
 def test_resnet8_dequant_moved_runs_like_the_interpreter(form):
     # integer convolutions on stored integers (the importer's reading of DeepQuant's dequant-moved form)
-    module = _import_onnx()(str(CORPUS / "ResNet8" / "dequant_moved.onnx"))
+    module = _import_onnx()(str(deepquant("ResNet8", "dequant_moved.onnx")))
     assert module.walk("int.conv")
     model = write_onnx(module, form)
     for seed in range(2):

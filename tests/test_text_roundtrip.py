@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import math
-from pathlib import Path
 from datetime import timedelta
 
 import numpy as np
@@ -356,17 +355,15 @@ def test_default_op_names_cover_every_builtin_op():
     assert not names & {"qir.input", "qir.output", "qir.const"}
 
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+from real_models import deepquant_params, example_params  # noqa: E402
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not available")
-def test_corpus_models_roundtrip():
-    """Every real model of the corpus, as imported, prints to text that parses back to itself bit for bit."""
+@pytest.mark.parametrize("path", deepquant_params() + example_params())
+def test_corpus_models_roundtrip(path):
+    """Every real model (shipped DeepQuant output, zoo examples), as imported, prints to text that parses back to
+    itself bit for bit."""
     onnx_frontend = pytest.importorskip("qirc.frontends.onnx")
-    paths = sorted(CORPUS.rglob("*.onnx"))
-    assert paths
-    for path in paths:
-        module = onnx_frontend.import_onnx(str(path))
-        text, parsed = roundtrip(module)
-        assert_same_constants(module, parsed)
-        assert len(parsed) == len(module) and text.count("\n") == len(module) + 2, path
+    module = onnx_frontend.import_onnx(str(path))
+    text, parsed = roundtrip(module)
+    assert_same_constants(module, parsed)
+    assert len(parsed) == len(module) and text.count("\n") == len(module) + 2, path

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..outputs import REPORT_MARK
 from ..qir.diagnostics import QircError, UsageError
 from ..qir.ir import Module
 from .figures import layer_figures
@@ -269,6 +270,7 @@ def render_html(data: ReportData) -> str:
     title = f"qirc report: {data.model_name}"
     parts: List[str] = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        REPORT_MARK,  # how `qirc report -o` recognises a page it may overwrite (qirc.outputs)
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
         f"<h1>{e(title)}</h1>",

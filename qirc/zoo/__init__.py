@@ -114,7 +114,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
 
     The steps: build the training form (seeded), calibrate the activation quantizers with Brevitas'
     calibration_mode, fold BatchNorm, optionally correct biases (bias_correction_mode), export.  The file is
-    written atomically; the same arguments give the same bytes.  Errors are QircErrors (UsageError for a bad name
+    written atomically; the same arguments give the same graph, and the same bytes with the same torch on the same
+    CPU.  `out_dir` must be new, empty or an earlier zoo build (qirc.outputs): nothing qirc did not write is
+    overwritten.  Errors are QircErrors (UsageError for a bad name
     or option, ZooError for an unusable calibration file, FrontendError/BackendError from the export).
     """
     from qirc.qir.diagnostics import UsageError
@@ -122,6 +124,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
     spec = get_spec(name)
     if format not in FORMATS:
         raise UsageError(f"unknown zoo export format '{format}' (choose one of: {', '.join(FORMATS)})")
+    from qirc import outputs
+    # a folder that holds anything but an earlier zoo build (model.onnx, DIR/TARGET compile outputs) is refused
+    outputs.check_output_dir(out_dir, "zoo")
     _require_torch()
     import torch
 

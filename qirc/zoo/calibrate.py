@@ -44,6 +44,13 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def load_calibration_npz(path, input_shape) -> np.ndarray:
     """The float32 samples of the .npz file `path`, shaped (N,) + input_shape[1:].
 
@@ -107,8 +114,8 @@ def calibrate(model, samples: np.ndarray, batch_size: int = 8, bias_correction: 
     """Calibrate the activation scales of `model` (a Brevitas module in eval mode) on `samples`; returns `model`.
 
     `samples` is a float array (N,) + input shape without the batch axis.  With `bias_correction` a second pass
-    corrects the biases (call it on the exported, BatchNorm-folded form).  A progress bar goes to stderr (or
-    `stream`) unless `progress` is False.
+    corrects the biases (call it on the exported, BatchNorm-folded form).  A progress bar goes to `stream`, or to
+    stderr when that is a terminal, unless `progress` is False.
     """
     import warnings
 
@@ -123,7 +130,9 @@ def calibrate(model, samples: np.ndarray, batch_size: int = 8, bias_correction: 
     passes = [("calibration", calibration_mode)]
     if bias_correction:
         passes.append(("bias correction", bias_correction_mode))
-    bar = ProgressBar(len(batches) * len(passes), label, stream) if progress else None
+    # the bar redraws one line with \r: on a terminal only (a log or a pipe would collect every frame)
+    draw = progress and (stream is not None or _is_terminal(sys.stderr))
+    bar = ProgressBar(len(batches) * len(passes), label, stream) if draw else None
     model.eval()
     with torch.no_grad():
         for _, mode in passes:

@@ -1,6 +1,6 @@
 """ONNX emission: legalised integer IR -> the ONNX graph Deeploy reads.
 
-`emit_onnx(module, target)` writes one ONNX node per int op (see `legalize.py` for the forms), in the module's
+`emit_onnx(module, target)` writes one ONNX node per int op (see `rules/` for the forms), in the module's
 topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4):
 
     int.conv           Conv(x, w)            kernel_shape, pads, strides, dilations, group all spelled out; no bias

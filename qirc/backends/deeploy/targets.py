@@ -1,9 +1,10 @@
 """The Deeploy platforms qirc compiles for, as declarative descriptions.
 
 A `DeeployTarget` says what one Deeploy platform (pulp-platform/Deeploy, devel) takes: the ONNX op types its front end
-maps, the forms those ops must have, the lowering options its kernels need, and its quirks.  Legalisation
-(`legalize.py`) reads these fields to rewrite the integer IR into forms the platform accepts, and to refuse, with a
-located `BackendError`, what it cannot take; emission (`emit.py`) checks the result against `onnx_ops`.
+maps, the forms those ops must have, the lowering options its kernels need, and its quirks.  The legalisation rules
+(`rules/`) declare by these fields which targets they apply to and read them to rewrite the integer IR into forms the
+platform accepts, or to refuse, with a located `BackendError`, what it cannot take; emission (`emit.py`) checks the
+result against `onnx_ops`.
 
 The facts below come from reading Deeploy's parsers, bindings, topology passes and kernels and from the runs recorded
 in DESIGN.md section 4; `docs/targets.md` explains each of them.

@@ -1,0 +1,66 @@
+"""Biases: a Conv bias and a constant Add in front of a requant fold into the requant's `add`."""
+from __future__ import annotations
+
+import numpy as np
+
+from ....qir.ir import Module, Operation
+from ....qir.types import i32
+from ..targets import DeeployTarget
+from .common import const_value, fail, int_const, sole_user
+from .rule import rule
+
+
+def _fold_offset_into_requant(rqs: Operation, offset: np.ndarray) -> bool:
+    """add' = add + offset * mul for an offset that broadcasts against the requant's input; False otherwise."""
+    x_shape = tuple(rqs.operands[0].type.shape)
+    mul = np.asarray(rqs.attrs["mul"], np.int64)
+    add = np.asarray(rqs.attrs["add"], np.int64)
+    try:
+        new_add = add + np.asarray(offset, np.int64) * mul
+        if new_add.ndim > len(x_shape) or np.broadcast_shapes(new_add.shape, x_shape) != x_shape:
+            return False
+    except ValueError:
+        return False
+    rqs.attrs["add"] = new_add
+    return True
+
+
+@rule("fold-biases")
+def fold_biases(module: Module, target: DeeployTarget) -> None:
+    """A Conv bias b, and a constant int.add(x, b) in front of a requant, fold into the requant's add
+    (add' = add + b * mul); a Conv without a requant after it keeps its bias as an int32 int.add."""
+    for conv in module.walk("int.conv"):
+        if len(conv.operands) < 3:
+            continue
+        b = const_value(conv.operands[2])
+        if b is None:
+            raise fail(conv, target, "int.conv with a computed bias has no Deeploy form")
+        rank = conv.result.type.rank
+        per_channel = b.astype(np.int64).reshape([1, -1] + [1] * (rank - 2))
+        rqs = sole_user(conv.result)
+        if rqs is not None and rqs.name == "int.requant_shift" and _fold_offset_into_requant(rqs, per_channel):
+            module.set_operands(conv, conv.operands[:2])
+            continue
+        if target.conv_needs_requant:
+            raise fail(conv, target, "int.conv is not followed by a requant_shift: the platform has no bare integer "
+                                     "Conv")
+        # a bare integer Conv (Generic): the bias becomes an explicit Add of an int32 constant
+        bias = int_const(module, per_channel, conv.loc + "/bias", i32)
+        acc = conv.result
+        module.set_operands(conv, conv.operands[:2])
+        add = module.create("int.add", [acc, bias], [acc.type], {}, conv.loc + "/bias_add")
+        module.replace_all_uses(acc, add.result, except_ops=[add])
+    for add in module.walk("int.add"):
+        k_index = next((i for i, v in enumerate(add.operands) if const_value(v) is not None), None)
+        if k_index is None:
+            continue
+        rqs = sole_user(add.result)
+        if rqs is None or rqs.name != "int.requant_shift":
+            continue
+        k = const_value(add.operands[k_index])
+        x = add.operands[1 - k_index]
+        if np.broadcast_shapes(np.shape(k), x.type.shape) != tuple(x.type.shape):
+            continue
+        if _fold_offset_into_requant(rqs, k):
+            module.set_operand(rqs, 0, x)
+    module.erase_dead()

@@ -1,0 +1,64 @@
+"""Gemm: the operand forms Deeploy's integer Gemm is proven with, and CMSIS's requant add moved into the bias."""
+from __future__ import annotations
+
+import numpy as np
+
+from ....qir.ir import Module, Operation, const_op
+from ....qir.types import TensorType, i32
+from ..targets import DeeployTarget
+from .common import const_value, fail, fits_int32, int_const
+from .rule import rule
+
+
+@rule("gemm-forms")
+def gemm_forms(module: Module, target: DeeployTarget) -> None:
+    """int.gemm takes a constant B transposed (transB = 1) and an int32 bias (zeros when it has none): the form
+    Deeploy's integer Gemm is proven with."""
+    for op in module.walk("int.gemm"):
+        b = op.operands[1]
+        if int(op.attr("transB")) == 0:
+            bv = const_value(b)
+            if bv is None:
+                raise fail(op, target, "int.gemm with a computed B and transB=0 has no verified Deeploy form "
+                                       "(Deeploy's integer Gemm is proven with transB=1)")
+            bt = const_op(module, np.ascontiguousarray(bv.T), TensorType(bv.T.shape, b.type.element), b.owner.loc)
+            module.set_operand(op, 1, bt)
+            op.attrs["transB"] = 1
+        if len(op.operands) < 3:
+            n_out = op.result.type.shape[-1]
+            zero = int_const(module, np.zeros((n_out,), np.int64), op.loc + "/bias", i32)
+            module.set_operands(op, list(op.operands) + [zero])
+    module.erase_dead()
+
+
+@rule("gemm-requant-add-to-bias", when=("add_before_mul", "gemm_scalar_mul"))
+def gemm_requant_add_to_bias(module: Module, target: DeeployTarget) -> None:
+    """Gemm(a, b, c) -> RequantShift(mul, add)  becomes  Gemm(a, b, c + add/mul) -> RequantShift(mul, 0).
+
+    Runs after requant-params, which has made each Gemm requant's mul one scalar and its add a multiple of it."""
+    for rqs in module.walk("int.requant_shift"):
+        if rqs.operands[0].owner.name == "int.gemm":
+            _fold_requant_add_into_gemm_bias(module, rqs, target)
+
+
+def _fold_requant_add_into_gemm_bias(module: Module, rqs: Operation, target: DeeployTarget) -> None:
+    """Gemm(a, b, c) -> RequantShift(mul, add)  becomes  Gemm(a, b, c + add/mul) -> RequantShift(mul, 0).
+
+    CMSIS's Gemm-requant merge divides `add` by `mul` twice when the Gemm has a bias input (it first normalises
+    `add` to round(add/mul), then adds round(that / (mul * 2^shift)) to the bias), so a nonzero `add` is lost on the
+    device (found by building its code with CMSIS-NN).  `add` is already a multiple of `mul` here (add_before_mul),
+    so moving add/mul into the int32 bias is exact and leaves the merge nothing to lose."""
+    gemm = rqs.operands[0].owner
+    mul = int(np.asarray(rqs.attrs["mul"]))
+    add = np.asarray(rqs.attrs["add"], np.int64)
+    if mul == 0 or not np.any(add):
+        return
+    bias = const_value(gemm.operands[2])
+    if bias is None:
+        raise fail(gemm, target, "int.gemm with a computed bias has no Deeploy form")
+    n_out = gemm.result.type.shape[-1]
+    new_bias = np.broadcast_to(bias.astype(np.int64), (n_out,)) + np.broadcast_to(add // mul, (n_out,))
+    if not fits_int32(new_bias):
+        raise fail(rqs, target, "the requant's add folded into the Gemm bias does not fit int32")
+    module.set_operand(gemm, 2, int_const(module, new_bias, gemm.loc + "/bias", i32))
+    rqs.attrs["add"] = np.zeros_like(add)
