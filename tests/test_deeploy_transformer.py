@@ -223,3 +223,13 @@ def test_transposed_weights_under_a_batched_input_become_a_2d_matmul():
     assert mm.operands[0].type.shape == (8, 8) and mm.results[0].type.shape == (8, 8)
     assert np.array_equal(interpreter.run(m, {"x": x_int})["y"], before)
     assert deeploy_structure_problems(emit_onnx(m, "deeploy-generic"), "deeploy-generic") == []
+
+
+def test_qirc_report_lists_the_approximating_kernels(tmp_path):
+    from qirc.report.page import _approximation_table, build_report
+    path = tmp_path / "block.qir"
+    path.write_text(print_module(encoder_block()))
+    data = build_report(str(path), "deeploy-generic", samples=2)
+    assert [a["kernel"] for a in data.approximations] == ["iLayerNorm", "iSoftmax", "iLayerNorm", "iGELU"]
+    table = "\n".join(_approximation_table(data.approximations))
+    assert "<h2>Approximating kernels</h2>" in table and "<code>/attn/Softmax</code>" in table
