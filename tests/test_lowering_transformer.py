@@ -257,3 +257,21 @@ def test_coefficients_follow_the_ibert_formulas():
                                                      round(math.log(2) / e))
     g = gelu_coefficients(0.03)
     assert (g["b"], g["one"]) == (round(-1.769 * math.sqrt(2) / 0.03), round(2 / (0.2888 * 0.03 ** 2)))
+
+
+def test_layernorm_read_through_several_identical_quantizers_and_a_narrow_one():
+    # an export repeats the LayerNorm's output quantizer per reader (q, k and v projections); narrow range (-127..127)
+    b = QuantBuilder("ln")
+    x = b.input("x", (2, 8), scale=0.05)
+    y = b.op("onnx.LayerNormalization", [x, fconst(b, np.full(8, 5.0)), fconst(b, np.zeros(8))], {"axis": -1},
+             loc="/norm")
+    outs = [b.dcast(b.qcast(y, b.qtype(0.03, storage_min=-127, storage_max=127))) for _ in range(3)]
+    for i, o in enumerate(outs):
+        b.output(f"y{i}", b.quant(o, scale=0.03))
+    m = b.module
+    lower_module(m)
+    assert [op.name for op in m.ops() if op.dialect == "int"] == ["int.ilayernorm"]
+    (ln,) = m.walk("int.ilayernorm")
+    assert ln.results[0].type.quant.storage_min == -128  # wrapped outputs stay representable
+    out = run(m, {"x": np.array([[-100, 100, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])})
+    assert np.array_equal(out["y0"], out["y2"])

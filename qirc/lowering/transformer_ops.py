@@ -177,11 +177,20 @@ def layernorm_parameters(gamma: np.ndarray, beta: np.ndarray, s_out: float, z_ou
                    f"beta up to {np.abs(beta).max():.3g}, output scale {s_out:.3g})")
 
 
-def _output_qcast(op: Operation) -> Optional[Operation]:
+def _output_qcasts(op: Operation) -> Optional[List[Operation]]:
+    """The op's output quantizers: every user a per-tensor quant.qcast, all of one type (an export may repeat the
+    quantizer once per reader, e.g. the attention's q/k/v projections), or None."""
     users = op.results[0].users
-    if len(users) == 1 and users[0].name == "quant.qcast" and not users[0].results[0].type.quant.is_per_axis:
-        return users[0]
-    return None
+    if not users or any(u.name != "quant.qcast" or u.results[0].type.quant.is_per_axis for u in users):
+        return None
+    if len({u.results[0].type for u in users}) != 1:
+        return None
+    return users
+
+
+def _output_qcast(op: Operation) -> Optional[Operation]:
+    qcasts = _output_qcasts(op)
+    return qcasts[0] if qcasts else None
 
 
 def _layernorm(module: Module, op: Operation) -> bool:
@@ -203,9 +212,12 @@ def _layernorm(module: Module, op: Operation) -> bool:
     weight, bias, k = layernorm_parameters(gamma, beta, float(oq.scale), int(oq.zero_point), op)
     w = int_const(module, weight, op.loc)
     b = int_const(module, bias, op.loc)
-    new = module.create("int.ilayernorm", [x, w, b], [TensorType(x.type.shape, oq)],
+    # the kernel's int8 output wraps: its type holds the full int8 range even if the quantizer is narrow
+    new = module.create("int.ilayernorm", [x, w, b],
+                        [TensorType(x.type.shape, oq.with_(storage_min=-128, storage_max=127))],
                         {"D": 1 << k, "n_levels": 256}, op.loc)
-    module.replace_op(qcast, [new.result])
+    for q in _output_qcasts(op):
+        module.replace_op(q, [new.result])
     return True
 
 
