@@ -18,7 +18,7 @@ from qirc.qir.diagnostics import LoweringError
 from qirc.qir.interpreter import run
 from qirc.qir.ir import const_op
 from qirc.qir.kernels_transformer import igelu, ilayernorm, isoftmax
-from qirc.qir.types import TensorType, f32, u8
+from qirc.qir.types import TensorType, f32, i32, u8
 
 
 def ops(module):
@@ -275,3 +275,20 @@ def test_layernorm_read_through_several_identical_quantizers_and_a_narrow_one():
     assert ln.results[0].type.quant.storage_min == -128  # wrapped outputs stay representable
     out = run(m, {"x": np.array([[-100, 100, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])})
     assert np.array_equal(out["y0"], out["y2"])
+
+
+def test_bias_add_on_an_accumulator_at_float32_rounded_scale_is_exact():
+    # the packed in-projection: MatMul + bias whose sum reaches no quantizer directly (Slices follow); the bias scale
+    # is the file's float32 rounding of s_x * s_w, the accumulator's the float64 product
+    b = QuantBuilder("proj")
+    x = b.input("x", (4, 64), scale=0.05)
+    w = np.full((64, 8), 127)
+    acc = b.op("onnx.MatMul", [x, b.qconst(w, b.qtype(0.01))])
+    s_bias = float(np.float32(0.05 * 0.01))
+    bias = b.qconst(np.arange(8) * 1000, b.qtype(s_bias, storage=i32))
+    b.output("y", b.op("onnx.Add", [bias, acc], loc="/in_proj/Add"))
+    m = b.module
+    lower_module(m)
+    assert [op.name for op in m.ops() if op.dialect == "int"] == ["int.matmul", "int.add"]
+    x_int = np.full((4, 64), -128)
+    assert np.array_equal(run(m, {"x": x_int})["y"], x_int @ w + np.arange(8) * 1000)
