@@ -233,3 +233,26 @@ def test_qirc_report_lists_the_approximating_kernels(tmp_path):
     assert [a["kernel"] for a in data.approximations] == ["iLayerNorm", "iSoftmax", "iLayerNorm", "iGELU"]
     table = "\n".join(_approximation_table(data.approximations))
     assert "<h2>Approximating kernels</h2>" in table and "<code>/attn/Softmax</code>" in table
+
+
+def test_token_linear_with_bias_runs_on_2d_tensors():
+    # [1, S, d] x [d, e] + bias: the bias folds into a per-feature requant add, and Deeploy's RequantShift takes
+    # per-feature parameters on the last axis of a 2-D tensor only, so the product, its bias and its requant are
+    # computed on [S, e]
+    rng = np.random.default_rng(5)
+    b = QuantBuilder("tok")
+    x = b.input("x", (1, 4, 8), scale=0.05)
+    w = b.qconst(rng.integers(-127, 128, (8, 6)), b.qtype(0.01))
+    acc = b.op("onnx.MatMul", [x, w])
+    bias = b.qconst(rng.integers(-500, 500, 6), b.qtype(0.05 * 0.01, storage=i32))
+    y = b.quant(b.op("onnx.Add", [acc, bias]), scale=0.04)
+    b.output("y", b.op("onnx.Transpose", [y], {"perm": [0, 2, 1]}))
+    m = b.module
+    lower_module(m)
+    x_int = rng.integers(-128, 128, (1, 4, 8))
+    before = interpreter.run(m, {"x": x_int})["y"]
+    legalize(m, "deeploy-generic")
+    (rq,) = m.walk("int.requant_shift")
+    assert rq.operands[0].type.shape == (4, 6) and np.asarray(rq.attr("add")).shape == (6,)
+    assert np.array_equal(interpreter.run(m, {"x": x_int})["y"], before)
+    assert deeploy_structure_problems(emit_onnx(m, "deeploy-generic"), "deeploy-generic") == []

@@ -292,3 +292,37 @@ def test_bias_add_on_an_accumulator_at_float32_rounded_scale_is_exact():
     assert [op.name for op in m.ops() if op.dialect == "int"] == ["int.matmul", "int.add"]
     x_int = np.full((4, 64), -128)
     assert np.array_equal(run(m, {"x": x_int})["y"], x_int @ w + np.arange(8) * 1000)
+
+
+def test_layernorm_output_quantizer_after_a_transpose():
+    # Brevitas batch_first attention: LayerNorm -> Transpose -> the in-projection's input quantizer
+    b = QuantBuilder("ln")
+    x = b.input("x", (1, 3, 8), scale=0.05)
+    y = b.op("onnx.LayerNormalization", [x, fconst(b, np.ones(8)), fconst(b, np.zeros(8))], {"axis": -1}, loc="/ln1")
+    y = b.op("onnx.Transpose", [y], {"perm": [1, 0, 2]})
+    b.output("y", b.quant(y, scale=0.03))
+    m, ref = b.module, b.module.clone()
+    lower_module(m)
+    assert [op.name for op in m.ops() if op.dialect == "int"] == ["int.ilayernorm", "int.transpose"]
+    x_int = np.random.default_rng(0).integers(-128, 128, (1, 3, 8))
+    got = run(m, {"x": x_int})["y"]
+    assert np.array_equal(got, ilayernorm(x_int, *layernorm_parameters(np.ones(8), np.zeros(8), 0.03, 0)
+                                          ).transpose(1, 0, 2))
+
+
+def test_scale_fold_through_a_slice_of_a_shared_accumulator():
+    # the packed in-projection: q, k, v are Slices of one accumulator; only q is divided by sqrt(head_dim)
+    b = QuantBuilder("qkv")
+    x = b.input("x", (4, 8), scale=0.05)
+    w = np.random.default_rng(3).integers(-100, 101, (8, 16))
+    acc = b.op("onnx.MatMul", [x, b.qconst(w, b.qtype(0.01))])
+    q = b.op("onnx.Reshape", [acc], {"shape": [4, 2, 8]})  # a shape op with a shared input: the fold's boundary
+    k = b.op("onnx.Reshape", [acc], {"shape": [4, 16, 1]})
+    b.output("q", b.quant(b.op("onnx.Div", [q, fconst(b, 2.0)], loc="/attn/Div"), scale=0.02))
+    b.output("k", b.quant(k, scale=0.04))
+    m, ref = b.module, b.module.clone()
+    lower_module(m)
+    assert not [op for op in m.ops() if op.dialect == "onnx"]
+    x_f = np.random.default_rng(4).normal(0, 2, (4, 8)).astype(np.float32)
+    want, got = run(ref, {"x": x_f}), run(m, {"x": quantize(x_f, 0.05)})
+    assert np.abs(got["q"] - want["q"] / 0.02).max() <= 1 and np.abs(got["k"] - want["k"] / 0.04).max() <= 1

@@ -20,8 +20,10 @@ class ScaleFold(ModulePass):
     says what they mean now, so the requant that follows (the query quantizer of an attention) absorbs the factor
     exactly, with no float op and no extra rounding.
     Precondition: the constant is one positive finite number; the dcast reads a per-tensor or per-axis quantized
-    value produced by an int.* op, and that value, the dcast and every shape-only int op between the value and the
-    op that computes it have a single user (retyping them changes no other reader).  Otherwise the op is left alone.
+    value produced by an int.* op, and that value and the dcast have a single user.  The values retyped are it and,
+    up through single-use shape-only int ops, those before it, up to the op that computes them or to a shape-only op
+    whose input has other readers (then that op's result carries the new scale and its input the old: it moves the
+    same integers).  Otherwise the op is left alone.
     """
 
     name = "scale-fold"
@@ -48,14 +50,16 @@ def _factor(op: Operation) -> Optional[float]:
 
 
 def _chain(value: Value) -> Optional[List[Value]]:
-    """The values to retype: `value` and, through single-use shape-only int ops, back to the op computing it."""
+    """The values to retype: `value` and, through single-use shape-only int ops, back to the op computing it, or to
+    the first shape-only op whose input has other readers (the packed in-projection's Slice of q out of q|k|v): that
+    op then moves the integers onto the new scale, its input keeps the old one."""
     chain = []
     while True:
         op = value.owner
         if op.dialect != "int" or len(value.uses) != 1:
             return None
         chain.append(value)
-        if "shape_only" not in op.opdef.traits:
+        if "shape_only" not in op.opdef.traits or len(op.operands) != 1 or len(op.operands[0].uses) != 1:
             return chain
         value = op.operands[0]
 

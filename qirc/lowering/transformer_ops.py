@@ -42,7 +42,8 @@ class IntegerTransformer(ModulePass):
     itself: the kernel's 1/255 grid folds into the next requant instead of being requantized onto s_a first (a
     graph output keeps the model's scale through a requant).
     LayerNormalization (last axis, constant Scale gamma and B beta).  Before: `onnx.LayerNormalization(dcast %x) ;
-    quant.qcast : i8 @ s_o, z_o`.  After: `int.ilayernorm %x, weight, bias {D = 2^k} : i8 @ s_o, z_o` with
+    quant.qcast : i8 @ s_o, z_o` (directly or through float shape ops).  After: `int.ilayernorm %x, weight, bias
+    {D = 2^k} : i8 @ s_o, z_o` with
     weight = round(gamma 2^k / s_o), bias = round((beta / s_o + z_o) 2^k) + 2^(k-1) (the kernel floors after >> k)
     and k the largest shift <= 30 that keeps both in int32.  The kernel's +1 on the integer variance replaces the
     model's epsilon by one input step squared; its int8 output wraps instead of saturating.
@@ -177,15 +178,29 @@ def layernorm_parameters(gamma: np.ndarray, beta: np.ndarray, s_out: float, z_ou
                    f"beta up to {np.abs(beta).max():.3g}, output scale {s_out:.3g})")
 
 
+_FLOAT_SHAPE_OPS = ("onnx.Transpose", "onnx.Reshape", "onnx.Squeeze", "onnx.Unsqueeze", "onnx.Flatten")
+
+
 def _output_qcasts(op: Operation) -> Optional[List[Operation]]:
-    """The op's output quantizers: every user a per-tensor quant.qcast, all of one type (an export may repeat the
-    quantizer once per reader, e.g. the attention's q/k/v projections), or None."""
-    users = op.results[0].users
-    if not users or any(u.name != "quant.qcast" or u.results[0].type.quant.is_per_axis for u in users):
+    """The op's output quantizers, reached directly or through float shape ops (Brevitas' batch_first Transpose
+    between a LayerNorm and the attention's input quantizer): every path ends in a per-tensor quant.qcast, all of
+    one quant type (an export may repeat the quantizer once per reader), or None."""
+    found: List[Operation] = []
+    frontier = [op.results[0]]
+    while frontier:
+        users = frontier.pop().users
+        if not users:
+            return None
+        for u in users:
+            if u.name == "quant.qcast" and not u.results[0].type.quant.is_per_axis:
+                found.append(u)
+            elif u.name in _FLOAT_SHAPE_OPS:
+                frontier.append(u.results[0])
+            else:
+                return None
+    if len({u.results[0].type.element for u in found}) != 1:
         return None
-    if len({u.results[0].type for u in users}) != 1:
-        return None
-    return users
+    return found
 
 
 def _output_qcast(op: Operation) -> Optional[Operation]:
@@ -216,8 +231,13 @@ def _layernorm(module: Module, op: Operation) -> bool:
     new = module.create("int.ilayernorm", [x, w, b],
                         [TensorType(x.type.shape, oq.with_(storage_min=-128, storage_max=127))],
                         {"D": 1 << k, "n_levels": 256}, op.loc)
-    for q in _output_qcasts(op):
-        module.replace_op(q, [new.result])
+    qcasts = _output_qcasts(op)
+    if all(q.operands[0] is op.results[0] for q in qcasts):
+        for q in qcasts:
+            module.replace_op(q, [new.result])
+    else:  # shape ops before the quantizers: they and the quantizers (now identities) lower after it
+        dcast = module.create("quant.dcast", [new.result], [op.results[0].type], {}, op.loc)
+        module.replace_op(op, [dcast.result])
     return True
 
 

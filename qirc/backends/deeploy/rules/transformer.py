@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....qir.ir import Module, Operation
+from ....qir.ir import Module, Operation, const_op
 from ....qir.types import TensorType
 from ..targets import DeeployTarget
 from .common import fail
@@ -25,24 +25,68 @@ SIRACUSA = frozenset({"deeploy-siracusa"})
 
 @rule("flatten-batched-matmuls")
 def flatten_batched_matmuls(module: Module, target: DeeployTarget) -> None:
-    """int.matmul(a [..., M, K], b [K, N]) with batch dimensions on a only -> reshape a to [B*M, K], a 2-D
-    int.matmul, reshape the [B*M, N] product back (Deeploy would read the 2-D b out of bounds after one batch)."""
+    """int.matmul(a [..., M, K], b [K, N]) with a of rank > 2 -> reshape a to [B*M, K], a 2-D int.matmul (and its bias
+    Add and RequantShift), reshape the [B*M, N] result back: Deeploy would read the 2-D b out of bounds after one
+    batch, and its RequantShift takes per-feature parameters only on the last axis of a 2-D tensor."""
     for op in module.walk("int.matmul"):
+        if op.module is not module:
+            continue
         a, b = op.operands
         sa, sb = a.type.shape, b.type.shape
-        if len(sb) != 2 or len(sa) <= 2 or int(np.prod(sa[:-2], dtype=np.int64)) == 1:
+        if len(sb) != 2 or len(sa) <= 2:
             continue
         rows = int(np.prod(sa[:-1], dtype=np.int64))
         flat = module.create("int.reshape", [a], [TensorType((rows, sa[-1]), a.type.element)],
                              {"shape": [rows, sa[-1]]}, op.loc + "/flatten")
         out = op.results[0]
-        element = out.type.element
-        if out.type.is_quant and element.is_per_axis:
-            element = element.with_(axis=1)  # the per-column axis of the 2-D product
-        mm = module.create("int.matmul", [flat.result, b], [TensorType((rows, sb[-1]), element)], {}, op.loc)
-        back = module.create("int.reshape", [mm.result], [out.type], {"shape": list(out.type.shape)},
+        mm = module.create("int.matmul", [flat.result, b], [TensorType((rows, sb[-1]), _flat_element(out.type))], {},
+                           op.loc)
+        flat_value, value = mm.result, out  # the 2-D result so far and the value of the original graph it stands for
+        # the bias Add (a constant over the features) and the requant after the product stay on the 2-D form, so that
+        # the bias folds into the requant and per-feature parameters sit on the last axis of a 2-D tensor
+        while len(value.uses) == 1:
+            user = value.users[0]
+            t = user.results[0].type
+            flat_type = TensorType((rows, sb[-1]), _flat_element(t))
+            if user.name == "int.add" and _feature_const(user, value):
+                c = np.asarray(next(v for v in user.operands if v is not value).owner.attrs["value"]).reshape(-1)
+                c_type = next(v for v in user.operands if v is not value).type
+                c_flat = const_op(module, c, TensorType(c.shape, c_type.element), user.loc)
+                flat_value = module.create("int.add", [flat_value, c_flat], [flat_type], {}, user.loc).result
+            elif user.name == "int.requant_shift" and all(_feature_param(user.attr(k), t.rank) for k in ("mul", "add")):
+                attrs = dict(user.attrs)
+                for k in ("mul", "add"):
+                    attrs[k] = np.asarray(attrs[k]).reshape(-1)
+                flat_value = module.create("int.requant_shift", [flat_value], [flat_type], attrs, user.loc).result
+            else:
+                break
+            value = user.results[0]
+        back = module.create("int.reshape", [flat_value], [value.type], {"shape": list(value.type.shape)},
                              op.loc + "/unflatten")
-        module.replace_op(op, [back.result])
+        module.replace_all_uses(value, back.result, except_ops=[back])
+        module.erase_dead()
+
+
+def _feature_param(p, rank: int) -> bool:
+    """A requant parameter that is per tensor or varies over the last axis only."""
+    p = np.asarray(p)
+    return p.size == 1 or (p.ndim <= rank and all(d == 1 for d in p.shape[:-1]))
+
+
+def _flat_element(t: TensorType):
+    """The element type of t on the 2-D [rows, features] form (a per-feature axis becomes axis 1)."""
+    if t.is_quant and t.element.is_per_axis:
+        return t.element.with_(axis=1)
+    return t.element
+
+
+def _feature_const(add: Operation, x) -> bool:
+    """True when `add` adds to x a constant that varies over the last axis only (a bias)."""
+    others = [v for v in add.operands if v is not x]
+    if len(others) != 1 or others[0].owner.name != "qir.const":
+        return False
+    shape = others[0].type.shape
+    return all(d == 1 for d in shape[:-1]) and add.results[0].type.shape == x.type.shape
 
 
 @rule("activation-matmul-batches")
