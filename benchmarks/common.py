@@ -28,7 +28,61 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def corpus_model(name: str, form: str = "split.onnx") -> Path:
+    """A model of ../shared/corpus (only the older single-purpose scripts use it; run.py needs nothing outside the
+    repository)."""
     return CORPUS / name / form
+
+
+EXAMPLES = REPO / "examples"
+#: benchmark name -> folder under examples/ (zoo networks, see qirc/zoo/make_examples.py); smallest first
+EXAMPLE_MODELS = {"ResNet8": "resnet8", "MobileNetV2-VWW": "mobilenetv2-vww"}
+
+
+def example_model(name: str) -> Path:
+    """examples/<folder>/model.onnx of a benchmark model name (may not exist yet: callers report it missing)."""
+    return EXAMPLES / EXAMPLE_MODELS.get(name, name.lower()) / "model.onnx"
+
+
+def qirc_command() -> List[str]:
+    """The installed `qirc` console script next to this Python (not a version-manager shim in front of it, which
+    adds its own start-up time), else `qirc` on PATH, else `python -m qirc`."""
+    import shutil
+    beside = Path(sys.executable).parent / "qirc"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("qirc")
+    return [found] if found else [sys.executable, "-m", "qirc"]
+
+
+# A tiny launcher measures a command the way `/usr/bin/time` does: it forks and execs the command and reads the
+# child's CPU time and peak RSS with os.wait4.  It runs in its own small process because Linux carries the peak RSS
+# of the address space a child was forked from (or vfork-borrowed) into the child's ru_maxrss across execve: spawned
+# straight from a benchmark process that holds a compiled model, the command would report that process's peak.
+_LAUNCHER = """import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os.execv(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime,
+                  "user": usage.ru_utime, "sys": usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024,
+                  "exit": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def measure_command(argv: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> dict:
+    """Run `argv` (argv[0] an executable path) once; {"wall", "cpu", "user", "sys", "peak_mb", "exit"} of that
+    process alone (its stdout is discarded)."""
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, text=True,
+                          env=env if env is not None else thread_env(1), cwd=cwd or str(REPO), timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"cannot measure {' '.join(argv)}: {proc.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
 
 
 def thread_env(threads: int, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -37,7 +91,8 @@ def thread_env(threads: int, base: Optional[Dict[str, str]] = None) -> Dict[str,
     env = dict(os.environ if base is None else base)
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)
+    # this repository's qirc first, whatever is installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -97,6 +152,7 @@ class Check:
     limit: float
     unit: str = ""
     at_least: bool = False
+    inclusive: bool = False  # value <= limit passes (the issue's "<=" targets)
 
     @classmethod
     def expect(cls, name: str, observed: bool, wanted: bool) -> "Check":
@@ -107,12 +163,15 @@ class Check:
 
     @property
     def passed(self) -> bool:
-        return self.value >= self.limit if self.at_least else self.value < self.limit
+        if self.at_least:
+            return self.value >= self.limit
+        return self.value <= self.limit if self.inclusive else self.value < self.limit
 
     @property
     def target(self) -> str:
         wanted = getattr(self, "wanted", None)
-        return wanted if wanted is not None else f"{'>=' if self.at_least else '<'} {self.limit:g}{self.unit}"
+        op = ">=" if self.at_least else "<=" if self.inclusive else "<"
+        return wanted if wanted is not None else f"{op} {self.limit:g}{self.unit}"
 
     @property
     def measured(self) -> str:

@@ -273,6 +273,8 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
+                                                          "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
     return p
 
@@ -305,7 +307,8 @@ def _main(argv: List[str]) -> Optional[int]:
     from .driver import compile_model
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
-                            dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed)
+                            dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed,
+                            layers=args.layers)
     sys.stdout.write(summary.text())
     return None
 

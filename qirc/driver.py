@@ -11,8 +11,10 @@ lowering and backends together.  Steps:
      `deeploy-legalize{target=T}`, all through one PassManager (verification between passes, IR dumps);
   3. emit the Deeploy ONNX graph and read it back with `qirc.frontends.deeploy` (the vectors are computed on exactly
      the graph that is written);
-  4. quantize the float samples (`--inputs FILE.npz`, else seeded random ones), run the device graph for
-     inputs.npz / outputs.npz (first sample) and compare every sample with the quant-level model for qirc.json;
+  4. quantize the float samples (`--inputs FILE.npz`, else seeded random ones) and run the device graph on all of
+     them in ONE batched interpreter call: the first sample's outputs are outputs.npz, every sample is compared with
+     the quant-level model (also one batched call) for qirc.json's accuracy summary; per-layer figures
+     (`accuracy.layers`, several more interpreter runs) only with `layers=True` (`qirc --layers`, `qirc report`);
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
      place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.  DIR must be new,
      empty or a previous qirc output (checked before step 1; qirc.outputs): qirc never removes a file it did not
@@ -30,8 +32,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, TextIO
 
-import onnx
-
+from . import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
 from . import outputs
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
@@ -155,7 +156,7 @@ def _errors_name_the_model_file(compile_fn):
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
-                  out: Optional[TextIO] = None, dump_format: str = "qir") -> CompileSummary:
+                  out: Optional[TextIO] = None, dump_format: str = "qir", layers: bool = False) -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -165,6 +166,7 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
     seed, accuracy_samples  the random samples used when no inputs_npz is given
+    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
     target = get_target(target)
@@ -192,11 +194,14 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
 
     samples = vectors.float_samples(quant_module, inputs_npz, seed, accuracy_samples)
     int_samples = vectors.quantize_samples(quant_module, module, samples)
-    first_outputs = vectors.device_outputs(device, int_samples[0])
-    accuracy = vectors.accuracy_report(quant_module, module, device, samples, int_samples, output_names)
+    device_runs: List[Dict] = []  # the device graph's outputs per sample, from the accuracy report's one batched run
+    accuracy = vectors.accuracy_report(quant_module, module, device, samples, int_samples, output_names,
+                                       device_outputs=device_runs)
+    first_outputs = device_runs[0]
     accuracy["inputs"] = os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})"
-    from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
-    accuracy["layers"] = layer_figures(quant_module, module, samples)
+    if layers:
+        from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
+        accuracy["layers"] = layer_figures(quant_module, module, samples)
     from .lowering.approximations import approximation_report
     approximations = approximation_report(quant_module, module, int_samples)
     if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace

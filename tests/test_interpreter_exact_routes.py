@@ -187,3 +187,56 @@ def test_corpus_integer_graph_batched_equals_per_sample(name):
     singles = [run(module, {in_name: x[i:i + 1]}) for i in range(n)]
     for key, y in batched.items():
         np.testing.assert_array_equal(y, np.concatenate([s[key] for s in singles]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape, w_shape, pads, strides, dilations, group", [
+    ((5, 6, 9, 7), (4, 6, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),
+    ((3, 6, 9, 8), (6, 2, 3, 2), [0, 1, 2, 0], [2, 1], [1, 2], 3),
+    ((4, 4, 7, 7), (8, 1, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 4),   # depthwise, channel multiplier 2
+    ((6, 8, 5, 4), (6, 4, 1, 1), [1, 0, 0, 2], [1, 1], [1, 1], 2),   # pointwise: the input is the patch matrix
+    ((3, 8, 5, 4), (6, 8, 1, 1), [0, 0, 0, 0], [2, 1], [1, 1], 1),   # 1x1 with a stride: not pointwise
+])
+def test_int_conv_nd_int_result_with_bias_matches_int64_reference(dtype, shape, w_shape, pads, strides, dilations,
+                                                                 group, monkeypatch):
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 97)
+    rng = np.random.default_rng(6)
+    x = rng.integers(-128, 128, shape)
+    w = rng.integers(-127, 128, w_shape)
+    bias = rng.integers(-(1 << 40), 1 << 40, w_shape[0])  # far beyond float32/float64 exactness: added in int64
+    y = int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=True)
+    assert y.dtype == np.int64
+    expected = _int64_conv(x, w, pads, strides, dilations, group) + bias.reshape(-1, 1, 1)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_int_conv_route_from_the_weights_row_sums_stays_exact_at_the_float32_edge():
+    # every product 127 * 127 is odd; 1041 of them sum to 16,790,289 > 2^24, which float32 cannot hold: the bound
+    # (max|x| times a row sum of |w|) must send this conv to float64, and the int8 version just below the edge to
+    # float32, both exact
+    for k, want_odd in ((1041, True), (1039, True)):
+        x = np.full((2, k, 1, 1), 127)
+        w = np.full((2, k, 1, 1), 127)
+        w[1] = -127
+        m = _conv_module(tensor(x.shape, i8), w, [0, 0, 0, 0])
+        expected = np.einsum("nc,mc->nm", x[:, :, 0, 0], w[:, :, 0, 0]).reshape(2, 2, 1, 1)
+        assert bool(expected[0, 0, 0, 0] % 2) == want_odd
+        np.testing.assert_array_equal(run(m, {"x": x})["y"], expected)
+
+
+def test_unchecked_values_outside_their_type_do_not_select_a_float_route():
+    # with check_overflow=False an int.add declared i8 can hold large values; the conv reading it must bound its sums
+    # by the actual values, not by the i8 type (whose bound would pick float32 and round these odd sums)
+    m = Module("unchecked")
+    x = input_op(m, "x", tensor((1, 300, 1, 1), i32))
+    s = m.create("int.add", [x, x], [tensor((1, 300, 1, 1), i8)], loc="/add").result
+    w = np.ones((1, 300, 1, 1), dtype=np.int64)
+    wv = const_op(m, w.astype(np.int8), tensor(w.shape, i8))
+    op = m.create("int.conv", [s, wv], [tensor((1, 1, 1, 1), i32)],
+                  {"kernel_shape": [1, 1], "pads": [0, 0, 0, 0], "strides": [1, 1], "dilations": [1, 1], "group": 1},
+                  loc="/conv")
+    output_op(m, "y", op.result)
+    xs = np.full((1, 300, 1, 1), (1 << 20) + 1)
+    xs[0, 0] = (1 << 20) + 3
+    got = run(m, {"x": xs}, check_overflow=False)["y"]
+    assert int(got.ravel()[0]) == 2 * int(xs.sum())

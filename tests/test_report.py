@@ -302,11 +302,15 @@ def test_cli_report_renders_in_headless_chromium(model_path, tmp_path, capsys):
 
 
 # ----- qirc.json -----------------------------------------------------------------------------------------------------
-def test_driver_writes_layer_figures_into_qirc_json(model_path, tmp_path):
+def test_driver_writes_layer_figures_into_qirc_json_only_when_asked(model_path, tmp_path):
     from qirc.driver import compile_model
+    plain = tmp_path / "plain"
+    compile_model(model_path, TARGET, str(plain), accuracy_samples=2)
+    assert "layers" not in json.loads((plain / "qirc.json").read_text())["accuracy"]
     out = tmp_path / "build"
-    compile_model(model_path, TARGET, str(out), accuracy_samples=2)
+    compile_model(model_path, TARGET, str(out), accuracy_samples=2, layers=True)
     report = json.loads((out / "qirc.json").read_text())
+    assert report["accuracy"]["outputs"] == json.loads((plain / "qirc.json").read_text())["accuracy"]["outputs"]
     layers = report["accuracy"]["layers"]
     assert [layer["loc"] for layer in layers] == LOCS
     assert all(layer["local_max_error_steps"] <= 1.0 for layer in layers)

@@ -14,8 +14,8 @@ import os
 from typing import Dict, Optional, Union
 
 import numpy as np
-import onnx
-from onnx import TensorProto, numpy_helper
+from .. import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from .._onnx import TensorProto, numpy_helper
 
 from ..qir.diagnostics import FrontendError
 from ..qir.ir import Module, Value, const_op, input_op, output_op

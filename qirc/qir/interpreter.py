@@ -28,7 +28,7 @@ exact; otherwise as an exact int64 matmul.
 from __future__ import annotations
 
 import contextvars
-from typing import Callable, Dict, Iterable, List, Mapping, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -123,7 +123,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
                 if array.shape != value.type.shape:
                     raise op_error(InterpretError, op,
                                    f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
-                if check_overflow and op.dialect == "int":
+                if check_overflow and op.dialect == "int" and not _within_type(op, value.type, args):
                     _check_storage_range(op, value.type, array)
                 values[value] = array
             for value in dying.get(position, ()):
@@ -159,6 +159,50 @@ def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> 
     count = int(np.count_nonzero((array < lo) | (array > hi)))
     raise op_error(OverflowError_, op, f"{_range_name(element)} overflow: values reach {reach} (limit {limit}); "
                                        f"{count} of {array.size} values out of range {lo}..{hi}")
+
+
+# ops whose results are some of their operands' values (plus an int.pad's fill value)
+_VALUE_PRESERVING = frozenset(("int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
+                               "int.maxpool", "int.concat", "int.pad"))
+
+
+def _type_range(type: TensorType):
+    element = type.element
+    return int(element.min), int(element.max)
+
+
+def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> bool:
+    """True when `op`'s result provably lies inside its type's storage range, so the runner can skip the scan of
+    the whole result (two passes over it): from the op's own clip bounds, or from its operands' declared ranges (which
+    the runner has checked, since it only asks with check_overflow on) and, for int.conv, its weights.  Constants'
+    values are not taken from their types (a module built without the verifier may hold any value there)."""
+    if type.is_float:
+        return True
+    lo, hi = _type_range(type)
+    name = op.name
+    if name == "int.requant_shift":
+        r_lo, r_hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
+        return lo <= r_lo and r_hi <= hi
+    if name == "int.clip":
+        return lo <= int(_required(op, "min")) and int(_required(op, "max")) <= hi
+    if any(v.owner.name == "qir.const" or v.type.is_float for v in op.operands[:1]):
+        return False
+    if name in _VALUE_PRESERVING:
+        if any(v.owner.name == "qir.const" or v.type.is_float for v in op.operands):
+            return False
+        ranges = [_type_range(v.type) for v in op.operands]
+        if name == "int.pad":
+            value = int(op.attr("value"))
+            ranges.append((value, value))
+        return all(lo <= a and b <= hi for a, b in ranges)
+    if name == "int.conv" and len(args) >= 2 and args[1].ndim >= 2:
+        x_lo, x_hi = _type_range(op.operands[0].type)
+        w = args[1]
+        bound = max(abs(x_lo), abs(x_hi)) * int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=_I64).max())
+        if len(args) > 2 and args[2].size:
+            bound += int(np.abs(args[2]).max())
+        return lo <= -bound and bound <= hi
+    return False
 
 
 def _range_name(element) -> str:
@@ -391,6 +435,21 @@ def exact_dtype(bound: int):
     return _I64
 
 
+def _partial_sum_bound(x_type: TensorType, x: np.ndarray, rows: np.ndarray) -> int:
+    """A bound on |every partial sum| of the products x * w where each output sums one row of `rows` [M, K] (a
+    constant weight matrix) against values of x: max|x| times the largest row sum of |w| (any partial sum is a subset
+    of a row's terms).  max|x| comes from x's declared storage range, which costs nothing; only when that bound is
+    too loose for float32 are the actual values of x scanned for a tighter one."""
+    weights = int(np.abs(rows).sum(axis=1, dtype=_I64).max()) if rows.size else 0
+    # x's type bounds its values only where the runner checks them (check_overflow) or they were clipped
+    element = x_type.element
+    static = (max(abs(int(element.min)), abs(int(element.max)))
+              if _CHECK_OVERFLOW.get() and not x_type.is_float else None)
+    if static is not None and static * weights < _EXACT_F32_LIMIT:
+        return static * weights
+    return _abs_max(x) * weights
+
+
 def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.matmul of int64 arrays, exactly.
 
@@ -412,14 +471,19 @@ _IM2COL_BLOCK = 1 << 19
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
-                dilations: Sequence[int], group: int, dtype) -> np.ndarray:
-    """Exact grouped N-d convolution (NCHW, zero padding, no bias) of integer arrays, computed in `dtype`.
+                dilations: Sequence[int], group: int, dtype, bias: Optional[np.ndarray] = None,
+                int_result: bool = False) -> np.ndarray:
+    """Exact grouped N-d convolution (NCHW, zero padding) of integer arrays, computed in `dtype`.
 
-    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`.  Unlike `conv_nd` (which
-    mirrors MLAS's layout for the float kernels), the patch matrix is built K-major, cols[g, Cg*k, b*P], whose
-    gather reads the padded input along its rows, and the weights multiply from the left, so a block of one image
-    lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
+    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with `int_result`
+    (each block is converted while it is in cache, instead of one more pass over the whole output).  `bias` (one
+    integer per output channel) is added in int64 and needs `int_result`.  Unlike `conv_nd` (which mirrors MLAS's
+    layout for the float kernels), the patch matrix of a block of images is built image-major, cols[b, g, Cg*k, P],
+    whose gather reads the padded input along its rows, and the weights multiply from the left, so every image's
+    product lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
     """
+    if bias is not None and not int_result:
+        raise ValueError("int_conv_nd adds a bias only with int_result=True")
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -439,6 +503,7 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         xp = x.astype(dtype)
     Mg = M // group
     wf = w.astype(dtype)
+    bias_shape = (1, M) + (1,) * n
     if Cg == 1:
         # depthwise (channel multiplier Mg): one whole-tensor multiply-add per kernel tap
         windows = _window_view(xp, kernel, strides, dilations, out)
@@ -451,25 +516,36 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                 xs = np.repeat(xs, Mg, axis=1)
             np.multiply(xs, wd[..., k], out=scratch)
             y += scratch
+        if int_result:
+            y = y.astype(_I64, copy=False)
+            if bias is not None:
+                y += bias.astype(_I64, copy=False).reshape(bias_shape)
         return y
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    y = np.empty((N, M) + out, dtype=dtype)
+    y = np.empty((N, M) + out, dtype=_I64 if int_result else dtype)
+    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
     block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
-    # [b, g, Cg, *out, *k] -> [g, Cg, *k, b, *out]
-    perm = [1, 2] + list(range(3 + n, 3 + 2 * n)) + [0] + list(range(3, 3 + n))
+    pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
+    # [b, g, Cg, *out, *k] -> [b, g, Cg, *k, *out]
+    perm = [0, 1, 2] + list(range(3 + n, 3 + 2 * n)) + list(range(3, 3 + n))
     for start in range(0, N, block):
         stop = min(N, start + block)
         b = stop - start
-        windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
-        cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
-        cols = cols.reshape(group, K, b * P)
-        if b == 1:
-            np.matmul(wm, cols, out=y[start].reshape(group, Mg, P))
+        if pointwise:  # a 1x1 kernel with stride 1: the (padded) input is its own patch matrix
+            cols = xp[start:stop].reshape(b, group, K, P)
         else:
-            part = np.matmul(wm, cols).reshape(M, b, P)  # [g, Mg, b*P] -> [M, b, P]
-            y[start:stop].reshape(b, M, P)[...] = part.transpose(1, 0, 2)
+            windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
+            cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
+            cols = cols.reshape(b, group, K, P)
+        target = y[start:stop].reshape(b, group, Mg, P)
+        if int_result:
+            np.copyto(target, np.matmul(wm, cols), casting="unsafe")  # exact integers: the cast is exact
+            if b64 is not None:
+                y[start:stop] += b64
+        else:
+            np.matmul(wm, cols, out=target)
     return y
 
 
@@ -1028,13 +1104,10 @@ def _int_conv(op, args):
     group = int(op.attr("group"))
     # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^24 / 2^53 float32 / float64
     # BLAS is exact, and converting x and w (not the 9x larger im2col matrix) keeps the whole conv on that route
-    patch = int(np.prod(w.shape[1:], dtype=np.int64))
-    dtype = exact_dtype(_abs_max(x) * _abs_max(w) * max(patch, 1))
-    y = int_conv_nd(x, w, pads, strides, dilations, group, dtype)
-    y = y.astype(_I64, copy=False)
-    if len(args) > 2:
-        y += args[2].astype(_I64, copy=False).reshape((-1,) + (1,) * (x.ndim - 2))
-    return [y]
+    x_type = op.operands[0].type if op.operands[0].owner.name != "qir.const" else TensorType(x.shape, ScalarType("i64"))
+    dtype = exact_dtype(_partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1)))
+    bias = args[2] if len(args) > 2 else None
+    return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=True)]
 
 
 @kernel("int.gemm")

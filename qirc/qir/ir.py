@@ -1,19 +1,25 @@
 """SSA values, operations and the module graph.
 
-A `Module` owns its operations in a networkx `MultiDiGraph` whose nodes are `Operation`s and whose edges run from the
-op that defines a value to each op that uses it (edge key = operand index, edge data `value`).  `Value.uses` mirrors the
-edges so that a pass can walk users without touching networkx.  All mutation goes through Module methods, which keep
-the two views consistent.
+A `Module` owns its operations; the edges of its graph run from the op that defines a value to each op that uses it
+(edge key = operand index).  `Value.uses` lists them per value, so that a pass walks users and producers without a
+graph library; `Module.graph` is a small read-only view (nodes, edges by key) for the verifier.  All mutation goes
+through Module methods, which keep operands, uses and edges consistent.
 
-The order of ops is `Module.ops()`: a deterministic topological order (ties broken by creation order), so printing and
-emission are stable.  Graph inputs are the `qir.input` ops in creation order, outputs the `qir.output` ops likewise.
+The order of ops is `Module.ops()`: the lexicographically smallest topological order by creation sequence (`Kahn`'s
+algorithm taking the ready op of smallest `seq` first, ties by insertion order), so printing and emission are stable.
+The module keeps that order incrementally instead of sorting again after every mutation:
+  - a new op with the largest seq (every op a pass creates) has no users yet, so it goes last: appended;
+  - erasing an op (never used: a sink) leaves the others' relative order as it is: it is skipped;
+  - changing an op's operands changes the step at which it becomes ready, and Kahn's run on the new graph equals the
+    old order up to the earliest such step: only the suffix from there is sorted again, lazily, at the next ops().
+Graph inputs are the `qir.input` ops in creation order, outputs the `qir.output` ops likewise.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import networkx as nx
 import numpy as np
 
 from .ops import OpDef, get_op_def
@@ -95,24 +101,78 @@ class Operation:
         return f"<Operation {self.name} loc={self.loc!r}>"
 
 
+class _GraphView:
+    """What the verifier reads of a module's graph: `nodes`, membership, and the value on edge (producer, user, key)."""
+
+    def __init__(self, module: "Module"):
+        self._module = module
+
+    @property
+    def nodes(self) -> List["Operation"]:
+        return list(self._module._ops)
+
+    def __contains__(self, op) -> bool:
+        return op in self._module._ops
+
+    def __len__(self) -> int:
+        return len(self._module._ops)
+
+    def number_of_nodes(self) -> int:
+        return len(self._module._ops)
+
+    def get_edge_data(self, producer: "Operation", user: "Operation", key: int) -> Optional[Dict[str, "Value"]]:
+        value = self._module._edges.get((user, key))
+        if value is None or value.owner is not producer:
+            return None
+        return {"value": value}
+
+
 class Module:
     """A model: a named graph of operations."""
 
     def __init__(self, name: str = "module"):
         self.name = name
-        self.graph = nx.MultiDiGraph()
-        self._order_cache: Optional[List[Operation]] = None
+        self._ops: Dict[Operation, int] = {}  # op -> insertion number (the tie-break of equal seqs)
+        self._edges: Dict[Tuple[Operation, int], Value] = {}  # (user, operand index) -> value
+        self._inserted = itertools.count()
+        self._max_seq = float("-inf")
+        # the order: `_order` was the exact order when last computed, except from position `_dirty` on; ops added
+        # out of sequence wait in `_pending`; erased ops stay in `_order` (skipped) until the next ops()
+        self._order: Optional[List[Operation]] = None
+        self._pos: Optional[Dict[Operation, int]] = None
+        self._dirty = 0
+        self._pending: Dict[Operation, None] = {}
+        self._erased: set = set()
+
+    @property
+    def graph(self) -> _GraphView:
+        return _GraphView(self)
 
     # ----- building ----------------------------------------------------------------------------------------------
     def add(self, op: Operation) -> Operation:
         """Insert an op whose operands are already defined in this module; returns it."""
         if op.module is not None:
             raise ValueError(f"{op} already belongs to a module")
+        for i, v in enumerate(op.operands):
+            if v.owner.module is not self:
+                raise ValueError(f"operand {i} of {op.name} ({op.loc}) is not defined in this module")
         op.module = self
-        self.graph.add_node(op)
+        self._ops[op] = next(self._inserted)
         for i, v in enumerate(op.operands):
             self._link(v, op, i)
-        self._order_cache = None
+        if self._order is not None:
+            if op in self._erased:
+                self._order = None  # it still has a (skipped) place in the old order: start afresh
+            elif op.seq > self._max_seq:
+                # a sink of the largest seq: Kahn picks it only when nothing else is ready, i.e. last
+                if self._pos is not None:
+                    self._pos[op] = len(self._order)
+                self._order.append(op)
+            else:
+                self._pending[op] = None
+                self._dirty = min(self._dirty, self._ready_step(op))
+        if op.seq > self._max_seq:
+            self._max_seq = op.seq
         return op
 
     def create(self, name: str, operands: Sequence[Value] = (), result_types: Sequence[TensorType] = (),
@@ -124,27 +184,43 @@ class Module:
         if v.owner.module is not self:
             raise ValueError(f"operand {i} of {op.name} ({op.loc}) is not defined in this module")
         v.uses.append((op, i))
-        self.graph.add_edge(v.owner, op, key=i, value=v)
+        self._edges[(op, i)] = v
 
     def _unlink(self, op: Operation, i: int) -> None:
         v = op.operands[i]
         v.uses.remove((op, i))
-        self.graph.remove_edge(v.owner, op, key=i)
+        del self._edges[(op, i)]
+
+    def _ready_step(self, op: Operation) -> int:
+        """The step of Kahn's run (a position in the last computed order) at which `op` becomes ready: one past its
+        last producer's position (producers not placed yet count as nothing: their own step was recorded)."""
+        pos = self._pos
+        if pos is None:
+            pos = self._pos = {o: i for i, o in enumerate(self._order)}
+        return max((pos.get(v.owner, -1) for v in op.operands), default=-1) + 1
 
     # ----- mutation ----------------------------------------------------------------------------------------------
     def set_operand(self, op: Operation, i: int, value: Value) -> None:
+        tracked = self._order is not None
+        if tracked:
+            before = self._ready_step(op)
         self._unlink(op, i)
         op.operands[i] = value
         self._link(value, op, i)
-        self._order_cache = None
+        if tracked:
+            self._dirty = min(self._dirty, before, self._ready_step(op))
 
     def set_operands(self, op: Operation, values: Sequence[Value]) -> None:
+        tracked = self._order is not None
+        if tracked:
+            before = self._ready_step(op)
         for i in range(len(op.operands)):
             self._unlink(op, i)
         op.operands = list(values)
         for i, v in enumerate(op.operands):
             self._link(v, op, i)
-        self._order_cache = None
+        if tracked:
+            self._dirty = min(self._dirty, before, self._ready_step(op))
 
     def replace_all_uses(self, old: Value, new: Value, except_ops: Iterable[Operation] = ()) -> None:
         """Make every user of `old` (but those in except_ops) use `new` instead."""
@@ -169,14 +245,17 @@ class Module:
                 raise ValueError(f"cannot erase {op.name} ({op.loc}): its result is still used by {users}")
         for i in range(len(op.operands)):
             self._unlink(op, i)
-        self.graph.remove_node(op)
+        del self._ops[op]
         op.module = None
-        self._order_cache = None
+        if op in self._pending:
+            del self._pending[op]
+        elif self._order is not None:
+            self._erased.add(op)  # a sink: the others keep their relative order; ops() skips it
 
     def erase_dead(self) -> int:
         """Erase ops (other than qir.output and qir.input) whose results are all unused, transitively; count them."""
         n = 0
-        work = [op for op in self.graph.nodes if self._is_dead(op)]
+        work = [op for op in self._ops if self._is_dead(op)]
         while work:
             op = work.pop()
             if op.module is not self or not self._is_dead(op):
@@ -194,15 +273,61 @@ class Module:
     # ----- queries -----------------------------------------------------------------------------------------------
     def ops(self) -> List[Operation]:
         """All ops in deterministic topological order (ties broken by creation order)."""
-        if self._order_cache is None:
-            self._order_cache = list(nx.lexicographical_topological_sort(self.graph, key=lambda o: o.seq))
-        return list(self._order_cache)
+        order = self._order
+        if order is None:
+            self._order = self._kahn([], list(self._ops))
+        elif self._dirty < len(order) or self._pending:
+            done = [o for o in order[:self._dirty] if o.module is self]
+            rest = [o for o in order[self._dirty:] if o.module is self] + list(self._pending)
+            self._order = self._kahn(done, rest)
+        elif self._erased:
+            self._order = [o for o in order if o.module is self]
+        else:
+            return list(order)
+        self._pos = None
+        self._dirty = len(self._order)
+        self._pending.clear()
+        self._erased.clear()
+        return list(self._order)
+
+    def _kahn(self, done: List[Operation], rest: List[Operation]) -> List[Operation]:
+        """`done` followed by `rest` in Kahn's order (smallest seq first, then insertion number); the producers of
+        `rest` are in `done` or `rest`."""
+        inserted = self._ops
+        members = set(rest)
+        waiting: Dict[Operation, int] = {}
+        heap = []
+        for op in rest:
+            n = sum(1 for v in op.operands if v.owner in members)
+            if n:
+                waiting[op] = n
+            else:
+                heap.append((op.seq, inserted[op], op))
+        heapq.heapify(heap)
+        out = done
+        while heap:
+            op = heapq.heappop(heap)[2]
+            out.append(op)
+            for r in op.results:
+                for user, _ in r.uses:
+                    n = waiting.get(user)
+                    if n is not None:
+                        if n == 1:
+                            del waiting[user]
+                            heapq.heappush(heap, (user.seq, inserted[user], user))
+                        else:
+                            waiting[user] = n - 1
+        if waiting:
+            self._order = None
+            raise ValueError(f"the ops of module @{self.name} form a cycle (through "
+                             f"{', '.join(sorted({o.name for o in waiting}))})")
+        return out
 
     def __iter__(self) -> Iterator[Operation]:
         return iter(self.ops())
 
     def __len__(self) -> int:
-        return self.graph.number_of_nodes()
+        return len(self._ops)
 
     def walk(self, name: Optional[str] = None) -> List[Operation]:
         """Ops in order, optionally only those named `name` (or with a dialect prefix ending in '.')."""
@@ -216,12 +341,12 @@ class Module:
     @property
     def inputs(self) -> List[Operation]:
         """The qir.input ops, in creation order (= graph input order)."""
-        return sorted((o for o in self.graph.nodes if o.name == "qir.input"), key=lambda o: o.seq)
+        return sorted((o for o in self._ops if o.name == "qir.input"), key=lambda o: o.seq)
 
     @property
     def outputs(self) -> List[Operation]:
         """The qir.output ops, in creation order (= graph output order)."""
-        return sorted((o for o in self.graph.nodes if o.name == "qir.output"), key=lambda o: o.seq)
+        return sorted((o for o in self._ops if o.name == "qir.output"), key=lambda o: o.seq)
 
     def input_names(self) -> List[str]:
         return [o.attrs["name"] for o in self.inputs]
@@ -230,31 +355,57 @@ class Module:
         return [o.attrs["name"] for o in self.outputs]
 
     def find_cycle(self) -> Optional[List[Operation]]:
-        # nx.find_cycle's edge DFS costs ~100x the topological-sort check on an acyclic graph (the common case;
-        # the verifier asks after every pass), so look for the cycle only when there is one
-        if nx.is_directed_acyclic_graph(self.graph):
+        """Ops forming a cycle (each feeds the next, the last the first), or None for an acyclic module."""
+        remaining = dict.fromkeys(self._ops)
+        waiting = {op: sum(1 for v in op.operands if v.owner in remaining) for op in remaining}
+        ready = [op for op, n in waiting.items() if n == 0]
+        while ready:
+            op = ready.pop()
+            del remaining[op]
+            for r in op.results:
+                for user, _ in r.uses:
+                    if user in remaining:
+                        waiting[user] -= 1
+                        if waiting[user] == 0:
+                            ready.append(user)
+        if not remaining:
             return None
-        try:
-            return [u for u, _v, *_ in nx.find_cycle(self.graph)]
-        except nx.NetworkXNoCycle:
-            return None
+        # every op left waits for a producer that is also left: walk producers until one repeats
+        path: List[Operation] = []
+        seen: Dict[Operation, int] = {}
+        op = min(remaining, key=lambda o: o.seq)
+        while op not in seen:
+            seen[op] = len(path)
+            path.append(op)
+            op = next(v.owner for v in op.operands if v.owner in remaining)
+        cycle = path[seen[op]:]
+        cycle.reverse()  # producer before user
+        return cycle
 
     def move_after(self, op: Operation, anchor: Operation) -> None:
         """Order hint only: `op` sorts right after `anchor` among ops that are otherwise unordered."""
         op.seq = anchor.seq + 0.5 if isinstance(anchor.seq, int) else anchor.seq + 1e-6
-        self._order_cache = None
+        if op.seq > self._max_seq:
+            self._max_seq = op.seq
+        self._order = None
 
     def clone(self) -> "Module":
         """A deep copy: new ops and values; attribute arrays are shared (treat them as immutable)."""
         m = Module(self.name)
         vmap: Dict[int, Value] = {}
-        for op in self.ops():
+        order = self.ops()
+        copies: List[Operation] = []
+        for op in order:
             new = Operation(op.name, [vmap[id(v)] for v in op.operands], [r.type for r in op.results],
                             dict(op.attrs), op.loc, [r.name for r in op.results])
             new.seq = op.seq
             m.add(new)
+            copies.append(new)
             for old_r, new_r in zip(op.results, new.results):
                 vmap[id(old_r)] = new_r
+        # the same graph with the same seqs has the same order: no need to sort it again
+        m._order = copies
+        m._dirty = len(copies)
         return m
 
 

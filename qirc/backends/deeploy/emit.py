@@ -37,8 +37,8 @@ import re
 from typing import Dict, List
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import TensorProto, helper, numpy_helper
 
 from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value

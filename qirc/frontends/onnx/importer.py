@@ -23,8 +23,8 @@ import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import helper, numpy_helper
 
 from ...qir.diagnostics import FrontendError
 from ...qir.ir import Module, Value, const_op, input_op, output_op

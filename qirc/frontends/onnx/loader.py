@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import numpy_helper
 
 from ...qir.diagnostics import FrontendError
 
