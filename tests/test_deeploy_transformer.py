@@ -256,3 +256,47 @@ def test_token_linear_with_bias_runs_on_2d_tensors():
     assert rq.operands[0].type.shape == (4, 6) and np.asarray(rq.attr("add")).shape == (6,)
     assert np.array_equal(interpreter.run(m, {"x": x_int})["y"], before)
     assert deeploy_structure_problems(emit_onnx(m, "deeploy-generic"), "deeploy-generic") == []
+
+
+def _legalized_equal(m, feeds, target="deeploy-generic"):
+    before = interpreter.run(m, feeds)
+    legalize(m, target)
+    after = interpreter.run(m, feeds)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert deeploy_structure_problems(emit_onnx(m, target), target) == []
+    return m
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
+def test_mean_over_tokens_is_a_matmul_with_ones(target):
+    b = QuantBuilder("mean")
+    x = b.input("x", (1, 5, 8), scale=0.05)
+    pooled = b.quant(b.op("onnx.ReduceMean", [x], {"axes": [1], "keepdims": 0}, loc="/ReduceMean"), scale=0.05)
+    w = b.qconst(np.random.default_rng(6).integers(-127, 128, (3, 8)), b.qtype(0.01))
+    b.output("y", b.quant(b.op("onnx.Gemm", [pooled, w], {"transB": 1}), scale=0.05))
+    m = b.module
+    lower_module(m)
+    assert "int.reduce_sum" in [op.name for op in m.ops()]
+    m = _legalized_equal(m, {"x": np.random.default_rng(7).integers(-128, 128, (1, 5, 8))}, target)
+    assert "int.reduce_sum" not in [op.name for op in m.ops()]
+    (mm,) = [op for op in m.walk("int.matmul") if op.operands[1].owner.name == "qir.const"]
+    assert mm.operands[0].type.shape == (8, 5) and np.all(mm.operands[1].owner.attrs["value"] == 1)
+
+
+def test_patch_embedding_requant_moves_before_its_reshape_and_transpose():
+    # ViT: Conv (with bias) -> Reshape [N, C, h*w] -> Transpose [N, h*w, C] -> token quantizer
+    rng = np.random.default_rng(8)
+    b = QuantBuilder("vit")
+    x = b.input("x", (1, 3, 8, 8), scale=0.05)
+    y = b.conv(x, rng.integers(-127, 128, (6, 3, 4, 4)), 0.01, bias=rng.integers(-300, 300, 6), strides=(4, 4))
+    y = b.op("onnx.Transpose", [b.op("onnx.Reshape", [y], {"shape": [1, 6, 4]})], {"perm": [0, 2, 1]})
+    y = b.quant(y, scale=0.05)
+    w = b.qconst(rng.integers(-127, 128, (6, 6)), b.qtype(0.01))
+    y = b.quant(b.op("onnx.MatMul", [y, w]), scale=0.05)
+    b.output("y", b.op("onnx.Transpose", [y], {"perm": [0, 2, 1]}))
+    m = b.module
+    lower_module(m)
+    m = _legalized_equal(m, {"x": rng.integers(-128, 128, (1, 3, 8, 8))})
+    (conv,) = m.walk("int.conv")
+    assert [u.name for u in conv.results[0].users] == ["int.requant_shift"]  # its bias folded into the requant
+    assert "int.add" not in [op.name for op in m.ops()]

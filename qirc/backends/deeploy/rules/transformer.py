@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....qir.ir import Module, Operation, const_op
-from ....qir.types import TensorType
+from ....qir.types import TensorType, i8
 from ..targets import DeeployTarget
 from .common import fail
 from .rule import rule
@@ -44,7 +44,7 @@ def flatten_batched_matmuls(module: Module, target: DeeployTarget) -> None:
         flat_value, value = mm.result, out  # the 2-D result so far and the value of the original graph it stands for
         # the bias Add (a constant over the features) and the requant after the product stay on the 2-D form, so that
         # the bias folds into the requant and per-feature parameters sit on the last axis of a 2-D tensor
-        while len(value.uses) == 1:
+        while len(value.uses) == 1 and value.users[0].results:  # (qir.output has no result)
             user = value.users[0]
             t = user.results[0].type
             flat_type = TensorType((rows, sb[-1]), _flat_element(t))
@@ -138,3 +138,59 @@ def siracusa_transformer_kernels(module: Module, target: DeeployTarget) -> None:
                                           or not 0 <= int(op.attr("coeffC")) < 1 << 31):
             raise fail(op, target, "Siracusa's iSoftmax kernel ignores coeffA and n_levels and takes an int32 "
                                    "coeffC: it needs coeffA = 1, n_levels = 256, 0 <= coeffC < 2^31")
+
+
+@rule("token-sums")
+def token_sums(module: Module, target: DeeployTarget) -> None:
+    """int.reduce_sum of a tensor that is not NCHW (the mean over tokens of [N, L, E] or [L, N, E]) -> Transpose the
+    summed axes last, Reshape to [kept, summed], int.matmul with an int8 all-ones column, Reshape to the result: the
+    exact sum as a MatMul, which every platform maps (the requant dividing by the count follows it)."""
+    for op in module.walk("int.reduce_sum"):
+        x = op.operands[0]
+        rank = x.type.rank
+        if rank == 4:
+            continue  # NCHW spatial sums are the pool rules'
+        axes = sorted(a % rank for a in (op.attr("axes") or range(rank)))
+        kept = [a for a in range(rank) if a not in axes]
+        perm = kept + axes
+        if perm != list(range(rank)):
+            shape = tuple(x.type.shape[a] for a in perm)
+            x = module.create("int.transpose", [x], [TensorType(shape, x.type.element)], {"perm": perm},
+                              op.loc + "/tokens_last").result
+        rows = int(np.prod([x.type.shape[i] for i in range(len(kept))], dtype=np.int64))
+        count = int(np.prod([x.type.shape[i] for i in range(len(kept), rank)], dtype=np.int64))
+        flat = module.create("int.reshape", [x], [TensorType((rows, count), x.type.element)],
+                             {"shape": [rows, count]}, op.loc).result
+        ones = const_op(module, np.ones((count, 1), np.int8), TensorType((count, 1), i8), op.loc)
+        out = op.results[0]
+        mm = module.create("int.matmul", [flat, ones], [TensorType((rows, 1), out.type.element)], {}, op.loc)
+        back = module.create("int.reshape", [mm.result], [out.type], {"shape": list(out.type.shape)},
+                             op.loc + "/sum")
+        module.replace_op(op, [back.result])
+
+
+@rule("requant-before-shape-ops")
+def requant_before_shape_ops(module: Module, target: DeeployTarget) -> None:
+    """A per-tensor int.requant_shift after Reshape / Transpose ops (ViT's patch embedding: Conv -> bias Add ->
+    Reshape -> Transpose -> requant) moves before them: it is elementwise with one mul and add, so it commutes with
+    moving the values, and it then meets the Conv and its bias (which fold into it) on the int32 tensor instead of
+    leaving an unfused int32 Conv + Add for the platform."""
+    for rqs in module.walk("int.requant_shift"):
+        if np.asarray(rqs.attr("mul")).size != 1 or np.asarray(rqs.attr("add")).size != 1:
+            continue
+        chain = []
+        v = rqs.operands[0]
+        while v.owner.name in ("int.reshape", "int.transpose") and len(v.uses) == 1:
+            chain.append(v.owner)
+            v = v.owner.operands[0]
+        if not chain or v.owner.name in ("qir.input", "qir.const"):
+            continue
+        element = rqs.results[0].type.element
+        moved = module.create("int.requant_shift", [v], [TensorType(v.type.shape, element)], dict(rqs.attrs),
+                              rqs.loc).result
+        for shape_op in reversed(chain):
+            t = shape_op.results[0].type
+            moved = module.create(shape_op.name, [moved], [TensorType(t.shape, element)], dict(shape_op.attrs),
+                                  shape_op.loc).result
+        module.replace_op(rqs, [moved])
+    module.erase_dead()
