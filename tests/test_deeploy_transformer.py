@@ -267,22 +267,6 @@ def _legalized_equal(m, feeds, target="deeploy-generic"):
     return m
 
 
-@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
-def test_mean_over_tokens_is_a_matmul_with_ones(target):
-    b = QuantBuilder("mean")
-    x = b.input("x", (1, 5, 8), scale=0.05)
-    pooled = b.quant(b.op("onnx.ReduceMean", [x], {"axes": [1], "keepdims": 0}, loc="/ReduceMean"), scale=0.05)
-    w = b.qconst(np.random.default_rng(6).integers(-127, 128, (3, 8)), b.qtype(0.01))
-    b.output("y", b.quant(b.op("onnx.Gemm", [pooled, w], {"transB": 1}), scale=0.05))
-    m = b.module
-    lower_module(m)
-    assert "int.reduce_sum" in [op.name for op in m.ops()]
-    m = _legalized_equal(m, {"x": np.random.default_rng(7).integers(-128, 128, (1, 5, 8))}, target)
-    assert "int.reduce_sum" not in [op.name for op in m.ops()]
-    (mm,) = [op for op in m.walk("int.matmul") if op.operands[1].owner.name == "qir.const"]
-    assert mm.operands[0].type.shape == (8, 5) and np.all(mm.operands[1].owner.attrs["value"] == 1)
-
-
 def test_patch_embedding_requant_moves_before_its_reshape_and_transpose():
     # ViT: Conv (with bias) -> Reshape [N, C, h*w] -> Transpose [N, h*w, C] -> token quantizer
     rng = np.random.default_rng(8)

@@ -24,7 +24,6 @@ ORDER: Tuple[Rule, ...] = (
     canonical.shape_ops_to_reshape,
     transformer.flatten_batched_matmuls,
     canonical.sub_to_add,
-    transformer.token_sums,
     transformer.requant_before_shape_ops,
     pools.sum_pools,
     convs.depthwise_to_dense,

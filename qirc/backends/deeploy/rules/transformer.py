@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....qir.ir import Module, Operation, const_op
-from ....qir.types import TensorType, i8
+from ....qir.types import TensorType
 from ..targets import DeeployTarget
 from .common import fail
 from .rule import rule
@@ -138,35 +138,6 @@ def siracusa_transformer_kernels(module: Module, target: DeeployTarget) -> None:
                                           or not 0 <= int(op.attr("coeffC")) < 1 << 31):
             raise fail(op, target, "Siracusa's iSoftmax kernel ignores coeffA and n_levels and takes an int32 "
                                    "coeffC: it needs coeffA = 1, n_levels = 256, 0 <= coeffC < 2^31")
-
-
-@rule("token-sums")
-def token_sums(module: Module, target: DeeployTarget) -> None:
-    """int.reduce_sum of a tensor that is not NCHW (the mean over tokens of [N, L, E] or [L, N, E]) -> Transpose the
-    summed axes last, Reshape to [kept, summed], int.matmul with an int8 all-ones column, Reshape to the result: the
-    exact sum as a MatMul, which every platform maps (the requant dividing by the count follows it)."""
-    for op in module.walk("int.reduce_sum"):
-        x = op.operands[0]
-        rank = x.type.rank
-        if rank == 4:
-            continue  # NCHW spatial sums are the pool rules'
-        axes = sorted(a % rank for a in (op.attr("axes") or range(rank)))
-        kept = [a for a in range(rank) if a not in axes]
-        perm = kept + axes
-        if perm != list(range(rank)):
-            shape = tuple(x.type.shape[a] for a in perm)
-            x = module.create("int.transpose", [x], [TensorType(shape, x.type.element)], {"perm": perm},
-                              op.loc + "/tokens_last").result
-        rows = int(np.prod([x.type.shape[i] for i in range(len(kept))], dtype=np.int64))
-        count = int(np.prod([x.type.shape[i] for i in range(len(kept), rank)], dtype=np.int64))
-        flat = module.create("int.reshape", [x], [TensorType((rows, count), x.type.element)],
-                             {"shape": [rows, count]}, op.loc).result
-        ones = const_op(module, np.ones((count, 1), np.int8), TensorType((count, 1), i8), op.loc)
-        out = op.results[0]
-        mm = module.create("int.matmul", [flat, ones], [TensorType((rows, 1), out.type.element)], {}, op.loc)
-        back = module.create("int.reshape", [mm.result], [out.type], {"shape": list(out.type.shape)},
-                             op.loc + "/sum")
-        module.replace_op(op, [back.result])
 
 
 @rule("requant-before-shape-ops")
