@@ -284,3 +284,22 @@ def test_patch_embedding_requant_moves_before_its_reshape_and_transpose():
     (conv,) = m.walk("int.conv")
     assert [u.name for u in conv.results[0].users] == ["int.requant_shift"]  # its bias folded into the requant
     assert "int.add" not in [op.name for op in m.ops()]
+
+
+def test_class_token_concat_without_concat_on_cortexm():
+    # KWT: Concat(class token, tokens) along the token axis; CMSIS has no Concat
+    rng = np.random.default_rng(9)
+    b = QuantBuilder("cls")
+    x = b.input("x", (1, 5, 8), scale=0.05)
+    qt = b.qtype(0.05)
+    cls = b.qconst(rng.integers(-128, 128, (1, 1, 8)), qt)
+    t = b.op("onnx.Concat", [cls, x], {"axis": 1}, loc="/Concat")
+    w = b.qconst(rng.integers(-127, 128, (8, 8)), b.qtype(0.01))
+    y = b.quant(b.op("onnx.MatMul", [t, w]), scale=0.05)
+    b.output("y", b.op("onnx.Transpose", [y], {"perm": [0, 2, 1]}))
+    m = b.module
+    lower_module(m)
+    assert "int.concat" in [op.name for op in m.ops()]
+    m = _legalized_equal(m, {"x": rng.integers(-128, 128, (1, 5, 8))}, "deeploy-cortexm")
+    names = [op.name for op in m.ops()]
+    assert "int.concat" not in names and "int.pad" in names

@@ -34,6 +34,7 @@ ORDER: Tuple[Rule, ...] = (
     clips.fold_clips,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    transformer.concat_as_pads,
     requant.shape_requant_params,
     gemm.gemm_requant_add_to_bias,
     outputs.trailing_reshapes,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....qir.ir import Module, Operation, const_op
-from ....qir.types import TensorType
+from ....qir.ir import Module, Operation, const_op, pad_op
+from ....qir.types import TensorType, i32
 from ..targets import DeeployTarget
 from .common import fail
 from .rule import rule
@@ -165,3 +165,53 @@ def requant_before_shape_ops(module: Module, target: DeeployTarget) -> None:
                                   shape_op.loc).result
         module.replace_op(rqs, [moved])
     module.erase_dead()
+
+
+@rule("concat-as-pads", targets=frozenset({"deeploy-cortexm"}))
+def concat_as_pads(module: Module, target: DeeployTarget) -> None:
+    """int.concat (the class token joined to the tokens) on a platform without Concat -> each computed operand
+    Reshaped to NCHW [1, before, length, after] and Padded with zeros to the full length at its offset, the constant
+    operands written into one full-size constant, all summed with int.add (every element has exactly one non-zero
+    term), an identity RequantShift back to 8 bits and a Reshape: the same integers.  The constant has the sum's full
+    shape, so Deeploy's constant-Add-into-requant merge (which takes per-channel constants only) leaves it alone."""
+    for op in module.walk("int.concat"):
+        out = op.results[0]
+        rank = out.type.rank
+        axis = int(op.attr("axis")) % rank
+        before = int(np.prod(out.type.shape[:axis], dtype=np.int64))
+        after = int(np.prod(out.type.shape[axis + 1:], dtype=np.int64))
+        total = out.type.shape[axis]
+        full = (1, before, total, after)
+        element = out.type.element
+        acc_element = element.with_(storage=i32) if out.type.is_quant else i32
+        consts = np.zeros(full, np.int64)
+        has_const = False
+        terms = []
+        offset = 0
+        for v in op.operands:
+            length = v.type.shape[axis]
+            if v.owner.name == "qir.const":
+                consts[:, :, offset:offset + length, :] = np.asarray(v.owner.attrs["value"]).reshape(
+                    1, before, length, after)
+                has_const = True
+            else:
+                x = module.create("int.reshape", [v], [TensorType((1, before, length, after), v.type.element)],
+                                  {"shape": [1, before, length, after]}, op.loc).result
+                if length != total:
+                    x = pad_op(module, x, [offset, 0, total - offset - length, 0], 0, op.loc)
+                terms.append(x)
+            offset += length
+        if not terms:
+            continue  # a concat of constants is folded before this
+        if has_const:
+            terms.append(const_op(module, consts.astype(np.int32), TensorType(full, i32), op.loc))
+        y = terms[0]
+        for term in terms[1:]:
+            y = module.create("int.add", [y, term], [TensorType(full, acc_element)], {}, op.loc).result
+        if len(terms) > 1:  # back to the 8-bit storage: every sum is one operand's value, so this only narrows
+            storage = out.type.storage
+            y = module.create("int.requant_shift", [y], [TensorType(full, element)],
+                              {"mul": np.array([1]), "add": np.array([0]), "div": 1, "signed": storage.signed,
+                               "n_levels": 1 << storage.width}, op.loc).result
+        back = module.create("int.reshape", [y], [out.type], {"shape": list(out.type.shape)}, op.loc)
+        module.replace_op(op, [back.result])
