@@ -94,6 +94,8 @@ class DeeployTarget:
                        a Conv's, Gemm's or MatMul's requant is merged into the kernel's int32 Q31 multiplier
                        mul * 2^s (Deeploy's CMSIS merge passes, s = 31 - log2(div) at most): the merged multiplier
                        must fit int32, which needs the requant's gain mul / div below 1
+    concat             the platform maps Concat (it must then be in onnx_ops); without it a concat is written as
+                       zero Pads summed with int.add (the rule concat-as-pads)
     quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
     """
 
@@ -115,9 +117,12 @@ class DeeployTarget:
     depthwise_conv: bool = True
     depthwise_layout: str = "channels-first"
     dense_depthwise_cap_kib: int = 0
+    concat: bool = True
     quirks: Tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        if self.concat != ("Concat" in self.onnx_ops):
+            raise ValueError(f"target {self.name}: concat={self.concat} disagrees with its onnx_ops")
         if self.residual_add not in RESIDUAL_ADD_FORMS:
             raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
         if self.sum_pool not in POOL_FORMS:
@@ -201,6 +206,7 @@ CORTEXM = DeeployTarget(
     q31_requant_multiplier=True,
     square_conv_pads=True,
     depthwise_layout="channels-last",
+    concat=False,
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",

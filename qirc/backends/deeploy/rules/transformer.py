@@ -167,7 +167,7 @@ def requant_before_shape_ops(module: Module, target: DeeployTarget) -> None:
     module.erase_dead()
 
 
-@rule("concat-as-pads", targets=frozenset({"deeploy-cortexm"}))
+@rule("concat-as-pads", when="not concat")
 def concat_as_pads(module: Module, target: DeeployTarget) -> None:
     """int.concat (the class token joined to the tokens) on a platform without Concat -> each computed operand
     Reshaped to NCHW [1, before, length, after] and Padded with zeros to the full length at its offset, the constant
