@@ -166,7 +166,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
     seed, accuracy_samples  the random samples used when no inputs_npz is given
-    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers
+    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers, and for
+                      a transformer the network's error with each kind of approximating kernel computed exactly
+                      (`qirc.report.ablation`) into accuracy.exact_kernels
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
     target = get_target(target)
@@ -202,6 +204,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if layers:
         from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
         accuracy["layers"] = layer_figures(quant_module, module, samples)
+        from .report.ablation import exact_kernel_ablation
+        ablation = exact_kernel_ablation(quant_module, module, samples, int_samples)
+        if ablation:  # the network with each kind of approximating kernel computed exactly
+            accuracy["exact_kernels"] = ablation
     from .lowering.approximations import approximation_report
     approximations = approximation_report(quant_module, module, int_samples)
     if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace

@@ -303,3 +303,33 @@ def test_class_token_concat_without_concat_on_cortexm():
     m = _legalized_equal(m, {"x": rng.integers(-128, 128, (1, 5, 8))}, "deeploy-cortexm")
     names = [op.name for op in m.ops()]
     assert "int.concat" not in names and "int.pad" in names
+
+
+def test_exact_kernel_ablation_measures_each_approximation(tmp_path):
+    from qirc.report.ablation import ablation_lines
+    path = tmp_path / "block.qir"
+    path.write_text(print_module(encoder_block()))
+    summary = compile_model(str(path), "deeploy-generic", str(tmp_path / "out"), accuracy_samples=4, layers=True)
+    rows = json.loads((tmp_path / "out" / "qirc.json").read_text())["accuracy"]["exact_kernels"]
+    assert [r["computed_exactly"] for r in rows] == [None, "iSoftmax", "iLayerNorm", "iGELU"]
+    base = rows[0]["outputs"][0]
+    assert base["mean_error_steps"] == pytest.approx(summary.accuracy["outputs"][0]["mean_error_steps"])
+    for r in rows[1:]:  # each row changes only its kind of kernel
+        assert r["outputs"][0]["mean_error_steps"] >= 0 and r["outputs"][0]["name"] == base["name"]
+    assert len(ablation_lines(rows)) == 4
+    # the exact stand-ins are what they say: all three exact give the fake-quant model up to requant rounding
+    from qirc.report import ablation
+    from qirc.qir.interpreter import KERNELS
+    old = dict(KERNELS)
+    try:
+        KERNELS["int.isoftmax"] = ablation._exact_softmax
+        KERNELS["int.igelu"] = ablation._exact_gelu
+        KERNELS["int.ilayernorm"] = ablation._exact_layernorm({})
+        m = summary.module
+        x = np.random.default_rng(3).normal(0, 1, (1, S, D)).astype(np.float32)
+        got = interpreter.run(m, {"x": np.clip(np.rint(x / 0.05), -128, 127).astype(np.int64)})["y"]
+    finally:
+        KERNELS.clear()
+        KERNELS.update(old)
+    want = interpreter.run(encoder_block(), {"x": x})["y"] / 0.07
+    assert np.abs(got - want).mean() < 0.5

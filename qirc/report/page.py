@@ -51,6 +51,7 @@ class ReportData:
     outputs: List[Dict] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     approximations: List[Dict] = field(default_factory=list)  # iSoftmax / iLayerNorm / iGELU vs their float ops
+    exact_kernels: List[Dict] = field(default_factory=list)  # the network with each kind of them computed exactly
 
 
 def require_matplotlib():
@@ -107,14 +108,17 @@ def build_report(model_path: str, target: str, inputs_npz: Optional[str] = None,
     seconds["figures"] = time.perf_counter() - t1
     outputs = _output_figures(int_module, layers)
     from ..lowering.approximations import approximation_report
-    approximations = approximation_report(quant_module, int_module,
-                                          vectors.quantize_samples(quant_module, int_module, float_samples))
+    int_samples = vectors.quantize_samples(quant_module, int_module, float_samples)
+    approximations = approximation_report(quant_module, int_module, int_samples)
+    from .ablation import exact_kernel_ablation
+    exact_kernels = exact_kernel_ablation(quant_module, int_module, float_samples, int_samples)
     name = os.path.splitext(os.path.basename(os.fspath(model_path)))[0] if isinstance(model_path, (str, os.PathLike)) \
         else quant_module.name
     return ReportData(model_name=name, model_path=os.fspath(model_path), target=tgt.name, platform=tgt.platform,
                       passes=[p.spec() for p in passes], samples=len(float_samples),
                       inputs=os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})",
-                      layers=layers, outputs=outputs, seconds=seconds, approximations=approximations)
+                      layers=layers, outputs=outputs, seconds=seconds, approximations=approximations,
+                      exact_kernels=exact_kernels)
 
 
 def _output_figures(int_module: Module, layers: List[Dict]) -> List[Dict]:
@@ -288,6 +292,7 @@ def render_html(data: ReportData) -> str:
     ]
     parts += _summary_list(data, worst)
     parts += _approximation_table(data.approximations)
+    parts += _ablation_table(data.exact_kernels)
     parts += _summary_table(layers, worst)
     if layers:
         parts += ["<h2>Overview</h2>",
@@ -387,6 +392,24 @@ def _approximation_table(entries: List[Dict]) -> List[str]:
                     f"</td><td>{_fmt(a['mean_error_steps'])}</td><td>{_fmt(a['max_error_steps'])}</td>"
                     f"<td>{_fmt(a.get('wrapped'))}</td><td>{a['elements']}</td></tr>")
     return rows + ["</tbody>", "</table>"]
+
+
+def _ablation_table(rows: List[Dict]) -> List[str]:
+    """The network's output error with each kind of approximating kernel computed exactly."""
+    if not rows:
+        return []
+    out = ["<h2>Cost of each approximation</h2>",
+           '<p class="note">The integer graph run as emitted, then with one kind of kernel replaced by the float op '
+           "it approximates (rounded once onto the kernel's output grid): the network's output error against the "
+           "fake-quant model. The difference to the first row is what that approximation costs.</p>",
+           '<table id="exact-kernels">', "<thead><tr><th>computed exactly</th><th>output</th><th>mean err</th>"
+           "<th>max err</th><th>argmax agreement</th></tr></thead>", "<tbody>"]
+    for row in rows:
+        for o in row["outputs"]:
+            out.append(f"<tr><td>{html.escape(row['computed_exactly'] or 'nothing (as emitted)')}</td>"
+                       f"<td>{html.escape(o['name'])}</td><td>{_fmt(o['mean_error_steps'])}</td>"
+                       f"<td>{_fmt(o['max_error_steps'])}</td><td>{_pct(o['argmax_agreement'])}</td></tr>")
+    return out + ["</tbody>", "</table>"]
 
 
 _COLUMNS = ("#", "location", "type", "scale", "zero point", "max err", "mean err", "exact", "local max",
