@@ -100,8 +100,9 @@ def test_block_emits_deeploy_integer_kernels_with_their_attribute_types(tmp_path
     ln = _attrs(nodes["iLayerNorm"])
     assert {k: ln[k].type for k in ln} == {"D": onnx.AttributeProto.TENSOR, "n_levels": onnx.AttributeProto.TENSOR}
     gelu = _attrs(nodes["iGELU"])
-    assert {k: (gelu[k].type, gelu[k].i) for k in gelu} == {"b": (onnx.AttributeProto.INT, round(-1.769 * 2 ** .5 / .04)),
-                                                             "one": (onnx.AttributeProto.INT, round(2 / (.2888 * .04 ** 2)))}
+    assert {k: (gelu[k].type, gelu[k].i) for k in gelu} == {
+        "b": (onnx.AttributeProto.INT, round(-1.769 * 2 ** .5 / .04)),
+        "one": (onnx.AttributeProto.INT, round(2 / (.2888 * .04 ** 2)))}
     # the iGELU's RequantShift has add = 0 (Deeploy fuses them into RequantizediGELU)
     users = [n for n in model.graph.node if nodes["iGELU"].output[0] in n.input]
     assert [u.op_type for u in users] == ["RequantShift"]

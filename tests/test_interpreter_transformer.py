@@ -169,7 +169,8 @@ def test_layernorm_division_truncates_and_shift_floors():
 
 
 def test_layernorm_constant_row_gives_bias_and_unsigned_input_is_read_as_is():
-    # var = 0 / L + 1 = 1, std 1: out = bias >> k; the first row is the unsigned values 200 (Deeploy adds 128 to u - 128)
+    # var = 0 / L + 1 = 1, std 1: out = bias >> k; the first row holds the unsigned value 200 (Deeploy adds 128 back
+    # to its stored u - 128)
     x = np.array([[200, 200, 200], [0, 0, 0]])
     out = ilayernorm(x, np.array([5, 6, 7]), np.array([64, -64, 255]), 2)
     assert out.tolist() == [[16, -16, 63]] * 2
@@ -221,7 +222,8 @@ def test_softmax_matches_c_with_ibert_coefficients(x, e, n_levels):
 
 
 @settings(max_examples=150, deadline=None)
-@given(rows, st.integers(-4, 4), st.integers(-2 ** 31, 2 ** 31 - 1), st.integers(0, 2 ** 45), st.integers(2, 2 ** 31 - 1))
+@given(rows, st.integers(-4, 4), st.integers(-2 ** 31, 2 ** 31 - 1), st.integers(0, 2 ** 45),
+       st.integers(2, 2 ** 31 - 1))
 def test_softmax_matches_c_with_any_coefficients(x, coeffA, coeffB, coeffC, log2):
     coeffs = dict(coeffA=coeffA, coeffB=coeffB, coeffC=coeffC, log2=log2, n_levels=256)
     try:
@@ -285,11 +287,13 @@ def test_text_form_round_trips_and_runs():
     ("D = 1024", "D = 1000", "D 1000 must be a positive power of two"),
     ("b = -83", "b = -129", "b -129 does not fit the kernel's int8"),
     ("one = 7694", "one = 40000", "one 40000 does not fit the kernel's int16"),
-    ("%2 = int.igelu %x {b = -83, one = 7694} : tensor<2x8xi32>", "%2 = int.igelu %x {b = -83, one = 7694} : tensor<2x8xi16>",
+    ("%2 = int.igelu %x {b = -83, one = 7694} : tensor<2x8xi32>",
+     "%2 = int.igelu %x {b = -83, one = 7694} : tensor<2x8xi16>",
      "result must be a signed 32-bit tensor"),
     ("%1 = int.ilayernorm %x, %w, %b {D = 1024, n_levels = 256} : tensor<2x8xi8>",
      "%1 = int.ilayernorm %x, %w, %b {D = 1024, n_levels = 256} : tensor<2x8xu8>", "result must be a signed 8-bit"),
-    ("%w = qir.const dense<[1, 2, 3, 4, 5, 6, 7, 8]> : tensor<8xi32>", "%w = qir.const dense<[1, 2, 3, 4]> : tensor<4xi32>",
+    ("%w = qir.const dense<[1, 2, 3, 4, 5, 6, 7, 8]> : tensor<8xi32>",
+     "%w = qir.const dense<[1, 2, 3, 4]> : tensor<4xi32>",
      "weight 4 must have shape 8"),
 ])
 def test_verifier_rules(old, new, message):

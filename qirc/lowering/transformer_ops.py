@@ -10,7 +10,6 @@ import numpy as np
 
 from ..qir.ir import Module, Operation, Value, const_op
 from ..qir.passes import ModulePass, register_pass
-from ..qir.kernels_transformer import igelu
 from ..qir.types import TensorType, UniformQuantType, i32, u8
 from .common import apply_rules, const_array, dcast_source, fail, int_const, real_const
 
@@ -73,7 +72,7 @@ def lower_transformer_ops(module: Module) -> int:
     return apply_rules(module, _RULES)
 
 
-# ----- checks before anything moves ------------------------------------------------------------------------------------
+# ----- checks before anything moves -----------------------------------------------------------------------------------
 def check_transformer_inputs(module: Module) -> None:
     """Refuse what the integer kernels cannot compute at all, before other passes fail on it less clearly."""
     for op in module.ops():
@@ -117,7 +116,7 @@ def _refuse_mask(softmax: Operation) -> None:
             todo.extend(op.operands)
 
 
-# ----- Softmax ---------------------------------------------------------------------------------------------------------
+# ----- Softmax --------------------------------------------------------------------------------------------------------
 def softmax_coefficients(e: float) -> dict:
     """The I-BERT coefficients of iSoftmax for an int8 input of scale e (DESIGN.md section 7)."""
     return {"coeffA": 1, "coeffB": int(round(EXP_B / e)), "coeffC": int(round(EXP_C / (EXP_A * e * e))),
@@ -164,7 +163,7 @@ def _softmax(module: Module, op: Operation) -> bool:
     return True
 
 
-# ----- LayerNorm -------------------------------------------------------------------------------------------------------
+# ----- LayerNorm ------------------------------------------------------------------------------------------------------
 def layernorm_parameters(gamma: np.ndarray, beta: np.ndarray, s_out: float, z_out: int, op=None):
     """(weight int64[C], bias int64[C], k) of iLayerNorm for output scale s_out, zero point z_out."""
     gamma = np.asarray(gamma, dtype=np.float64)
@@ -241,7 +240,7 @@ def _layernorm(module: Module, op: Operation) -> bool:
     return True
 
 
-# ----- GELU ------------------------------------------------------------------------------------------------------------
+# ----- GELU -----------------------------------------------------------------------------------------------------------
 def gelu_coefficients(s: float) -> dict:
     """iGELU's b and one for an int8 input of scale s (I-BERT erf on x / sqrt 2)."""
     return {"b": int(round(ERF_B * math.sqrt(2) / s)), "one": int(round(2.0 / (-ERF_A * s * s)))}
@@ -273,13 +272,7 @@ def _gelu(module: Module, op: Operation) -> bool:
     return True
 
 
-def gelu_output_range(lo: int, hi: int, b: int, one: int):
-    """(min, max) of iGELU over the inputs lo..hi."""
-    y = igelu(np.arange(lo, hi + 1), b, one)
-    return int(y.min()), int(y.max())
-
-
-# ----- MatMul of two activations ---------------------------------------------------------------------------------------
+# ----- MatMul of two activations --------------------------------------------------------------------------------------
 def _fold_const_chain(module: Module, value: Value) -> Optional[Value]:
     """If `value` is computed by shape-only int ops from one constant (a weight transposed in the graph, pushed by
     dequant-push after fold-constants ran), a constant holding it; else None."""
@@ -324,7 +317,7 @@ _RULES = {"onnx.Softmax": _softmax, "onnx.LayerNormalization": _layernorm, "onnx
           "onnx.MatMul": _matmul_activations}
 
 
-# ----- what is left ----------------------------------------------------------------------------------------------------
+# ----- what is left ---------------------------------------------------------------------------------------------------
 def refuse_unlowered(module: Module) -> None:
     """After the lowering sweeps: name a Softmax / LayerNorm / GELU that could not be lowered and why."""
     for op in module.ops():
