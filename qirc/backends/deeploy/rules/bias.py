@@ -6,7 +6,7 @@ import numpy as np
 from ....qir.ir import Module, Operation
 from ....qir.types import i32
 from ..targets import DeeployTarget
-from .common import const_value, fail, int_const, sole_user
+from .common import const_value, fail, int_const, move_zero_points, sole_user
 from .rule import rule
 
 
@@ -28,7 +28,10 @@ def _fold_offset_into_requant(rqs: Operation, offset: np.ndarray) -> bool:
 @rule("fold-biases")
 def fold_biases(module: Module, target: DeeployTarget) -> None:
     """A Conv bias b, and a constant int.add(x, b) in front of a requant, fold into the requant's add
-    (add' = add + b * mul); a Conv without a requant after it keeps its bias as an int32 int.add."""
+    (add' = add + b * mul); a Conv without a requant after it keeps its bias as an int32 int.add.
+
+    The requant's input then holds the accumulator without b while standing for the biased one, so its type's zero
+    points move by -b (`move_zero_points`): every value's type still says what its integers mean."""
     for conv in module.walk("int.conv"):
         if len(conv.operands) < 3:
             continue
@@ -40,6 +43,8 @@ def fold_biases(module: Module, target: DeeployTarget) -> None:
         rqs = sole_user(conv.result)
         if rqs is not None and rqs.name == "int.requant_shift" and _fold_offset_into_requant(rqs, per_channel):
             module.set_operands(conv, conv.operands[:2])
+            # the conv now computes acc - b: the requant's input type says so (its zero points move by -b)
+            move_zero_points(conv.result, -per_channel)
             continue
         if target.conv_needs_requant:
             raise fail(conv, target, "int.conv is not followed by a requant_shift: the platform has no bare integer "
@@ -50,6 +55,7 @@ def fold_biases(module: Module, target: DeeployTarget) -> None:
         module.set_operands(conv, conv.operands[:2])
         add = module.create("int.add", [acc, bias], [acc.type], {}, conv.loc + "/bias_add")
         module.replace_all_uses(acc, add.result, except_ops=[add])
+        move_zero_points(acc, -per_channel)  # the add's result keeps the biased type; the conv's values are acc - b
     for add in module.walk("int.add"):
         k_index = next((i for i, v in enumerate(add.operands) if const_value(v) is not None), None)
         if k_index is None:
@@ -63,4 +69,8 @@ def fold_biases(module: Module, target: DeeployTarget) -> None:
             continue
         if _fold_offset_into_requant(rqs, k):
             module.set_operand(rqs, 0, x)
+            if all(user in (rqs, add) for user, _ in x.uses):  # the add is dead now, erased below
+                # the requant now requantizes x + k: x's integers stand for the add's result, at zero points moved
+                # by -k (with other users, x keeps the type they read)
+                move_zero_points(x, -np.asarray(k, np.int64), add.result.type)
     module.erase_dead()

@@ -12,7 +12,8 @@ from .common import FUSING, fail
 from .rule import rule
 
 
-def requant_range(signed: bool, n_levels: int) -> Tuple[int, int]:
+def _requant_range(signed: bool, n_levels: int) -> Tuple[int, int]:
+    """The output range of a RequantShift with (signed, n_levels)."""
     return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
 
 
@@ -20,12 +21,12 @@ def _clip_levels(lo: int, hi: int) -> Optional[Tuple[bool, int]]:
     """The RequantShift (signed, n_levels) whose output range is exactly lo..hi, or None."""
     for signed in (True, False):
         n_levels = (hi + 1) * 2 if signed else hi + 1
-        if n_levels >= 2 and requant_range(signed, n_levels) == (lo, hi):
+        if n_levels >= 2 and _requant_range(signed, n_levels) == (lo, hi):
             return signed, n_levels
     return None
 
 
-def shifted_type(t: TensorType, shift: int) -> TensorType:
+def _shifted_type(t: TensorType, shift: int) -> TensorType:
     """`t` with int8 storage and its values lowered by `shift` (the zero point follows, so that the real values stay)."""
     element = t.element
     if t.is_quant:
@@ -52,7 +53,7 @@ def _value_range(v: Value) -> Tuple[int, int]:
     """Bounds on the integers `v` holds: its element type's range, narrowed by the clip of a requant producing it."""
     lo, hi = int(v.type.element.min), int(v.type.element.max)
     if v.owner.name == "int.requant_shift":
-        r_lo, r_hi = requant_range(bool(v.owner.attr("signed")), int(v.owner.attr("n_levels")))
+        r_lo, r_hi = _requant_range(bool(v.owner.attr("signed")), int(v.owner.attr("n_levels")))
         lo, hi = max(lo, r_lo), min(hi, r_hi)
     return lo, hi
 
@@ -75,7 +76,7 @@ def _shifted_clip_levels(lo: int, hi: int, x_range: Tuple[int, int]) -> Optional
     return lo + n // 2, n
 
 
-def clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, target: DeeployTarget) -> Value:
+def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, target: DeeployTarget) -> Value:
     """The clip of `x` to lo..hi as RequantShifts that only clip, in the target's clip_form (targets.CLIP_FORMS);
     the result takes the clip's type and name.  BackendError when the range has no such form.
 
@@ -92,7 +93,7 @@ def clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, t
         raise fail(clip, target, f"int.clip to {lo}..{hi} has no form on this platform (a RequantShift clips to "
                                  "an even number of levels within 8 bits; Deeploy has no integer Clip)")
     c, n = shifted
-    centred = _unit_requant(module, x, -c, True, n, shifted_type(out.type, c), clip.loc, target)
+    centred = _unit_requant(module, x, -c, True, n, _shifted_type(out.type, c), clip.loc, target)
     signed = hi <= 127
     return _unit_requant(module, centred, c, signed, 256, out.type, clip.loc + "/offset", target, [out.name])
 
@@ -109,7 +110,7 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
     A clip after a requant that it alone uses folds into the requant's (signed, n_levels) when the target can
     state that range there (clip_form "levels", or a symmetric signed range) and its fused kernels honour it.
     Anywhere else (a clip of a graph input, of a requant that also feeds a residual Add, or a range the requant
-    cannot state) it becomes RequantShifts that only clip (`clip_requants`) placed after the requant, whose own
+    cannot state) it becomes RequantShifts that only clip (`_clip_requants`) placed after the requant, whose own
     form stays: duplicating the requant with the clip folded in would give the Conv or Add before it a second user,
     and the platforms fuse those with their requant only when it is the only one.  Both are exact:
     clip(clip(v, a), b) is the clip to the intersection of a and b.  On "shifted" targets a requant whose own range
@@ -118,7 +119,7 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
     if target.clip_form == "shifted":
         for rqs in module.walk("int.requant_shift"):
             signed, n_levels = bool(rqs.attr("signed")), int(rqs.attr("n_levels"))
-            lo, hi = requant_range(signed, n_levels)
+            lo, hi = _requant_range(signed, n_levels)
             if lo < -128 or hi > 127:
                 continue  # not an int8 range: its own form, or refused with its n_levels by the later checks
             ignored = not target.fused_requant_levels and _fuses_requant(rqs) and (signed, n_levels) != (True, 256)
@@ -129,7 +130,7 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
         rqs = x.owner
         lo, hi = int(clip.attr("min")), int(clip.attr("max"))
         if rqs.name == "int.requant_shift":
-            cur_lo, cur_hi = requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
+            cur_lo, cur_hi = _requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
             lo, hi = max(lo, cur_lo), min(hi, cur_hi)
             if (lo, hi) == (cur_lo, cur_hi):  # the requant already clips at least as much
                 module.replace_op(clip, [x])
@@ -144,25 +145,25 @@ def fold_clips(module: Module, target: DeeployTarget) -> None:
                 rqs.results[0].type = clip.result.type
                 module.replace_op(clip, [rqs.result])
                 continue
-        module.replace_op(clip, [clip_requants(module, clip, x, lo, hi, target)])
+        module.replace_op(clip, [_clip_requants(module, clip, x, lo, hi, target)])
 
 
 def split_requant_clip(module: Module, rqs: Operation, target: DeeployTarget) -> Operation:
     """A requant clipping to less than int8 (a ReLU folded into it) as the full int8 requant followed by
-    RequantShifts that only clip (`clip_requants`), for when the platform cannot take that clip in the requant
+    RequantShifts that only clip (`_clip_requants`), for when the platform cannot take that clip in the requant
     itself: its fused kernel clips to -128..127 whatever n_levels_out says (Siracusa's RequantizedConv/Gemm/Add), or
     the range is unsigned (targets.CLIP_FORMS "shifted").  Exact: clip(clip(v, int8), r) = clip(v, r) for a range r
     inside int8.  Returns the full-range requant."""
-    lo, hi = requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
+    lo, hi = _requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
     if lo < -128 or hi > 127:
         raise fail(rqs, target, f"a requant to {lo}..{hi} has no form on this platform (its kernels clip to "
                                 "int8 -128..127)")
     out = rqs.result
-    full = module.create("int.requant_shift", [rqs.operands[0]], [shifted_type(out.type, 0)],
+    full = module.create("int.requant_shift", [rqs.operands[0]], [_shifted_type(out.type, 0)],
                          {**rqs.attrs, "signed": True, "n_levels": 256}, rqs.loc)
     # the clip op stands for the requant's own clip: the RequantShifts after the full one take its place and name
     clip = module.create("int.clip", [full.result], [out.type], {"min": lo, "max": hi}, rqs.loc + "/clip",
                          [out.name])
     module.replace_op(rqs, [clip.result])
-    module.replace_op(clip, [clip_requants(module, clip, full.result, lo, hi, target)])
+    module.replace_op(clip, [_clip_requants(module, clip, full.result, lo, hi, target)])
     return full

@@ -6,7 +6,7 @@ import numpy as np
 from ....qir.ir import Module, Operation, const_op
 from ....qir.types import TensorType, i32
 from ..targets import DeeployTarget
-from .common import const_value, fail, fits_int32, int_const
+from .common import const_value, fail, fits_int32, int_const, move_zero_points
 from .rule import rule
 
 
@@ -35,7 +35,8 @@ def gemm_forms(module: Module, target: DeeployTarget) -> None:
 def gemm_requant_add_to_bias(module: Module, target: DeeployTarget) -> None:
     """Gemm(a, b, c) -> RequantShift(mul, add)  becomes  Gemm(a, b, c + add/mul) -> RequantShift(mul, 0).
 
-    Runs after requant-params, which has made each Gemm requant's mul one scalar and its add a multiple of it."""
+    Runs after requant-params, which has made each Gemm requant's mul one scalar and its add a multiple of it.  The
+    Gemm's result type moves its zero points by add/mul, so that it still says what its integers mean."""
     for rqs in module.walk("int.requant_shift"):
         if rqs.operands[0].owner.name == "int.gemm":
             _fold_requant_add_into_gemm_bias(module, rqs, target)
@@ -62,3 +63,5 @@ def _fold_requant_add_into_gemm_bias(module: Module, rqs: Operation, target: Dee
         raise fail(rqs, target, "the requant's add folded into the Gemm bias does not fit int32")
     module.set_operand(gemm, 2, int_const(module, new_bias, gemm.loc + "/bias", i32))
     rqs.attrs["add"] = np.zeros_like(add)
+    # the Gemm now computes acc + add/mul: its type's zero points move with it (the real values stay)
+    move_zero_points(gemm.result, np.broadcast_to(add // mul, (n_out,)))
