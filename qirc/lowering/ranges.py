@@ -281,6 +281,8 @@ _RULES = {
     "int.squeeze": _shape_changing,
     "int.unsqueeze": _shape_changing,
     "int.transpose": _transpose,
+    "int.gather": _shape_changing,
+    "int.slice": _shape_changing,
     "int.concat": _concat,
     "int.requant_shift": _requant,
     "int.igelu": _igelu,

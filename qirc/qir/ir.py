@@ -356,6 +356,13 @@ class Module:
 
     def find_cycle(self) -> Optional[List[Operation]]:
         """Ops forming a cycle (each feeds the next, the last the first), or None for an acyclic module."""
+        if self._order is not None and self._dirty >= len(self._order) and not self._pending:
+            return None  # the kept order is a topological order of the current graph: no cycle
+        try:
+            self.ops()  # brings the order up to date, sorting only what changed; fails on a cycle
+            return None
+        except ValueError:
+            pass
         remaining = dict.fromkeys(self._ops)
         waiting = {op: sum(1 for v in op.operands if v.owner in remaining) for op in remaining}
         ready = [op for op, n in waiting.items() if n == 0]

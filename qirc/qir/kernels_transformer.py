@@ -175,5 +175,3 @@ def _int_ilayernorm(op, args):
 def _int_igelu(op, args):
     return [igelu(args[0], int(op.attr("b")), int(op.attr("one")))]
 
-
-from . import _pending_float_transformer  # noqa: E402,F401  PENDING (int-kernels): goes at the merge

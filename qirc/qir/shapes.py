@@ -303,6 +303,55 @@ def softmax_shape(op) -> List[Shape]:
     return [x]
 
 
+def layernorm_shape(op) -> List[Shape]:
+    """LayerNormalization: normalises over the axes from `axis` to the last; Scale (and B) broadcast against those
+    axes (ONNX: their shape is X.shape[axis:] or broadcastable to it)."""
+    x = _shape(op, 0)
+    axis = _norm_axis(int(op.attr("axis")), max(len(x), 1))
+    norm = x[axis:]
+    for i, name in enumerate(("Scale", "B")[:len(op.operands) - 1], start=1):
+        s = _shape(op, i)
+        if len(s) > len(norm) or broadcast(norm, s) != tuple(norm):
+            raise ShapeProblem(f"{name} {fmt(s)} does not broadcast against the normalised axes {fmt(norm)}")
+    return [x]
+
+
+def gather_shape(op) -> List[Shape]:
+    """Gather at constant `indices` along `axis`: that axis becomes len(indices), or disappears when `scalar`."""
+    x = _shape(op, 0)
+    axis = _norm_axis(int(op.attr("axis")), len(x))
+    indices = [int(i) for i in op.attr("indices")]
+    if op.attr("scalar") and len(indices) != 1:
+        raise ShapeProblem(f"a scalar gather needs exactly one index, got {len(indices)}")
+    for i in indices:
+        if not -x[axis] <= i < x[axis]:
+            raise ShapeProblem(f"index {i} is out of range for axis {axis} of size {x[axis]}")
+    middle = () if op.attr("scalar") else (len(indices),)
+    return [x[:axis] + middle + x[axis + 1:]]
+
+
+def slice_shape(op) -> List[Shape]:
+    """Slice with resolved `starts`, `ends` (clamped to 0..size), `steps` (positive) per entry of `axes`."""
+    x = _shape(op, 0)
+    starts, ends, axes, steps = (list(op.attr(n)) for n in ("starts", "ends", "axes", "steps"))
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ShapeProblem(f"starts, ends, axes and steps have different lengths "
+                           f"({len(starts)}, {len(ends)}, {len(axes)}, {len(steps)})")
+    out = list(x)
+    seen = set()
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = _norm_axis(int(a), len(x), "slice axis")
+        if a in seen:
+            raise ShapeProblem(f"slice axis {a} appears twice")
+        seen.add(a)
+        if st < 1:
+            raise ShapeProblem(f"step {st} on axis {a} must be positive")
+        if not 0 <= s <= e <= x[a]:
+            raise ShapeProblem(f"start {s} and end {e} on axis {a} must satisfy 0 <= start <= end <= {x[a]}")
+        out[a] = len(range(s, e, st))
+    return [tuple(out)]
+
+
 def requant_shift_shape(op) -> List[Shape]:
     """Shape-preserving; `mul` and `add` must broadcast against x without growing it."""
     x = _shape(op, 0)

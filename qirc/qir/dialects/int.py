@@ -6,9 +6,10 @@ its declared storage type (in particular an int32 accumulator).  Zero points are
 makes every correction explicit (bias terms, Pad with the zero point, requant_shift's add).
 """
 from ..ops import bool_, dense, dialect, int_, ints
-from ..shapes import (broadcast_operands, igelu_elements, ilayernorm_elements, ilayernorm_shape, isoftmax_elements, concat_shape, conv_shape, flatten_shape, gemm_shape, int_clip_elements,
+from ..shapes import (broadcast_operands, igelu_elements, ilayernorm_elements, ilayernorm_shape, isoftmax_elements, concat_shape, conv_shape, flatten_shape, gather_shape, gemm_shape,
+                      int_clip_elements,
                       int_in_out, int_pad_elements, matmul_shape, pad_shape, pool_shape, reduce_shape,
-                      requant_shift_elements, requant_shift_shape, reshape_shape, same_as_first, squeeze_shape,
+                      requant_shift_elements, requant_shift_shape, reshape_shape, same_as_first, slice_shape, squeeze_shape,
                       transpose_shape, unsqueeze_shape)
 
 INT = dialect("int", "exact integer arithmetic on stored values")
@@ -69,6 +70,14 @@ INT.op("unsqueeze", "Insert size-1 `axes`.", operands=["x"], attrs={"axes": ints
        shape=unsqueeze_shape, element=int_in_out)
 INT.op("concat", "Concatenate along `axis`.", operands=["inputs*"], attrs={"axis": int_()}, traits=("shape_only",),
        shape=concat_shape, element=int_in_out)
+INT.op("gather", "Take the constant `indices` along `axis` (a scalar index removes the axis), as onnx.Gather; a "
+       "class token x[:, 0].", operands=["x"],
+       attrs={"axis": int_(0), "indices": ints(), "scalar": bool_(False)}, traits=("shape_only",),
+       shape=gather_shape, element=int_in_out)
+INT.op("slice", "x[start:end:step] along each of `axes` (resolved), as onnx.Slice; q, k, v out of a packed "
+       "in-projection.", operands=["x"], attrs={"starts": ints(), "ends": ints(), "axes": ints(), "steps": ints()},
+       traits=("shape_only",),
+       shape=slice_shape, element=int_in_out)
 
 # Deeploy's integer transformer kernels (DESIGN.md section 7).  Each computes exactly the Generic C kernel: the
 # interpreter's kernels are in qirc/qir/kernels_transformer.py.  Attribute names are Deeploy's.

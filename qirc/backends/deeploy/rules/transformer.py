@@ -7,8 +7,9 @@ What each platform takes (DESIGN.md section 7, Deeploy devel bf64cfa):
 - Siracusa (PULPOpen) maps iSoftmax with its own kernel, which ignores coeffA and n_levels (it computes
   (p + coeffB)^2 + coeffC in uint32 and outputs y * 255 / sum), iGELU only fused with the RequantShift after it, and
   no integer LayerNorm.
-- MatMul: Deeploy advances both operands' pointers every batch, so both need the same batch dimensions, and a 2-D
-  operand under a batched one would be read out of bounds.
+- MatMul: Deeploy advances both operands' pointers every batch, so both need the same batch dimensions (a 2-D
+  weight under a batched operand is handled by `moves.token_matmuls_2d`).
+- Concat: CMSIS has none; the class token's is written as Pads and an Add.
 """
 from __future__ import annotations
 
@@ -21,72 +22,6 @@ from .common import fail
 from .rule import rule
 
 SIRACUSA = frozenset({"deeploy-siracusa"})
-
-
-@rule("flatten-batched-matmuls")
-def flatten_batched_matmuls(module: Module, target: DeeployTarget) -> None:
-    """int.matmul(a [..., M, K], b [K, N]) with a of rank > 2 -> reshape a to [B*M, K], a 2-D int.matmul (and its bias
-    Add and RequantShift), reshape the [B*M, N] result back: Deeploy would read the 2-D b out of bounds after one
-    batch, and its RequantShift takes per-feature parameters only on the last axis of a 2-D tensor."""
-    for op in module.walk("int.matmul"):
-        if op.module is not module:
-            continue
-        a, b = op.operands
-        sa, sb = a.type.shape, b.type.shape
-        if len(sb) != 2 or len(sa) <= 2:
-            continue
-        rows = int(np.prod(sa[:-1], dtype=np.int64))
-        flat = module.create("int.reshape", [a], [TensorType((rows, sa[-1]), a.type.element)],
-                             {"shape": [rows, sa[-1]]}, op.loc + "/flatten")
-        out = op.results[0]
-        mm = module.create("int.matmul", [flat.result, b], [TensorType((rows, sb[-1]), _flat_element(out.type))], {},
-                           op.loc)
-        flat_value, value = mm.result, out  # the 2-D result so far and the value of the original graph it stands for
-        # the bias Add (a constant over the features) and the requant after the product stay on the 2-D form, so that
-        # the bias folds into the requant and per-feature parameters sit on the last axis of a 2-D tensor
-        while len(value.uses) == 1 and value.users[0].results:  # (qir.output has no result)
-            user = value.users[0]
-            t = user.results[0].type
-            flat_type = TensorType((rows, sb[-1]), _flat_element(t))
-            if user.name == "int.add" and _feature_const(user, value):
-                c = np.asarray(next(v for v in user.operands if v is not value).owner.attrs["value"]).reshape(-1)
-                c_type = next(v for v in user.operands if v is not value).type
-                c_flat = const_op(module, c, TensorType(c.shape, c_type.element), user.loc)
-                flat_value = module.create("int.add", [flat_value, c_flat], [flat_type], {}, user.loc).result
-            elif user.name == "int.requant_shift" and all(_feature_param(user.attr(k), t.rank) for k in ("mul", "add")):
-                attrs = dict(user.attrs)
-                for k in ("mul", "add"):
-                    attrs[k] = np.asarray(attrs[k]).reshape(-1)
-                flat_value = module.create("int.requant_shift", [flat_value], [flat_type], attrs, user.loc).result
-            else:
-                break
-            value = user.results[0]
-        back = module.create("int.reshape", [flat_value], [value.type], {"shape": list(value.type.shape)},
-                             op.loc + "/unflatten")
-        module.replace_all_uses(value, back.result, except_ops=[back])
-        module.erase_dead()
-
-
-def _feature_param(p, rank: int) -> bool:
-    """A requant parameter that is per tensor or varies over the last axis only."""
-    p = np.asarray(p)
-    return p.size == 1 or (p.ndim <= rank and all(d == 1 for d in p.shape[:-1]))
-
-
-def _flat_element(t: TensorType):
-    """The element type of t on the 2-D [rows, features] form (a per-feature axis becomes axis 1)."""
-    if t.is_quant and t.element.is_per_axis:
-        return t.element.with_(axis=1)
-    return t.element
-
-
-def _feature_const(add: Operation, x) -> bool:
-    """True when `add` adds to x a constant that varies over the last axis only (a bias)."""
-    others = [v for v in add.operands if v is not x]
-    if len(others) != 1 or others[0].owner.name != "qir.const":
-        return False
-    shape = others[0].type.shape
-    return all(d == 1 for d in shape[:-1]) and add.results[0].type.shape == x.type.shape
 
 
 @rule("activation-matmul-batches")
@@ -138,33 +73,6 @@ def siracusa_transformer_kernels(module: Module, target: DeeployTarget) -> None:
                                           or not 0 <= int(op.attr("coeffC")) < 1 << 31):
             raise fail(op, target, "Siracusa's iSoftmax kernel ignores coeffA and n_levels and takes an int32 "
                                    "coeffC: it needs coeffA = 1, n_levels = 256, 0 <= coeffC < 2^31")
-
-
-@rule("requant-before-shape-ops")
-def requant_before_shape_ops(module: Module, target: DeeployTarget) -> None:
-    """A per-tensor int.requant_shift after Reshape / Transpose ops (ViT's patch embedding: Conv -> bias Add ->
-    Reshape -> Transpose -> requant) moves before them: it is elementwise with one mul and add, so it commutes with
-    moving the values, and it then meets the Conv and its bias (which fold into it) on the int32 tensor instead of
-    leaving an unfused int32 Conv + Add for the platform."""
-    for rqs in module.walk("int.requant_shift"):
-        if np.asarray(rqs.attr("mul")).size != 1 or np.asarray(rqs.attr("add")).size != 1:
-            continue
-        chain = []
-        v = rqs.operands[0]
-        while v.owner.name in ("int.reshape", "int.transpose") and len(v.uses) == 1:
-            chain.append(v.owner)
-            v = v.owner.operands[0]
-        if not chain or v.owner.name in ("qir.input", "qir.const"):
-            continue
-        element = rqs.results[0].type.element
-        moved = module.create("int.requant_shift", [v], [TensorType(v.type.shape, element)], dict(rqs.attrs),
-                              rqs.loc).result
-        for shape_op in reversed(chain):
-            t = shape_op.results[0].type
-            moved = module.create(shape_op.name, [moved], [TensorType(t.shape, element)], dict(shape_op.attrs),
-                                  shape_op.loc).result
-        module.replace_op(rqs, [moved])
-    module.erase_dead()
 
 
 @rule("concat-as-pads", when="not concat")
