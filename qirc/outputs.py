@@ -71,7 +71,7 @@ def _zoo_entry(folder: str, name: str) -> bool:
 
 def _is_zoo_model(path: str) -> bool:
     try:
-        import onnx
+        from . import _onnx as onnx  # not `import onnx`: its ml_dtypes import costs about a second
         model = onnx.load(path, load_external_data=False)
     except Exception:  # any unreadable file is simply not ours
         return False
