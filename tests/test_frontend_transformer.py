@@ -302,3 +302,42 @@ def test_encoder_block_imports_in_every_form(blocks, tmp_path, config, form):
     assert fl["onnx.Slice"] == (3 if config.startswith("packed") else 0)
     assert_kernel_quantizers(module)
     _check_against_onnxruntime(model_proto, module)
+
+
+@brevitas_needed
+def test_class_token_expanded_to_the_batch_and_flatten_of_token_axes(tmp_path):
+    """`cls.expand(x.shape[0], -1, -1)` and `torch.flatten(x, 1, 2)` export shape arithmetic (Shape, Gather,
+    ConstantOfShape, Equal, Where, Expand; Shape, Slice, Concat) that ONNX shape inference leaves unresolved: the
+    importer evaluates it on the static input shape, the Expand to batch 1 moves nothing, and the result is
+    onnxruntime's."""
+    pytest.importorskip("brevitas")
+    import torch
+    from brevitas.graph.calibrate import calibration_mode
+    from qirc.frontends.brevitas import export_onnx
+    from qirc.zoo.networks import QuantOptions, signed_act
+
+    class ClassToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = signed_act(QuantOptions(), return_quant_tensor=False)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(0)))
+            self.out = signed_act(QuantOptions(), return_quant_tensor=False)
+
+        def forward(self, x):
+            x = torch.flatten(self.q(x), 1, 2)                       # [N, 1, 5, 8] -> [N, 5, 8]
+            cls = self.q(self.cls).expand(x.shape[0], -1, -1)
+            y = torch.cat([cls, x], dim=1)
+            return self.out(y[:, 0] + y.mean(dim=1))
+
+    model = ClassToken().eval()
+    with torch.no_grad(), calibration_mode(model):
+        model(torch.randn(4, 1, 5, 8, generator=torch.Generator().manual_seed(1)))
+    proto = onnx.load(str(export_onnx(model, torch.zeros(1, 1, 5, 8), tmp_path / "cls.onnx", format="qdq")))
+    assert {"Expand", "Where", "ConstantOfShape", "Shape"} <= {n.op_type for n in proto.graph.node}
+    module = import_onnx(proto)
+    verify(module)
+    assert "onnx.Expand" not in _float_ops(module) and _float_ops(module)["onnx.Gather"] == 1
+    session = ort_session(proto)
+    for seed in range(3):
+        feeds = random_inputs(module, seed)
+        np.testing.assert_array_equal(next(iter(run(module, feeds).values())), session.run(None, feeds)[0])
