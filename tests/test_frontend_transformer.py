@@ -155,6 +155,23 @@ def test_gelu_chain_fuses_to_one_op():
     _compare(model, module, seeds=(0, 1, 2))
 
 
+def test_gelu_tanh_chain_as_torch_exports_it_fuses_to_one_op():
+    # torch.onnx.export(nn.GELU(approximate="tanh")) at opset 13, constants first as torch writes them
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["x", "sq"], ["cube"]),
+             _const("c", 0.044715), helper.make_node("Mul", ["c", "cube"], ["cc"]),
+             helper.make_node("Add", ["x", "cc"], ["inner"]), _const("k", math.sqrt(2 / math.pi)),
+             helper.make_node("Mul", ["k", "inner"], ["arg"]), helper.make_node("Tanh", ["arg"], ["t"], name="/g/Tanh"),
+             _const("one", 1.0), helper.make_node("Add", ["one", "t"], ["t1"]),
+             helper.make_node("Mul", ["x", "t1"], ["xt"]), _const("half", 0.5),
+             helper.make_node("Mul", ["half", "xt"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 300])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 300])], {})
+    module = import_onnx(model)
+    assert _float_ops(module) == Counter({"onnx.Gelu": 1})
+    assert module.walk("onnx.Gelu")[0].attr("approximate") == "tanh"
+    _compare(model, module, seeds=(0, 1, 2))
+
+
 def test_opset_17_layernormalization_and_opset_20_gelu():
     rng = np.random.default_rng(1)
     inits = {"gamma": rng.uniform(0.5, 1.5, 16).astype(np.float32), "beta": rng.uniform(-1, 1, 16).astype(np.float32)}
@@ -341,3 +358,35 @@ def test_class_token_expanded_to_the_batch_and_flatten_of_token_axes(tmp_path):
     for seed in range(3):
         feeds = random_inputs(module, seed)
         np.testing.assert_array_equal(next(iter(run(module, feeds).values())), session.run(None, feeds)[0])
+
+
+def test_onnx_writer_spells_the_transformer_ops_at_opset_13():
+    """write_onnx (the zoo's qcdq form) writes LayerNormalization, Gelu (both forms), Gather and Slice as opset-13
+    chains and nodes; onnxruntime on the written file computes the module (within float rounding), and the file
+    imports back to the same canonical ops."""
+    from qirc.backends.onnx import write_onnx
+    from qirc.qir.ir import Module, const_op, input_op, output_op
+    from qirc.qir.types import f32, tensor
+
+    rng = np.random.default_rng(3)
+    m = Module("ops")
+    x = input_op(m, "x", tensor((1, 6, 8), f32))
+    gamma = const_op(m, rng.uniform(0.5, 1.5, 8).astype(np.float32), tensor((8,), f32))
+    ln = m.create("onnx.LayerNormalization", [x, gamma], [tensor((1, 6, 8), f32)], {"axis": 2, "epsilon": 1e-5},
+                  "/ln").result
+    g1 = m.create("onnx.Gelu", [ln], [tensor((1, 6, 8), f32)], {"approximate": "tanh"}, "/gelu_tanh").result
+    g2 = m.create("onnx.Gelu", [g1], [tensor((1, 6, 8), f32)], {"approximate": "none"}, "/gelu").result
+    s = m.create("onnx.Slice", [g2], [tensor((1, 6, 4), f32)],
+                 {"starts": [4], "ends": [8], "axes": [2], "steps": [1]}, "/slice").result
+    y = m.create("onnx.Gather", [s], [tensor((1, 4), f32)], {"axis": 1, "indices": [0], "scalar": True},
+                 "/gather").result
+    output_op(m, "y", y)
+    proto = write_onnx(m, form="qcdq")
+    assert proto.opset_import[0].version == 13
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["Pow"] == 1 and ops["Erf"] == 1 and ops["Tanh"] == 1 and ops["Gather"] == 1 and ops["Slice"] == 1
+    _compare(proto, m, seeds=(0, 1, 2))
+    back = import_onnx(proto)
+    assert _float_ops(back) == Counter({"onnx.LayerNormalization": 1, "onnx.Gelu": 2, "onnx.Slice": 1,
+                                       "onnx.Gather": 1})
+    assert [g.attr("approximate") for g in back.walk("onnx.Gelu")] == ["tanh", "none"]
