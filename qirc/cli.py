@@ -7,6 +7,8 @@ environment variable QIRC_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
 import tempfile
@@ -19,6 +21,24 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 # ----- shared helpers --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def compiler_gc():
+    """Python's cycle collector tuned for a compile, for the duration of the block.
+
+    A compile allocates many long-lived objects (ops, values, types) and little garbage, so the default collector
+    spends 10-15% of a compile, and more the larger the model, re-scanning them and the objects of the imported
+    libraries: the latter are frozen (left out of every collection) and collections of the young generation are rarer.
+    Both are undone afterwards, so a process that calls qirc in-process keeps its own settings."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
             prog: str = "qirc") -> int:
     """Run `fn(argv)` and return its exit code; errors become one line on stderr.
@@ -28,14 +48,15 @@ def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[st
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = fn(args)
+        with compiler_gc():
+            code = fn(args)
         _flush_stdout()
         return EXIT_OK if code is None else int(code)
     except UsageError as e:
-        _print_error(f"{prog}: error: {e}")
+        _print_error(f"{prog}: error: {e.user_message()}")
         return EXIT_USAGE
     except QircError as e:
-        _print_error(str(e))
+        _print_error(e.user_message())  # a refusal ends with a pointer to docs/support.md
         return EXIT_ERROR
     except KeyboardInterrupt:
         _print_error(f"{prog}: interrupted")
@@ -151,7 +172,8 @@ def _opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-each", action="store_true",
                    help="interpret the module before and after each pass on random inputs; print the differences")
     p.add_argument("--validate-seed", metavar="N", type=int, default=0, help="first seed of --validate-each's inputs")
-    p.add_argument("--validate-samples", metavar="N", type=int, default=3, help="input samples per pass for --validate-each")
+    p.add_argument("--validate-samples", metavar="N", type=int, default=3,
+                   help="input samples per pass for --validate-each")
     p.add_argument("--elide-constants", action="store_true", help="print large constants as placeholders")
     p.add_argument("--no-verify", action="store_true", help="do not run the verifier before and between passes")
     return p
@@ -278,6 +300,9 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a requant whose int32-safe form may be off by one output step or more (by default "
+                        "it is compiled, warned about on stderr and recorded in qirc.json)")
     p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
                                                           "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
@@ -299,6 +324,9 @@ def _main(argv: List[str]) -> Optional[int]:
     onnx_options = _onnx_options(args)
     if args.emit:
         from .frontends import load_model
+        if args.output:
+            from .outputs import check_output_file
+            check_output_file(args.output, "emit")  # `--emit qir -o model.onnx` must not eat the model
         module = load_model(args.model, **onnx_options)
         text = _render(module, args.emit, args.elide_constants)
         if args.output:
@@ -314,8 +342,10 @@ def _main(argv: List[str]) -> Optional[int]:
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
                             dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed,
-                            layers=args.layers, input_shapes=onnx_options["input_shapes"],
+                            layers=args.layers, strict=args.strict, input_shapes=onnx_options["input_shapes"],
                             subgraph_outputs=onnx_options["outputs"], note=onnx_options["note"])
+    for line in summary.warnings:
+        _print_error(f"qirc: warning: {line}")
     sys.stdout.write(summary.text())
     return None
 
@@ -385,14 +415,17 @@ def _zoo(argv: List[str]) -> Optional[int]:
                                                         "inputs)")
     b.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     b.add_argument("--act-bits", metavar="BITS", type=int, default=8, help="activation bit width")
-    b.add_argument("--target", metavar="TARGET", help="also compile the exported model for this target (into DIR/TARGET)")
+    b.add_argument("--opset", metavar="N", type=int, help="ONNX opset of the qdq / qonnx export (default 13 for qdq; "
+                                                         "from 17 on a LayerNorm is exported as LayerNormalization)")
+    b.add_argument("--target", metavar="TARGET",
+                   help="also compile the exported model for this target (into DIR/TARGET)")
     args = p.parse_args(argv)
     from . import zoo
     if args.cmd == "list":
         sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()) + "\n")
         return None
     path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
-                         per_channel=args.per_channel, act_bits=args.act_bits)
+                         per_channel=args.per_channel, act_bits=args.act_bits, opset=args.opset)
     print(f"wrote {path}")
     if args.target:
         from .driver import compile_model
@@ -408,10 +441,12 @@ def _report(argv: List[str]) -> Optional[int]:
                         "accumulator use (needs matplotlib: pip install -e .[report]).",
                         epilog="Example: qirc report model.onnx --target deeploy-siracusa -o report.html")
     p.add_argument("model", metavar="MODEL", help="the quantized model (.onnx or .qir)")
-    p.add_argument("--target", "-t", metavar="TARGET", required=True, help="lower for this target (see qirc --list-targets)")
+    p.add_argument("--target", "-t", metavar="TARGET", required=True,
+                   help="lower for this target (see qirc --list-targets)")
     p.add_argument("--inputs", metavar="F.npz", help="float input samples (first axis = sample); default: seeded "
                                                      "random inputs")
-    p.add_argument("--samples", metavar="N", type=int, default=4, help="number of random samples without --inputs (default 4)")
+    p.add_argument("--samples", metavar="N", type=int, default=4,
+                   help="number of random samples without --inputs (default 4)")
     p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the random samples")
     p.add_argument("-o", "--output", metavar="REPORT.html", required=True,
                    help="the HTML file to write (a new file or an earlier qirc report page)")

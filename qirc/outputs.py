@@ -3,12 +3,12 @@
 Every command that writes a folder or a file given on the command line goes through this module:
 
     folders  `qirc MODEL -o DIR` (a compile output), `--dump-ir DIR` (IR dumps), `qirc zoo build -o DIR`
-    files    `qirc report -o FILE.html`, `qirc sim -o FILE.npz`
+    files    `qirc report -o FILE.html`, `qirc sim -o FILE.npz`, `qirc MODEL --emit qir|dot -o FILE`
 
 A folder that exists must be empty or hold a previous output of the same command, recognised by its contents
 (`KINDS`); a file that exists must be a previous output of the same command, recognised by a mark qirc writes into
-it (a `<meta name="generator">` in a report, the zip comment of a sim npz).  Anything else is a UsageError (exit 2)
-raised before any work, naming what qirc did not write.  A previous output folder is replaced atomically: the new
+it (a `<meta name="generator">` in a report, the zip comment of a sim npz) or by its first line (emitted text).
+Anything else is a UsageError (exit 2) raised before any work, naming what qirc did not write.  A previous output folder is replaced atomically: the new
 folder is completed next to it and swapped in with two renames; the old one is then emptied name by name (only the
 names its kind writes, never `rmtree`) and removed.  An empty folder is filled in place (it keeps its inode, so a
 shell whose working directory it is still sees the files).
@@ -71,7 +71,7 @@ def _zoo_entry(folder: str, name: str) -> bool:
 
 def _is_zoo_model(path: str) -> bool:
     try:
-        import onnx
+        from . import _onnx as onnx  # not `import onnx`: its ml_dtypes import costs about a second
         model = onnx.load(path, load_external_data=False)
     except Exception:  # any unreadable file is simply not ours
         return False
@@ -208,9 +208,24 @@ def _is_sim_output(path: str) -> bool:
         return False
 
 
+def _is_emitted_text(path: str) -> bool:
+    """Text `qirc --emit` writes: a qir module or a Graphviz digraph (its first line that is not a comment)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line and not line.startswith("//"):
+            return line.startswith("qir.module") or line.startswith("digraph")
+    return False
+
+
 FILE_KINDS: Dict[str, tuple] = {
     "report": ("qirc report page", _is_report),
     "sim": ("qirc sim output", _is_sim_output),
+    "emit": ("qir or dot text qirc wrote", _is_emitted_text),
 }
 
 

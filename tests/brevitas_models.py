@@ -467,8 +467,11 @@ def qonnx_as_standard_onnx(model):
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+    # keep the file's own default-domain opset (Brevitas' QONNX export is opset 20: ReduceMean takes its axes as an
+    # input, Reshape has allowzero); drop only the QONNX domain
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", 13)])
+    model.opset_import.extend([helper.make_opsetid("", max(default + [13]))])
     return model
 
 

@@ -16,7 +16,7 @@ from real_models import deepquant_params, example_params
 
 SAMPLES = 200
 # onnxruntime with optimisations off takes ~0.13 s per sample on MobileNetV2
-FEWER_SAMPLES = {"MobileNetV2-VWW": 48, "mobilenetv2-vww": 48}
+FEWER_SAMPLES = {"MobileNetV2-VWW": 48, "mobilenetv2-vww": 48, "ResNet8": 64}
 CASES = deepquant_params() + example_params(slow=("mobilenetv2-vww", "resnet8"))
 ROWS = []
 

@@ -215,3 +215,23 @@ def test_zoo_build_accepts_an_empty_folder_and_its_own_earlier_build(tmp_path, c
     (out_dir / "model.onnx").write_bytes(MODEL.read_bytes())  # now a model the zoo did not write
     code, out, err = _run(["zoo", "build", "dscnn-xs", "-o", str(out_dir)], capsys)
     _refused(code, out, err, "(model.onnx)")
+
+
+def test_emit_does_not_overwrite_the_model_but_replaces_its_own_text(project, capsys):
+    before = B.tree_listing(project.parent)
+    code, out, err = _run([str(project / "model.onnx"), "--emit", "qir", "-o", str(project / "model.onnx")], capsys)
+    _refused(code, out, err, "model.onnx", "is not a qir or dot text qirc wrote")
+    assert B.tree_listing(project.parent) == before
+    for fmt in ("qir", "dot"):
+        target = project / f"model.{fmt}"
+        assert _run([str(project / "model.onnx"), "--emit", fmt, "-o", str(target)], capsys)[0] == 0
+        assert _run([str(project / "model.onnx"), "--emit", fmt, "-o", str(target)], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("dump", ["build", "build/ir"])
+def test_dump_ir_inside_the_output_directory_is_a_usage_error(project, capsys, dump):
+    before = B.tree_listing(project.parent)
+    code, out, err = _run([str(project / "model.onnx"), "--target", TARGET, "-o", str(project / "build"),
+                           "--dump-ir", str(project / dump)], capsys)
+    _refused(code, out, err, "must not be one inside the other")
+    assert B.tree_listing(project.parent) == before

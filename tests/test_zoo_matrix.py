@@ -10,8 +10,9 @@ the autoencoders, whose outputs are reconstructions), and every int.requant_shif
 `lower-to-int` (with the target's options) makes of the file within 1 output step of the fake-quant requantizer on
 its actual integer input, differing from it only at rounding ties.
 
-The rest of the matrix (the MobileNets, DS-CNN S, the larger autoencoders) is marked slow: `-m "not slow"` keeps only
-the three small networks (ResNet-8, DS-CNN XS, the small autoencoder) in every format for every target.  `pytest -s` prints a
+The rest of the matrix (the MobileNets, DS-CNN S, the larger autoencoders, ResNet-8's QDQ and QONNX exports) is marked
+slow and left out of the default run, which keeps DS-CNN XS and the small autoencoder in every format and ResNet-8 in
+decomposed QCDQ, each for every target (`-m slow` runs the rest).  `pytest -s` prints a
 table of network / format / target / samples / max steps / argmax.
 """
 from __future__ import annotations
@@ -33,11 +34,15 @@ FEWER_SAMPLES = {"mobilenetv1-vww": 16, "mobilenetv2-vww": 16}
 FAST_NETWORKS = ("resnet8", "dscnn-xs", "autoencoder-small")
 # Cases that miss the figures because of a known qirc bug: {(network, format, target): reason}.  strict: a fix
 # turns them into failures here, so that the entry is removed.
-KNOWN_FAILURES: dict = {}
+KNOWN_FAILURES: dict = {
+    (network, fmt, target): "integer softmax, LayerNorm and GELU are not lowered yet (issue 13)"
+    for network in ("kwt-tiny", "vit-tiny") for fmt in FORMATS for target in TARGETS}
 
 
 def _case(network, fmt, target):
-    marks = [] if network in FAST_NETWORKS else [pytest.mark.slow]
+    # ResNet-8 is the slowest of the three: its QDQ and QONNX exports run in the slow matrix only
+    fast = network in FAST_NETWORKS and (network != "resnet8" or fmt == "qcdq")
+    marks = [] if fast else [pytest.mark.slow]
     reason = KNOWN_FAILURES.get((network, fmt, target))
     if reason:
         marks.append(pytest.mark.xfail(strict=True, reason=reason))
@@ -73,7 +78,7 @@ def zoo_references(tmp_path_factory):
 
 
 def test_the_matrix_covers_every_network_format_and_target():
-    assert len(CASES) == len(NETWORKS) * 3 * 3 == 72
+    assert len(CASES) == len(NETWORKS) * 3 * 3 == 90
     assert set(FORMATS) == {"qcdq", "qdq", "qonnx"}
     assert set(FAST_NETWORKS) < set(NETWORKS)
 

@@ -14,10 +14,22 @@ from __future__ import annotations
 from typing import Optional
 
 
+#: the page that says what qirc supports (formats, ops, element types, per-target limits); a refusal points there
+SUPPORT_DOC = "docs/support.md"
+#: what marks a message as a refusal (qirc cannot take this model or op, as opposed to a malformed input)
+REFUSAL_MARKS = ("not supported", "unsupported ops", "has no form", "has no Deeploy form", "has no RequantizedAdd form",
+                 "exceeds Deeploy's")
+
+
 class QircError(Exception):
-    """A user-facing error: file, position or op location, and message."""
+    """A user-facing error: file, position or op location, and message.
+
+    A refusal (something qirc or the target does not support) is printed by the tools with a pointer to
+    SUPPORT_DOC at the end (`user_message`): subclasses set `refusal = True` when every error of theirs is one, else
+    a message containing one of REFUSAL_MARKS is."""
 
     kind = "error"
+    refusal: Optional[bool] = None
 
     def __init__(self, message: str, *, file: Optional[str] = None, line: Optional[int] = None,
                  column: Optional[int] = None, loc: Optional[str] = None, op: Optional[str] = None):
@@ -51,6 +63,18 @@ class QircError(Exception):
         msg = " ".join(self.message.split())  # one line, always
         return ": ".join(parts + [msg]) if parts else msg
 
+    def user_message(self) -> str:
+        """The line a tool prints: str(self), and for a refusal a pointer to SUPPORT_DOC at the end."""
+        text = str(self)
+        if self.is_refusal() and SUPPORT_DOC not in text:
+            text += f"; see {SUPPORT_DOC}"
+        return text
+
+    def is_refusal(self) -> bool:
+        if self.refusal is not None:
+            return self.refusal
+        return any(mark in self.message for mark in REFUSAL_MARKS)
+
 
 class ParseError(QircError):
     """Malformed IR text."""
@@ -78,6 +102,8 @@ class LoweringError(QircError):
 
 class BackendError(QircError):
     """The target cannot take an op or form."""
+
+    refusal = True
 
 
 class UsageError(QircError):

@@ -14,7 +14,7 @@ import numpy as np
 from .ir import Module, const_op, input_op, output_op
 from .ops import DIALECTS, REQUIRED, AttrDef, OpDef, load_dialects
 from .parser import grammar_text
-from .printer import SMALL_DENSE_LIMIT, print_module
+from .printer import ELIDE_LIMIT, ELIDED_CHANNELS, MAX_ELIDED_LINE, SMALL_DENSE_LIMIT, print_module
 from .types import UniformQuantType, f32, i8, i32, tensor
 
 # The dialects documented here, in the order a model is lowered through them.
@@ -24,7 +24,8 @@ BUILTIN_DIALECTS = ("qir", "quant", "onnx", "int")
 def render_ir_reference() -> str:
     load_dialects()
     parts: List[str] = [_INTRO.format(example=print_module(_example_module()).rstrip(),
-                                      elided=_elided_line(), limit=SMALL_DENSE_LIMIT)]
+                                      elided=_elided_line(), limit=SMALL_DENSE_LIMIT, elide_limit=ELIDE_LIMIT,
+                                      channels=ELIDED_CHANNELS, max_line=MAX_ELIDED_LINE)]
     parts.append(_TYPES)
     parts.append(_ATTRIBUTES.format(limit=SMALL_DENSE_LIMIT))
     parts.append("## Grammar\n\nThe lark grammar (`qirc/qir/qir.lark`, LALR(1)); `qirc/qir/parser.py` builds the module "
@@ -101,7 +102,8 @@ def _example_module() -> Module:
 
 def _elided_line() -> str:
     m = Module("m")
-    const_op(m, np.zeros((16, 3, 3, 3), dtype=np.int8), tensor((16, 3, 3, 3), i8), loc="/conv1/weight", name="w0")
+    weights = (np.arange(16 * 3 * 3 * 3) % 7 - 3).astype(np.int8).reshape(16, 3, 3, 3)
+    const_op(m, weights, tensor((16, 3, 3, 3), i8), loc="/conv1/weight", name="w0")
     return print_module(m, elide_constants=True).splitlines()[1].strip()
 
 
@@ -118,7 +120,7 @@ A module prints as MLIR-like text (`qirc.qir.printer.print_module`) and reads ba
 from qirc.qir.printer import print_module
 from qirc.qir.parser import parse_module, parse_type
 
-text = print_module(module)                  # elide_constants=True hides arrays of more than {limit} elements
+text = print_module(module)          # elide_constants=True: for reading (large arrays hidden), not parseable
 module = parse_module(text, filename="model.qir")   # raises ParseError "model.qir:12:7: ..." on bad input
 t = parse_type("tensor<1x16x!quant.uniform<i8:f32, 0.0039:0>>")
 ```
@@ -139,8 +141,9 @@ Reading it line by line:
   the op defines; later ops use it. A value must be defined above every use, so the text cannot hold a cycle.
 - `%w = qir.const dense<...> : T` is a constant. Its array has the element type of `T`'s storage (`i8` here, as
   the weights are `!quant.uniform<i8<-127:127>...>` with one scale per output channel, axis 0) and `T`'s shape.
-  Small integer arrays print as a flat list, others as their raw little-endian bytes in hex:
-  `dense<"0x0000003F00000080">` is the float32 array `[0.5, -0.0]`.
+  An array whose elements are all equal prints as the splat `dense<v>` (`dense<0> : tensor<16xi32>`,
+  `dense<0.5> : tensor<f32>`), other small integer arrays as a flat list, the rest as their raw little-endian
+  bytes in hex: `dense<"0x0000003F00000080">` is the float32 array `[0.5, -0.0]`.
 - `%0 = int.conv %input, %w {{...}} : tensor<1x2x4x4xi32>` is an op: results, `=`, the op name
   (`dialect.op`), operands, attributes in braces (sorted by name), `:` and the result types. A value without a
   valid unique name prints as a number (`%0`, `%1`, ...).
@@ -150,12 +153,16 @@ Reading it line by line:
   the array's dtype and shape), `tensor<...>` type.
 - `qir.output "output" %1` marks `%1` as the graph output named `"output"`.
 
-With `elide_constants=True` (the CLI's `--elide-constants`) arrays of more than {limit} elements print as
+With `elide_constants=True` (the CLI's `--elide-constants`) arrays of more than {elide_limit} elements that are not
+splats print as
 
     {elided}
 
-which reads well but cannot be parsed back: the parser stops with "constant elided; cannot parse an
---elide-constants dump".
+attribute lists of more than {elide_limit} numbers as their first few and their length, per-channel quant types of
+more than {channels} channels as a summary (`!quant.uniform<i8:f32:0, {{64 channels: scales 0.00121..0.0098, zero
+point 0}}>`), scales with 6 significant digits, and a line that would still exceed {max_line} characters shortens
+its `loc` to the node name's tail. That reads well on real models but cannot be parsed back: the parser stops with
+"constant elided; cannot parse an --elide-constants dump".
 
 Every malformed input raises `qirc.qir.diagnostics.ParseError`, whose one-line message names the file, line and
 column: `model.qir:3:20: undefined value %z (a value must be defined above its use)`. The parser checks each op
@@ -197,8 +204,9 @@ _ATTRIBUTES = """\
 
 Only attributes present on the op are printed; a missing attribute takes its declared default. The element type
 in a dense attribute's annotation fixes the numpy dtype (`f32` float32, `i8` int8, `i64` int64, `u8` uint8,
-`i1` bool, ...). The hex form is the array's raw little-endian bytes (NaN payloads and `-0.0` included); integer
-arrays of at most {limit} elements print as a flat list instead. Strings and locations use JSON escaping with
+`i1` bool, ...). The hex form is the array's raw little-endian bytes (NaN payloads and `-0.0` included); an
+array whose elements are all the same (bit for bit, NaN aside) prints as the splat `dense<v>`, and other integer
+arrays of at most {limit} elements as a flat list. Strings and locations use JSON escaping with
 ASCII output, so every op stays on one line.
 """
 

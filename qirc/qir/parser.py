@@ -405,6 +405,8 @@ class _ModuleBuilder(Transformer):
             if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
                 raise _Located("a dense i1 literal may hold only the bytes 0 and 1", tok)
             return array.astype(dtype).reshape(t.shape)
+        if not body.startswith("["):
+            return self._splat(tok, body, t, dtype, type_tok)
         # a flat list of integers
         if dtype.kind not in "iub":
             raise _Located(f"an integer list literal needs an integer element type, not {t.storage}", type_tok)
@@ -417,6 +419,20 @@ class _ModuleBuilder(Transformer):
             if not lo <= v <= hi:
                 raise _Located(f"{v} does not fit {element}", tok)
         return np.array(items, dtype=dtype).reshape(t.shape)
+
+    def _splat(self, tok, body: str, t: TensorType, dtype, type_tok) -> np.ndarray:
+        """dense<v>: every element of `t` equals v (an integer for integer types, a float's repr for float ones)."""
+        if dtype.kind in "iu":
+            if not re.fullmatch(r"[-+]?[0-9]+", body):
+                raise _Located(f"a splat of {t.storage} needs an integer, not {_clip(body)}", tok)
+            v = int(body)
+            if not t.storage.min <= v <= t.storage.max:
+                raise _Located(f"{v} does not fit {t.storage}", tok)
+        elif dtype.kind == "f":
+            v = float(body)
+        else:
+            raise _Located(f"a splat literal needs an integer or float element type, not {t.storage}", type_tok)
+        return np.full(t.shape, v, dtype=dtype)
 
 
 _NO_VALUE = object()

@@ -61,6 +61,8 @@ class ModulePass:
     """Base class of passes: set `name`, document the rewrite in the docstring, implement `run(module)`."""
 
     name: ClassVar[str] = ""
+    #: options a pipeline text must give (their defaults mean "unset"): option name -> what to give, for the message
+    required_options: ClassVar[Dict[str, str]] = {}
 
     def __init__(self, **options: Any):
         spec = self.options()
@@ -318,6 +320,9 @@ def parse_pipeline(text: str, _expanding: Tuple[str, ...] = ()) -> List[ModulePa
             if key not in spec:
                 raise UsageError(_unknown_option_message(name, key, spec))
             typed[key] = parse_option_value(name, key, spec[key][0], value)
+        for key, what in cls.required_options.items():
+            if key not in typed:
+                raise UsageError(f"pass '{name}' needs the option '{key}' ({what}): -p '{name}{{{key}=...}}'")
         passes.append(cls(**typed))
     return passes
 

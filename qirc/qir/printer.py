@@ -8,8 +8,11 @@
     }
 
 The text is canonical: ops in `Module.ops()` order, attributes sorted by name, floats as repr(), dense arrays as
-their raw little-endian bytes in hex (small integer arrays as a list), so that print -> parse -> print gives the same
-text and constants come back bit for bit.  Value names are kept where they are valid, unique identifiers; every
+their raw little-endian bytes in hex (small integer arrays as a list, an array whose elements are all equal as the
+splat `dense<v>`), so that print -> parse -> print gives the same text and constants come back bit for bit.
+With `elide_constants` the text is for reading only: arrays and attribute lists of more than 8 elements and
+per-channel scale lists of more than 8 channels are shortened, scales print with 6 significant digits, and no line
+runs on for thousands of characters.  Value names are kept where they are valid, unique identifiers; every
 other value is numbered in order.
 """
 from __future__ import annotations
@@ -24,11 +27,18 @@ from .ir import Module, Operation, Value
 from .ops import OPS, load_dialects
 from .types import ScalarType, TensorType, UniformQuantType, scalar_from_numpy
 
-__all__ = ["print_module", "print_op", "value_names", "format_attr", "format_dense", "format_string",
-           "SMALL_DENSE_LIMIT"]
+__all__ = ["print_module", "print_op", "value_names", "format_attr", "format_dense", "format_string", "format_type",
+           "SMALL_DENSE_LIMIT", "ELIDE_LIMIT", "ELIDED_CHANNELS"]
 
-# Integer arrays up to this many elements print as a readable list; --elide-constants hides arrays larger than this.
+# Integer arrays up to this many elements print as a readable list.
 SMALL_DENSE_LIMIT = 16
+# --elide-constants hides arrays (splats aside) and shortens attribute lists of more than this many elements ...
+ELIDE_LIMIT = 8
+# ... shows per-channel quant types of more than this many channels as a summary ...
+ELIDED_CHANNELS = 8
+# ... and keeps this many leading elements of a shortened list; a line longer than this gets a shortened loc
+ELIDED_HEAD = 4
+MAX_ELIDED_LINE = 300
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.$]*")
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.$-]*")
@@ -39,8 +49,8 @@ VALUE_SUGAR_OPS = frozenset({"qir.const"})
 
 
 def print_module(module: Module, elide_constants: bool = False) -> str:
-    """The module as text; with `elide_constants`, arrays of more than 16 elements print as
-    `dense_resource<__elided__>` (readable, but no longer parseable)."""
+    """The module as text; with `elide_constants`, arrays of more than 8 elements print as
+    `dense_resource<__elided__>`, long per-channel scale lists as a summary (readable, but no longer parseable)."""
     load_dialects()
     names = value_names(module)
     lines = [f"qir.module @{_symbol(module.name)} {{"]
@@ -110,10 +120,15 @@ def print_op(op: Operation, names: Optional[Mapping[Value, str]] = None, elide_c
         items = (f"{k} = {format_attr(attrs[k], kinds.get(k), elide_constants)}" for k in sorted(attrs))
         parts.append("{" + ", ".join(items) + "}")
     if op.results:
-        parts.append(": " + ", ".join(str(r.type) for r in op.results))
+        parts.append(": " + ", ".join(format_type(r.type, elide_constants) for r in op.results))
     text = " ".join(parts)
     if op.loc:
-        text += f"  loc({format_string(op.loc)})"
+        loc = op.loc
+        excess = 2 + len(text) + 7 + len(format_string(loc)) - MAX_ELIDED_LINE  # indent, text, "  loc()"
+        if elide_constants and excess > 0 and len(loc) > 24:
+            # the last resort for a reading copy: the node name's tail (its op and layer) is what tells it apart
+            loc = "..." + loc[-max(len(loc) - excess - 3, 21):]
+        text += f"  loc({format_string(loc)})"
     return text
 
 
@@ -167,14 +182,15 @@ def format_attr(value, kind: Optional[str] = None, elide_constants: bool = False
         return "true" if value else "false"
     if kind == "str":
         return format_string(value)
-    if kind == "ints":
-        return "[" + ", ".join(str(int(x)) for x in value) + "]"
-    if kind == "floats":
-        return "[" + ", ".join(format_float(x) for x in value) + "]"
+    if kind in ("ints", "floats"):
+        fmt = (lambda x: str(int(x))) if kind == "ints" else format_float
+        if elide_constants and len(value) > ELIDE_LIMIT:
+            return "[" + ", ".join(fmt(x) for x in value[:ELIDED_HEAD]) + f", ... {len(value)} in all]"
+        return "[" + ", ".join(fmt(x) for x in value) + "]"
     if kind == "dense":
         return format_dense(value, elide_constants)
     if kind == "type":
-        return str(value)
+        return format_type(value, elide_constants)
     raise ValueError(f"cannot print attribute value {value!r} of type {type(value).__name__}")
 
 
@@ -224,6 +240,32 @@ def _kind_of(value) -> str:
     raise ValueError(f"cannot print attribute value {value!r} of type {type(value).__name__}")
 
 
+def format_type(t, elide_constants: bool = False) -> str:
+    """A type as text.  With `elide_constants` (for reading, not parseable) scales print with 6 significant digits
+    and a per-channel quant type of more than `ELIDED_CHANNELS` channels as its channel count and the range of its
+    scales and zero points: `!quant.uniform<i8:f32:0, {64 channels: scales 0.00121..0.0098, zero point 0}>`."""
+    element = t.element if isinstance(t, TensorType) else t
+    if not (elide_constants and isinstance(element, UniformQuantType)):
+        return str(t)
+    storage = str(element.storage)
+    if element.narrow:
+        storage += f"<{element.storage_min}:{element.storage_max}>"
+    if not element.is_per_axis:
+        text = f"!quant.uniform<{storage}:{element.expressed}, {element.scales[0]:.6g}:{element.zero_points[0]}>"
+    elif len(element.scales) <= ELIDED_CHANNELS:
+        pairs = ", ".join(f"{s:.6g}:{z}" for s, z in zip(element.scales, element.zero_points))
+        text = f"!quant.uniform<{storage}:{element.expressed}:{element.axis}, {{{pairs}}}>"
+    else:
+        scales = np.asarray(element.scales, dtype=np.float64)
+        zps = sorted(set(int(z) for z in element.zero_points))
+        zp_text = f"zero point {zps[0]}" if len(zps) == 1 else f"zero points {zps[0]}..{zps[-1]}"
+        text = (f"!quant.uniform<{storage}:{element.expressed}:{element.axis}, {{{len(scales)} channels: scales "
+                f"{scales.min():.6g}..{scales.max():.6g}, {zp_text}}}>")
+    if isinstance(t, TensorType):
+        return f"tensor<{''.join(f'{d}x' for d in t.shape)}{text}>"
+    return text
+
+
 def format_dense(array: np.ndarray, elide_constants: bool = False) -> str:
     """`dense<...> : tensor<shape x elem>` where the element type names the array's dtype."""
     array = np.asarray(array)
@@ -231,8 +273,29 @@ def format_dense(array: np.ndarray, elide_constants: bool = False) -> str:
     return f"{_dense_literal(array, elide_constants)} : {TensorType(array.shape, element)}"
 
 
+def _splat_text(array: np.ndarray) -> Optional[str]:
+    """`v` when every element of `array` has the same bits and `v` reads back as exactly those bits, else None."""
+    kind = array.dtype.kind
+    if array.size == 0 or kind not in "iuf":
+        return None
+    flat = array.reshape(-1)
+    first = flat[:1]
+    if array.size > 1 and not np.array_equal(flat.view(np.uint8).reshape(array.size, -1),
+                                             np.broadcast_to(first.view(np.uint8), (array.size, array.itemsize))):
+        return None
+    if kind in "iu":
+        return str(int(first[0]))
+    if np.isnan(first[0]):
+        return None  # a NaN's payload would not survive its text
+    text = format_float(first[0])
+    return text if np.array(float(text), dtype=array.dtype).tobytes() == first.tobytes() else None
+
+
 def _dense_literal(array: np.ndarray, elide_constants: bool) -> str:
-    if elide_constants and array.size > SMALL_DENSE_LIMIT:
+    splat = _splat_text(array)
+    if splat is not None:
+        return f"dense<{splat}>"
+    if elide_constants and array.size > ELIDE_LIMIT:
         return "dense_resource<__elided__>"
     kind = array.dtype.kind
     if kind in "iu" and array.size <= SMALL_DENSE_LIMIT:

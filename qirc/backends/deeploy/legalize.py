@@ -45,6 +45,7 @@ def _register() -> None:
     class DeeployLegalize(ModulePass):
         name = "deeploy-legalize"
         target: str = ""  # required: one of targets.TARGETS
+        required_options = {"target": "one of qirc --list-targets, e.g. deeploy-generic"}
 
         def run(self, module: Module) -> None:
             legalize(module, self.target)

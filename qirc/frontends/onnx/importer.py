@@ -34,15 +34,25 @@ from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs
                      dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
 from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
+from .shape_folding import refine_shapes
+from .transformer_patterns import TransformerImport, parameters_constant
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
+#: quantizer inputs that must be constants: op type -> (input index, what it is)
+_PARAM_INPUTS = {"QuantizeLinear": ((1, "the scale"), (2, "the zero point")),
+                 "DequantizeLinear": ((1, "the scale"), (2, "the zero point")),
+                 "Quant": ((1, "the scale"), (2, "the zero point"), (3, "the bit width")),
+                 "BipolarQuant": ((1, "the scale"),),
+                 "Trunc": ((1, "the scale"), (2, "the zero point"), (4, "the output scale"))}
+_CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be constants (initializers or Constant "
+                   "nodes), since qirc compiles the quantization the model fixes")
 #: QONNX ops whose versions differ in their inputs: the input counts of the versions qirc reads (Trunc v2 as
 #: Brevitas exports it, and with the output zero point of qonnx's newer reference; v1's five inputs rescale by the
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
-FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
+FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf", "Tanh")
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
@@ -66,6 +76,7 @@ def import_onnx(path_or_model, name: Optional[str] = None,
     if is_qoperator(model):
         model = qoperator_to_qdq(model, filename)
     index = index_graph(model, filename)
+    refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
             name = model.graph.name or "model"
@@ -79,7 +90,7 @@ def _module_name(name: str) -> str:
     return name if not name[0].isdigit() else "m" + name
 
 
-class OnnxImporter:
+class OnnxImporter(TransformerImport):
     """Translates one checked graph (`GraphIndex`) into a Module."""
 
     def __init__(self, index: GraphIndex, name: str):
@@ -93,6 +104,7 @@ class OnnxImporter:
     # ----- driver ------------------------------------------------------------------------------------------------
     def run(self) -> Module:
         self._check_supported()
+        self._check_quant_params_are_not_inputs()
         for vi in self.g.real_inputs:
             elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
             if elem != onnx.TensorProto.FLOAT:
@@ -123,6 +135,9 @@ class OnnxImporter:
         return self.module
 
     def _handler(self, node: onnx.NodeProto) -> Callable:
+        fused = self.fused_handler(node)  # a node of a LayerNorm / GELU chain (transformer_patterns)
+        if fused is not None:
+            return fused
         if node.domain in QONNX_DOMAINS:
             return getattr(self, f"_qonnx_{node.op_type}")
         return getattr(self, f"_op_{node.op_type}")
@@ -132,6 +147,8 @@ class OnnxImporter:
         constant = set(self.g.initializers)
         unsupported: Dict[str, List[str]] = {}
         for node in self.g.nodes:
+            if id(node) in self.fusions:
+                continue
             if node.domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{node.op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
@@ -142,14 +159,26 @@ class OnnxImporter:
                     constant.update(o for o in node.output if o)
                 if node.op_type in FOLD_ONLY_OPS and not all_const:
                     ok = False
+                if not parameters_constant(node, constant):
+                    ok = False
             else:
                 ok = False
             if not ok:
                 label = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
                 unsupported.setdefault(label, []).append(self.g.label(node))
         if unsupported:
-            parts = [f"{op} ({', '.join(names)})" for op, names in unsupported.items()]
-            raise FrontendError("unsupported ops: " + ", ".join(parts), file=self.g.filename)
+            raise FrontendError("unsupported ops: " + _listing(unsupported), file=self.g.filename)
+
+    def _check_quant_params_are_not_inputs(self) -> None:
+        """A quantizer's scale or zero point fed by a graph input (of any element type): say that, before the input
+        check would complain about the input's element type."""
+        real = {vi.name for vi in self.g.real_inputs}
+        for node in self.g.nodes:
+            params = _PARAM_INPUTS.get(node.op_type if node.domain in DEFAULT_DOMAINS or node.domain in QONNX_DOMAINS
+                                       else "", ())
+            for i, what in params:
+                if i < len(node.input) and node.input[i] in real:
+                    raise self.g.error(f"{what} ('{node.input[i]}') is a graph input, {_CONSTANTS_RULE}", node)
 
     # ----- diagnostics -------------------------------------------------------------------------------------------
     def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
@@ -177,6 +206,8 @@ class OnnxImporter:
             return s.array
         if isinstance(s, Scaled) and isinstance(self.env[s.x_name], Const):
             return self._scaled_const(s)
+        if any(vi.name == name for vi in self.g.real_inputs):
+            raise self.error(f"{what} ('{name}') is a graph input, {_CONSTANTS_RULE}")
         raise self.error(f"{what} ('{name}') must be a constant")
 
     @staticmethod
@@ -336,6 +367,11 @@ class OnnxImporter:
             return np.rint(x)
         if op == "Relu":
             return np.maximum(x, 0).astype(x.dtype)
+        if op in ("HardSigmoid", "HardSwish"):
+            alpha, beta = (float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))) if op == "HardSigmoid" \
+                else (1.0 / 6.0, 0.5)
+            h = np.minimum(np.maximum(x * np.float32(alpha) + np.float32(beta), 0), 1).astype(x.dtype)
+            return h if op == "HardSigmoid" else (x * h).astype(x.dtype)
         if op == "Clip":
             lo, hi = self._clip_bounds(node)
             return np.clip(x, lo, hi).astype(x.dtype)
@@ -442,7 +478,7 @@ class OnnxImporter:
             raise self.error(f"{node.op_type} of a non-constant tensor is not supported")
         self.fold_or(node, refuse)
 
-    _op_Gather = _op_Slice = _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _op_Expand = _fold_only
+    _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _fold_only
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
@@ -764,6 +800,12 @@ class OnnxImporter:
 
     _op_Relu = _unary("onnx.Relu")
     _op_Sigmoid = _unary("onnx.Sigmoid")
+    _op_HardSwish = _unary("onnx.HardSwish")
+
+    def _op_HardSigmoid(self, node):
+        a = self.attrs(node)
+        attrs = {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.HardSigmoid", node.input[:1], attrs))
     _op_GlobalAveragePool = _unary("onnx.GlobalAveragePool")
     _op_GlobalMaxPool = _unary("onnx.GlobalMaxPool")
 
@@ -1024,3 +1066,25 @@ def _fmt_param(a: np.ndarray) -> str:
     if a.size == 1:
         return repr(float(a[0]))
     return "[" + ", ".join(repr(float(v)) for v in a[:4]) + (", ...]" if a.size > 4 else "]")
+
+
+#: an unsupported-ops error names at most this many nodes (a model of 500 LSTMs must not print 500 names)
+MAX_LISTED_NODES = 5
+
+
+def _listing(unsupported: Dict[str, List[str]]) -> str:
+    """`LSTM (12 nodes: /l0, /l1, /l2, ...), Sin (/s)`: every op type with its node count, and node names up to
+    MAX_LISTED_NODES in all."""
+    budget = MAX_LISTED_NODES
+    parts = []
+    for op, names in unsupported.items():
+        shown = names[:budget]
+        budget -= len(shown)
+        if len(shown) == len(names):
+            parts.append(f"{op} ({', '.join(shown)})")
+        elif shown:
+            parts.append(f"{op} ({len(names)} nodes: {', '.join(shown)}, ...)")
+        else:
+            parts.append(f"{op} ({len(names)} node{'s' if len(names) > 1 else ''})")
+    total = sum(len(names) for names in unsupported.values())
+    return ", ".join(parts) + (f"; {total} nodes in all" if total > MAX_LISTED_NODES else "")

@@ -62,11 +62,13 @@ def _requantized_add(module: Module, add: Operation, rqs: Operation, target: Dee
     """
     sources = [_affine_source(v) for v in add.operands]
     if any(s is None for s in sources):
-        raise fail(add, target, "residual int.add whose operands are not 8-bit tensors scaled by constants has no "
-                                "form the platform's RequantizedAdd accepts")
+        raise fail(add, target, "int.add of two tensors whose operands are not 8-bit tensors scaled by constants "
+                                "has no form the platform's RequantizedAdd accepts")
     cs = [s[1] for s in sources]
     if min(cs) <= 0:
-        raise fail(add, target, "residual int.add with a non-positive operand scale has no RequantizedAdd form")
+        raise fail(add, target, "int.add of two tensors with a non-positive operand scale (as in the exact "
+                                "round-half-to-even of a QONNX Trunc with rounding_mode ROUND; FLOOR and CEIL have "
+                                "a form) has no RequantizedAdd form")
     c_max = max(cs)
     mul = np.asarray(rqs.attrs["mul"], np.int64)
     radd = np.asarray(rqs.attrs["add"], np.int64)
