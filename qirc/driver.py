@@ -200,8 +200,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     outputs.check_output_dir(out_dir, "compile")
     if dump_ir_dir is not None:
         outputs.check_output_dir(dump_ir_dir, "dump", "--dump-ir")
-        if os.path.abspath(dump_ir_dir) == out_dir:
-            raise UsageError("--dump-ir and -o name the same directory")
+        dump_abs = os.path.abspath(dump_ir_dir)
+        if dump_abs == out_dir or os.path.commonpath([dump_abs, out_dir]) in (dump_abs, out_dir):
+            # each is replaced as a whole: one inside the other would be a file the other did not write
+            raise UsageError(f"--dump-ir '{dump_ir_dir}' and -o '{out_dir}' must not be one inside the other")
     if accuracy_samples < 1:
         raise UsageError(f"accuracy_samples must be at least 1, got {accuracy_samples}")
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
