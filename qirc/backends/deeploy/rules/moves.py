@@ -115,7 +115,7 @@ def token_matmuls_2d(module: Module, target: DeeployTarget) -> None:
     module.erase_dead()
 
 
-@rule("class-token-without-concat", targets=frozenset({"deeploy-cortexm"}))
+@rule("class-token-without-concat", when="not concat")
 def class_token_without_concat(module: Module, target: DeeployTarget) -> None:
     """int.concat of constant tokens and one computed tensor (a class token in front of the frames), read by the
     int.mul of the add after it -> int.mul(int.pad(x), m) + int.add(m * the constants in their slots), the Pad on
