@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import helper, numpy_helper
 
 from .patterns import Const, FloatVal
 

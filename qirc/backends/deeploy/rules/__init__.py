@@ -10,7 +10,8 @@ bias folding, which reads the conv -> requant pairs they leave; clips after the 
 requant that the bias went into); residual adds after the clips (on Siracusa they split a ReLU off the add's
 requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
 goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
-once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last.
+once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last
+(the transformer kernels' before the generic form check, so that their refusals say why).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
 from . import (bias, canonical, checks, clips, convs, gemm, harness, moves, outputs, pools, products, rank, requant,
-               residual, tiling, trunc)
+               residual, tiling, transformer, trunc)
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
@@ -32,6 +33,7 @@ ORDER: Tuple[Rule, ...] = (
     moves.requant_before_transposes,
     moves.token_matmuls_2d,
     moves.class_token_without_concat,
+    gemm.per_channel_matmul_as_gemm,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
@@ -44,6 +46,7 @@ ORDER: Tuple[Rule, ...] = (
     clips.fold_clips,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    transformer.concat_as_pads,
     tiling.border_padding,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
@@ -53,6 +56,9 @@ ORDER: Tuple[Rule, ...] = (
     harness.debug_pass_invariant_adds,
     outputs.trailing_reshapes,
     checks.erase_dead,
+    transformer.siracusa_transformer_kernels,
+    transformer.gelu_requant,
+    transformer.activation_matmul_batches,
     checks.check_forms,
     checks.q31_requant_multipliers,
 )
