@@ -250,7 +250,8 @@ def _class_token_position_model():
 
 @pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
 def test_class_token_and_positions(tmp_path, target):
-    """On cortex-m, which has no Concat, the class token is a zero Pad of the tokens plus a constant: exact."""
+    """On cortex-m, which has no Concat, the class token is a zero Pad of the tokens plus a constant (rule
+    concat-as-pads): exact."""
     path = tmp_path / "cls.onnx"
     onnx.save(_class_token_position_model(), str(path))
     summary = driver.compile_model(str(path), target, tmp_path / "out")

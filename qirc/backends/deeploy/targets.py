@@ -158,11 +158,6 @@ class DeeployTarget:
     def accepts(self, onnx_op: str) -> bool:
         return onnx_op in self.onnx_ops
 
-    @property
-    def concat(self) -> bool:
-        """Whether the platform maps Concat (a rule's `when` reads it: "not concat")."""
-        return self.accepts("Concat")
-
 
 _COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
                      "Transpose", "Gather", "Slice"})

@@ -77,8 +77,7 @@ def rule(name: str, when: Tuple[str, ...] = (), targets=None) -> Callable[[RuleF
 
     for condition in when:  # a typo in a field name must fail at import, not make the rule silently never apply
         field = condition[4:] if condition.startswith("not ") else condition.split(" == ", 1)[0]
-        if field not in DeeployTarget.__dataclass_fields__ and \
-                not isinstance(getattr(DeeployTarget, field, None), property):  # a field or a property of fields
+        if field not in DeeployTarget.__dataclass_fields__:
             raise TypeError(f"legalisation rule {name}: DeeployTarget has no field {field!r}")
 
     def wrap(fn: RuleFn) -> Rule:
