@@ -172,7 +172,8 @@ def _opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-each", action="store_true",
                    help="interpret the module before and after each pass on random inputs; print the differences")
     p.add_argument("--validate-seed", metavar="N", type=int, default=0, help="first seed of --validate-each's inputs")
-    p.add_argument("--validate-samples", metavar="N", type=int, default=3, help="input samples per pass for --validate-each")
+    p.add_argument("--validate-samples", metavar="N", type=int, default=3,
+                   help="input samples per pass for --validate-each")
     p.add_argument("--elide-constants", action="store_true", help="print large constants as placeholders")
     p.add_argument("--no-verify", action="store_true", help="do not run the verifier before and between passes")
     return p
@@ -416,7 +417,8 @@ def _zoo(argv: List[str]) -> Optional[int]:
     b.add_argument("--act-bits", metavar="BITS", type=int, default=8, help="activation bit width")
     b.add_argument("--opset", metavar="N", type=int, help="ONNX opset of the qdq / qonnx export (default 13 for qdq; "
                                                          "from 17 on a LayerNorm is exported as LayerNormalization)")
-    b.add_argument("--target", metavar="TARGET", help="also compile the exported model for this target (into DIR/TARGET)")
+    b.add_argument("--target", metavar="TARGET",
+                   help="also compile the exported model for this target (into DIR/TARGET)")
     args = p.parse_args(argv)
     from . import zoo
     if args.cmd == "list":
@@ -439,10 +441,12 @@ def _report(argv: List[str]) -> Optional[int]:
                         "accumulator use (needs matplotlib: pip install -e .[report]).",
                         epilog="Example: qirc report model.onnx --target deeploy-siracusa -o report.html")
     p.add_argument("model", metavar="MODEL", help="the quantized model (.onnx or .qir)")
-    p.add_argument("--target", "-t", metavar="TARGET", required=True, help="lower for this target (see qirc --list-targets)")
+    p.add_argument("--target", "-t", metavar="TARGET", required=True,
+                   help="lower for this target (see qirc --list-targets)")
     p.add_argument("--inputs", metavar="F.npz", help="float input samples (first axis = sample); default: seeded "
                                                      "random inputs")
-    p.add_argument("--samples", metavar="N", type=int, default=4, help="number of random samples without --inputs (default 4)")
+    p.add_argument("--samples", metavar="N", type=int, default=4,
+                   help="number of random samples without --inputs (default 4)")
     p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the random samples")
     p.add_argument("-o", "--output", metavar="REPORT.html", required=True,
                    help="the HTML file to write (a new file or an earlier qirc report page)")

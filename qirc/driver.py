@@ -82,6 +82,10 @@ class CompileSummary:
                          f"{rec['mean_error_steps']:.3g}" + ("" if agree is None else f", argmax agreement "
                                                              f"{100 * agree:.1f}%")
                          + f" over {self.accuracy['samples']} sample(s)")
+        for rec in self.accuracy.get("approximations", []):
+            wrapped = f", {rec['wrapped']} output(s) wrapped" if rec.get("wrapped") else ""
+            lines.append(f"  {rec['kernel']} '{rec['node']}' vs the float op: mean error {rec['mean_error_steps']:.3g}, "
+                         f"max {rec['max_error_steps']:.3g} output step(s){wrapped}")
         return "\n".join(lines) + "\n"
 
 
@@ -182,7 +186,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     strict            refuse a requant whose worst-case approximation error reaches one output step (LoweringError)
                       instead of compiling it with a warning (summary.warnings) and its record in qirc.json
     seed, accuracy_samples  the random samples used when no inputs_npz is given
-    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers
+    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers, and for
+                      a transformer the network's error with each kind of approximating kernel computed exactly
+                      (`qirc.report.ablation`) into accuracy.exact_kernels
     input_shapes      {input name: shape} for dynamic inputs (`--input-shape`; a lone dynamic batch dim is bound
                       to 1 without it, with a note through `note(text)`)
     subgraph_outputs  compile the subgraph computing these tensors (`--outputs`)
@@ -194,8 +200,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     outputs.check_output_dir(out_dir, "compile")
     if dump_ir_dir is not None:
         outputs.check_output_dir(dump_ir_dir, "dump", "--dump-ir")
-        if os.path.abspath(dump_ir_dir) == out_dir:
-            raise UsageError("--dump-ir and -o name the same directory")
+        dump_abs = os.path.abspath(dump_ir_dir)
+        if dump_abs == out_dir or os.path.commonpath([dump_abs, out_dir]) in (dump_abs, out_dir):
+            # each is replaced as a whole: one inside the other would be a file the other did not write
+            raise UsageError(f"--dump-ir '{dump_ir_dir}' and -o '{out_dir}' must not be one inside the other")
     if accuracy_samples < 1:
         raise UsageError(f"accuracy_samples must be at least 1, got {accuracy_samples}")
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
@@ -225,6 +233,14 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if layers:
         from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
         accuracy["layers"] = layer_figures(quant_module, module, samples)
+        from .report.ablation import exact_kernel_ablation
+        ablation = exact_kernel_ablation(quant_module, module, samples, int_samples)
+        if ablation:  # the network with each kind of approximating kernel computed exactly
+            accuracy["exact_kernels"] = ablation
+    from .lowering.approximations import approximation_report
+    approximations = approximation_report(quant_module, module, int_samples)
+    if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
+        accuracy["approximations"] = approximations
     accuracy["requants"] = requant_precision(lowered, int_samples)
     warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
                 for line in precision_warnings(accuracy["requants"], len(int_samples))]

@@ -226,3 +226,12 @@ def test_emit_does_not_overwrite_the_model_but_replaces_its_own_text(project, ca
         target = project / f"model.{fmt}"
         assert _run([str(project / "model.onnx"), "--emit", fmt, "-o", str(target)], capsys)[0] == 0
         assert _run([str(project / "model.onnx"), "--emit", fmt, "-o", str(target)], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("dump", ["build", "build/ir"])
+def test_dump_ir_inside_the_output_directory_is_a_usage_error(project, capsys, dump):
+    before = B.tree_listing(project.parent)
+    code, out, err = _run([str(project / "model.onnx"), "--target", TARGET, "-o", str(project / "build"),
+                           "--dump-ir", str(project / dump)], capsys)
+    _refused(code, out, err, "must not be one inside the other")
+    assert B.tree_listing(project.parent) == before

@@ -426,7 +426,8 @@ def test_elided_dump_summarises_per_channel_scales_of_more_than_eight_channels()
     few = print_module(_per_channel_module(8), elide_constants=True)
     assert "{0.000333333:0, 0.000666667:0, 0.001:0, " in few and "channels" not in few
     full = print_module(_per_channel_module(64))
-    assert full.split("f32:0, {", 1)[1].count(":0") == 64 and "channels" not in full  # the parseable text keeps them all
+    # the parseable text keeps them all
+    assert full.split("f32:0, {", 1)[1].count(":0") == 64 and "channels" not in full
 
 
 def test_elided_lists_and_long_locations_keep_lines_short():

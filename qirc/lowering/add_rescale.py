@@ -132,6 +132,12 @@ def _out_steps(op: Operation, s: float, r: int) -> Optional[float]:
     return min(max(steps), 512.0)
 
 
+def _same_scale(s_a: float, r_a: int, s_b: float, r_b: int) -> bool:
+    """Scales that differ by float rounding only: reading one operand at the other's scale moves no reachable value
+    by more than 1/16 of a step, and the plain int32 sum cannot overflow."""
+    return abs(s_a / s_b - 1.0) * max(r_a, r_b, 1) < 1 / 16 and r_a + r_b < INT32_LIMIT
+
+
 def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False) -> int:
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
     if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
@@ -149,8 +155,13 @@ def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = Fa
         r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
         r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))
         steps = (_out_steps(op, aq.scale, r_a), _out_steps(op, bq.scale, r_b))
-        m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
-        s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
+        if _same_scale(aq.scale, r_a, bq.scale, r_b):
+            # scales equal up to float rounding (a bias at the file's float32 s_x*s_w on a float64 accumulator
+            # scale): the sum of the stored integers is exact, whatever the range, as long as it fits int32
+            m_a, m_b, s_common = 1, 1, aq.scale
+        else:
+            m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
+            s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
     a_scaled = _scaled(module, a, m_a, s_common, op.loc)
     b_scaled = _scaled(module, b, m_b, s_common, op.loc)
     zero = aq.zero_point * m_a + sign * bq.zero_point * m_b

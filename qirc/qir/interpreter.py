@@ -1506,3 +1506,4 @@ def missing_kernels() -> List[str]:
 
 # Kernels kept in their own modules register themselves here (they import `kernel` from this module).
 from . import kernels_float_transformer  # noqa: E402,F401
+from . import kernels_transformer  # noqa: E402,F401  (Deeploy's iSoftmax, iLayerNorm, iGELU)

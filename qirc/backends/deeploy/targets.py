@@ -48,12 +48,13 @@ DEPTHWISE_LAYOUTS = ("channels-first", "channels-last")
 #: other users, or after a fused kernel that ignores n_levels_out).
 #:   "levels"   RequantShift(mul = div = 1, add = 0) with the (signed, n_levels_out) whose range is lo..hi: an
 #:              unsigned range (signed = 0) is stored with an offset that Deeploy's Generic kernels compensate.
-#:   "shifted"  signed ranges only, for int8-only platforms: a symmetric lo..hi is one such RequantShift with
-#:              signed = 1; otherwise RequantShift(add = -c, signed = 1, n_levels_out = hi - lo + 1) then
-#:              RequantShift(add = +c, n_levels_out = 256) with c = lo + (hi - lo + 1) / 2:
-#:              clip(x - c, -n/2, n/2 - 1) + c = clip(x, lo, hi).  Deeploy's unsigned (signed = 0) outputs are
-#:              uint8 tensors that PULP-NN kernels refuse, and that CMSIS kernels read back with the offset of
-#:              their own n_levels_out instead of the producer's.
+#:   "shifted"  signed ranges only (and the full uint8 0..255 where the platform keeps uint8 tensors): a
+#:              symmetric lo..hi is one such RequantShift with signed = 1; otherwise RequantShift(add = -c,
+#:              signed = 1, n_levels_out = hi - lo + 1) then RequantShift(add = +c, n_levels_out = 256) with
+#:              c = lo + (hi - lo + 1) / 2: clip(x - c, -n/2, n/2 - 1) + c = clip(x, lo, hi).  CMSIS kernels read
+#:              unsigned (signed = 0) outputs back with the offset of their own n_levels_out instead of the
+#:              producer's; on Siracusa a narrow unsigned clip has no kernel that honours it (its uint8 requants
+#:              are fused, and pulp-nn clips to 0..255).
 CLIP_FORMS = ("levels", "shifted")
 
 
@@ -108,6 +109,8 @@ class DeeployTarget:
                        a Conv's, Gemm's or MatMul's requant is merged into the kernel's int32 Q31 multiplier
                        mul * 2^s (Deeploy's CMSIS merge passes, s = 31 - log2(div) at most): the merged multiplier
                        must fit int32, which needs the requant's gain mul / div below 1
+    concat             the platform maps Concat (it must then be in onnx_ops); without it a concat is written as
+                       zero Pads summed with int.add (the rule concat-as-pads)
     quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
     """
 
@@ -132,9 +135,12 @@ class DeeployTarget:
     depthwise_conv: bool = True
     depthwise_layout: str = "channels-first"
     dense_depthwise_cap_kib: int = 0
+    concat: bool = True
     quirks: Tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        if self.concat != ("Concat" in self.onnx_ops):
+            raise ValueError(f"target {self.name}: concat={self.concat} disagrees with its onnx_ops")
         if self.residual_add not in RESIDUAL_ADD_FORMS:
             raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
         if self.sum_pool not in POOL_FORMS:
@@ -155,12 +161,16 @@ class DeeployTarget:
 
 _COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
                      "Transpose", "Gather", "Slice"})
+#: Deeploy's integer transformer kernels (DESIGN.md section 7): Generic and CMSIS map iSoftmax, iLayerNorm and iGELU
+#: with the Generic C kernels; Siracusa maps iSoftmax and iGELU only fused with its RequantShift (RequantizediGELU),
+#: and has no integer LayerNorm
+_TRANSFORMER = frozenset({"iSoftmax", "iLayerNorm", "iGELU"})
 
 GENERIC = DeeployTarget(
     name="deeploy-generic",
     platform="Generic",
     description="Deeploy Generic platform (host C, reference kernels; builds and runs with gcc)",
-    onnx_ops=_COMMON | {"Concat"},
+    onnx_ops=_COMMON | _TRANSFORMER | {"Concat"},
     signed_normalize=False,
     conv_needs_requant=False,
     residual_add="mul-add",
@@ -177,7 +187,7 @@ SIRACUSA = DeeployTarget(
     name="deeploy-siracusa",
     platform="Siracusa",
     description="Deeploy PULPOpen/Siracusa (RISC-V cluster, PULP-NN kernels, int8/uint8, tiled flow)",
-    onnx_ops=(_COMMON - {"Pad"}) | {"Concat"},
+    onnx_ops=(_COMMON - {"Pad"}) | {"Concat", "iSoftmax", "iGELU"},
     signed_normalize=False,
     conv_needs_requant=True,
     residual_add="requantized-add",
@@ -214,7 +224,7 @@ CORTEXM = DeeployTarget(
     name="deeploy-cortexm",
     platform="QEMU-ARM",
     description="Deeploy CMSIS platform (Arm Cortex-M, CMSIS-NN kernels, int8 only, no Concat)",
-    onnx_ops=_COMMON,
+    onnx_ops=_COMMON | _TRANSFORMER,
     signed_normalize=True,
     conv_needs_requant=True,
     residual_add="mul-add",
@@ -225,6 +235,7 @@ CORTEXM = DeeployTarget(
     q31_requant_multiplier=True,
     square_conv_pads=True,
     depthwise_layout="channels-last",
+    concat=False,
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",

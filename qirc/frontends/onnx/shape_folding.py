@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Dict
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ..._onnx import helper, numpy_helper
 
 from .loader import DEFAULT_DOMAINS, GraphIndex, _infer_shapes, default_opset
 

@@ -10,7 +10,9 @@ bias folding, which reads the conv -> requant pairs they leave; clips after the 
 requant that the bias went into); residual adds after the clips (on Siracusa they split a ReLU off the add's
 requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
 goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
-once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last.
+once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last
+(the transformer kernels' before the generic form check, so that their refusals say why; Siracusa's refusal of
+an integer LayerNorm first of all, before another rule refuses a transformer's constant positional add).
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
 from . import (bias, canonical, checks, clips, convs, gemm, harness, moves, outputs, pools, products, rank, requant,
-               residual, tiling, trunc)
+               residual, tiling, transformer, trunc)
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
     checks.integer_only,
+    transformer.siracusa_transformer_kernels,
     canonical.shape_ops_to_reshape,
     rank.rank3_to_rank4,
     canonical.distinct_concat_operands,
@@ -42,8 +45,11 @@ ORDER: Tuple[Rule, ...] = (
     gemm.per_channel_gemm_as_conv,
     bias.fold_biases,
     clips.fold_clips,
+    transformer.drop_softmax_half_step,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    transformer.concat_as_pads,
+    transformer.matmul_add_apart,
     tiling.border_padding,
     products.unsigned_product_requants,
     tiling.unsigned_requants_fused,
@@ -54,6 +60,8 @@ ORDER: Tuple[Rule, ...] = (
     harness.debug_pass_invariant_adds,
     outputs.trailing_reshapes,
     checks.erase_dead,
+    transformer.gelu_requant,
+    transformer.activation_matmul_batches,
     checks.check_forms,
     checks.q31_requant_multipliers,
 )

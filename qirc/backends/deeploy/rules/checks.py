@@ -12,7 +12,8 @@ from .rule import rule
 
 #: int ops the emitter can write (after legalisation)
 EMITTABLE = frozenset({"int.conv", "int.gemm", "int.matmul", "int.add", "int.mul", "int.requant_shift", "int.maxpool",
-                       "int.pad", "int.reshape", "int.transpose", "int.concat", "int.gather", "int.slice"})
+                       "int.pad", "int.reshape", "int.transpose", "int.concat", "int.gather", "int.slice",
+                       "int.isoftmax", "int.ilayernorm", "int.igelu"})
 
 
 @rule("integer-only")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import List, Optional
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
+from .... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ...._onnx import numpy_helper
 
 from ....qir.ir import Module, Operation
 from ..targets import DeeployTarget

@@ -112,3 +112,4 @@ def token_matmuls_2d(module: Module, target: DeeployTarget) -> None:
                              loc + "/tokens_back").result
         module.replace_op(last, [back])
     module.erase_dead()
+
