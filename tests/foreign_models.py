@@ -589,6 +589,8 @@ CAUSES: List[Tuple[str, str, str]] = [
     ("unsupported-ops", "frontend", "unsupported ops: "),
     ("dynamic-shape", "frontend", "has a dynamic shape"),
     ("weight-zero-point", "lowering", "only symmetric weights can be lowered"),
+    ("grouped-weight-zero-point", "lowering", "with weights whose values minus zero point do not fit int8"),
+    ("cortexm-weight-zero-point", "backend", "are lowered by reading the input twice (Concat)"),
     ("rank-3", "lowering", "of a rank-3 tensor has no Deeploy form"),
     ("requant-policy", "lowering", "requantization cannot be both exact and in range"),
     ("bias-free-linear", "lowering", "op onnx.MatMul could not be lowered"),

@@ -198,3 +198,21 @@ def test_a_multiple_add_far_beyond_the_debug_pass_bound_is_rescaled():
     rqs = model.graph.node[-1]
     mul, add = inits[rqs.input[1]].reshape(-1), inits[rqs.input[2]].reshape(-1)
     assert mul[0] > 3 and add[0] == 5000 * mul[0]
+
+
+def test_a_residual_add_of_a_constant_tensor_is_the_requantized_add_form():
+    # tokens * c1 + positional embedding (an int8 constant tensor) * c2, as the transformer zoo's /Add: the scalar
+    # of each operand is its constant of size 1, not the embedding
+    rng = np.random.default_rng(4)
+    m = Module("pos")
+    x = input_op(m, "x", TensorType((1, 5, 8), q(0.05)))
+    pos = const_op(m, rng.integers(-128, 128, (1, 5, 8)).astype(np.int8), TensorType((1, 5, 8), q(0.04)), "/pos")
+    scaled = []
+    for v, c in ((x, 4), (pos, 4)):  # equal scales: the form is exact (docs/targets.md)
+        k = const_op(m, np.array([c], np.int32), TensorType((1,), i32), "/add/k")
+        scaled.append(m.create("int.mul", [v, k], [TensorType((1, 5, 8), i32)], {}, "/add").result)
+    s = m.create("int.add", scaled, [TensorType((1, 5, 8), i32)], {}, "/add").result
+    output_op(m, "y", requant(m, s, (1, 5, 8), q(0.1), [3], 0, div=1 << 6))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["RequantShift", "RequantShift", "Add", "RequantShift"]
