@@ -53,6 +53,7 @@ ORDER: Tuple[Rule, ...] = (
     tiling.border_padding,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
+    requant.offset_after_merged_requant,
     requant.shape_requant_params,
     requant.smallest_exact_shift,
     gemm.gemm_requant_add_to_bias,
