@@ -173,6 +173,23 @@ def test_a_standalone_unsigned_requant_inside_a_2d_graph_is_reshaped_around_the_
     assert ops(model) == ["Reshape", "Conv", "RequantShift", "Reshape", "Gemm", "RequantShift"]
 
 
+def test_an_unsigned_requant_of_a_product_is_an_int8_requant_then_the_fused_shift_back():
+    # HardSwish / a squeeze-excitation gate: int8 x int8 -> int32 (int.mul, which no kernel fuses with its requant)
+    # -> uint8; the per-tensor RequantShift writes int8 only, so it goes through int8 (add - 128 div) and back
+    m = Module("gate")
+    shape = (1, 6, 3, 3)
+    x = input_op(m, "x", TensorType(shape, q(0.1)))
+    g = input_op(m, "g", TensorType(shape, q(1 / 127)))
+    p = m.create("int.mul", [x, g], [TensorType(shape, i32)], {}, "/mul").result
+    output_op(m, "y", requant(m, p, shape, q(0.02, 20, signed=False), [41], 20 << 12, signed=False, loc="/hs"))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["Mul", "RequantShift", "Conv", "RequantShift"]
+    signs = [int(numpy_helper.to_array(a.t).reshape(-1)[0]) for n in model.graph.node for a in n.attribute
+             if a.name == "signed"]
+    assert signs == [1, 0]
+
+
 def test_no_requant_keeps_div_1():
     m = Module("unit")
     x = input_op(m, "x", TensorType((1, 4), q(0.1)))

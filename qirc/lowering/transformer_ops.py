@@ -343,11 +343,12 @@ _RULES = {"onnx.Softmax": _softmax, "onnx.LayerNormalization": _layernorm, "onnx
 # ----- what is left ---------------------------------------------------------------------------------------------------
 def refuse_unlowered(module: Module) -> None:
     """After the lowering sweeps: name a Softmax / LayerNorm / GELU that could not be lowered and why."""
+    kernels = {"onnx.Softmax": "softmax", "onnx.LayerNormalization": "LayerNorm", "onnx.Gelu": "GELU"}
     for op in module.ops():
-        if op.name not in _RULES:
-            continue
+        if op.name not in kernels:
+            continue  # (an unlowered MatMul is a float op like any other: check-integer-only names it)
         source = dcast_source(op.operands[0])
-        what = {"onnx.Softmax": "softmax", "onnx.LayerNormalization": "LayerNorm", "onnx.Gelu": "GELU"}[op.name]
+        what = kernels[op.name]
         if source is None or source.owner.name not in ("quant.qcast",) and source.type.storage.width != 8:
             hint = _HINT_SOFTMAX if op.name == "onnx.Softmax" else (
                 _HINT_GELU_IN if op.name == "onnx.Gelu" else "an input quantizer")

@@ -54,6 +54,7 @@ ORDER: Tuple[Rule, ...] = (
     products.unsigned_product_requants,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
+    requant.offset_after_merged_requant,
     requant.shape_requant_params,
     requant.smallest_exact_shift,
     gemm.gemm_requant_add_to_bias,
