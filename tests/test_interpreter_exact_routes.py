@@ -328,11 +328,14 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((2, 5, 9, 8), (3, 5, 3, 2), [2, 0, 1, 3], [1, 1], [2, 1], 1),   # asymmetric pads, dilation
     ((3, 4, 4, 4), (2, 4, 4, 4), [0, 0, 0, 0], [1, 1], [1, 1], 1),   # the kernel covers the whole input
     ((1, 1, 7, 5), (6, 1, 2, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),   # one input channel (not depthwise: group 1)
-    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map: flat route
-    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map: windowed route
+    # depthwise: the flat route (cols + one batched product) with flat=True, the windowed taps without
+    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map
+    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map
+    ((3, 6, 3, 3), (6, 1, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 6),   # 3x3 map: most of the flat grid is padding
+    ((2, 4, 9, 10), (4, 1, 3, 3), [1, 0, 2, 1], [2, 1], [2, 1], 4),  # strided, dilated, uneven pads
     ((2, 3, 11, 10), (4, 3, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 1),  # strided: phases of the padded input
     ((2, 3, 12, 13), (4, 3, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # uneven strides with a dilation
-    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise: windowed route
+    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise
     ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
