@@ -1390,6 +1390,26 @@ def requant_bounds(signed: bool, n_levels: int):
     return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
 
 
+def _known_abs_bound(op: Operation, x: np.ndarray) -> int:
+    """A bound on max|x| for the first operand x of `op`, known without reading x: its dtype's, and, when the
+    overflow checks are on and x is the result of an `int.conv` with constant weights and bias, max|conv input| (its
+    checked type's range) times the largest row sum of |w| plus max|bias|, i.e. the bound `_int_conv` computed."""
+    info = np.iinfo(x.dtype)
+    bound = max(abs(int(info.min)), abs(int(info.max)))
+    conv = op.operands[0].owner
+    if not _CHECK_OVERFLOW.get() or conv.name != "int.conv" or len(conv.operands) < 2:
+        return bound
+    consts = [v.owner for v in conv.operands[1:]]
+    x_type = conv.operands[0].type
+    if x_type.is_float or conv.operands[0].owner.name == "qir.const" or any(c.name != "qir.const" for c in consts):
+        return bound
+    element = x_type.element
+    static = max(abs(int(element.min)), abs(int(element.max)))
+    w = consts[0].attrs["value"]
+    bias = _abs_max(np.asarray(consts[1].attrs["value"])) if len(consts) > 1 else 0
+    return min(bound, static * _row_abs_sum(w) + bias)
+
+
 @kernel("int.requant_shift")
 def _int_requant_shift(op, args):
     x = args[0]
@@ -1409,8 +1429,13 @@ def _int_requant_shift(op, args):
     # int64, is exact; otherwise int64 with the check
     work = np.dtype(_I64)
     if x.size and x.dtype.kind in "iu" and x.dtype.itemsize <= 4:
-        reach = max(abs(int(x.min())), abs(int(x.max()))) * _abs_max(mul) + _abs_max(offset)
-        if reach <= _I32_MAX:
+        # max|x| from what is known without a scan (x's dtype; the weights of the conv that computed x), else from
+        # x's extremes: either way a bound on |x|, and int32 only where it proves nothing overflows
+        scale, extra = _abs_max(mul), _abs_max(offset)
+        known = _known_abs_bound(op, x)
+        if known * scale + extra <= _I32_MAX:
+            work = np.dtype(np.int32)
+        elif max(abs(int(x.min())), abs(int(x.max()))) * scale + extra <= _I32_MAX:
             work = np.dtype(np.int32)
     mul_w, offset_w = mul.astype(work), offset.astype(work)
     verify = check and work == _I64
