@@ -288,6 +288,28 @@ def test_requant_of_narrow_conv_sums_matches_python_ints(mul_scale, div, signed,
     np.testing.assert_array_equal(out["y"], expected)
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_requant_after_conv_takes_the_int32_route_from_the_conv_bound(extra):
+    # a requant of conv sums knows max|sums| <= 128 * (largest row sum of |w|) + max|bias| without reading them:
+    # with mul at the largest value whose reach fits int32 it computes in int32 unscanned, exactly, at the extremes;
+    # one more and it scans the sums (int32 again when they stay below the bound, else int64 with the check)
+    w = np.full((1, 1, 1, 1), -128)
+    div = 1 << 20
+    mul = ((1 << 31) - 1 - div // 2) // (128 * 128) + extra
+    m = _conv_requant_module((1, 1, 1, 2), w, [mul], [0], div)
+    rq = next(op for op in m.ops() if op.name == "int.requant_shift")
+    assert interp._known_abs_bound(rq, np.zeros(2, np.int32)) == 128 * 128
+    for xs in ([-128, 127], [-127, 100]):
+        x = np.array(xs).reshape(1, 1, 1, 2)
+        t = x.astype(object) * -128 * mul + div // 2
+        if np.abs(t).max() > (1 << 31) - 1:
+            with pytest.raises(OverflowError_):
+                run(m, {"x": x})
+            continue
+        got = run(m, {"x": x})["y"]
+        np.testing.assert_array_equal(got, np.clip(t // div, -128, 127).astype(np.int64))
+
+
 def test_requant_int32_route_edge_and_overflow():
     # reach = max|x| * max|mul| + max|offset| right at and just past int32's limit
     x = np.zeros((1, 1, 2, 1), dtype=np.int64)
@@ -328,11 +350,14 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((2, 5, 9, 8), (3, 5, 3, 2), [2, 0, 1, 3], [1, 1], [2, 1], 1),   # asymmetric pads, dilation
     ((3, 4, 4, 4), (2, 4, 4, 4), [0, 0, 0, 0], [1, 1], [1, 1], 1),   # the kernel covers the whole input
     ((1, 1, 7, 5), (6, 1, 2, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),   # one input channel (not depthwise: group 1)
-    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map: flat route
-    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map: windowed route
+    # depthwise: the flat route (cols + one batched product) with flat=True, the windowed taps without
+    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map
+    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map
+    ((3, 6, 3, 3), (6, 1, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 6),   # 3x3 map: most of the flat grid is padding
+    ((2, 4, 9, 10), (4, 1, 3, 3), [1, 0, 2, 1], [2, 1], [2, 1], 4),  # strided, dilated, uneven pads
     ((2, 3, 11, 10), (4, 3, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 1),  # strided: phases of the padded input
     ((2, 3, 12, 13), (4, 3, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # uneven strides with a dilation
-    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise: windowed route
+    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise
     ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,

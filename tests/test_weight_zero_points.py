@@ -1,6 +1,8 @@
 """Weights with zero points (onnxruntime's QUInt8 weights, WeightSymmetric=False) compiled for every target: int8
-weights when w - z_w fits int8, else the input read twice (Concat) with [w - z_w - d | d]; on a target without Concat
-(cortex-m) that concat is written as zero Pads summed by an Add (rule concat-as-pads)."""
+weights when w - z_w fits int8, else the input read twice (Concat) with [w - z_w - d | d] (cortex-m, without Concat,
+gets that as zero-padded copies summed)."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -62,6 +64,19 @@ def test_u8_weights_compile_and_match_onnxruntime(zero_point, target, tmp_path):
         got = list(interpreter.run(device, [xq]).values())[0].astype(np.int64)
         out_zp = summary.outputs[0]["zero_point"]
         assert np.max(np.abs((got - out_zp) * 0.05 - ref)) <= 0.05 + 1e-6
+
+
+def test_cortexm_takes_the_doubled_input_through_concat_as_pads(tmp_path, capsys):
+    """cortex-m has no Concat; concat-as-pads writes the doubled input as zero-padded copies summed (Pad, Add,
+    identity RequantShift), so 9-bit weight offsets compile there too (QEMU-ARM code generation rc 0)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(u8_weight_model(90), path)
+    assert main([str(path), "--target", "deeploy-cortexm", "-o", str(tmp_path / "out")]) == 0
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    ops = [n.op_type for n in emitted.graph.node]
+    assert "Concat" not in ops and "Pad" in ops and ops.count("Conv") == 1
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["accuracy"]["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6
 
 
 def test_repeated_concat_operand_is_read_through_a_copy():

@@ -553,19 +553,20 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     Mg = M // group
     wf = w.astype(dtype)
     bias_shape = (1, M) + (1,) * n
-    # measured: the flat depthwise route wins on large maps at stride 1 (its channel-major copy and extraction pay
-    # off over long rows), the windowed one below on small or strided maps
-    if (_FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and all(st == 1 for st in strides)
-            and padded[0] * padded[1] >= 1024 and _flat_fits(padded, kernel, strides, out)):
+    whole = Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads)
+    # measured on MobileNetV2's depthwise layers (3x3 to 48x48 maps, strides 1 and 2): the flat route's long
+    # contiguous copies and one batched product beat the windowed taps (whose innermost loops run along a few
+    # outputs) by 1.2-2.6x, even where most of its grid is wasted (a 3x3 map padded to 5x5)
+    if _FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and not whole:
         return _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, bias, result)
-    if Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads):
+    if whole:
         # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
         # (image, channel), exact in `dtype` like every route here
         y = np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out)
         if result is not None:
             y = y.astype(result)
             if bias is not None:
-                y += bias.astype(_I64, copy=False).reshape(bias_shape)
+                y += _bias_as(bias, y.dtype).reshape(bias_shape)
         return y
     if any(pads):
         xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
@@ -577,7 +578,7 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
         y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-        b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
+        b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
         per_image = M * int(np.prod(out))
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
@@ -606,7 +607,7 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
     y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
+    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
     block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
     pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
     # [b, g, Cg, *out, *k] -> [b, g, Cg, *k, *out]
@@ -628,6 +629,18 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         else:
             np.matmul(wm, cols, out=target)
     return y
+
+
+def _bias_as(bias: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`bias` in the integer result dtype when every value fits it (an in-place add of an int64 bias into an int32
+    result goes through numpy's casting buffers, 3x slower), else in int64 (numpy then checks nothing: the caller's
+    bound covers the sums with the bias)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and dtype.itemsize < 8 and bias.size:
+        info = np.iinfo(dtype)
+        if info.min <= int(bias.min()) and int(bias.max()) <= info.max:
+            return bias.astype(dtype, copy=False)
+    return bias.astype(_I64, copy=False)
 
 
 def _flat_layout(x: np.ndarray, pads, kernel, strides, dilations, dtype):
@@ -679,7 +692,7 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     K = C * T
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
     y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, M, 1, 1)
+    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, M, 1, 1)
     images = max(1, _IM2COL_BLOCK // max(1, K * S))
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((M, images * S), dtype=dtype)
@@ -700,32 +713,32 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
 
 def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
                     result) -> np.ndarray:
-    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: each tap is
-    one multiply of a contiguous slice of X by a per-channel scalar, added into the accumulator grid (long contiguous
-    rows, numpy's fast path; the windowed views of the general route are strided)."""
+    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: for a block
+    of whole images, each channel's patch rows are contiguous slices of X copied into cols[c, tap, :], and one
+    batched product w[c, 1, taps] @ cols[c, taps, :] gives every channel's grid (numpy's per-tap multiply-adds
+    would pass over the block twice per tap).  The first Ho x Wo of each image's grid are the valid outputs; they
+    are cast (and biased) into the NCHW result while in cache.  Exact in `dtype` for any summation order (the
+    caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
     X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
     S = Hq * Wq
-    weights = wf.reshape(C, len(taps))
+    T = len(taps)
+    weights = wf.reshape(C, 1, T)
     y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, C, 1, 1)
-    images = max(1, (_IM2COL_BLOCK // 8) // max(1, C * S))
-    acc = np.empty((C, images * S), dtype=dtype)
-    scratch = np.empty_like(acc)
+    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, C, 1, 1)
+    images = max(1, (_IM2COL_BLOCK // 2) // max(1, C * S * T))  # cols of about 1 MB (float32)
+    cols = np.empty((C, T, images * S), dtype=dtype)
+    grid = np.empty((C, 1, images * S), dtype=dtype)
     tail = max(off for _, off in taps)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
-        width = (n1 - n0) * S - tail
+        width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
         start = n0 * S
-        a, t = acc[:, :width], scratch[:, :width]
         for k, (phase, off) in enumerate(taps):
-            if k == 0:
-                np.multiply(X[:, phase, start + off:start + off + width], weights[:, :1], out=a)
-            else:
-                np.multiply(X[:, phase, start + off:start + off + width], weights[:, k:k + 1], out=t)
-                a += t
-        valid = acc[:, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+            cols[:, k, :width] = X[:, phase, start + off:start + off + width]
+        np.matmul(weights, cols[:, :, :width], out=grid[:, :, :width])
+        valid = grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
         if result is None:
             y[n0:n1] = valid
         else:
@@ -1377,6 +1390,26 @@ def requant_bounds(signed: bool, n_levels: int):
     return (-(n_levels // 2), n_levels // 2 - 1) if signed else (0, n_levels - 1)
 
 
+def _known_abs_bound(op: Operation, x: np.ndarray) -> int:
+    """A bound on max|x| for the first operand x of `op`, known without reading x: its dtype's, and, when the
+    overflow checks are on and x is the result of an `int.conv` with constant weights and bias, max|conv input| (its
+    checked type's range) times the largest row sum of |w| plus max|bias|, i.e. the bound `_int_conv` computed."""
+    info = np.iinfo(x.dtype)
+    bound = max(abs(int(info.min)), abs(int(info.max)))
+    conv = op.operands[0].owner
+    if not _CHECK_OVERFLOW.get() or conv.name != "int.conv" or len(conv.operands) < 2:
+        return bound
+    consts = [v.owner for v in conv.operands[1:]]
+    x_type = conv.operands[0].type
+    if x_type.is_float or conv.operands[0].owner.name == "qir.const" or any(c.name != "qir.const" for c in consts):
+        return bound
+    element = x_type.element
+    static = max(abs(int(element.min)), abs(int(element.max)))
+    w = consts[0].attrs["value"]
+    bias = _abs_max(np.asarray(consts[1].attrs["value"])) if len(consts) > 1 else 0
+    return min(bound, static * _row_abs_sum(w) + bias)
+
+
 @kernel("int.requant_shift")
 def _int_requant_shift(op, args):
     x = args[0]
@@ -1396,8 +1429,13 @@ def _int_requant_shift(op, args):
     # int64, is exact; otherwise int64 with the check
     work = np.dtype(_I64)
     if x.size and x.dtype.kind in "iu" and x.dtype.itemsize <= 4:
-        reach = max(abs(int(x.min())), abs(int(x.max()))) * _abs_max(mul) + _abs_max(offset)
-        if reach <= _I32_MAX:
+        # max|x| from what is known without a scan (x's dtype; the weights of the conv that computed x), else from
+        # x's extremes: either way a bound on |x|, and int32 only where it proves nothing overflows
+        scale, extra = _abs_max(mul), _abs_max(offset)
+        known = _known_abs_bound(op, x)
+        if known * scale + extra <= _I32_MAX:
+            work = np.dtype(np.int32)
+        elif max(abs(int(x.min())), abs(int(x.max()))) * scale + extra <= _I32_MAX:
             work = np.dtype(np.int32)
     mul_w, offset_w = mul.astype(work), offset.astype(work)
     verify = check and work == _I64

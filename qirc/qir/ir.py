@@ -143,6 +143,9 @@ class Module:
         self._dirty = 0
         self._pending: Dict[Operation, None] = {}
         self._erased: set = set()
+        # ops that may have become dead since the last erase_dead: those added since (no uses yet) and the producers
+        # of operands unlinked since; every other op had a use then and has kept it
+        self._maybe_dead: Dict[Operation, None] = {}
 
     @property
     def graph(self) -> _GraphView:
@@ -158,6 +161,7 @@ class Module:
                 raise ValueError(f"operand {i} of {op.name} ({op.loc}) is not defined in this module")
         op.module = self
         self._ops[op] = next(self._inserted)
+        self._maybe_dead[op] = None
         for i, v in enumerate(op.operands):
             self._link(v, op, i)
         if self._order is not None:
@@ -190,6 +194,7 @@ class Module:
         v = op.operands[i]
         v.uses.remove((op, i))
         del self._edges[(op, i)]
+        self._maybe_dead[v.owner] = None
 
     def _ready_step(self, op: Operation) -> int:
         """The step of Kahn's run (a position in the last computed order) at which `op` becomes ready: one past its
@@ -255,7 +260,9 @@ class Module:
     def erase_dead(self) -> int:
         """Erase ops (other than qir.output and qir.input) whose results are all unused, transitively; count them."""
         n = 0
-        work = [op for op in self._ops if self._is_dead(op)]
+        # only ops added or unlinked from since the last call can have become dead (not a scan of every op)
+        work = [op for op in self._maybe_dead if op.module is self and self._is_dead(op)]
+        self._maybe_dead = {}
         while work:
             op = work.pop()
             if op.module is not self or not self._is_dead(op):

@@ -50,24 +50,44 @@ def _describe(op: Operation) -> str:
 
 # ----- structure -------------------------------------------------------------------------------------------------
 def _verify_structure(module: Module) -> None:
-    graph = module.graph
-    for op in sorted(graph.nodes, key=lambda o: o.seq):
-        if op.module is not module:
-            raise _error(op, "op is in the module's graph but does not belong to the module")
-        for i, v in enumerate(op.operands):
-            owner = v.owner
-            if owner is None or owner.module is not module or owner not in graph:
-                where = _describe(owner) if owner is not None else "no op"
-                raise _error(op, f"operand {i} (%{v.name or '?'}) is dangling: it is defined by {where}, "
-                                 "which is not in the module")
-            edge = graph.get_edge_data(owner, op, key=i)
-            if edge is None or edge.get("value") is not v or (op, i) not in v.uses:
-                raise _error(op, f"operand {i} (%{v.name or '?'}) is not linked in the module graph "
-                                 "(operands must be set through Module.set_operand)")
+    # the common case, a sound graph, needs no order: check every op as it comes, and only when one fails look
+    # again in creation order, so that the error names the earliest broken op whatever the dict order
+    if not all(_linked(module, op) for op in module._ops):
+        for op in sorted(module.graph.nodes, key=lambda o: o.seq):
+            _check_linked(module, op)
     cycle = module.find_cycle()
     if cycle:
         path = " -> ".join(_describe(o) for o in cycle + cycle[:1])
         raise _error(cycle[0], f"ops form a cycle: {path}")
+
+
+def _linked(module: Module, op: Operation) -> bool:
+    """Whether `op` belongs to `module` and each operand is linked (what _check_linked checks, without messages)."""
+    if op.module is not module:
+        return False
+    ops, edges = module._ops, module._edges
+    for i, v in enumerate(op.operands):
+        owner = v.owner
+        if owner is None or owner.module is not module or owner not in ops or edges.get((op, i)) is not v \
+                or (op, i) not in v.uses:
+            return False
+    return True
+
+
+def _check_linked(module: Module, op: Operation) -> None:
+    graph = module.graph
+    if op.module is not module:
+        raise _error(op, "op is in the module's graph but does not belong to the module")
+    for i, v in enumerate(op.operands):
+        owner = v.owner
+        if owner is None or owner.module is not module or owner not in graph:
+            where = _describe(owner) if owner is not None else "no op"
+            raise _error(op, f"operand {i} (%{v.name or '?'}) is dangling: it is defined by {where}, "
+                             "which is not in the module")
+        edge = graph.get_edge_data(owner, op, key=i)
+        if edge is None or edge.get("value") is not v or (op, i) not in v.uses:
+            raise _error(op, f"operand {i} (%{v.name or '?'}) is not linked in the module graph "
+                             "(operands must be set through Module.set_operand)")
 
 
 def _verify_io(module: Module) -> None:

@@ -35,7 +35,7 @@ from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs
 from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 from .shape_folding import refine_shapes
-from .transformer_patterns import TransformerImport, parameters_constant
+from .transformer_patterns import CONSTANT_PARAMETERS, TransformerImport, parameters_constant
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
@@ -146,20 +146,27 @@ class OnnxImporter(TransformerImport):
         """ONE error listing every unsupported op type with its nodes (fold-only ops count when not constant)."""
         constant = set(self.g.initializers)
         unsupported: Dict[str, List[str]] = {}
+        fusions = self.fusions
+        handled: Dict[str, bool] = {}  # "_op_Conv" -> whether this importer has that handler
         for node in self.g.nodes:
-            if id(node) in self.fusions:
+            if id(node) in fusions:
                 continue
-            if node.domain in QONNX_DOMAINS:
-                ok = hasattr(self, f"_qonnx_{node.op_type}") and \
-                    len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
-            elif node.domain in DEFAULT_DOMAINS:
-                ok = hasattr(self, f"_op_{node.op_type}")
-                all_const = all(not i or i in constant for i in node.input)
-                if node.op_type == "Constant" or (node.op_type == "Shape") or (ok and all_const):
+            domain, op_type = node.domain, node.op_type
+            if domain in QONNX_DOMAINS:
+                ok = hasattr(self, f"_qonnx_{op_type}") and \
+                    len(node.input) in QONNX_INPUT_COUNTS.get(op_type, (len(node.input),))
+            elif domain in DEFAULT_DOMAINS:
+                key = "_op_" + op_type
+                ok = handled.get(key)
+                if ok is None:
+                    ok = handled[key] = hasattr(self, key)
+                inputs = node.input
+                all_const = all(not i or i in constant for i in inputs)
+                if op_type == "Constant" or op_type == "Shape" or (ok and all_const):
                     constant.update(o for o in node.output if o)
-                if node.op_type in FOLD_ONLY_OPS and not all_const:
+                if op_type in FOLD_ONLY_OPS and not all_const:
                     ok = False
-                if not parameters_constant(node, constant):
+                if op_type in CONSTANT_PARAMETERS and not parameters_constant(node, constant):
                     ok = False
             else:
                 ok = False

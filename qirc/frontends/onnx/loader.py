@@ -3,7 +3,7 @@
 `load_model_proto` turns a path or a ModelProto into a ModelProto with its external data loaded, refusing files that
 are not ONNX, external data that points outside the model's folder, and opsets older than 7.  `GraphIndex` checks the
 graph itself (duplicate tensor names, dangling inputs, cycles), orders its nodes topologically and types every value
-with one `onnx.shape_inference` pass.  Every problem is a one-line `FrontendError` naming the file and, where there is
+(from the model's value_info when it types every value, else with one `onnx.shape_inference` pass).  Every problem is a one-line `FrontendError` naming the file and, where there is
 one, the node.
 """
 from __future__ import annotations
@@ -134,7 +134,8 @@ class GraphIndex:
     model: onnx.ModelProto
     filename: str
     nodes: List[onnx.NodeProto] = field(default_factory=list)  # topological order
-    labels: Dict[int, str] = field(default_factory=dict)  # id(node) -> diagnostic name
+    labels: Dict[int, str] = field(default_factory=dict)  # id(node) -> diagnostic name (filled in on first use)
+    positions: Dict[int, int] = field(default_factory=dict)  # id(node) -> its index in the file
     initializers: Dict[str, np.ndarray] = field(default_factory=dict)
     real_inputs: List[onnx.ValueInfoProto] = field(default_factory=list)
     consumers: Dict[str, List[onnx.NodeProto]] = field(default_factory=dict)
@@ -145,7 +146,11 @@ class GraphIndex:
     low_bit: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
     def label(self, node: onnx.NodeProto) -> str:
-        return self.labels[id(node)]
+        key = id(node)
+        label = self.labels.get(key)
+        if label is None:
+            label = self.labels[key] = node_label(node, self.positions[key])
+        return label
 
     def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
         return FrontendError(message, file=self.filename, loc=self.label(node) if node is not None else None,
@@ -165,11 +170,11 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
     index = GraphIndex(model, filename)
     # one list of node wrappers, used everywhere: protobuf may hand out a new wrapper per iteration
     all_nodes = list(graph.node)
-    for i, node in enumerate(all_nodes):
-        index.labels[id(node)] = node_label(node, i)
-        for attr in node.attribute:
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise index.error("control flow with subgraphs is not supported", node)
+    index.positions = {id(node): i for i, node in enumerate(all_nodes)}
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    for node in all_nodes:
+        if len(node.attribute) and any(attr.type in subgraph_types for attr in node.attribute):
+            raise index.error("control flow with subgraphs is not supported", node)
 
     producers: Dict[str, onnx.NodeProto] = {}
     defined: Dict[str, str] = {}
@@ -197,30 +202,49 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
             continue  # an input with an initializer is a constant (old exporters list weights as inputs)
         defined[inp.name] = "graph input"
         index.real_inputs.append(inp)
-    for node in all_nodes:
-        for out in node.output:
-            if not out:
-                continue
+    # the names each node reads and writes, read from protobuf once
+    node_inputs = [[name for name in node.input if name] for node in all_nodes]
+    node_outputs = [[name for name in node.output if name] for node in all_nodes]
+    for node, outs in zip(all_nodes, node_outputs):
+        for out in outs:
             if out in defined or out in producers:
                 first = (index.label(producers[out]) if out in producers else defined[out])
                 raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
             producers[out] = node
 
-    for node in all_nodes:
-        for name in node.input:
-            if not name:
-                continue
+    consumers = index.consumers
+    for node, ins in zip(all_nodes, node_inputs):
+        for name in ins:
             if name not in producers and name not in defined:
                 raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
-            index.consumers.setdefault(name, []).append(node)
+            users = consumers.get(name)
+            if users is None:
+                consumers[name] = [node]
+            else:
+                users.append(node)
     for out in graph.output:
         if out.name not in producers and out.name not in defined:
             raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
         index.output_names.append(out.name)
 
-    index.nodes = _topological_order(all_nodes, producers, index)
-    _infer_shapes(index)
+    if _in_order(node_inputs, node_outputs, producers):
+        # Kahn's algorithm below, stable in file order, returns the file's order whenever that is topological
+        index.nodes = all_nodes
+    else:
+        index.nodes = _topological_order(all_nodes, producers, index)
+    _infer_shapes(index, node_outputs)
     return index
+
+
+def _in_order(node_inputs, node_outputs, producers) -> bool:
+    """Whether every node comes after the producers of its inputs (no cycle, and the file order is topological)."""
+    done = set()
+    for ins, outs in zip(node_inputs, node_outputs):
+        for name in ins:
+            if name not in done and name in producers:
+                return False
+        done.update(outs)
+    return True
 
 
 def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodeProto]:
@@ -251,57 +275,112 @@ def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodePro
     return order
 
 
-def _infer_shapes(index: GraphIndex) -> None:
-    """One onnx.shape_inference pass over the whole model; custom quantizers are seen as Identity."""
+#: initializers of at most this many elements keep their data in the model shape inference sees (shape inference reads
+#: the values of shape-like operands: Reshape's shape, Slice's starts, Resize's scales, ...; all far smaller)
+SHAPE_DATA_ELEMENTS = 1024
+
+
+def _infer_shapes(index: GraphIndex, node_outputs: Optional[List[List[str]]] = None) -> None:
+    """Type every value: from the model's own value_info when it already gives every value a static tensor type,
+    else with one onnx.shape_inference pass (custom quantizers seen as Identity) on a light copy of the model.
+
+    onnx's shape inference (non-strict, as run here) keeps a declared type over an inferred one -- on a conflict it
+    drops its own -- so on a fully typed model it can only return the declared types: skipping it returns the same
+    types without serializing, inferring and re-reading the whole model (the largest step of a large import).
+    `node_outputs`: the non-empty output names of each node, where the caller has them."""
     model = index.model
-    custom = [n for n in model.graph.node if n.domain not in DEFAULT_DOMAINS]
-    saved = []
-    for node in custom:
-        if node.op_type in SHAPE_PRESERVING_CUSTOM_OPS and len(node.input):
-            saved.append((node, node.op_type, node.domain, list(node.input), list(node.attribute)))
+    graph = model.graph
+    shapes, elem_types = dict(index.shapes), dict(index.elem_types)
+    static = set()
+    complete = True
+    for vis in (graph.input, graph.value_info, graph.output):
+        for vi in vis:
+            if _record(index, vi):
+                static.add(vi.name)
+            elif vi.name not in index.initializers:
+                complete = False
+    if complete:
+        if node_outputs is None:
+            node_outputs = [[o for o in node.output if o] for node in graph.node]
+        complete = all(o in static for outs in node_outputs for o in outs)
+    if not complete:
+        index.shapes, index.elem_types = shapes, elem_types
+        g = _inferred_graph(index)
+        # (the light copy's extra inputs, its large initializers, come last: they are typed from the arrays below)
+        for vi in list(g.input)[:len(graph.input)]:
+            _record(index, vi)
+        for vis in (g.value_info, g.output):
+            for vi in vis:
+                _record(index, vi)
+    for name, array in index.initializers.items():
+        index.shapes[name] = tuple(int(d) for d in array.shape)
+
+
+def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
+    """onnx.shape_inference on a copy of the model whose large initializers are graph inputs carrying only their
+    type and shape (shape inference reads the data of small shape-like constants only), and whose custom
+    quantizers are Identity nodes; the inferred graph."""
+    model = index.model
+    graph = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    lg = light.graph
+    lg.name = graph.name
+    lg.node.extend(graph.node)
+    lg.input.extend(graph.input)
+    lg.output.extend(graph.output)
+    lg.value_info.extend(graph.value_info)
+    lg.sparse_initializer.extend(graph.sparse_initializer)
+    declared = {vi.name for vi in graph.input}
+    for init in graph.initializer:
+        array = index.initializers.get(init.name)
+        if array is None or array.size <= SHAPE_DATA_ELEMENTS or init.name in declared:
+            lg.initializer.append(init)
+        elif init.name not in declared:
+            vi = lg.input.add()
+            vi.name = init.name
+            tt = vi.type.tensor_type
+            tt.elem_type = init.data_type
+            tt.shape.SetInParent()
+            for d in init.dims:
+                tt.shape.dim.add().dim_value = int(d)
+    for node in lg.node:
+        if node.domain not in DEFAULT_DOMAINS and node.op_type in SHAPE_PRESERVING_CUSTOM_OPS and len(node.input):
             first = node.input[0]
             del node.input[:]
             node.input.append(first)
             node.op_type, node.domain = "Identity", ""
             del node.attribute[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception as err:
         raise FrontendError(f"shape inference failed ({type(err).__name__}: {_first_line(err)})",
                             file=index.filename) from None
-    finally:
-        for node, op_type, domain, inputs, attrs in saved:
-            node.op_type, node.domain = op_type, domain
-            del node.input[:]
-            node.input.extend(inputs)
-            del node.attribute[:]
-            node.attribute.extend(attrs)
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        _record(index, vi)
-    for name, array in index.initializers.items():
-        index.shapes[name] = tuple(int(d) for d in array.shape)
+    return inferred.graph
 
 
-def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> None:
+def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> bool:
+    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known)."""
     t = vi.type
     if not t.HasField("tensor_type"):
-        return
+        return False
     tt = t.tensor_type
-    index.elem_types[vi.name] = tt.elem_type
+    name = vi.name
+    elem_type = index.elem_types[name] = tt.elem_type
     if not tt.HasField("shape"):
-        index.shapes.setdefault(vi.name, None)
-        return
+        index.shapes.setdefault(name, None)
+        return False
     dims = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_value") and d.dim_value == 0:
-            dims.append(0)
-        else:
-            index.shapes[vi.name] = None
-            return
-    index.shapes[vi.name] = tuple(dims)
+        value = d.dim_value
+        if value < 0 or (value == 0 and not d.HasField("dim_value")):
+            index.shapes[name] = None
+            return False
+        dims.append(value)
+    index.shapes[name] = tuple(dims)
+    return elem_type != 0
 
 
 # ----- what the user chooses on the command line: input shapes, the outputs to compile ------------------------------

@@ -51,6 +51,7 @@ ORDER: Tuple[Rule, ...] = (
     transformer.concat_as_pads,
     transformer.matmul_add_apart,
     tiling.border_padding,
+    products.unsigned_product_requants,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
     requant.offset_after_merged_requant,

@@ -125,12 +125,13 @@ def concat_as_pads(module: Module, target: DeeployTarget) -> None:
         module.replace_op(op, [back.result])
 
 
-@rule("matmul-add-apart", when="not conv_needs_requant")
+@rule("matmul-add-apart", when="residual_add == mul-add")
 def matmul_add_apart(module: Module, target: DeeployTarget) -> None:
     """An int.matmul read by an int.add of another computed tensor (the softmax's half-step correction: 2 (P x V) +
     J x V) gets a same-shape Reshape in between: Deeploy Generic's MatMulAddMergePass turns every MatMul -> Add into a
     Gemm whose bias is the Add's constant operand, or, when it has none, its second input (the MatMul's own output:
-    Deeploy then fails, "Constant ... has more than one output")."""
+    Deeploy then fails, "Constant ... has more than one output").  CMSIS has no such pass; the Reshape costs nothing
+    there and keeps its graphs runnable on Generic (how their arithmetic was checked)."""
     for add in module.walk("int.add"):
         if any(v.owner.name == "qir.const" for v in add.operands):
             continue
@@ -149,12 +150,12 @@ def _half_step_term(v) -> bool:
     return bool(np.all(np.asarray(op.operands[0].owner.attrs["value"]) == 1))
 
 
-@rule("drop-softmax-half-step", when="conv_needs_requant")
+@rule("drop-softmax-half-step", when="residual_add == requantized-add")
 def drop_softmax_half_step(module: Module, target: DeeployTarget) -> None:
-    """On the platforms whose linear kernels are fused with their requant (Siracusa, CMSIS) the softmax's half-step
-    correction 2 (P x V) + J x V is dropped: Siracusa's RequantizedAdd clips both operands to 8 bits, and CMSIS would
-    run P x V as a bare int32 MatMul, a form not checked there.  The factor 2 goes into the requant's mul, which then
-    computes the uncorrected P x V exactly (losing the half step the integer softmax floors away)."""
+    """Where an Add of two int32 tensors is written as a RequantizedAdd (Siracusa, which clips both operands to 8
+    bits) the softmax's half-step correction 2 (P x V) + J x V has no exact form and is dropped: the factor 2 goes
+    into the requant's mul, which then computes the uncorrected P x V exactly (losing the half step the integer
+    softmax floors away)."""
     for add in module.walk("int.add"):
         terms = [v for v in add.operands if _half_step_term(v)]
         if len(terms) != 1:
