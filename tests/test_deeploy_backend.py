@@ -516,6 +516,32 @@ def test_padded_maxpool_becomes_a_pad_with_the_storage_minimum():
         np.testing.assert_array_equal(b["y"], a["y"])
 
 
+@pytest.mark.parametrize("target", TARGET_NAMES)
+def test_padded_maxpool_after_a_relu_pads_with_the_relus_minimum(target):
+    # requant -> ReLU clip 0..127 -> padded MaxPool: fold-clips makes the clip an unsigned requant (Deeploy: uint8),
+    # so the Pad's value must be 0, not the int8 minimum -128 (ResNet-18 with ActivationSymmetric crashed so)
+    m = Module("relu_pool")
+    x = input_op(m, "x", TensorType((1, 2, 5, 5), q8(0.1)))
+    r = m.create("int.requant_shift", [x], [TensorType((1, 2, 5, 5), q8(0.1))], rqs_attrs([3], 0, 2), "/rq").result
+    c = m.create("int.clip", [r], [TensorType((1, 2, 5, 5), q8(0.1))], {"min": 0, "max": 127}, "/relu").result
+    p = m.create("int.maxpool", [c], [TensorType((1, 2, 3, 3), q8(0.1))],
+                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}, "/pool/MaxPool").result
+    output_op(m, "y", m.create("int.requant_shift", [p], [TensorType((1, 2, 3, 3), q8(0.2))], rqs_attrs([1], 0, 2),
+                               "/rqs").result)
+    verify(m)
+    samples = [interpreter.random_inputs(m, s) for s in range(4)]
+    before = [interpreter.run(m, inputs) for inputs in samples]
+    legalize(m, target)
+    model = emit_onnx(m, target)
+    pads = [onnx.helper.get_attribute_value(a) for n in model.graph.node if n.op_type == "Pad" for a in n.attribute
+            if a.name == "value"]
+    assert pads == ([] if target == "deeploy-siracusa" else [0.0])  # (Siracusa: the MaxPool's zero padding)
+    device = import_deeploy_onnx(model)
+    for inputs, expected in zip(samples, before):
+        got = interpreter.run(device, list(inputs.values()))
+        np.testing.assert_array_equal(expected["y"], got["y"])
+
+
 def _gemm_module(add):
     m = Module("fc")
     x = input_op(m, "x", TensorType((1, 16), q8(0.1)))

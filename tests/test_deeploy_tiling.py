@@ -176,6 +176,7 @@ def test_a_standalone_unsigned_requant_inside_a_2d_graph_is_reshaped_around_the_
 def test_an_unsigned_requant_of_a_product_is_an_int8_requant_then_the_fused_shift_back():
     # HardSwish / a squeeze-excitation gate: int8 x int8 -> int32 (int.mul, which no kernel fuses with its requant)
     # -> uint8; the per-tensor RequantShift writes int8 only, so it goes through int8 (add - 128 div) and back
+    # (unsigned-product-requants), the way back fused behind an identity Conv (unsigned-requants-fused)
     m = Module("gate")
     shape = (1, 6, 3, 3)
     x = input_op(m, "x", TensorType(shape, q(0.1)))

@@ -212,12 +212,26 @@ def _collapse_matmul_reshapes(module: Module) -> None:
 
 @rule("explicit-pool-pads")
 def explicit_pool_pads(module: Module, target: DeeployTarget) -> None:
-    """MaxPool with pads -> Pad (value = the storage minimum, which never wins) + MaxPool without pads: Deeploy's
-    MaxPool kernels take no padding."""
+    """MaxPool with pads -> Pad (value = the least value the input can hold, which never wins) + MaxPool without
+    pads: Deeploy's MaxPool kernels take no padding.
+
+    The least value is the storage minimum, raised by a ReLU's clip right before the pool: fold-clips may then make
+    that clip an unsigned requant, which Deeploy types uint8, and the int8 minimum would not fit there."""
     for op in module.walk("int.maxpool"):
         pads = list(op.attr("pads") or [])
         if not any(pads):
             continue
         x = op.operands[0]
-        module.set_operand(op, 0, pad_op(module, x, pads, x.type.element.min, op.loc + "/pad"))
+        module.set_operand(op, 0, pad_op(module, x, pads, _least_value(x), op.loc + "/pad"))
         op.attrs["pads"] = [0] * len(pads)
+
+
+def _least_value(x) -> int:
+    """The least integer `x` can hold: its storage minimum, or the lower bound of the clip producing it."""
+    lo = int(x.type.element.min)
+    if x.owner.name == "int.clip":
+        lo = max(lo, int(x.owner.attr("min")))
+    elif x.owner.name == "int.requant_shift":
+        n = int(x.owner.attr("n_levels"))
+        lo = max(lo, -(n // 2) if x.owner.attr("signed") else 0)
+    return lo
