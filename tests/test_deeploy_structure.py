@@ -148,7 +148,9 @@ def deeploy_structure_problems(model: onnx.ModelProto, target, debug_pass_change
                 if t and t[0].data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
                     problems.append(f"{node.name}: MatMul constant {name} is not 8-bit")
             users = [n for n in g.node if node.output[0] in n.input]
-            if target.gemm_scalar_mul and [u.op_type for u in users] != ["RequantShift"]:
+            # (an int32 product that feeds more int32 arithmetic first, the softmax's half-step correction
+            # 2 (P x V) + J x V, has no requant of its own to fuse)
+            if target.gemm_scalar_mul and [u.op_type for u in users] not in (["RequantShift"], ["Reshape"], ["Mul"]):
                 problems.append(f"{node.name}: MatMul is not followed by its RequantShift (CMSIS fuses them)")
         if node.op_type == "Pad" and not target.pad_node:
             problems.append(f"{node.name}: Pad on a platform whose tiled flow has none")

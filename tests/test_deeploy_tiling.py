@@ -173,6 +173,23 @@ def test_a_standalone_unsigned_requant_inside_a_2d_graph_is_reshaped_around_the_
     assert ops(model) == ["Reshape", "Conv", "RequantShift", "Reshape", "Gemm", "RequantShift"]
 
 
+def test_an_unsigned_requant_of_a_product_is_an_int8_requant_then_the_fused_shift_back():
+    # HardSwish / a squeeze-excitation gate: int8 x int8 -> int32 (int.mul, which no kernel fuses with its requant)
+    # -> uint8; the per-tensor RequantShift writes int8 only, so it goes through int8 (add - 128 div) and back
+    m = Module("gate")
+    shape = (1, 6, 3, 3)
+    x = input_op(m, "x", TensorType(shape, q(0.1)))
+    g = input_op(m, "g", TensorType(shape, q(1 / 127)))
+    p = m.create("int.mul", [x, g], [TensorType(shape, i32)], {}, "/mul").result
+    output_op(m, "y", requant(m, p, shape, q(0.02, 20, signed=False), [41], 20 << 12, signed=False, loc="/hs"))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["Mul", "RequantShift", "Conv", "RequantShift"]
+    signs = [int(numpy_helper.to_array(a.t).reshape(-1)[0]) for n in model.graph.node for a in n.attribute
+             if a.name == "signed"]
+    assert signs == [1, 0]
+
+
 def test_no_requant_keeps_div_1():
     m = Module("unit")
     x = input_op(m, "x", TensorType((1, 4), q(0.1)))
@@ -198,3 +215,21 @@ def test_a_multiple_add_far_beyond_the_debug_pass_bound_is_rescaled():
     rqs = model.graph.node[-1]
     mul, add = inits[rqs.input[1]].reshape(-1), inits[rqs.input[2]].reshape(-1)
     assert mul[0] > 3 and add[0] == 5000 * mul[0]
+
+
+def test_a_residual_add_of_a_constant_tensor_is_the_requantized_add_form():
+    # tokens * c1 + positional embedding (an int8 constant tensor) * c2, as the transformer zoo's /Add: the scalar
+    # of each operand is its constant of size 1, not the embedding
+    rng = np.random.default_rng(4)
+    m = Module("pos")
+    x = input_op(m, "x", TensorType((1, 5, 8), q(0.05)))
+    pos = const_op(m, rng.integers(-128, 128, (1, 5, 8)).astype(np.int8), TensorType((1, 5, 8), q(0.04)), "/pos")
+    scaled = []
+    for v, c in ((x, 4), (pos, 4)):  # equal scales: the form is exact (docs/targets.md)
+        k = const_op(m, np.array([c], np.int32), TensorType((1,), i32), "/add/k")
+        scaled.append(m.create("int.mul", [v, k], [TensorType((1, 5, 8), i32)], {}, "/add").result)
+    s = m.create("int.add", scaled, [TensorType((1, 5, 8), i32)], {}, "/add").result
+    output_op(m, "y", requant(m, s, (1, 5, 8), q(0.1), [3], 0, div=1 << 6))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["RequantShift", "RequantShift", "Add", "RequantShift"]

@@ -217,3 +217,17 @@ def test_16bit_weights_are_refused_but_a_16bit_bias_is_not(tmp_path):
     msg = str(err.value)
     assert "node '/fc/w/DequantizeLinear'" in msg and "16-bit weights" in msg and "take 8-bit weights" in msg
     compile_model(model(np.int8, np.int16), "deeploy-siracusa", tmp_path / "out")
+
+
+def test_cli_outputs(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_model_with_float_softmax(), str(path))
+    cut = "/logits/DequantizeLinear_output_0"
+    run = subprocess.run(QIRC + [str(path), "--target", "deeploy-generic", "-o", str(tmp_path / "out"), "--outputs",
+                                 cut], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    model = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    assert "Softmax" not in {n.op_type for n in model.graph.node} and len(model.graph.output) == 1
+    run = subprocess.run(QIRC + [str(path), "--emit", "qir", "--outputs", f"{cut},nope"], capture_output=True,
+                         text=True)
+    assert run.returncode == 2 and run.stderr == "qirc: error: --outputs: 'nope' is not a tensor of the graph\n"

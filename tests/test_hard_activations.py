@@ -145,3 +145,23 @@ def test_mobilenetv3_block_compiles_within_the_contract_of_onnxruntime(opset, ta
         real = (got - outq["zero_point"]) * outq["scale"]
         # the issue-11 contract: within 4 output steps of onnxruntime (2 seen: gate roundings through the block)
         assert np.max(np.abs(real - ref)) / outq["scale"] <= 4 + 1e-4
+
+
+def test_unsigned_product_requant_on_siracusa_goes_through_int8():
+    """Siracusa's standalone RequantShift writes int8 only: the uint8 requant of a product is the int8 requant 128
+    lower, then a RequantShift adding 128 (fused by unsigned-requants-fused); the same integers."""
+    b = QuantBuilder()
+    x = b.input("x", (1, 8, 4, 4), 0.05, zero_point=-10)
+    g = b.input("g", (1, 8, 4, 4), 1 / 127)
+    b.output("y", b.quant(b.op("onnx.Mul", [x, g]), 0.02, zero_point=30, storage=u8))
+    t = get_target("deeploy-siracusa")
+    lower_module(b.module, signed=t.signed_normalize)
+    before = b.module.clone()
+    legalize(b.module, t)
+    verify(b.module)
+    mul = b.module.walk("int.mul")[0]
+    after_mul = mul.result.users[0]
+    assert after_mul.name == "int.requant_shift" and bool(after_mul.attrs["signed"])
+    for seed in range(3):
+        inputs = interpreter.random_inputs(before, seed)
+        np.testing.assert_array_equal(interpreter.run(b.module, inputs)["y"], interpreter.run(before, inputs)["y"])

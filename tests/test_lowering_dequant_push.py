@@ -130,7 +130,7 @@ def test_weight_zero_point_correction_is_the_input_twice(per_channel):
     _, wm = _u8_weights(b, (6, 5), 240, 1 if per_channel else None)
     b.output("mm", b.op("onnx.MatMul", [a, wm]))
     m, report = run(b)
-    assert [o.name for o in m.walk("int.")] == ["int.pad", "int.concat", "int.conv", "int.concat", "int.gemm",
+    assert [o.name for o in m.walk("int.")] == ["int.concat", "int.pad", "int.conv", "int.concat", "int.gemm",
                                                 "int.concat", "int.matmul", "int.add"]
     conv = m.walk("int.conv")[0]
     assert conv.operands[0].type.shape == (2, 6, 7, 7) and conv.operands[1].type.shape == (4, 6, 3, 3)

@@ -250,7 +250,8 @@ def _class_token_position_model():
 
 @pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
 def test_class_token_and_positions(tmp_path, target):
-    """On cortex-m, which has no Concat, the class token is a zero Pad of the tokens plus a constant: exact."""
+    """On cortex-m, which has no Concat, the class token is a zero Pad of the tokens plus a constant (rule
+    concat-as-pads): exact."""
     path = tmp_path / "cls.onnx"
     onnx.save(_class_token_position_model(), str(path))
     summary = driver.compile_model(str(path), target, tmp_path / "out")
@@ -261,3 +262,31 @@ def test_class_token_and_positions(tmp_path, target):
         assert ops["Concat"] == 0 and ops["Pad"] == 1
     else:
         assert ops["Concat"] == 1
+
+
+def test_siracusa_refuses_a_transformer_for_its_layernorm_first(tmp_path):
+    """Positional embedding then LayerNorm: Siracusa's refusal names the missing integer LayerNorm kernel (not the
+    positional Add, which another rule would refuse later)."""
+    nodes, inits = [], {}
+    x = _qdq(nodes, inits, "x", 0.05, 0, "in")
+    rng = np.random.default_rng(5)
+    inits.update(pos_q=rng.integers(-128, 128, (1, 6, 8)).astype(np.int8), pos_s=np.float32(0.011),
+                 pos_z=np.int8(0), gamma=rng.uniform(0.5, 1.5, 8).astype(np.float32),
+                 beta=rng.uniform(-0.1, 0.1, 8).astype(np.float32))
+    nodes += [helper.make_node("DequantizeLinear", ["pos_q", "pos_s", "pos_z"], ["pos"], name="/pos/DQ"),
+              helper.make_node("Add", [x, "pos"], ["emb"], name="/Add")]
+    e = _qdq(nodes, inits, "emb", 0.07, 0, "embed_quant")
+    nodes.append(helper.make_node("LayerNormalization", [e, "gamma", "beta"], ["ln"], axis=-1, name="/ln"))
+    y = _qdq(nodes, inits, "ln", 0.03, 0, "ln_quant")
+    nodes.append(helper.make_node("Identity", [y], ["y"], name="/out"))
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "ln.onnx"
+    onnx.save(model, str(path))
+    from qirc.qir.diagnostics import BackendError
+    with pytest.raises(BackendError, match=r"node '/ln' \(int.ilayernorm\): .*Siracusa has no integer LayerNorm"):
+        driver.compile_model(str(path), "deeploy-siracusa", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -50,19 +50,23 @@ def attention_tail(e=0.05, s_v=0.1, s_o=0.02, s_a=1 / 256, shape=(1, 2, 4, 6)):
     return b.module
 
 
-def test_softmax_output_grid_folds_into_the_p_x_v_requant():
+def test_softmax_output_grid_folds_into_the_p_x_v_requant_with_the_half_step_correction():
     m = attention_tail()
     lower_module(m)
-    assert ops(m) == ["int.isoftmax", "int.matmul", "int.requant_shift"]
+    assert sorted(ops(m)) == ["int.add", "int.isoftmax", "int.matmul", "int.matmul", "int.mul", "int.requant_shift"]
     (sm,) = m.walk("int.isoftmax")
     assert dict(sm.attrs) == {"coeffA": 1, "coeffB": 27, "coeffC": 384, "log2": 14, "n_levels": 256}
     assert sm.results[0].type.quant.scale == pytest.approx(1 / 255)
-    # the model's u8 @ 1/256 quantizer is gone: P x V reads the kernel's u / 255 and the requant applies 1/255 too
+    (j,) = [op for op in m.walk("int.matmul") if op.operands[0].owner.name == "qir.const"]
+    assert np.all(j.operands[0].owner.attrs["value"] == 1) and j.operands[0].type.shape == (1, 2, 4, 6)
+    # the model's u8 @ 1/256 quantizer is gone: P x V reads the kernel's u / 255, plus the half step the kernel's
+    # flooring normalisation loses: (u + 1/2) / 255, exactly, through 2 (P x V) + J x V on one int32 scale
     rng = np.random.default_rng(0)
     s = rng.integers(-128, 128, (1, 2, 4, 6))
     v = rng.integers(-128, 128, (1, 2, 6, 3))
     got = run(m, {"s": s, "v": v})["o"]
-    expect = requant(isoftmax(s, **softmax_coefficients(0.05)) @ v, (1 / 255) * 0.1 / 0.02)
+    u = isoftmax(s, **softmax_coefficients(0.05))
+    expect = requant((u + 0.5) @ v, (1 / 255) * 0.1 / 0.02)
     assert np.abs(got - expect).max() <= 1  # a RequantShift is within one step of the ideal requantizer
     assert np.mean(got == expect) > 0.95
 
@@ -75,9 +79,8 @@ def test_softmax_is_close_to_the_float_softmax():
     v = rng.normal(0, 3, (1, 4, 16, 3)).astype(np.float32)
     want = run(ref, {"s": s, "v": v})["o"] / 0.02
     got = run(m, {"s": quantize(s, 0.05), "v": quantize(v, 0.1)})["o"]
-    # the kernel's normalisation floors (about -0.5 step per probability, DESIGN.md section 7) and I-BERT's exp is
-    # coarse at e = 0.05: about one output step on average
-    assert np.abs(got - want).mean() < 1.5
+    # I-BERT's exp is coarse at e = 0.05; the flooring normalisation's half step is corrected
+    assert np.abs(got - want).mean() < 1.0
 
 
 def test_softmax_kept_quantizer_when_its_output_is_read_in_float_elsewhere():

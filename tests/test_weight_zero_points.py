@@ -1,6 +1,8 @@
 """Weights with zero points (onnxruntime's QUInt8 weights, WeightSymmetric=False) compiled for every target: int8
-weights when w - z_w fits int8, else the input read twice (Concat) with [w - z_w - d | d]; on a target without Concat
-a one-line error that says what to change."""
+weights when w - z_w fits int8, else the input read twice (Concat) with [w - z_w - d | d] (cortex-m, without Concat,
+gets that as zero-padded copies summed)."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -32,7 +34,7 @@ def u8_weight_model(zero_point: int) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("zero_point", [128, 90])
-@pytest.mark.parametrize("target", ("deeploy-generic", "deeploy-siracusa"))
+@pytest.mark.parametrize("target", TARGETS)
 def test_u8_weights_compile_and_match_onnxruntime(zero_point, target, tmp_path):
     model = u8_weight_model(zero_point)
     path = tmp_path / "m.onnx"
@@ -42,7 +44,10 @@ def test_u8_weights_compile_and_match_onnxruntime(zero_point, target, tmp_path):
     ops = [n.op_type for n in emitted.graph.node]
     concats = [n for n in emitted.graph.node if n.op_type == "Concat"]
     if zero_point == 128:
-        assert not concats  # w - 128 is an int8 weight
+        assert not concats and "Add" not in ops  # w - 128 is an int8 weight
+    elif target == "deeploy-cortexm":
+        # no Concat there: the two reads of the input are zero-padded into place and summed (concat-as-pads)
+        assert not concats and ops.count("Pad") == 2 and ops.index("Add") < ops.index("Conv")
     else:
         (concat,) = concats
         assert len(set(concat.input)) == 2  # Deeploy's Concat needs distinct input names
@@ -61,18 +66,17 @@ def test_u8_weights_compile_and_match_onnxruntime(zero_point, target, tmp_path):
         assert np.max(np.abs((got - out_zp) * 0.05 - ref)) <= 0.05 + 1e-6
 
 
-def test_cortexm_without_concat_says_what_to_change(tmp_path, capsys):
+def test_cortexm_takes_the_doubled_input_through_concat_as_pads(tmp_path, capsys):
+    """cortex-m has no Concat; concat-as-pads writes the doubled input as zero-padded copies summed (Pad, Add,
+    identity RequantShift), so 9-bit weight offsets compile there too (QEMU-ARM code generation rc 0)."""
     path = tmp_path / "m.onnx"
     onnx.save(u8_weight_model(90), path)
-    assert main([str(path), "--target", "deeploy-cortexm", "-o", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert "node '/conv/Conv/weight_zero_point'" in err[0] and "deeploy-cortexm" in err[0]
-    assert "WeightSymmetric=True" in err[0] and "no Concat" in err[0]
-    assert not (tmp_path / "out").exists()
-    # zero point 128 needs no Concat: it compiles there too
-    onnx.save(u8_weight_model(128), path)
     assert main([str(path), "--target", "deeploy-cortexm", "-o", str(tmp_path / "out")]) == 0
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    ops = [n.op_type for n in emitted.graph.node]
+    assert "Concat" not in ops and "Pad" in ops and ops.count("Conv") == 1
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["accuracy"]["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6
 
 
 def test_repeated_concat_operand_is_read_through_a_copy():

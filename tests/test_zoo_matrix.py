@@ -35,7 +35,12 @@ FAST_NETWORKS = ("resnet8", "dscnn-xs", "autoencoder-small")
 # Cases that miss the figures because of a known qirc bug: {(network, format, target): reason}.  strict: a fix
 # turns them into failures here, so that the entry is removed.
 KNOWN_FAILURES: dict = {
-    (network, fmt, target): "integer softmax, LayerNorm and GELU are not lowered yet (issue 13)"
+    (network, fmt, target): (
+        "Siracusa has no integer LayerNorm kernel: the transformers are refused there (issue 13)"
+        if target == "deeploy-siracusa" else
+        "Deeploy's integer softmax, LayerNorm and GELU approximate the float ops: the output is 9-15 steps from "
+        "onnxruntime at worst, beyond the CNN bound of 4 (per-kernel errors in qirc.json accuracy.approximations, "
+        "their cost with --layers in accuracy.exact_kernels; issue 13)")
     for network in ("kwt-tiny", "vit-tiny") for fmt in FORMATS for target in TARGETS}
 
 

@@ -56,6 +56,14 @@ def _output_step(op: Operation) -> float:
     return float(op.results[0].type.quant.scale)
 
 
+def half_step_corrected(module: Module, softmax: Operation) -> bool:
+    """True when every P x V product reading this iSoftmax carries the half-step correction (integer-transformer
+    adds J x V next to it, located at the product's location + "/half_step")."""
+    locs = {op.loc for op in module.ops() if op.name == "int.matmul"}
+    products = [u for u in softmax.results[0].users if u.name == "int.matmul"]
+    return bool(products) and all(p.loc + "/half_step" in locs for p in products)
+
+
 def approximation_report(quant_module: Module, int_module: Module,
                          int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
     """One entry per approximating op, in graph order: {"op", "node", "kernel", "samples", "elements",
@@ -66,12 +74,13 @@ def approximation_report(quant_module: Module, int_module: Module,
     if not ops:
         return []
     sums = {id(op): [0.0, 0.0, 0, 0] for op in ops}  # sum |err|, max |err|, count, wrapped
+    corrected = {id(op) for op in ops if op.name == "int.isoftmax" and half_step_corrected(int_module, op)}
     for sample in int_samples:
         values = run_values(int_module, dict(sample))
         for op in ops:
             x_int, y_int = values[op.operands[0]], values[op.results[0]]
             x = _real(x_int, op.operands[0].type)
-            y = _real(y_int, op.results[0].type)
+            y = _real(y_int + (0.5 if id(op) in corrected else 0.0), op.results[0].type)
             err = np.abs(y - _float_op(op, x, quant_module)) / _output_step(op)
             acc = sums[id(op)]
             acc[0] += float(err.sum())
@@ -90,5 +99,7 @@ def approximation_report(quant_module: Module, int_module: Module,
                  "mean_error_steps": round(total / max(count, 1), 4), "max_error_steps": round(worst, 4)}
         if op.name == "int.ilayernorm":
             entry["wrapped"] = wrapped
+        if op.name == "int.isoftmax":
+            entry["half_step_corrected"] = id(op) in corrected
         report.append(entry)
     return report

@@ -178,13 +178,14 @@ def _conv(module: Module, op: Operation) -> bool:
     z = xq.zero_point
     x_in = x
     loc = op.loc
+    if split is not None:
+        # doubled before the padding: the Conv reads the pad directly (Siracusa folds a pad into its Conv only then)
+        x_in = _doubled_input(module, x_in, 1, loc)
     if z != 0:
         bias = bias - z * w.reshape(c_out, -1).sum(axis=1)
         if any(pads):
-            x_in = pad_op(module, x, pads, z, loc)
+            x_in = pad_op(module, x_in, pads, z, loc)
             pads = [0] * (2 * n_spatial)
-    if split is not None:
-        x_in = _doubled_input(module, x_in, 1, loc)
     attrs = {"kernel_shape": [int(k) for k in w.shape[2:]], "pads": pads, "strides": strides,
              "dilations": dilations, "group": group}
     operands = [x_in, w_value]

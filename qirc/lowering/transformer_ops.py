@@ -10,7 +10,7 @@ import numpy as np
 
 from ..qir.ir import Module, Operation, Value, const_op
 from ..qir.passes import ModulePass, register_pass
-from ..qir.types import TensorType, UniformQuantType, i32, u8
+from ..qir.types import TensorType, UniformQuantType, i8, i32, u8
 from .common import apply_rules, const_array, dcast_source, fail, int_const, real_const
 
 #: the I-BERT constants (Kim et al. 2021): exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344 on [-ln 2, 0];
@@ -39,7 +39,9 @@ class IntegerTransformer(ModulePass):
     {coeffA = 1, coeffB = round(1.353 / e), coeffC = round(0.344 / (0.3585 e^2)), log2 = round(ln 2 / e),
     n_levels = 256} : u8 @ 1/255`.  When only dequantizers read %a (P feeding the P x V MatMul), %a is replaced by %u
     itself: the kernel's 1/255 grid folds into the next requant instead of being requantized onto s_a first (a
-    graph output keeps the model's scale through a requant).
+    graph output keeps the model's scale through a requant).  The kernel's normalisation floors, so u is half a
+    step low on average: each P x V MatMul then also adds J x V, J all ones at scale 1/2 / 255 (an int8 constant of
+    P's shape), which puts the missing half step back exactly.
     LayerNormalization (last axis, constant Scale gamma and B beta).  Before: `onnx.LayerNormalization(dcast %x) ;
     quant.qcast : i8 @ s_o, z_o` (directly or through float shape ops).  After: `int.ilayernorm %x, weight, bias
     {D = 2^k} : i8 @ s_o, z_o` with
@@ -157,10 +159,31 @@ def _softmax(module: Module, op: Operation) -> bool:
         # next requant (after P x V) folds it in instead of a lossy requant onto the model's scale first
         module.replace_op(qcasts[0], [new.result])
         folded = True
+        for dcast in list(new.result.users):
+            for mm in list(dcast.results[0].users):
+                if mm.name == "onnx.MatMul" and mm.operands[0] is dcast.results[0] and \
+                        mm.operands[1] is not dcast.results[0]:
+                    _half_step_correction(module, mm)
     if not folded:
         dcast = module.create("quant.dcast", [new.result], [op.results[0].type], {}, op.loc)
         module.replace_op(op, [dcast.result])
     return True
+
+
+def _half_step_correction(module: Module, mm: Operation) -> None:
+    """P x V reads the iSoftmax output u, whose normalisation floors 255 * y / sum: on average u = 255 p - 1/2.
+    Add the missing half step exactly: P x V + J x V with J all ones at scale (1/2) / 255 (an int8 constant of P's
+    shape; J x V sums V over the keys for every query), so that the product uses (u + 1/2) / 255.  add-rescale then
+    sums the two int32 products on a common scale (2 (P x V) + J x V) before the requant."""
+    p, v = mm.operands
+    shape = p.type.shape
+    ones = const_op(module, np.ones(shape, np.int8),
+                    TensorType(shape, UniformQuantType.per_tensor(i8, 0.5 / (SOFTMAX_LEVELS - 1), 0)),
+                    mm.loc + "/half_step")
+    j = module.create("quant.dcast", [ones], [TensorType(shape, p.type.element)], {}, mm.loc).result
+    corr = module.create("onnx.MatMul", [j, v], [mm.results[0].type], {}, mm.loc + "/half_step").result
+    add = module.create("onnx.Add", [mm.results[0], corr], [mm.results[0].type], {}, mm.loc + "/half_step")
+    module.replace_all_uses(mm.results[0], add.results[0], except_ops=[add])
 
 
 # ----- LayerNorm ------------------------------------------------------------------------------------------------------
@@ -292,8 +315,8 @@ def _fold_const_chain(module: Module, value: Value) -> Optional[Value]:
 
 def _matmul_activations(module: Module, op: Operation) -> bool:
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
-    if a is None or b is None or const_array(b) is not None or const_array(a) is not None:
-        return False  # a constant operand is dequant-push's (weights)
+    if a is None or b is None or const_array(b) is not None:
+        return False  # constant weights are dequant-push's
     for i, source in ((0, a), (1, b)):
         folded = _fold_const_chain(module, source)
         if folded is not None:  # weights after all: make them a constant for dequant-push's MatMul rule
@@ -320,11 +343,12 @@ _RULES = {"onnx.Softmax": _softmax, "onnx.LayerNormalization": _layernorm, "onnx
 # ----- what is left ---------------------------------------------------------------------------------------------------
 def refuse_unlowered(module: Module) -> None:
     """After the lowering sweeps: name a Softmax / LayerNorm / GELU that could not be lowered and why."""
+    kernels = {"onnx.Softmax": "softmax", "onnx.LayerNormalization": "LayerNorm", "onnx.Gelu": "GELU"}
     for op in module.ops():
-        if op.name not in _RULES:
-            continue
+        if op.name not in kernels:
+            continue  # (an unlowered MatMul is a float op like any other: check-integer-only names it)
         source = dcast_source(op.operands[0])
-        what = {"onnx.Softmax": "softmax", "onnx.LayerNormalization": "LayerNorm", "onnx.Gelu": "GELU"}[op.name]
+        what = kernels[op.name]
         if source is None or source.owner.name not in ("quant.qcast",) and source.type.storage.width != 8:
             hint = _HINT_SOFTMAX if op.name == "onnx.Softmax" else (
                 _HINT_GELU_IN if op.name == "onnx.Gelu" else "an input quantizer")

@@ -6,7 +6,7 @@ iLayerNorm or iGELU) replaced by the float op it approximates, rounded once onto
 Each row gives the network's output error against the fake-quant model (mean and max in output steps, argmax
 agreement, as the driver's accuracy report computes them) with that kind computed exactly; the first row is the
 integer graph as emitted.  The difference between a row and the first is the cost of that approximation.  The exact
-stand-ins: softmax rounded to u / 255; LayerNorm with the model's epsilon, gamma / s_o and beta / s_o + z_o as the
+stand-ins: softmax rounded to u / 255 (less the half step that the P x V correction adds back, where it is present); LayerNorm with the model's epsilon, gamma / s_o and beta / s_o + z_o as the
 recipe encoded them (weight / 2^k, (bias - 2^(k-1)) / 2^k), rounded and saturated to int8 (no wrap); erf GELU
 rounded onto the kernel's int32 grid s / one.  Nothing here changes the graph that is emitted.
 """
@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ..backends.deeploy.vectors import accuracy_report
-from ..lowering.approximations import APPROXIMATING
+from ..lowering.approximations import APPROXIMATING, half_step_corrected
 from ..qir.interpreter import KERNELS
 from ..qir.ir import Module
 from ..qir.kernels_transformer import log2_exact
@@ -32,10 +32,13 @@ def _epsilons(quant_module: Module) -> Dict[str, float]:
     return {op.loc: float(op.attr("epsilon")) for op in quant_module.walk("onnx.LayerNormalization")}
 
 
-def _exact_softmax(op, args):
-    x = np.asarray(args[0], np.float64) * op.operands[0].type.quant.scale
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return [np.clip(np.rint(255.0 * e / e.sum(axis=-1, keepdims=True)), 0, 255).astype(np.int64)]
+def _exact_softmax(corrected=frozenset()):
+    def kernel(op, args):
+        x = np.asarray(args[0], np.float64) * op.operands[0].type.quant.scale
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        shift = 0.5 if id(op) in corrected else 0.0  # the products add the half step back
+        return [np.clip(np.rint(255.0 * e / e.sum(axis=-1, keepdims=True) - shift), 0, 255).astype(np.int64)]
+    return kernel
 
 
 def _exact_gelu(op, args):
@@ -76,7 +79,8 @@ def exact_kernel_ablation(quant_module: Module, int_module: Module, samples, int
     kinds = [name for name in APPROXIMATING if int_module.walk(name)]
     if not kinds:
         return []
-    exact = {"int.isoftmax": _exact_softmax, "int.igelu": _exact_gelu,
+    corrected = frozenset(id(op) for op in int_module.walk("int.isoftmax") if half_step_corrected(int_module, op))
+    exact = {"int.isoftmax": _exact_softmax(corrected), "int.igelu": _exact_gelu,
              "int.ilayernorm": _exact_layernorm(_epsilons(quant_module))}
     rows = [{"computed_exactly": None,
              "outputs": accuracy_report(quant_module, int_module, int_module, samples, int_samples)["outputs"]}]

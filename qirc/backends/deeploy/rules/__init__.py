@@ -11,7 +11,8 @@ requant that the bias went into); residual adds after the clips (on Siracusa the
 requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
 goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
 once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last
-(the transformer kernels' before the generic form check, so that their refusals say why).
+(the transformer kernels' before the generic form check, so that their refusals say why; Siracusa's refusal of
+an integer LayerNorm first of all, before another rule refuses a transformer's constant positional add).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
     checks.integer_only,
+    transformer.siracusa_transformer_kernels,
     canonical.shape_ops_to_reshape,
     rank.rank3_to_rank4,
     canonical.distinct_concat_operands,
@@ -32,7 +34,6 @@ ORDER: Tuple[Rule, ...] = (
     trunc.trunc_round_half_up,
     moves.requant_before_transposes,
     moves.token_matmuls_2d,
-    moves.class_token_without_concat,
     gemm.per_channel_matmul_as_gemm,
     pools.sum_pools,
     convs.depthwise_to_dense,
@@ -44,19 +45,22 @@ ORDER: Tuple[Rule, ...] = (
     gemm.per_channel_gemm_as_conv,
     bias.fold_biases,
     clips.fold_clips,
+    transformer.drop_softmax_half_step,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
     transformer.concat_as_pads,
+    transformer.matmul_add_apart,
     tiling.border_padding,
+    products.unsigned_product_requants,
     tiling.unsigned_requants_fused,
     tiling.requant_div_min,
+    requant.offset_after_merged_requant,
     requant.shape_requant_params,
     requant.smallest_exact_shift,
     gemm.gemm_requant_add_to_bias,
     harness.debug_pass_invariant_adds,
     outputs.trailing_reshapes,
     checks.erase_dead,
-    transformer.siracusa_transformer_kernels,
     transformer.gelu_requant,
     transformer.activation_matmul_batches,
     checks.check_forms,

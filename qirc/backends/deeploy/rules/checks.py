@@ -150,9 +150,9 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
 
 
 def _same_source(a, b) -> bool:
-    """True when a and b are the same tensor, up to copies by int.reshape to the same shape."""
+    """True when a and b are the same tensor (of one shape), up to int.reshape copies of it."""
     def root(v):
-        while v.owner.name == "int.reshape" and v.owner.operands[0].type.shape == v.type.shape:
+        while v.owner.name == "int.reshape":
             v = v.owner.operands[0]
         return v
-    return root(a) is root(b)
+    return a.type.shape == b.type.shape and root(a) is root(b)

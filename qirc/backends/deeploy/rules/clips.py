@@ -113,11 +113,13 @@ def _clip_requants(module: Module, clip: Operation, x: Value, lo: int, hi: int, 
     c, n = shifted
     centred = _unit_requant(module, x, -c, True, n, shifted_type(out.type, c), clip.loc, target)
     signed = hi <= 127
+    if out.type.is_quant and not out.type.storage.signed:
+        signed = False  # an unsigned tensor (no signed normalisation): the full uint8 clip, a no-op on lo..hi too
     result_type = out.type
     if out.type.is_quant and out.type.element.narrow:
         # the second RequantShift states the full 8-bit clip (its kernel's); the values stay within lo..hi, but the
         # result's declared storage range must hold what the op can write (a 4-bit ReLU: i8<-128:-113>)
-        full_lo, full_hi = _requant_range(signed, 256)
+        full_lo, full_hi = requant_range(signed, 256)
         result_type = TensorType(out.type.shape, out.type.element.with_(storage_min=full_lo, storage_max=full_hi))
     return _unit_requant(module, centred, c, signed, 256, result_type, clip.loc + "/offset", target, [out.name])
 

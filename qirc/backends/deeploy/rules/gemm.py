@@ -135,7 +135,18 @@ def per_channel_matmul_as_gemm(module: Module, target: DeeployTarget) -> None:
     for mm in module.walk("int.matmul"):
         rqs = sole_user(mm.result)
         b = const_value(mm.operands[1])
-        if rqs is None or rqs.name != "int.requant_shift" or b is None or b.ndim != 2:
+        if b is None or b.ndim != 2:
+            continue
+        bias = np.zeros((b.shape[1],), np.int64)
+        if rqs is not None and rqs.name == "int.add":
+            # a constant added per feature (an input zero point's correction): the Gemm's bias
+            add = rqs
+            c = next((const_value(v) for v in add.operands if const_value(v) is not None), None)
+            if c is None or c.size not in (1, b.shape[1]):
+                continue
+            bias = bias + np.broadcast_to(c.astype(np.int64).reshape(-1), bias.shape)
+            rqs = sole_user(add.result)
+        if rqs is None or rqs.name != "int.requant_shift":
             continue
         params = [np.asarray(rqs.attr(k), np.int64) for k in ("mul", "add")]
         if all(p.size == 1 for p in params):
@@ -150,8 +161,8 @@ def per_channel_matmul_as_gemm(module: Module, target: DeeployTarget) -> None:
         if mm.operands[1].type.is_quant and b_elem.is_per_axis:
             b_elem = b_elem.with_(axis=1 - b_elem.axis % 2)  # the output channel axis moves from 1 to 0
         bt = const_op(module, np.ascontiguousarray(b.T), TensorType((e, k), b_elem), mm.operands[1].owner.loc)
-        zero = int_const(module, np.zeros((e,), np.int64), mm.loc + "/bias", i32)
-        acc = mm.result
+        zero = int_const(module, bias, mm.loc + "/bias", i32)
+        acc = rqs.operands[0]  # the matmul, or the add of its constant: what the requant reads
         gemm = module.create("int.gemm", [a2, bt, zero], [_channels_last(acc.type, (rows, e))],
                              {"transA": 0, "transB": 1}, mm.loc, [acc.name])
         attrs = dict(rqs.attrs)

@@ -49,3 +49,36 @@ def _spread(module: Module, op: Operation, small: Value, shape: tuple, target: D
                        {"mul": np.array([unit], np.int64), "add": np.array([0], np.int64), "div": unit,
                         "signed": signed, "n_levels": 256}, loc).result
     return module.create("int.reshape", [rq], [TensorType(shape, element)], {"shape": list(shape)}, loc).result
+
+
+@rule("unsigned-product-requants", when="unsigned_requant_fused")
+def unsigned_product_requants(module: Module, target: DeeployTarget) -> None:
+    """An unsigned RequantShift of an int32 tensor that no kernel fuses (a product int8 x int8 -> int32 of a
+    squeeze-excitation or HardSwish) -> the same requant onto int8 with its output moved down by 128, then a
+    RequantShift that adds the 128 back (mul = div = the clip unit) onto uint8, whose 8-bit input
+    unsigned-requants-fused then fuses.
+
+    Exact: clip(v, 0, 255) - 128 = clip(v - 128, -128, 127) for every integer v; the platform's standalone
+    RequantShift writes int8 only (found with Deeploy's Siracusa code generation on MobileNetV3-small)."""
+    for rqs in list(module.walk("int.requant_shift")):
+        x = rqs.operands[0]
+        if bool(rqs.attr("signed")) or int(rqs.attr("n_levels")) != 256 or x.owner.name != "int.mul":
+            continue
+        if x.type.is_quant and x.type.element.storage.width <= 8:
+            continue
+        out = rqs.result
+        div = int(rqs.attr("div"))
+        shifted_type = out.type.element
+        if out.type.is_quant:
+            shifted_type = shifted_type.with_(storage=ScalarType("i8"), storage_min=-128, storage_max=127,
+                                              zero_points=tuple(z - 128 for z in shifted_type.zero_points))
+        else:
+            shifted_type = ScalarType("i8")
+        low = module.create("int.requant_shift", [x], [TensorType(out.type.shape, shifted_type)],
+                            {**rqs.attrs, "add": np.asarray(rqs.attrs["add"], np.int64) - 128 * div, "signed": True},
+                            rqs.loc + "/int8").result
+        unit = int(max(target.clip_requant_unit, target.requant_div_min))
+        back = module.create("int.requant_shift", [low], [out.type],
+                             {"mul": np.array([unit], np.int64), "add": np.array([128 * unit], np.int64), "div": unit,
+                              "signed": False, "n_levels": 256}, rqs.loc, [out.name]).result
+        module.replace_op(rqs, [back])

@@ -3,10 +3,63 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....qir.ir import Module
+from ....qir.ir import Module, Operation
 from ..targets import DeeployTarget
-from .common import fail, fits_int32
+from .clips import requant_range
+from .common import fail, fits_int32, move_zero_points, sole_user
 from .rule import rule
+
+_MERGED = ("int.conv", "int.gemm", "int.matmul")  # what the add_before_mul platforms merge with their requant
+
+
+def _unit_shift(rqs: Operation):
+    """c when `rqs` computes x + c (then clips): mul == div, one value each, add a multiple of div; else None."""
+    mul, add = (np.asarray(rqs.attr(k), np.int64).reshape(-1) for k in ("mul", "add"))
+    div = int(rqs.attr("div"))
+    if mul.size != 1 or add.size != 1 or int(mul[0]) != div or int(add[0]) % div:
+        return None
+    return int(add[0]) // div
+
+
+@rule("offset-after-merged-requant", when="add_before_mul")
+def offset_after_merged_requant(module: Module, target: DeeployTarget) -> None:
+    """A Conv's, Gemm's or MatMul's requant whose add is not a multiple of mul (an output zero point) and whose only
+    user is a RequantShift that adds a constant and clips (the clip pair of a narrow ReLU) -> the same requant with
+    an offset k moved out of its add (add - k div, a multiple of mul) and into the clipping RequantShift's (+ k).
+
+    The platform's merge rounds add to a multiple of mul (requant-params states it), which moves the fused requant's
+    output by up to half a step of its gain and flips its rounding now and then: harmless in an int8 tensor, but a
+    4-bit ReLU's step is 16 int8 steps, and later layers amplify the flips beyond 4 output steps.  With k moved,
+    nothing is rounded.  Exact: both requants clip, and k is chosen so that the values the second one lets through
+    lie inside the first one's range before and after the move (clip(clip(y, R) + c, W) = clip(y + c, W) then)."""
+    for rqs in module.walk("int.requant_shift"):
+        if rqs.operands[0].owner.name not in _MERGED:
+            continue
+        mul = np.asarray(rqs.attr("mul"), np.int64)
+        add = np.asarray(rqs.attr("add"), np.int64)
+        div = int(rqs.attr("div"))
+        if np.any(mul <= 0) or not np.any(add % mul):
+            continue
+        nxt = sole_user(rqs.result)
+        c = None if nxt is None or nxt.name != "int.requant_shift" else _unit_shift(nxt)
+        if c is None:
+            continue
+        lo, hi = requant_range(bool(rqs.attr("signed")), int(rqs.attr("n_levels")))
+        lo2, hi2 = requant_range(bool(nxt.attr("signed")), int(nxt.attr("n_levels")))
+        w_lo, w_hi = lo2 - c, hi2 - c  # the first requant's outputs that the second one does not clip
+        if not (lo <= w_lo and w_hi <= hi):
+            continue
+        zero_points = rqs.result.type.quant.zero_points if rqs.result.type.is_quant else (0,)
+        candidates = sorted(range(w_hi - hi, w_lo - lo + 1), key=lambda k: (abs(k - zero_points[0]), k))
+        for k in candidates:
+            moved = add - k * div
+            if np.any(moved % mul) or not fits_int32(moved):
+                continue
+            if not move_zero_points(rqs.result, -k):
+                continue
+            rqs.attrs["add"] = moved
+            nxt.attrs["add"] = np.asarray(nxt.attr("add"), np.int64) + k * int(nxt.attr("div"))
+            break
 
 
 @rule("requant-params")

@@ -21,7 +21,9 @@ def _affine_source(v: Value) -> Optional[Tuple[Value, int, int]]:
         op = v.owner
         if op.name not in ("int.mul", "int.add") or len(op.operands) != 2:
             return None
-        k_index = next((i for i, o in enumerate(op.operands) if const_value(o) is not None), None)
+        # the scalar constant (the other operand may be a constant tensor too: a positional embedding)
+        k_index = next((i for i, o in enumerate(op.operands)
+                        if const_value(o) is not None and const_value(o).size == 1), None)
         if k_index is None:
             return None
         k = const_value(op.operands[k_index])

@@ -248,7 +248,8 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
     that is not NCHW is reshaped to [N, C, 1, 1] (or [N, C, L, 1]) around it.
 
     Exact: the Conv copies its 8-bit input into the int32 accumulator; pulp-nn clips to 0..255, which is the
-    requant's own range (a narrower unsigned clip was split off by fold-clips)."""
+    requant's own range (a narrower unsigned clip was split off by fold-clips).  A requant of an int32 tensor that no
+    kernel fuses (an int.mul's product) first goes through int8 (`_signed_first`)."""
     for rqs in list(module.walk("int.requant_shift")):
         if bool(rqs.attr("signed")) or int(rqs.attr("n_levels")) > 256:
             continue  # (wider than 8 bits: requant-params refuses it, naming its n_levels)
@@ -256,8 +257,7 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
         if x.owner.name in FUSING and sole_user(x) is rqs or _feeds_requantized_add(rqs):
             continue
         if not is_8bit(x):
-            raise fail(rqs, target, "an unsigned requant_shift of a computed int32 tensor has no form on this "
-                                    "platform (it must be fused with the op before it)")
+            x = _signed_first(module, rqs, target)
         shape = tuple(x.type.shape)
         if len(shape) < 2 or len(shape) > 4:
             raise fail(rqs, target, f"an unsigned requant_shift of a rank-{len(shape)} tensor has no form on this "
@@ -285,6 +285,28 @@ def unsigned_requants_fused(module: Module, target: DeeployTarget) -> None:
         module.replace_all_uses(out, fused)
         module.erase(rqs)
     module.erase_dead()
+
+
+def _signed_first(module: Module, rqs: Operation, target: DeeployTarget) -> Value:
+    """An unsigned requant of a computed int32 tensor that no kernel fuses (an int.mul's product: HardSwish, a
+    squeeze-excitation gate) -> the same requant to int8 with add - 128 div (the per-tensor RequantShift binding's
+    int8 output), then `rqs` as the unit requant + 128 of that, which the caller fuses with an identity Conv.
+
+    Exact: clip(r - 128, -128, 127) + 128 = clip(r, 0, 255) for the requant's rounded value r.  Returns the int8
+    tensor; BackendError where the requant is per channel (Siracusa's per-channel RequantShift does not tile) or
+    clips to fewer than 256 levels."""
+    params = {k: np.asarray(rqs.attrs[k], np.int64) for k in ("mul", "add")}
+    if any(p.size != 1 for p in params.values()) or int(rqs.attr("n_levels")) != 256:
+        raise fail(rqs, target, "an unsigned per-channel requant_shift of a computed int32 tensor has no form on "
+                                "this platform (it must be fused with the op before it; its per-channel "
+                                "RequantShift does not tile)")
+    div = int(rqs.attr("div"))
+    signed = module.create("int.requant_shift", [rqs.operands[0]], [shifted_type(rqs.result.type, 128)],
+                           {**rqs.attrs, "add": params["add"] - 128 * div, "signed": True}, rqs.loc + "/int8").result
+    u = max(target.clip_requant_unit, target.requant_div_min)
+    rqs.attrs.update({"mul": np.array([u], np.int64), "add": np.array([128 * u], np.int64), "div": u})
+    module.set_operand(rqs, 0, signed)
+    return signed
 
 
 def _identity_gemm(module: Module, rqs: Operation, target: DeeployTarget) -> None:

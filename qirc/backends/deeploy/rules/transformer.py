@@ -123,3 +123,53 @@ def concat_as_pads(module: Module, target: DeeployTarget) -> None:
                                "n_levels": 1 << storage.width}, op.loc).result
         back = module.create("int.reshape", [y], [out.type], {"shape": list(out.type.shape)}, op.loc)
         module.replace_op(op, [back.result])
+
+
+@rule("matmul-add-apart", when="residual_add == mul-add")
+def matmul_add_apart(module: Module, target: DeeployTarget) -> None:
+    """An int.matmul read by an int.add of another computed tensor (the softmax's half-step correction: 2 (P x V) +
+    J x V) gets a same-shape Reshape in between: Deeploy Generic's MatMulAddMergePass turns every MatMul -> Add into a
+    Gemm whose bias is the Add's constant operand, or, when it has none, its second input (the MatMul's own output:
+    Deeploy then fails, "Constant ... has more than one output").  CMSIS has no such pass; the Reshape costs nothing
+    there and keeps its graphs runnable on Generic (how their arithmetic was checked)."""
+    for add in module.walk("int.add"):
+        if any(v.owner.name == "qir.const" for v in add.operands):
+            continue
+        for i, v in enumerate(add.operands):
+            if v.owner.name == "int.matmul":
+                apart = module.create("int.reshape", [v], [v.type], {"shape": list(v.type.shape)},
+                                      v.owner.loc + "/apart").result
+                module.set_operand(add, i, apart)
+
+
+def _half_step_term(v) -> bool:
+    """True for the J x V product of the softmax's half-step correction (an int.matmul of an all-ones constant)."""
+    op = v.owner
+    if op.name != "int.matmul" or not op.loc.endswith("/half_step") or op.operands[0].owner.name != "qir.const":
+        return False
+    return bool(np.all(np.asarray(op.operands[0].owner.attrs["value"]) == 1))
+
+
+@rule("drop-softmax-half-step", when="residual_add == requantized-add")
+def drop_softmax_half_step(module: Module, target: DeeployTarget) -> None:
+    """Where an Add of two int32 tensors is written as a RequantizedAdd (Siracusa, which clips both operands to 8
+    bits) the softmax's half-step correction 2 (P x V) + J x V has no exact form and is dropped: the factor 2 goes
+    into the requant's mul, which then computes the uncorrected P x V exactly (losing the half step the integer
+    softmax floors away)."""
+    for add in module.walk("int.add"):
+        terms = [v for v in add.operands if _half_step_term(v)]
+        if len(terms) != 1:
+            continue
+        other = next(v for v in add.operands if v is not terms[0])
+        users = add.results[0].users
+        mul = other.owner
+        if mul.name == "int.mul" and len(users) == 1 and users[0].name == "int.requant_shift" and \
+                any(w.owner.name == "qir.const" and np.all(np.asarray(w.owner.attrs["value"]) == 2)
+                    for w in mul.operands):
+            rqs = users[0]
+            product = next(w for w in mul.operands if w.owner.name != "qir.const")
+            rqs.attrs["mul"] = np.asarray(rqs.attrs["mul"]) * 2
+            module.set_operand(rqs, 0, product)
+        else:
+            raise fail(add, target, "the softmax's half-step correction has no form on this platform")
+    module.erase_dead()

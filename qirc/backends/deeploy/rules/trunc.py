@@ -48,11 +48,13 @@ def _parity_sum(t: Operation):
     return None
 
 
-@rule("trunc-round-half-up", when="signed_normalize")
+@rule("trunc-round-half-up")
 def trunc_round_half_up(module: Module, target: DeeployTarget) -> None:
-    """A QONNX Trunc rounding half to even (the frontend's exact parity form) -> one round-half-up RequantShift from
-    its input grid, folded into the requant onto that grid when it is an exact shift that never clips (see the
-    module docstring: the difference is the one-step tie allowance)."""
+    """A QONNX Trunc rounding half to even (the frontend's exact parity form) that the platform cannot take (its
+    Adds are 8-bit RequantizedAdds, its Conv (a pool's sum) must have one requant as its only user, or the grid is
+    wider than the 8-bit RequantShift writes) -> one
+    round-half-up RequantShift from its input grid, folded into the requant onto that grid when it is an exact shift
+    that never clips (see the module docstring: the difference is the one-step tie allowance)."""
     for t in module.walk("int.requant_shift"):
         if t.module is not module:
             continue
@@ -60,11 +62,15 @@ def trunc_round_half_up(module: Module, target: DeeployTarget) -> None:
         if found is None:
             continue
         q, _ = found
+        grid = _requant(q)
+        exact_fits = (target.residual_add != "requantized-add" and not target.conv_needs_requant and
+                      (grid is None or int(grid.attr("n_levels")) <= 256))
+        if exact_fits:
+            continue  # Generic: int32 Adds, a bare Conv for the pool's sum read three times, a grid of <= 8 bits
         div = int(t.attr("div"))
         add = np.asarray(t.attr("add"), np.int64) + 1  # t = floor((q + p - 1 + div/2) / div) without p and the -1
         mul = np.asarray(t.attr("mul"), np.int64)
         source = q
-        grid = _requant(q)
         if grid is not None and _exact_unclipped_shift(grid):
             # q = x + c exactly: t = floor((x + c) * mul + add + div/2) / div)
             c = int(np.asarray(grid.attr("add")).reshape(-1)[0]) // int(grid.attr("div"))
