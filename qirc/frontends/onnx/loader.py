@@ -328,7 +328,8 @@ def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
     light.functions.extend(model.functions)
     lg = light.graph
     lg.name = graph.name
-    lg.node.extend(graph.node)
+    # in topological order: onnx's shape inference types nodes in list order (a file out of order left values untyped)
+    lg.node.extend(index.nodes or graph.node)
     lg.input.extend(graph.input)
     lg.output.extend(graph.output)
     lg.value_info.extend(graph.value_info)
