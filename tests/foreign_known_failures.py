@@ -6,7 +6,5 @@ Regenerate the list with `python tests/foreign_matrix.py --known FILE` (it write
 """
 
 KNOWN_FAILURES = {
-    'int4_relu4/brevitas-qdq@cortexm': 'inaccurate',
-    'int4_relu4/brevitas-qonnx@cortexm': 'inaccurate',
     'resnet18/pt-u8s8@siracusa': 'inaccurate',
 }
