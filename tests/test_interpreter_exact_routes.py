@@ -359,6 +359,7 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((2, 3, 12, 13), (4, 3, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # uneven strides with a dilation
     ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise
     ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
+    ((2, 2, 5, 6), (3, 2, 3, 3), [3, 0, 2, 4], [2, 3], [1, 1], 1),   # pads wider than the strides: empty phase rows
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
                                                           group, monkeypatch):

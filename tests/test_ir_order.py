@@ -79,6 +79,8 @@ def test_order_equals_the_reference_sort_after_every_mutation(seed):
             acyclic_rewire(m, rng)
         elif kind == "erase_dead":
             m.erase_dead()
+            # it looks only at ops added or unlinked from since its last call: no dead op may be left anywhere
+            assert not [o for o in m._ops if m._is_dead(o)], f"step {step}: dead ops left"
         elif kind == "append" and live:
             output_op(m, f"o{step}", relu(m, rng.choice(live).result, f"/tail{step}").result)
         elif kind == "batch":  # several mutations between two reads of the order

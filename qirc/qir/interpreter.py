@@ -657,11 +657,24 @@ def _flat_layout(x: np.ndarray, pads, kernel, strides, dilations, dtype):
     Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
     Hq, Wq = -(-Hp // sh), -(-Wp // sw)
     full = (Hq * sh, Wq * sw)
-    # pad, convert and go channel-major in one pass (plus one to split the phases of a strided conv)
-    X = (np.zeros if any(pads) or full != (Hp, Wp) else np.empty)((C, N) + full, dtype=dtype)
-    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
-    if sh * sw > 1:
-        X = np.ascontiguousarray(X.reshape(C, N, Hq, sh, Wq, sw).transpose(0, 3, 5, 1, 2, 4))
+    if sh * sw == 1:
+        # pad, convert and go channel-major in one pass
+        X = (np.zeros if any(pads) or full != (Hp, Wp) else np.empty)((C, N) + full, dtype=dtype)
+        X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    else:
+        # each phase (a, b) straight from x (padded row i*sh + a is x's row i*sh + a - pad_top, likewise columns):
+        # one pass that pads, converts and splits, where padding first and splitting after took two
+        X = np.zeros((C, sh, sw, N, Hq, Wq), dtype=dtype)
+        xt = x.transpose(1, 0, 2, 3)
+        for a in range(sh):
+            i0 = max(0, -(-(pads[0] - a) // sh))  # the first phase row that holds a row of x
+            r0 = i0 * sh + a - pads[0]
+            for b in range(sw):
+                j0 = max(0, -(-(pads[1] - b) // sw))
+                c0 = j0 * sw + b - pads[1]
+                if r0 < H and c0 < W:
+                    rows, cols = len(range(r0, H, sh)), len(range(c0, W, sw))
+                    X[:, a, b, :, i0:i0 + rows, j0:j0 + cols] = xt[:, :, r0::sh, c0::sw]
     X = X.reshape(C, sh * sw, N * Hq * Wq)
     taps = [(((i * dilations[0]) % sh) * sw + (j * dilations[1]) % sw,
              ((i * dilations[0]) // sh) * Wq + (j * dilations[1]) // sw)
