@@ -134,21 +134,6 @@ def test_unequal_conv_pads_become_a_one_hot_depthwise_conv_and_equal_pads(pads):
     assert [a.i for a in one_hot.attribute if a.name == "group"] == [2]
 
 
-def test_a_padded_1d_conv_is_padded_by_a_0_1_matmul():
-    # [N, C, 1, L]: equal pads would pad the singleton axis, which PULP's tile constraints refuse (an output of at
-    # least 1 + pad rows); the length is padded by Reshape -> MatMul with a 0/1 matrix -> requant -> Reshape instead
-    rng = np.random.default_rng(2)
-    m = Module("conv1d")
-    x = input_op(m, "x", TensorType((1, 3, 1, 10), q(0.1)))
-    c = conv(m, x, rng.integers(-20, 20, (4, 3, 1, 3)), [0, 1, 0, 2], "/c")
-    output_op(m, "y", requant(m, c, (1, 4, 1, 11), q(0.2), [5], 0, div=1 << 8))
-    verify(m)
-    model = written_exact(m)
-    assert ops(model) == ["Reshape", "MatMul", "RequantShift", "Reshape", "Conv", "RequantShift"]
-    (conv_node,) = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert [list(a.ints) for a in conv_node.attribute if a.name == "pads"] == [[0, 0, 0, 0]]
-
-
 def test_maxpool_padding_is_a_shift_a_zero_pad_and_the_shift_back():
     m = Module("pool")
     x = input_op(m, "x", TensorType((1, 2, 5, 5), q(0.05, 3)))

@@ -216,8 +216,7 @@ def equal_conv_pads(module: Module, target: DeeployTarget) -> None:
     depthwise Conv in front (`one_hot_pad`): PULP's Conv parsers take only equal pads, and the tiled flow no Pad.
 
     Exact: both pad with stored zeros, which is what the Conv's own padding is (a zero point has been shifted out by
-    zero-padding).  A 1-D Conv ([N, C, 1, L], pads on L only) is padded by a 0/1 MatMul instead (`_matmul_pad`): the
-    tiler refuses pads on its singleton axis."""
+    zero-padding)."""
     for conv in list(module.walk("int.conv")):
         pads = [int(p) for p in conv.attr("pads") or []]
         if len(set(pads)) <= 1:
@@ -227,36 +226,8 @@ def equal_conv_pads(module: Module, target: DeeployTarget) -> None:
             raise fail(conv, target, f"int.conv with pads {pads} on a tensor that is not NCHW has no form on this "
                                      "platform (its Conv parsers take equal pads only)")
         q = min(pads)
-        if x.type.shape[2] == 1 and pads[0] == pads[2] == 0:
-            # a 1-D conv ([N, C, 1, L]): padding the singleton axis is refused by PULP's tile constraints (an output
-            # of at least 1 + pad rows), so the length is padded by a 0/1 MatMul and the Conv pads nothing
-            module.set_operand(conv, 0, _matmul_pad(module, x, pads[1], pads[3], conv.loc + "/pad", target))
-            conv.attrs["pads"] = [0] * 4
-            continue
         module.set_operand(conv, 0, one_hot_pad(module, x, [p - q for p in pads], conv.loc + "/pad", target))
         conv.attrs["pads"] = [q] * 4
-
-
-def _matmul_pad(module: Module, x: Value, left: int, right: int, loc: str, target: DeeployTarget) -> Value:
-    """`x` ([N, C, 1, L], 8-bit) zero-padded along L by left/right as Reshape [N*C, L] -> MatMul with the int8 0/1
-    matrix P [L, L + left + right] (P[i, i + left] = 1) -> identity requant (fused into the MatMul's kernel) ->
-    Reshape [N, C, 1, L + left + right]: every output is one input value or 0, exactly."""
-    n, c, _, length = x.type.shape
-    out_len = length + left + right
-    if length * out_len > 65536:
-        raise fail(x.owner, target, f"a 1-D Conv over {length} samples with pads [{left}, {right}] has no tiled "
-                                    "form on this platform (its padding would be a MatMul with a "
-                                    f"{length} x {out_len} matrix): pad the input in the model instead")
-    flat = module.create("int.reshape", [x], [x.type.with_shape((n * c, length))], {"shape": [n * c, length]},
-                         loc + "/rows").result
-    eye = np.zeros((length, out_len), np.int8)
-    eye[np.arange(length), np.arange(length) + left] = 1
-    p = const_op(module, eye, TensorType(eye.shape, _I8), loc)
-    acc = module.create("int.matmul", [flat, p], [TensorType((n * c, out_len), i32)], {}, loc).result
-    padded = _unit_requant(module, acc, 0, storage(x).signed, x.type.with_shape((n * c, out_len)), loc + "/copy",
-                           target)
-    return module.create("int.reshape", [padded], [x.type.with_shape((n, c, 1, out_len))],
-                         {"shape": [n, c, 1, out_len]}, loc + "/back").result
 
 
 def _feeds_requantized_add(rqs: Operation) -> bool:
