@@ -30,8 +30,8 @@ TORCH_MAX_STEP_MISMATCH = 0.05
 
 #: Exports the ONNX frontend cannot import yet, with the op it reports (none at present: QONNX `Trunc` from
 #: TruncAvgPool imports since the frontend spells it as qcast -> exact integer shift -> dcast).  While listed, the
-#: cases below are expected to fail with exactly that FrontendError; `test_known_import_gaps_are_still_gaps` fails
-#: as soon as the importer takes the file, so the entry gets removed and the cases run in full.
+#: cases below are strict xfails raising FrontendError: they fail as soon as the importer takes the file, so the
+#: entry gets removed and the cases run in full.
 KNOWN_IMPORT_GAPS: dict = {}
 
 
@@ -113,12 +113,6 @@ def test_import_module_gives_the_ir_of_the_exported_file(fmt, export_dir):
 
 def _quant_types(module):
     return [v.type.quant for op in module.ops() for v in op.results if v.type.is_quant]
-
-
-@pytest.mark.parametrize("name,fmt", list(KNOWN_IMPORT_GAPS))
-def test_known_import_gaps_are_still_gaps(name, fmt, export_dir):
-    with pytest.raises(FrontendError, match=f"unsupported ops: .*{KNOWN_IMPORT_GAPS[name, fmt]}"):
-        imported(name, fmt, export_dir)
 
 
 @pytest.mark.parametrize("fmt", bm.FORMATS)
