@@ -592,7 +592,6 @@ CAUSES: List[Tuple[str, str, str]] = [
     ("dynamic-shape", "frontend", "has a dynamic shape"),
     ("weight-zero-point", "lowering", "only symmetric weights can be lowered"),
     ("grouped-weight-zero-point", "lowering", "with weights whose values minus zero point do not fit int8"),
-    ("cortexm-weight-zero-point", "backend", "are lowered by reading the input twice (Concat)"),
     ("grouped-conv-weight-zero-point", "lowering", "a grouped Conv (group"),
     ("rank-3", "lowering", "of a rank-3 tensor has no Deeploy form"),
     ("requant-policy", "lowering", "requantization cannot be both exact and in range"),

@@ -125,12 +125,7 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
                     raise fail(op, target, "int.conv must be followed by a requant_shift (its only user): the "
                                            "platform has no bare integer Conv")
         elif op.name == "int.concat" and not target.accepts("Concat"):
-            if len(op.operands) == 2 and _same_source(op.operands[0], op.operands[1]):
-                # the form dequant-push gives weights with zero points whose offsets need 9 bits
-                raise fail(op, target, "weights with a zero point (values minus zero point beyond int8) are "
-                                       "lowered by reading the input twice (Concat), and the platform has no Concat; "
-                                       "quantize the weights symmetrically (onnxruntime: WeightSymmetric=True or "
-                                       "QInt8 weights)")
+            # concat-as-pads rewrites every concat of computed tensors on such a platform
             raise fail(op, target, "the platform has no Concat")
         elif op.name == "int.pad":
             if not target.pad_node:
@@ -147,12 +142,3 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
         elif op.name in ("int.gemm", "int.matmul"):
             if not all(is_8bit(v) for v in op.operands[:2]):
                 raise fail(op, target, f"Deeploy's {op.name[4:].capitalize()} takes 8-bit operands")
-
-
-def _same_source(a, b) -> bool:
-    """True when a and b are the same tensor (of one shape), up to int.reshape copies of it."""
-    def root(v):
-        while v.owner.name == "int.reshape":
-            v = v.owner.operands[0]
-        return v
-    return a.type.shape == b.type.shape and root(a) is root(b)
