@@ -14,7 +14,7 @@ import pstats
 import sys
 from pathlib import Path
 
-from common import CORPUS, best_of, print_rows
+from common import best_of, corpus_model, print_rows
 
 TARGETS = {("ResNet8", "split.onnx"): 0.15, ("MobileNetV2-VWW", "split.onnx"): 0.8}
 EXTRA = [("ResNet8", "dequant_moved.onnx"), ("MobileNetV2-VWW", "dequant_moved.onnx"), ("DSCNN-S", "split.onnx"),
@@ -33,12 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", metavar="MODEL", help="profile one import of MODEL/split.onnx")
     args = parser.parse_args(argv)
-    if not CORPUS.exists():
-        print(f"corpus not found at {CORPUS}", file=sys.stderr)
-        return 2
     if args.profile:
         from qirc.frontends.onnx import import_onnx
-        path = CORPUS / args.profile / "split.onnx"
+        path = corpus_model(args.profile)
         import_onnx(path)
         profiler = cProfile.Profile()
         profiler.runcall(import_onnx, path)
@@ -46,7 +43,7 @@ def main(argv=None) -> int:
         return 0
     rows, failed = [], False
     for key in list(TARGETS) + EXTRA:
-        path = CORPUS.joinpath(*key)
+        path = corpus_model(*key)
         if not path.exists():
             continue
         seconds, n_ops = best_time(path, args.repeat)

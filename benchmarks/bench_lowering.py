@@ -20,7 +20,7 @@ from qirc.lowering import lower_module
 from qirc.lowering.testing import QuantBuilder
 from qirc.qir.types import u8
 
-from common import CORPUS, best_of, print_rows
+from common import best_of, corpus_model, print_rows
 
 BUDGETS = {"ResNet8": 0.15, "MobileNetV2-VWW": 1.0}
 MAX_RATIO = 1.5
@@ -47,7 +47,7 @@ def main() -> int:
     except ImportError:  # the frontend is optional for the synthetic part
         import_onnx = None
     for name, budget in BUDGETS.items():
-        path = CORPUS / name / "split.onnx"
+        path = corpus_model(name)
         if import_onnx is None or not path.exists():
             rows.append((f"{name} import+lower", "-", "skipped", f"< {budget} s", "skip"))
             continue

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "deepquant"
+from common import corpus_model
+
 BUDGETS = {"ResNet8": None, "MobileNetV2-VWW": 10.0}
 
 
@@ -48,7 +49,7 @@ def main() -> int:
     print(f"{'model':<18} {'wall s':>8} {'cpu s':>8} {'budget':>8} {'page kB':>8}  phases")
     with tempfile.TemporaryDirectory() as tmp:
         for name, budget in BUDGETS.items():
-            model = CORPUS / name / "split.onnx"
+            model = corpus_model(name)
             if not model.exists():
                 print(f"{name:<18} (not in the corpus: skipped)")
                 continue

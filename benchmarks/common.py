@@ -27,15 +27,23 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
                     "NUMEXPR_NUM_THREADS")
 
 
-def corpus_model(name: str, form: str = "split.onnx") -> Path:
-    """A model of ../shared/corpus (only the older single-purpose scripts use it; run.py needs nothing outside the
-    repository)."""
-    return CORPUS / name / form
-
-
 EXAMPLES = REPO / "examples"
 #: benchmark name -> folder under examples/ (zoo networks, see qirc/zoo/make_examples.py); smallest first
 EXAMPLE_MODELS = {"ResNet8": "resnet8", "MobileNetV2-VWW": "mobilenetv2-vww"}
+#: DeepQuant files shipped for the tests (tests/data/README.md)
+SHIPPED = REPO / "tests" / "data" / "deepquant"
+
+
+def corpus_model(name: str, form: str = "split.onnx") -> Path:
+    """A corpus network for the single-purpose scripts: the DeepQuant file of ../shared/corpus when that folder is
+    there, else the copy shipped under tests/data/deepquant, else (for split.onnx) the zoo build of the same network
+    under examples/.  The path may not exist (callers skip it): nothing outside the repository is required."""
+    for folder in (CORPUS, SHIPPED):
+        if (folder / name / form).exists():
+            return folder / name / form
+    if form == "split.onnx" and (EXAMPLES / name.lower() / "model.onnx").exists():
+        return EXAMPLES / name.lower() / "model.onnx"
+    return SHIPPED / name / form
 
 
 def example_model(name: str) -> Path:
