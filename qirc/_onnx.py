@@ -165,6 +165,7 @@ def save(model, path) -> None:
 
 
 def _uses_external_data(model) -> bool:
+    _load()
     external = _pb.TensorProto.EXTERNAL
     if any(t.data_location == external for t in model.graph.initializer):
         return True

@@ -7,6 +7,8 @@ environment variable QIRC_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
 import tempfile
@@ -19,6 +21,24 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 # ----- shared helpers --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def compiler_gc():
+    """Python's cycle collector tuned for a compile, for the duration of the block.
+
+    A compile allocates many long-lived objects (ops, values, types) and little garbage, so the default collector
+    spends 10-15% of a compile, and more the larger the model, re-scanning them and the objects of the imported
+    libraries: the latter are frozen (left out of every collection) and collections of the young generation are rarer.
+    Both are undone afterwards, so a process that calls qirc in-process keeps its own settings."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None,
             prog: str = "qirc") -> int:
     """Run `fn(argv)` and return its exit code; errors become one line on stderr.
@@ -28,7 +48,8 @@ def run_cli(fn: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[st
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = fn(args)
+        with compiler_gc():
+            code = fn(args)
         _flush_stdout()
         return EXIT_OK if code is None else int(code)
     except UsageError as e:
@@ -249,7 +270,7 @@ _SUBCOMMANDS = ("sim", "zoo", "report")
 def _main_parser() -> argparse.ArgumentParser:
     p = _ArgumentParser(
         prog="qirc",
-        description="Compile a quantized model (ONNX: decomposed QCDQ, QDQ, QONNX; or .qir) to an integer-only "
+        description="Compile a quantized model (ONNX: decomposed QCDQ, QDQ, QONNX, QOperator; or .qir) to an integer-only "
                     "Deeploy graph with bit-exact test vectors.",
         epilog="Other commands: 'qirc sim FILE --inputs IN.npz -o OUT.npz' runs the integer/fake-quant simulator; "
                "'qirc zoo list|build' builds the MLPerf Tiny networks; 'qirc report MODEL --target T -o report.html' "
@@ -265,6 +286,11 @@ def _main_parser() -> argparse.ArgumentParser:
                                                                    "placeholders")
     p.add_argument("--inputs", metavar="SAMPLES.npz",
                    help="an .npz of float input samples (first axis = sample) for the test vectors")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape of a graph input with dynamic dims, e.g. x=1x3x32x32 (repeatable); a lone "
+                        "dynamic batch dim is bound to 1 without it")
+    p.add_argument("--outputs", metavar="NAME[,NAME]",
+                   help="compile only the subgraph computing these tensors (cut off a float Softmax or a head)")
     p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=None,
                    help="extra passes to run after lowering, before legalisation: 'a,b{k=v}'")
     p.add_argument("--print-ir-after-all", action="store_true", help="dump the IR to stderr after every pass")
@@ -274,6 +300,9 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("qir", "dot"), default="qir", help="file format for --dump-ir")
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a requant whose int32-safe form may be off by one output step or more (by default "
+                        "it is compiled, warned about on stderr and recorded in qirc.json)")
     p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
                                                           "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
@@ -292,12 +321,13 @@ def _main(argv: List[str]) -> Optional[int]:
         raise UsageError("no model given (qirc MODEL --target T -o DIR, or qirc MODEL --emit qir)")
     if args.emit and args.target:
         raise UsageError("--emit and --target exclude each other")
+    onnx_options = _onnx_options(args)
     if args.emit:
         from .frontends import load_model
         if args.output:
             from .outputs import check_output_file
             check_output_file(args.output, "emit")  # `--emit qir -o model.onnx` must not eat the model
-        module = load_model(args.model)
+        module = load_model(args.model, **onnx_options)
         text = _render(module, args.emit, args.elide_constants)
         if args.output:
             write_text_atomic(args.output, text)
@@ -312,9 +342,33 @@ def _main(argv: List[str]) -> Optional[int]:
     summary = compile_model(args.model, args.target, args.output, inputs_npz=args.inputs,
                             extra_pipeline=args.pipeline, print_ir_after_all=args.print_ir_after_all,
                             dump_ir_dir=args.dump_ir, dump_format=args.format, seed=args.seed,
-                            layers=args.layers)
+                            layers=args.layers, strict=args.strict, input_shapes=onnx_options["input_shapes"],
+                            subgraph_outputs=onnx_options["outputs"], note=onnx_options["note"])
+    for line in summary.warnings:
+        _print_error(f"qirc: warning: {line}")
     sys.stdout.write(summary.text())
     return None
+
+
+def _onnx_options(args) -> dict:
+    """--input-shape / --outputs as import options, and notes (a bound batch dim) printed to stderr."""
+    from .frontends.onnx.loader import parse_input_shape
+    shapes = {}
+    for text in args.input_shape:
+        name, shape = parse_input_shape(text)
+        if name in shapes:
+            raise UsageError(f"--input-shape: input '{name}' is given twice")
+        shapes[name] = shape
+    outputs = None
+    if args.outputs is not None:
+        outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        if not outputs:
+            raise UsageError("--outputs: give at least one tensor name")
+    return {"input_shapes": shapes or None, "outputs": outputs, "note": _print_note}
+
+
+def _print_note(text: str) -> None:
+    _print_error(f"qirc: note: {text}")
 
 
 def _render(module, fmt: str, elide_constants: bool) -> str:
@@ -361,6 +415,8 @@ def _zoo(argv: List[str]) -> Optional[int]:
                                                         "inputs)")
     b.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     b.add_argument("--act-bits", metavar="BITS", type=int, default=8, help="activation bit width")
+    b.add_argument("--opset", metavar="N", type=int, help="ONNX opset of the qdq / qonnx export (default 13 for qdq; "
+                                                         "from 17 on a LayerNorm is exported as LayerNormalization)")
     b.add_argument("--target", metavar="TARGET",
                    help="also compile the exported model for this target (into DIR/TARGET)")
     args = p.parse_args(argv)
@@ -369,7 +425,7 @@ def _zoo(argv: List[str]) -> Optional[int]:
         sys.stdout.write(zoo.format_zoo_table(zoo.zoo_list()) + "\n")
         return None
     path = zoo.zoo_build(args.name, args.output, format=args.format, calibrate=args.calibrate,
-                         per_channel=args.per_channel, act_bits=args.act_bits)
+                         per_channel=args.per_channel, act_bits=args.act_bits, opset=args.opset)
     print(f"wrote {path}")
     if args.target:
         from .driver import compile_model

@@ -15,6 +15,9 @@ lowering and backends together.  Steps:
      them in ONE batched interpreter call: the first sample's outputs are outputs.npz, every sample is compared with
      the quant-level model (also one batched call) for qirc.json's accuracy summary; per-layer figures
      (`accuracy.layers`, several more interpreter runs) only with `layers=True` (`qirc --layers`, `qirc report`);
+     and, always, per requant of the lowered module its error bound and its mismatch against the exact requantizer
+     on the samples (`qirc.lowering.precision`; `accuracy.requants`, one more batched run), with a warning for each
+     whose bound reaches one output step (`strict` refuses those in step 2 instead);
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
      place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.  DIR must be new,
      empty or a previous qirc output (checked before step 1; qirc.outputs): qirc never removes a file it did not
@@ -37,10 +40,12 @@ from . import outputs
 from .backends.deeploy import vectors
 from .backends.deeploy.emit import emit_onnx
 from .backends.deeploy.legalize import DeeployLegalize
+from .backends.deeploy.rules.harness import debug_pass_report
 from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
+from .lowering.precision import precision_warnings, requant_precision
 from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
@@ -63,6 +68,7 @@ class CompileSummary:
     nodes: int
     op_counts: Dict[str, int] = field(default_factory=dict)
     module: Optional[Module] = field(default=None, repr=False)  # the legalised integer IR that was emitted
+    warnings: List[str] = field(default_factory=list)  # one line each, without a prefix (the CLI prints them)
 
     def text(self) -> str:
         """A few lines for the terminal."""
@@ -76,16 +82,22 @@ class CompileSummary:
                          f"{rec['mean_error_steps']:.3g}" + ("" if agree is None else f", argmax agreement "
                                                              f"{100 * agree:.1f}%")
                          + f" over {self.accuracy['samples']} sample(s)")
+        for rec in self.accuracy.get("approximations", []):
+            wrapped = f", {rec['wrapped']} output(s) wrapped" if rec.get("wrapped") else ""
+            lines.append(f"  {rec['kernel']} '{rec['node']}' vs the float op: mean error {rec['mean_error_steps']:.3g}, "
+                         f"max {rec['max_error_steps']:.3g} output step(s){wrapped}")
         return "\n".join(lines) + "\n"
 
 
-def lowering_pipeline(target: DeeployTarget) -> str:
-    """The pipeline text that lowers a quant-level module for `target`."""
-    return f"lower-to-int{{signed-normalize={1 if target.signed_normalize else 0}}}"
+def lowering_pipeline(target: DeeployTarget, strict: bool = False) -> str:
+    """The pipeline text that lowers a quant-level module for `target` (strict: refuse imprecise requants)."""
+    return f"lower-to-int{{signed-normalize={1 if target.signed_normalize else 0}{',strict=1' if strict else ''}}}"
 
 
-def build_passes(target: DeeployTarget, extra_pipeline: Optional[str] = None) -> List[ModulePass]:
-    passes = parse_pipeline(lowering_pipeline(target))
+def build_passes(target: DeeployTarget, extra_pipeline: Optional[str] = None,
+                 strict: bool = False) -> List[ModulePass]:
+    """lower-to-int (always the first pass), the extra pipeline, deeploy-legalize."""
+    passes = parse_pipeline(lowering_pipeline(target, strict))
     if extra_pipeline:
         passes += parse_pipeline(extra_pipeline)
     passes.append(DeeployLegalize(target=target.name))
@@ -100,10 +112,14 @@ def _render(module: Module, fmt: str) -> str:
 
 
 def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bool, dump_ir_dir: Optional[str],
-                out: Optional[TextIO], dump_format: str = "qir") -> None:
+                out: Optional[TextIO], dump_format: str = "qir") -> Module:
+    """Run `passes` over `module`; returns a copy of the module after the first pass (the lowered integer IR, whose
+    requants are still in the form requant-fusion chose)."""
     if dump_ir_dir is None:
-        PassManager(passes, print_ir_after_all=print_ir_after_all, out=out).run(module)
-        return
+        PassManager(passes[:1], print_ir_after_all=print_ir_after_all, out=out).run(module)
+        lowered = module.clone()
+        PassManager(passes[1:], print_ir_after_all=print_ir_after_all, out=out).run(module)
+        return lowered
     ext = "dot" if dump_format == "dot" else "qir"
     # the dumps go to a folder next to DIR that replaces it at the end, also when a pass fails (that is when they
     # are wanted): DIR never mixes this run's files with an earlier run's
@@ -120,11 +136,14 @@ def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bo
         except OSError as e:
             raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
 
+    lowered = module
     try:
         dump(f"00-imported.{ext}")
         for i, p in enumerate(passes, 1):
             PassManager([p], print_ir_after_all=print_ir_after_all, out=out).run(module)
             dump(f"{i:02d}-{p.name}.{ext}")
+            if i == 1:
+                lowered = module.clone()
     finally:
         try:
             outputs.install_dir(staging, dump_ir_dir, "dump", "--dump-ir")
@@ -132,6 +151,7 @@ def _run_passes(module: Module, passes: List[ModulePass], print_ir_after_all: bo
             raise QircError(f"--dump-ir: cannot write ({e.strerror or e})", file=dump_ir_dir) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # made by this run: everything in it is ours
+    return lowered
 
 
 def _errors_name_the_model_file(compile_fn):
@@ -152,7 +172,9 @@ def _errors_name_the_model_file(compile_fn):
 def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
                   extra_pipeline: Optional[str] = None, print_ir_after_all: bool = False,
                   dump_ir_dir: Optional[str] = None, seed: int = 0, accuracy_samples: int = 8,
-                  out: Optional[TextIO] = None, dump_format: str = "qir", layers: bool = False) -> CompileSummary:
+                  out: Optional[TextIO] = None, dump_format: str = "qir", layers: bool = False,
+                  strict: bool = False, input_shapes: Optional[Dict[str, tuple]] = None,
+                  subgraph_outputs: Optional[List[str]] = None, note=None) -> CompileSummary:
     """Compile `model_path` (a quantized ONNX file or ModelProto) for `target` into `out_dir`; see the module doc.
 
     inputs_npz        float input samples (one array per graph input, optionally with a leading sample axis);
@@ -161,8 +183,15 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     print_ir_after_all  dump the IR after every pass to `out` (stderr by default)
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
+    strict            refuse a requant whose worst-case approximation error reaches one output step (LoweringError)
+                      instead of compiling it with a warning (summary.warnings) and its record in qirc.json
     seed, accuracy_samples  the random samples used when no inputs_npz is given
-    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers
+    layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers, and for
+                      a transformer the network's error with each kind of approximating kernel computed exactly
+                      (`qirc.report.ablation`) into accuracy.exact_kernels
+    input_shapes      {input name: shape} for dynamic inputs (`--input-shape`; a lone dynamic batch dim is bound
+                      to 1 without it, with a note through `note(text)`)
+    subgraph_outputs  compile the subgraph computing these tensors (`--outputs`)
     Raises a QircError subclass for bad input (UsageError, FrontendError, LoweringError, BackendError, ...).
     """
     target = get_target(target)
@@ -180,10 +209,14 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if inputs_npz is not None and not os.path.isfile(inputs_npz):
         raise UsageError(f"--inputs: no such file '{inputs_npz}'")
 
-    quant_module = load_model(model_path) if isinstance(model_path, (str, os.PathLike)) else import_onnx(model_path)
+    onnx_options = {"input_shapes": input_shapes, "outputs": subgraph_outputs, "note": note}
+    quant_module = (load_model(model_path, **onnx_options) if isinstance(model_path, (str, os.PathLike))
+                    else import_onnx(model_path, **onnx_options))
+    check_activation_bits(quant_module, target)
     module = quant_module.clone()
-    passes = build_passes(target, extra_pipeline)
-    _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr, dump_format)
+    passes = build_passes(target, extra_pipeline, strict)
+    lowered = _run_passes(module, passes, print_ir_after_all, dump_ir_dir, out if out is not None else sys.stderr,
+                          dump_format)
 
     model = emit_onnx(module, target)
     device = import_deeploy_onnx(model)
@@ -200,10 +233,24 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if layers:
         from .report.figures import layer_figures  # per requantized tensor (qirc report's numbers; no matplotlib)
         accuracy["layers"] = layer_figures(quant_module, module, samples)
+        from .report.ablation import exact_kernel_ablation
+        ablation = exact_kernel_ablation(quant_module, module, samples, int_samples)
+        if ablation:  # the network with each kind of approximating kernel computed exactly
+            accuracy["exact_kernels"] = ablation
+    from .lowering.approximations import approximation_report
+    approximations = approximation_report(quant_module, module, int_samples)
+    if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
+        accuracy["approximations"] = approximations
+    accuracy["requants"] = requant_precision(lowered, int_samples)
+    warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
+                for line in precision_warnings(accuracy["requants"], len(int_samples))]
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
               "accuracy": accuracy}
+    debug_pass = debug_pass_report(model, target)
+    if debug_pass is not None:
+        report["deeploytest_debug_pass"] = debug_pass
 
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
@@ -228,7 +275,39 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     for n in model.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return CompileSummary(out_dir, target.name, list(FILES), pass_specs, io["inputs"], io["outputs"], accuracy,
-                          len(model.graph.node), counts, module)
+                          len(model.graph.node), counts, module, warnings)
+
+
+def check_activation_bits(quant_module: Module, target: DeeployTarget) -> None:
+    """Refuse, before lowering, a model whose activations (or weights) are quantized wider than 8 bits, naming the
+    first such tensor: every Deeploy target runs int8/uint8 activations (RequantShift outputs 8 bits) and int8
+    weights."""
+    from .qir.diagnostics import LoweringError, op_error
+    for op in quant_module.ops():
+        if op.name not in ("quant.qcast", "qir.const") or not op.results[0].type.is_quant:
+            continue
+        qt = op.results[0].type.quant
+        # i32 grids (QONNX Trunc's integer step, accumulators) and i32 constants (biases) are not 8-bit data
+        if qt.storage.name in ("i32", "u32") or qt.storage_max - qt.storage_min < 256:
+            continue
+        if op.name == "qir.const" and not _is_weight(op):
+            continue  # a bias or another constant operand: lowered as int32
+        bits = int(qt.storage_max - qt.storage_min).bit_length()
+        what = "activations" if op.name == "quant.qcast" else "weights"
+        where = "this quantizer's output" if op.name == "quant.qcast" else "this constant"
+        raise op_error(LoweringError, op, f"{bits}-bit {what}: {where} is {qt.storage.name} "
+                       f"({qt.storage_min}..{qt.storage_max}), but the Deeploy targets take 8-bit {what} "
+                       f"(target {target.name}); quantize {what} to 8 bits (int8 or uint8)")
+
+
+def _is_weight(const) -> bool:
+    """Whether a quantized constant is dequantized into the weight operand of a Conv, Gemm or MatMul."""
+    for dcast in const.results[0].users:
+        if dcast.name == "quant.dcast":
+            for user, index in dcast.results[0].uses:
+                if user.name in ("onnx.Conv", "onnx.Gemm", "onnx.MatMul") and index == 1:
+                    return True
+    return False
 
 
 def load_any(path: str) -> Module:

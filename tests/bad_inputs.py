@@ -160,7 +160,7 @@ def duplicate_output_names(folder: Path) -> Paths:
 
 def dynamic_shape(folder: Path) -> Paths:
     b = GraphBuilder("dyn")
-    x = b.input("x", ["N", 8])
+    x = b.input("x", ["N", "C"])  # a lone dynamic batch dim would be bound to 1 (with a note)
     y = b.node("Relu", [b.qdq(x, 1 / 16, 0, prefix="/q")], name="/relu/Relu")
     b.output(b.qdq(y, 1 / 16, 0, prefix="/out"), "y")
     return _save(b.build(13), folder)
@@ -173,7 +173,7 @@ def unknown_ops(folder: Path) -> Paths:
     e = b.node("Erf", [x], name="/gelu/Erf")
     s = b.node("Softsign", [e], name="/act/Softsign")
     t = b.node("Erf", [s], name="/gelu/Erf_1")
-    b.output(b.node("HardSwish", [t], name="/act/HardSwish"), "y")
+    b.output(b.node("Selu", [t], name="/act/Selu"), "y")
     return _save(b.build(14, check=False), folder)
 
 

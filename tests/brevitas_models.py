@@ -186,6 +186,110 @@ def _low_bit():
     return LowBit()
 
 
+
+# ----- networks outside the zoo's recipe (the foreign-model matrix, tests/foreign_models.py) -----------------------
+def _perchannel_pow2():
+    """Per-channel power-of-two weight scales, power-of-two activations, a per-channel Linear."""
+    torch, qnn, quant = _nn()
+
+    class PerChannelPow2(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=False,
+                                        weight_quant=quant.Int8WeightPerTensorFixedPoint,
+                                        weight_scaling_per_output_channel=True)
+            self.relu = qnn.QuantReLU(act_quant=quant.Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.fc = qnn.QuantLinear(8 * 8 * 8, 10, bias=False, weight_quant=quant.Int8WeightPerTensorFixedPoint,
+                                      weight_scaling_per_output_channel=True)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFixedPoint, return_quant_tensor=False)
+
+        def forward(self, x):
+            x = self.pool(self.relu(self.conv(self.inp(x))))
+            return self.out(self.fc(torch.flatten(x, 1)))
+
+    return PerChannelPow2()
+
+
+def _int4_relu4():
+    """Per-channel float int4 weights with an int32 bias, then a 4-bit QuantReLU (the requant sized for the
+    accumulator with the bias included), a second int4 conv and a per-channel Linear head."""
+    torch, qnn, quant = _nn()
+
+    class Int4Relu4(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.conv1 = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerChannelFloat,
+                                         weight_bit_width=4, bias_quant=quant.Int32Bias)
+            self.relu1 = qnn.QuantReLU(act_quant=quant.Uint8ActPerTensorFloat, bit_width=4, return_quant_tensor=True)
+            self.conv2 = qnn.QuantConv2d(8, 8, 3, stride=2, padding=1, bias=True,
+                                         weight_quant=quant.Int8WeightPerChannelFloat, weight_bit_width=4,
+                                         bias_quant=quant.Int32Bias)
+            self.relu2 = qnn.QuantReLU(act_quant=quant.Uint8ActPerTensorFloat, bit_width=4, return_quant_tensor=True)
+            self.fc = qnn.QuantLinear(8 * 8 * 8, 10, bias=True, weight_quant=quant.Int8WeightPerChannelFloat,
+                                      bias_quant=quant.Int32Bias)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+
+        def forward(self, x):
+            x = self.relu2(self.conv2(self.relu1(self.conv1(self.inp(x)))))
+            return self.out(self.fc(torch.flatten(x, 1)))
+
+    return Int4Relu4()
+
+
+def _linear_nobias():
+    """An MLP of bias-free QuantLinear layers (exported as Transpose + MatMul)."""
+    torch, qnn, quant = _nn()
+
+    class LinearNoBias(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.fc1 = qnn.QuantLinear(3 * 16 * 16, 32, bias=False, weight_quant=quant.Int8WeightPerTensorFloat)
+            self.relu = qnn.QuantReLU(act_quant=quant.Uint8ActPerTensorFloat, return_quant_tensor=True)
+            self.fc2 = qnn.QuantLinear(32, 10, bias=False, weight_quant=quant.Int8WeightPerChannelFloat)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+
+        def forward(self, x):
+            x = self.inp(x)
+            x = self.relu(self.fc1(torch.flatten(x, 1)))
+            return self.out(self.fc2(x))
+
+    return LinearNoBias()
+
+
+def _shifted_relu_pool():
+    """A TruncAvgPool2d 2x2 after an unsigned ReLU (Brevitas cannot export a TruncAvgPool of a tensor with a zero
+    point), ShiftedUint8 activations in front of the network and after a per-channel conv, then a global pool."""
+    torch, qnn, quant = _nn()
+
+    class ShiftedPool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.ShiftedUint8ActPerTensorFloat, return_quant_tensor=True)
+            self.conv1 = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerChannelFloat,
+                                         bias_quant=quant.Int32Bias)
+            self.relu1 = qnn.QuantReLU(return_quant_tensor=True)
+            self.pool = qnn.TruncAvgPool2d(kernel_size=2, stride=2, return_quant_tensor=True)
+            self.conv2 = qnn.QuantConv2d(8, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerChannelFloat,
+                                         bias_quant=quant.Int32Bias)
+            self.act = qnn.QuantIdentity(act_quant=quant.ShiftedUint8ActPerTensorFloat, return_quant_tensor=True)
+            self.gap = torch.nn.AdaptiveAvgPool2d(1)
+            self.gap_quant = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.fc = qnn.QuantLinear(8, 5, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
+                                      bias_quant=quant.Int32Bias)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+
+        def forward(self, x):
+            x = self.pool(self.relu1(self.conv1(self.inp(x))))
+            x = self.gap_quant(self.gap(self.act(self.conv2(x))))
+            return self.out(self.fc(torch.flatten(x, 1)))
+
+    return ShiftedPool()
+
+
 BUILDERS: Dict[str, Callable] = {
     "conv_pertensor": _conv_pertensor,
     "conv_perchannel": _conv_perchannel,
@@ -195,6 +299,14 @@ BUILDERS: Dict[str, Callable] = {
     "low_bit": _low_bit,
 }
 MODELS: List[str] = list(BUILDERS)
+#: Networks with quantizers outside the zoo's recipe, for the foreign-model matrix only (tests/foreign_models.py);
+#: `build` and `export` take their names too.
+FOREIGN_BUILDERS: Dict[str, Callable] = {
+    "perchannel_pow2": _perchannel_pow2,
+    "int4_relu4": _int4_relu4,
+    "linear_nobias": _linear_nobias,
+    "shifted_relu_pool": _shifted_relu_pool,
+}
 FORMATS = ("qdq", "qonnx")
 
 
@@ -219,13 +331,14 @@ def build(name: str):
     """The named model: seeded weights, calibrated activation scales, eval mode (cached per process)."""
     if name in _BUILT:
         return _BUILT[name]
-    if name not in BUILDERS:
-        raise KeyError(f"unknown test model '{name}' (known: {', '.join(MODELS)})")
+    builders = {**BUILDERS, **FOREIGN_BUILDERS}
+    if name not in builders:
+        raise KeyError(f"unknown test model '{name}' (known: {', '.join(builders)})")
     import torch
     from brevitas.graph.calibrate import calibration_mode
 
     torch.manual_seed(SEED)
-    model = BUILDERS[name]()
+    model = builders[name]()
     model.eval()
     g = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad(), calibration_mode(model):
@@ -354,8 +467,11 @@ def qonnx_as_standard_onnx(model):
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+    # keep the file's own default-domain opset (Brevitas' QONNX export is opset 20: ReduceMean takes its axes as an
+    # input, Reshape has allowzero); drop only the QONNX domain
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", 13)])
+    model.opset_import.extend([helper.make_opsetid("", max(default + [13]))])
     return model
 
 

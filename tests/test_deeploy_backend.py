@@ -96,7 +96,7 @@ def run_samples(module, seeds=range(4)):
 # ----- targets --------------------------------------------------------------------------------------------------
 def test_targets_are_declared_with_their_lowering_options():
     assert set(TARGETS) == set(TARGET_NAMES)
-    assert get_target("deeploy-siracusa").lowering_options == {"signed_normalize": True}
+    assert get_target("deeploy-siracusa").lowering_options == {"signed_normalize": False}
     assert get_target("deeploy-cortexm").lowering_options == {"signed_normalize": True}
     assert get_target("deeploy-generic").lowering_options == {"signed_normalize": False}
     assert get_target("deeploy-siracusa").platform == "Siracusa"
@@ -354,7 +354,9 @@ def test_generic_and_siracusa_keep_the_depthwise_pool_form():
         assert conv.attrs["group"] == 8 and conv.result.uses[0][0].name == "int.requant_shift"
 
 
-def test_cortexm_refuses_windowed_average_pooling_naming_the_node():
+def test_cortexm_windowed_average_pooling_is_an_all_ones_depthwise_conv():
+    """Refused before (issue 11); now the all-ones depthwise Conv, which cortex-m writes channels-last (Deeploy's
+    QEMU-ARM code generation accepts it)."""
     m = Module("avg")
     x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1)))
     s = m.create("int.sumpool", [x], [TensorType((1, 2, 2, 2), i32)],
@@ -362,11 +364,14 @@ def test_cortexm_refuses_windowed_average_pooling_naming_the_node():
     r = m.create("int.requant_shift", [s], [TensorType((1, 2, 2, 2), q8(0.1))], rqs_attrs([1], 0, 4),
                  "/avg/rqs").result
     output_op(m, "y", r)
-    with pytest.raises(BackendError) as e:
-        legalize(m, "deeploy-cortexm")
-    assert str(e.value) == ("node '/avg/AveragePool' (int.sumpool): windowed average pooling (window [2, 2] over 4x4, "
-                            "pads [0, 0, 0, 0]) has no form on this platform (only global pools: its depthwise Conv "
-                            "is rejected) (target deeploy-cortexm)")
+    before = m.clone()
+    legalize(m, "deeploy-cortexm")
+    assert [op.name for op in m.ops() if op.name != "qir.const"] == ["qir.input", "int.conv", "int.requant_shift",
+                                                                      "qir.output"]
+    conv = m.walk("int.conv")[0]
+    assert conv.attrs["group"] == 2 and conv.attrs["kernel_shape"] == [2, 2] and conv.attrs["strides"] == [2, 2]
+    inputs = interpreter.random_inputs(before, 0)
+    np.testing.assert_array_equal(interpreter.run(m, inputs)["y"], interpreter.run(before, inputs)["y"])
 
 
 def test_cortexm_refuses_a_global_pool_with_a_per_channel_requant():
@@ -388,10 +393,14 @@ def _concat_module():
     return m
 
 
-def test_cortexm_refuses_concat_and_generic_emits_it():
-    with pytest.raises(BackendError) as e:
-        legalize(_concat_module(), "deeploy-cortexm")
-    assert str(e.value) == "node '/cat/Concat' (int.concat): the platform has no Concat (target deeploy-cortexm)"
+def test_cortexm_writes_concat_as_pads_and_generic_emits_it():
+    # CMSIS has no Concat: each operand is padded with zeros to the full length and the two are added
+    feeds = {"a": np.arange(8).reshape(1, 2, 2, 2) - 4, "b": 3 - np.arange(8).reshape(1, 2, 2, 2)}
+    want = interpreter.run(_concat_module(), feeds)["y"]
+    m = legalize(_concat_module(), "deeploy-cortexm")
+    assert np.array_equal(interpreter.run(m, feeds)["y"], want)
+    model = emit_onnx(m, "deeploy-cortexm")
+    assert sorted({n.op_type for n in model.graph.node}) == ["Add", "Pad", "RequantShift", "Reshape"]
     m = legalize(_concat_module(), "deeploy-generic")
     model = emit_onnx(m, "deeploy-generic")
     assert [n.op_type for n in model.graph.node] == ["Concat", "RequantShift"]
@@ -711,12 +720,26 @@ def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
                  "/avg/rqs").result
     output_op(m, "y", r)
     before = run_samples(m)
-    legalize(m, "deeploy-siracusa")
-    model = emit_onnx(m, "deeploy-siracusa")
+    legalize(m, "deeploy-generic")
+    model = emit_onnx(m, "deeploy-generic")
     assert [n.op_type for n in model.graph.node] == ["Pad", "Conv", "RequantShift"]
-    assert_deeploy_structure(model, "deeploy-siracusa")
+    assert_deeploy_structure(model, "deeploy-generic")
     for b, a in zip(before, run_samples(m)):
         np.testing.assert_array_equal(b["y"], a["y"])
+
+
+def test_padded_sum_pool_on_siracusa_pads_zeros_in_the_conv():
+    # Siracusa's tiled flow has no Pad: the sum pool's stored zeros are the depthwise Conv's own padding
+    m = Module("avg")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
+    s = m.create("int.sumpool", [x], [TensorType((1, 2, 4, 4), i32)],
+                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, "/avg/AveragePool").result
+    r = m.create("int.requant_shift", [s], [TensorType((1, 2, 4, 4), q8(0.1, -128))], rqs_attrs([7282], 0, 1 << 16),
+                 "/avg/rqs").result
+    output_op(m, "y", r)
+    model = _assert_written_file_exact(m, "deeploy-siracusa")
+    assert [n.op_type for n in model.graph.node] == ["Conv", "RequantShift"]
+    assert [list(a.ints) for a in model.graph.node[0].attribute if a.name == "pads"] == [[1, 1, 1, 1]]
 
 
 # ----- clips that do not follow a single-use requant, and CMSIS requant gains --------------------------------------
@@ -889,14 +912,20 @@ def test_cortexm_refuses_a_conv_requant_gain_of_one_or_more():
 
 def test_cortexm_takes_the_unit_gain_gemm_requant_its_merge_can_hold():
     # a Gemm/MatMul requant with mul = div = 1 merges into multiplier 2^30 with shift 1 (a global pool over a 1x1
-    # map); mul = div = 2 gives 2^31, which does not fit
+    # map); mul = div = 2 would give 2^31, which does not fit, so smallest-exact-shift writes it 1/1 (exact); a gain
+    # above 1 (3/2) fits no way
     m = _gemm_module([0, 0, 0, 0, 0])
     rqs = m.walk("int.requant_shift")[0]
     rqs.attrs.update(mul=np.array([1], np.int64), div=1)
     legalize(m, "deeploy-cortexm")
     m = _gemm_module([0, 0, 0, 0, 0])
-    m.walk("int.requant_shift")[0].attrs.update(mul=np.array([2], np.int64), div=2)
-    with pytest.raises(BackendError, match=r"requant gain mul/div = 2/2 = 1 after a Gemm.* 2147483648"):
+    rqs = m.walk("int.requant_shift")[0]
+    rqs.attrs.update(mul=np.array([2], np.int64), div=2)
+    legalize(m, "deeploy-cortexm")
+    assert int(np.asarray(rqs.attrs["mul"])) == 1 and int(rqs.attrs["div"]) == 1
+    m = _gemm_module([0, 0, 0, 0, 0])
+    m.walk("int.requant_shift")[0].attrs.update(mul=np.array([3], np.int64), div=2)
+    with pytest.raises(BackendError, match=r"requant gain mul/div = 3/2 = 1.5 after a Gemm.* overflows int32"):
         legalize(m, "deeploy-cortexm")
 
 

@@ -3,6 +3,9 @@ and tests that the checker itself catches each broken rule.  test_deeploy_backen
 it on everything qirc emits."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -13,8 +16,19 @@ from qirc.backends.deeploy.targets import get_target
 SHAPE_OPS = ("Reshape", "Flatten")
 
 
-def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
-    """Every broken rule of the Deeploy contract in `model`, as strings (empty when it is legal for `target`)."""
+def debug_pass_add(mul, add) -> np.ndarray:
+    """DeeployTest's EmulateCMSISRequantPass (generateNetwork.py inserts it on every platform but CMSIS), restated
+    from Deeploy's DebugPasses.py: add := np.round(add / (mul + 1e-3)) * mul."""
+    mul = np.asarray(mul, np.int64)
+    return np.round(np.asarray(add, np.int64) / (mul + 1e-3)) * mul
+
+
+def deeploy_structure_problems(model: onnx.ModelProto, target, debug_pass_changes=None) -> list:
+    """Every broken rule of the Deeploy contract in `model`, as strings (empty when it is legal for `target`).
+
+    debug_pass_changes: the requant names qirc.json lists as changed by DeeployTest's debug pass; when given (on a
+    target whose harness inserts it), every other RequantShift must be one the pass leaves alone, and each listed
+    one one that it changes."""
     target = get_target(target)
     problems = []
     g = model.graph
@@ -58,6 +72,27 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
                 div = int(numpy_helper.to_array(attrs["div"].t).reshape(-1)[0])
                 if div < 1 or div & (div - 1):
                     problems.append(f"{node.name}: div {div} is not a power of two")
+                if div < target.requant_div_min:
+                    problems.append(f"{node.name}: div {div} on a platform whose kernels need div >= "
+                                    f"{target.requant_div_min}")
+            signed_attr = attrs.get("signed")
+            if target.unsigned_requant_fused and signed_attr is not None and signed_attr.type == onnx.AttributeProto.TENSOR \
+                    and not int(numpy_helper.to_array(signed_attr.t).reshape(-1)[0]):
+                before = producer.get(node.input[0])
+                users_of_before = [n for n in g.node if before is not None and before.output[0] in n.input]
+                fused = before is not None and before.op_type in ("Conv", "Gemm", "MatMul", "Add") and \
+                    users_of_before == [node]
+                add_operand = [n.op_type for n in g.node if node.output[0] in n.input] == ["Add"]
+                if not (fused or add_operand):
+                    problems.append(f"{node.name}: unsigned RequantShift not fused with the kernel before it")
+            if debug_pass_changes is not None and not target.add_before_mul and len(node.input) == 3 and \
+                    all(n in inits for n in node.input[1:]):
+                mul, add = inits[node.input[1]], inits[node.input[2]]
+                kept = np.array_equal(debug_pass_add(mul, add), add)
+                if kept and node.name in debug_pass_changes:
+                    problems.append(f"{node.name}: listed as changed by the debug pass, which keeps it")
+                if not kept and node.name not in debug_pass_changes:
+                    problems.append(f"{node.name}: the debug pass changes its add, and qirc.json does not say so")
             if len(node.input) != 3 or any(n not in inits for n in node.input[1:]):
                 problems.append(f"{node.name}: mul/add are not initializers")
             else:
@@ -77,6 +112,8 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
                     if not ok:
                         problems.append(f"{node.name}: {nm} shape {shape} is not [1], [C,1,1], [1,C,1,1] or [C]")
         if node.op_type == "Conv":
+            if not target.pad_node and "pads" in attrs and len(set(attrs["pads"].ints)) > 1:
+                problems.append(f"{node.name}: Conv pads {list(attrs['pads'].ints)} are not equal on all four sides")
             for key in ("kernel_shape", "pads", "strides", "dilations", "group"):
                 if key not in attrs:
                     problems.append(f"{node.name}: Conv lacks attribute {key}")
@@ -113,6 +150,8 @@ def deeploy_structure_problems(model: onnx.ModelProto, target) -> list:
             users = [n for n in g.node if node.output[0] in n.input]
             if target.gemm_scalar_mul and [u.op_type for u in users] != ["RequantShift"]:
                 problems.append(f"{node.name}: MatMul is not followed by its RequantShift (CMSIS fuses them)")
+        if node.op_type == "Pad" and not target.pad_node:
+            problems.append(f"{node.name}: Pad on a platform whose tiled flow has none")
         if node.op_type == "Pad":
             if "pads" not in attrs or "mode" not in attrs or len(node.input) != 1:
                 problems.append(f"{node.name}: Pad is not the Pad-2 attribute form")
@@ -270,3 +309,82 @@ def test_checker_requires_the_channels_last_depthwise_form_on_cortexm():
     nhwc.graph.node[1].domain = ""
     assert "dw: channels_first = 0 Conv is not in domain ai.deeploy" in deeploy_structure_problems(nhwc,
                                                                                                  "deeploy-cortexm")
+
+
+# ----- Siracusa as it is deployed: DeeployTest's tiled flow -------------------------------------------------------
+def test_checker_requires_the_tiled_siracusa_forms():
+    def model(pads=(0, 0, 0, 0), div=4, signed=1, producer="Conv"):
+        m = _tiny(rqs_attrs={"div": np.array([div], np.int64), "signed": np.array([signed], np.int64),
+                             "n_levels_out": np.array([256], np.int64)})
+        conv = m.graph.node[0]
+        for a in conv.attribute:
+            if a.name == "pads":
+                a.ints[:] = list(pads)
+        if producer == "Pad":  # the requant reads a Pad of the input instead of the Conv (a standalone requant)
+            conv.op_type, conv.input[:] = "Pad", ["x"]
+            del conv.attribute[:]
+            conv.attribute.extend([helper.make_attribute("mode", "constant"),
+                                   helper.make_attribute("pads", [0] * 8), helper.make_attribute("value", 0.0)])
+            m.graph.value_info[0].type.tensor_type.elem_type = onnx.TensorProto.INT8
+        return m
+
+    assert deeploy_structure_problems(model(), "deeploy-siracusa") == []
+    assert deeploy_structure_problems(model(pads=(1, 0, 1, 0)), "deeploy-siracusa") == [
+        "conv: Conv pads [1, 0, 1, 0] are not equal on all four sides"]
+    assert deeploy_structure_problems(model(pads=(1, 0, 1, 0)), "deeploy-generic") == []
+    assert deeploy_structure_problems(model(div=1), "deeploy-siracusa") == [
+        "rqs: div 1 on a platform whose kernels need div >= 2"]
+    assert deeploy_structure_problems(model(signed=0), "deeploy-siracusa") == []  # fused with its Conv
+    problems = deeploy_structure_problems(model(signed=0, producer="Pad"), "deeploy-siracusa")
+    assert "conv: op Pad is not in deeploy-siracusa's list" in problems
+    assert "conv: Pad on a platform whose tiled flow has none" in problems
+    assert "rqs: unsigned RequantShift not fused with the kernel before it" in problems
+    assert deeploy_structure_problems(model(signed=0, producer="Pad"), "deeploy-generic") == []
+
+
+def test_checker_holds_qirc_json_to_the_debug_pass():
+    m = _tiny()  # mul 3, add 0: the pass keeps it
+    assert deeploy_structure_problems(m, "deeploy-siracusa", debug_pass_changes=[]) == []
+    assert deeploy_structure_problems(m, "deeploy-siracusa", debug_pass_changes=["rqs"]) == [
+        "rqs: listed as changed by the debug pass, which keeps it"]
+    for add, changed in ((7, True), (3 * 1600, True), (3 * 1400, False)):  # not a multiple; a multiple too far out
+        m.graph.initializer[2].CopyFrom(numpy_helper.from_array(np.array([add], np.int32), "add"))
+        assert bool(deeploy_structure_problems(m, "deeploy-generic", debug_pass_changes=[])) == changed, add
+        assert deeploy_structure_problems(m, "deeploy-cortexm", debug_pass_changes=[]) == []  # CMSIS: not inserted
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("name", ["resnet8", "dscnn-s", "autoencoder-small",
+                                  "mobilenetv2-vww"])
+def test_examples_compile_to_the_tiled_siracusa_forms(name, tmp_path):
+    """Every committed example compiles for deeploy-siracusa into what Deeploy's tiled flow takes (checked there by
+    generating its code; see docs/targets.md): no Pad, equal pads on every Conv, no div = 1, every unsigned requant
+    fused, and each requant's add left alone by DeeployTest's debug pass unless qirc.json says otherwise."""
+    from qirc.driver import compile_model
+
+    model_file = EXAMPLES / name / "model.onnx"
+    if not model_file.exists():
+        pytest.skip(f"{model_file} is not in this checkout")
+    compile_model(str(model_file), "deeploy-siracusa", str(tmp_path / "out"), accuracy_samples=1)
+    model = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    changed = report["deeploytest_debug_pass"]["changed_requants"]
+    assert_deeploy_structure_with(model, "deeploy-siracusa", changed)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Pad" not in ops
+    # uint8 activations keep zero point 0, so that no add but a handful escapes the debug pass
+    assert len(changed) <= 1, changed
+    if name == "dscnn-s":  # its 10x4 stem pads [5, 1, 5, 1]: a one-hot depthwise Conv makes the rows
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        one_hot = [n for n in convs if np.count_nonzero(inits[n.input[1]]) == inits[n.input[1]].shape[0]]
+        assert len(one_hot) == 1
+        pads = {a.name: list(a.ints) for a in one_hot[0].attribute if a.name in ("pads", "kernel_shape")}
+        assert pads == {"kernel_shape": [1, 9], "pads": [4, 4, 4, 4]}
+
+
+def assert_deeploy_structure_with(model, target, debug_pass_changes):
+    problems = deeploy_structure_problems(model, target, debug_pass_changes=debug_pass_changes)
+    assert not problems, "\n".join(problems)

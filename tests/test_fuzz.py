@@ -168,7 +168,9 @@ def check_lowering(net, signed: bool) -> None:
     quant_module = import_onnx(model)
     module = quant_module.clone()
     try:
-        lower_module(module, signed=signed)
+        # strict precision: the within-one-step contract below is what --strict guarantees (without it a requant
+        # whose bound passes one step compiles with a warning; tests/test_requant_precision.py covers that)
+        lower_module(module, signed=signed, strict=True)
     except QircError as e:
         assert_clean_error(e, net)
         return
@@ -261,14 +263,14 @@ def test_random_networks_compile_for_every_target(examples, tmp_path_factory):
         quant_module = import_onnx(model)
         lowered = quant_module.clone()
         try:
-            lower_module(lowered)
+            lower_module(lowered, strict=True)
         except QircError:
             lowered = None
         samples, _, real_reference = quant_reference(quant_module, 8, net.seed)
         for target in TARGETS:
             out_dir = root / f"{path.stem}-{target}"
             try:
-                summary = compile_model(str(path), target, str(out_dir), accuracy_samples=2)
+                summary = compile_model(str(path), target, str(out_dir), accuracy_samples=2, strict=True)
             except QircError as e:
                 assert_clean_error(e, net)
                 continue

@@ -240,3 +240,143 @@ def test_unchecked_values_outside_their_type_do_not_select_a_float_route():
     xs[0, 0] = (1 << 20) + 3
     got = run(m, {"x": xs}, check_overflow=False)["y"]
     assert int(got.ravel()[0]) == 2 * int(xs.sum())
+
+
+def _conv_requant_module(x_shape, w, mul, add, div, signed=True):
+    """x (i8) -> int.conv (int32 sums, kept narrow by the runner) -> int.requant_shift -> y."""
+    m = Module("conv_rq")
+    x = input_op(m, "x", tensor(x_shape, i8))
+    wv = const_op(m, w.astype(np.int8), tensor(w.shape, i8))
+    n, _, h, wd = x_shape
+    acc_t = tensor((n, w.shape[0], h - w.shape[2] + 1, wd - w.shape[3] + 1), i32)
+    conv = m.create("int.conv", [x, wv], [acc_t], {"kernel_shape": list(w.shape[2:]), "pads": [0, 0, 0, 0],
+                                                   "strides": [1, 1], "dilations": [1, 1], "group": 1}, loc="/conv")
+    out_t = tensor(acc_t.shape, i8 if signed else i32)
+    rq = m.create("int.requant_shift", [conv.result], [out_t],
+                  {"mul": np.asarray(mul), "add": np.asarray(add), "div": div, "signed": signed, "n_levels": 256},
+                  loc="/rq")
+    output_op(m, "y", rq.result)
+    output_op(m, "acc", conv.result)
+    return m
+
+
+@pytest.mark.parametrize("mul_scale, div, signed", [(1, 1 << 10, True), (1 << 10, 1 << 20, True), (3, 1000, False),
+                                                    (1 << 12, 7, True)])
+def test_requant_of_narrow_conv_sums_matches_python_ints(mul_scale, div, signed, monkeypatch):
+    # the runner keeps the conv's sums as int32; the requant then takes its int32 route when max|x| * max|mul| +
+    # max|offset| fits int32 and its int64 route with the overflow scan otherwise: both must give the exact formula
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 40)
+    rng = np.random.default_rng(9)
+    x = rng.integers(-128, 128, (5, 8, 6, 6))
+    w = rng.integers(-127, 128, (3, 8, 3, 3))
+    mul = rng.integers(1, 50, (1, 3, 1, 1)) * mul_scale
+    add = rng.integers(-(1 << 12), 1 << 12, (1, 3, 1, 1))
+    m = _conv_requant_module(x.shape, w, mul, add, div, signed)
+    try:
+        out = run(m, {"x": x})
+    except OverflowError_:
+        out = None
+    acc = _int64_conv(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 1)
+    t = acc * mul + add + div // 2
+    if np.abs(t).max() > (1 << 31) - 1:
+        assert out is None  # the int64 route reports what Deeploy's int32 kernel would overflow
+        return
+    lo, hi = (-128, 127) if signed else (0, 255)
+    expected = np.clip(np.floor_divide(t, div), lo, hi)
+    assert out["y"].dtype == np.int64 and out["acc"].dtype == np.int64  # run() returns int64 as documented
+    np.testing.assert_array_equal(out["acc"], acc)
+    np.testing.assert_array_equal(out["y"], expected)
+
+
+def test_requant_int32_route_edge_and_overflow():
+    # reach = max|x| * max|mul| + max|offset| right at and just past int32's limit
+    x = np.zeros((1, 1, 2, 1), dtype=np.int64)
+    w = np.ones((1, 1, 1, 1), dtype=np.int64)
+    for xs, mul, expect_overflow in (([127, -128], (1 << 24) - 1, False), ([127, -128], 1 << 24, False),
+                                     ([127, -128], 1 << 25, True)):
+        x[0, 0, :, 0] = xs
+        m = _conv_requant_module(x.shape, w, [mul], [0], 1 << 24)
+        t = np.array(xs) * mul + (1 << 23)
+        if expect_overflow:
+            with pytest.raises(OverflowError_, match="int32 overflow in requant_shift"):
+                run(m, {"x": x})
+            continue
+        assert run(m, {"x": x})["y"].ravel().tolist() == np.clip(t >> 24, -128, 127).tolist()
+
+
+@pytest.mark.parametrize("div", [1, 2, 3, 32, 1000])
+@pytest.mark.parametrize("x_dtype", [np.int16, np.int32, np.int64])
+def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype, monkeypatch):
+    # values that mostly stay inside the clip bounds, so that any off-by-one of either route shows
+    monkeypatch.setattr(interp, "_REQUANT_BLOCK", 64)
+    rng = np.random.default_rng(div)
+    reach = min(100 * div // 3, 30000)  # x * mul / div mostly inside -128..127
+    x = rng.integers(-reach, reach + 1, (6, 4, 5, 5)).astype(x_dtype)
+    mul = rng.integers(1, 4, (1, 4, 1, 1))
+    add = rng.integers(-div * 5, div * 5 + 1, (1, 4, 1, 1))
+    op = _requant_module(x.shape, mul, add, div).walk("int.requant_shift")[0]
+    (y,) = interp.KERNELS["int.requant_shift"](op, [x])
+    t = x.astype(np.int64) * mul + add + div // 2
+    expected = np.clip(np.floor_divide(t, div), -128, 127)
+    assert np.mean((expected > -128) & (expected < 127)) > 0.3
+    np.testing.assert_array_equal(y.astype(np.int64), expected)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("shape, w_shape, pads, strides, dilations, group", [
+    ((2, 5, 9, 8), (3, 5, 3, 2), [2, 0, 1, 3], [1, 1], [2, 1], 1),   # asymmetric pads, dilation
+    ((3, 4, 4, 4), (2, 4, 4, 4), [0, 0, 0, 0], [1, 1], [1, 1], 1),   # the kernel covers the whole input
+    ((1, 1, 7, 5), (6, 1, 2, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),   # one input channel (not depthwise: group 1)
+    ((2, 3, 33, 31), (3, 1, 3, 3), [1, 2, 1, 0], [1, 1], [1, 2], 3),  # depthwise on a large map: flat route
+    ((2, 5, 4, 4), (5, 1, 3, 3), [0, 0, 0, 0], [1, 1], [1, 1], 5),   # depthwise on a small map: windowed route
+    ((2, 3, 11, 10), (4, 3, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 1),  # strided: phases of the padded input
+    ((2, 3, 12, 13), (4, 3, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # uneven strides with a dilation
+    ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise: windowed route
+    ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
+])
+def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
+                                                          group, monkeypatch):
+    monkeypatch.setattr(interp, "_FLAT_CONV", flat)
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 150)  # several blocks of images
+    rng = np.random.default_rng(10)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-127, 128, w_shape)
+    bias = rng.integers(-5000, 5000, w_shape[0])
+    expected = _int64_conv(x, w, pads, strides, dilations, group)
+    plain = int_conv_nd(x, w, pads, strides, dilations, group, dtype)
+    assert plain.dtype == dtype
+    np.testing.assert_array_equal(plain.astype(np.int64), expected)
+    narrow = int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=np.int32)
+    assert narrow.dtype == np.int32
+    np.testing.assert_array_equal(narrow, expected + bias.reshape(-1, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_depthwise_kernel_over_the_whole_input_is_exact(dtype):
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (7, 5, 4, 3)).astype(np.int8)
+    w = rng.integers(-127, 128, (5, 1, 4, 3))
+    bias = rng.integers(-(1 << 20), 1 << 20, 5)
+    y = int_conv_nd(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 5, dtype, bias=bias, int_result=True)
+    expected = _int64_conv(x, w, [0, 0, 0, 0], [1, 1], [1, 1], 5) + bias.reshape(-1, 1, 1)
+    assert y.shape == (7, 5, 1, 1) and y.dtype == np.int64
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("kind", ["int.add", "int.sub"])
+def test_narrow_sums_are_exact_at_the_edges_of_their_types(kind):
+    # i8 + i8 into an i32 result: computed in int32 (the runner keeps it narrow); the extremes must be exact
+    m = Module("sum")
+    a = input_op(m, "a", tensor((4,), i8))
+    b = input_op(m, "b", tensor((4,), i8))
+    ra = m.create("int.requant_shift", [a], [tensor((4,), i8)], {"mul": np.array([1]), "add": np.array([0]), "div": 1,
+                                                                 "signed": True, "n_levels": 256}, loc="/ra")
+    rb = m.create("int.requant_shift", [b], [tensor((4,), i8)], {"mul": np.array([1]), "add": np.array([0]), "div": 1,
+                                                                 "signed": True, "n_levels": 256}, loc="/rb")
+    s = m.create(kind, [ra.result, rb.result], [tensor((4,), i32)], loc="/s")
+    output_op(m, "y", s.result)
+    xa, xb = np.array([-128, 127, -128, 5]), np.array([-128, 127, 127, -7])
+    got = run(m, {"a": xa, "b": xb})["y"]
+    assert got.dtype == np.int64
+    assert got.tolist() == (xa + xb if kind == "int.add" else xa - xb).tolist()

@@ -123,3 +123,20 @@ def test_clone_keeps_the_order_and_a_cycle_is_reported():
     assert m.clone is not None and c.find_cycle() is None
     with pytest.raises(ValueError, match="form a cycle"):
         m.ops()
+
+
+def test_order_kept_through_the_real_pipeline_equals_a_fresh_sort():
+    # the passes of a real compile mutate the module in every way they do; the kept order must still be the sort
+    from pathlib import Path
+
+    from qirc.backends.deeploy.targets import get_target
+    from qirc.driver import build_passes
+    from qirc.frontends.onnx import import_onnx
+    from qirc.qir.passes import PassManager
+
+    model = Path(__file__).resolve().parents[1] / "examples" / "resnet8" / "model.onnx"
+    module = import_onnx(str(model))
+    assert module.ops() == reference_order(module)
+    for p in build_passes(get_target("deeploy-siracusa")):
+        PassManager([p]).run(module)
+        assert module.ops() == reference_order(module), p.name

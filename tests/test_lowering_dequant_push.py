@@ -89,15 +89,74 @@ def test_gemm_and_matmul_with_zero_point():
     assert real_diff(report) < 1e-4
 
 
-def test_nonzero_weight_zero_point_is_an_error_naming_the_node():
+def _u8_weights(b, shape, zero_point, axis=None, low=0, high=256):
+    w = rng.integers(low, high, shape)
+    if axis is None:
+        qt = b.qtype(0.02, zero_point=zero_point, storage=u8)
+    else:
+        n = shape[axis]
+        qt = b.qtype(rng.uniform(0.01, 0.03, n), zero_point=np.broadcast_to(zero_point, (n,)), storage=u8, axis=axis)
+    return w, b.qconst(w, qt)
+
+
+def _conv_attrs(k, pads, group=1):
+    return {"kernel_shape": [k, k], "pads": pads, "strides": [1, 1], "dilations": [1, 1], "group": group}
+
+
+def test_uint8_weights_with_zero_point_128_are_int8_weights():
+    """onnxruntime's QUInt8 weights (WeightSymmetric=False) centred on 128: w - 128 is an int8 weight, exactly."""
     b = QuantBuilder()
-    x = b.input("x", (1, 4), 0.05)
-    w = b.qconst(rng.integers(-127, 128, (3, 4)), b.qtype(0.1, zero_point=2))
-    b.op("onnx.Gemm", [x, w], {"transB": 1}, loc="/fc/Gemm")
-    with pytest.raises(LoweringError, match=r"node '/fc/Gemm' \(onnx.Gemm\).*non-zero zero point"):
+    x = b.input("x", (1, 3, 6, 6), 0.05, zero_point=5)
+    _, w = _u8_weights(b, (4, 3, 3, 3), 128)
+    b.output("y", b.op("onnx.Conv", [x, w], _conv_attrs(3, [1, 1, 1, 1])))
+    m, report = run(b)
+    assert names(m) == ["qir.input", "quant.qcast", "int.pad", "int.conv", "quant.dcast", "qir.output"]
+    w_new = m.walk("int.conv")[0].operands[1]
+    assert str(w_new.type.storage) == "i8" and w_new.type.quant.zero_point == 0
+    assert real_diff(report) < 1e-4
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_weight_zero_point_correction_is_the_input_twice(per_channel):
+    """Weights minus zero point needing 9 bits: one conv over [x, x] with weights [e - d | d] (the correction
+    d * sum(x) over each window folded in); Gemm and MatMul the same along K."""
+    b = QuantBuilder()
+    x = b.input("x", (2, 3, 5, 5), 0.05, zero_point=-7)
+    _, w = _u8_weights(b, (4, 3, 3, 3), np.array([37, 200, 3, 128]) if per_channel else 37, 0 if per_channel else None)
+    b.output("y", b.op("onnx.Conv", [x, w], _conv_attrs(3, [1, 1, 1, 1])))
+    a = b.input("a", (2, 6), 0.1, zero_point=3)
+    _, wg = _u8_weights(b, (4, 6), 11, 0 if per_channel else None)
+    b.output("g", b.op("onnx.Gemm", [a, wg], {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 1}))
+    _, wm = _u8_weights(b, (6, 5), 240, 1 if per_channel else None)
+    b.output("mm", b.op("onnx.MatMul", [a, wm]))
+    m, report = run(b)
+    assert [o.name for o in m.walk("int.")] == ["int.pad", "int.concat", "int.conv", "int.concat", "int.gemm",
+                                                "int.concat", "int.matmul", "int.add"]
+    conv = m.walk("int.conv")[0]
+    assert conv.operands[0].type.shape == (2, 6, 7, 7) and conv.operands[1].type.shape == (4, 6, 3, 3)
+    assert str(conv.operands[1].type.storage) == "i8"
+    assert m.walk("int.gemm")[0].operands[1].type.shape == (4, 12)
+    assert m.walk("int.matmul")[0].operands[1].type.shape == (12, 5)
+    assert real_diff(report) < 1e-3
+
+
+def test_grouped_conv_with_nine_bit_weights_is_an_error_naming_the_node():
+    b = QuantBuilder()
+    x = b.input("x", (1, 4, 6, 6), 0.05)
+    _, w = _u8_weights(b, (4, 1, 3, 3), 40)
+    b.op("onnx.Conv", [x, w], _conv_attrs(3, [0, 0, 0, 0], group=4), loc="/dw/Conv")
+    with pytest.raises(LoweringError, match=r"node '/dw/Conv' \(onnx.Conv\).*grouped Conv \(group 4\).*"
+                                            r"WeightSymmetric=True"):
         DequantPush().run(b.module)
 
 
+def test_weight_of_255_above_zero_point_0_is_an_error_naming_the_node():
+    b = QuantBuilder()
+    x = b.input("x", (1, 4), 0.05)
+    w = b.qconst(np.array([[255, 0, 3, 7]]), b.qtype(0.1, zero_point=0, storage=u8))
+    b.op("onnx.Gemm", [x, w], {"transB": 1}, loc="/fc/Gemm")
+    with pytest.raises(LoweringError, match=r"node '/fc/Gemm' \(onnx.Gemm\).*reaches 255"):
+        DequantPush().run(b.module)
 def test_maxpool_relu_shape_ops_pad_concat():
     b = QuantBuilder()
     x = b.input("x", (1, 2, 6, 6), 0.1, zero_point=5)

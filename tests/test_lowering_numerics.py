@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qirc.lowering.numerics import (INT32_LIMIT, choose_requant, form_bounds, quantize_scalar, rational_multipliers,
-                                    requant_form)
+                                    requant_error_bound, requant_form, unsaturated_span)
 from qirc.lowering.ranges import RangeAnalysis
 from qirc.lowering.testing import QuantBuilder
 from qirc.lowering.dequant_push import push_dequants
@@ -46,7 +46,7 @@ def test_largest_shift_that_keeps_int32():
 def test_within_one_step_of_float64_reference(m, z_in, z_out, r):
     lo, hi = -r, r
     try:
-        p = choose_requant(m, z_in, z_out, lo, hi, -128, 127)
+        p = choose_requant(m, z_in, z_out, lo, hi, -128, 127, strict=True)
     except LoweringError:
         return  # honest refusal: precision and range cannot both be met
     x = np.unique(np.linspace(lo, hi, 4001).astype(np.int64))
@@ -68,14 +68,49 @@ def test_per_tensor_parameters_are_shape_one():
     assert p.mul.shape == (1,)
 
 
-def test_impossible_precision_names_the_node():
+def test_imprecise_requant_is_compiled_with_its_bound_and_refused_only_when_strict():
     class Op:
         loc, name = "/layer9/Conv", "int.requant_shift"
+    lo, hi = -(1 << 30), 1 << 30
+    p = choose_requant(1e-4, 0, 0, lo, hi, -128, 127, op=Op())
+    # still int32-safe: the largest shift whose products fit
+    assert max(abs(lo), abs(hi)) * int(p.mul[0]) + p.div // 2 < INT32_LIMIT
+    assert max(abs(lo), abs(hi)) * int(np.rint(1e-4 * 2 ** (p.shift + 1))) >= INT32_LIMIT
+    # the bound is what it claims: the worst error over the unsaturated inputs (|x| <= 128.5 / M)
+    assert p.error_steps >= 1.0
+    x = np.arange(-1_285_000, 1_285_001, 997, dtype=np.int64)
+    real = x * 1e-4
+    approx = x * (int(p.mul[0]) / p.div)
+    assert np.max(np.abs(approx - real)) <= p.error_steps + 1e-9
+    assert np.max(np.abs(approx - real)) >= 0.9 * p.error_steps
     with pytest.raises(LoweringError) as err:
-        choose_requant(1e-4, 0, 0, -(1 << 30), 1 << 30, -128, 127, op=Op())
-    assert "/layer9/Conv" in str(err.value) and "output steps" in str(err.value)
+        choose_requant(1e-4, 0, 0, lo, hi, -128, 127, op=Op(), strict=True)
+    assert "/layer9/Conv" in str(err.value) and "output steps" in str(err.value) and "--strict" in str(err.value)
     with pytest.raises(LoweringError, match="overflows int32 for every shift"):
         choose_requant(5e9, 0, 0, -10, 10, -128, 127, op=Op())
+
+
+def test_unsaturated_span_counts_the_steps_on_the_wider_side_of_the_zero_point():
+    assert unsaturated_span(128, 0, 255) == 129.0
+    assert unsaturated_span(0, 0, 255) == 256.0
+    assert unsaturated_span(0, -128, 127) == 129.0
+    assert np.array_equal(unsaturated_span(np.array([0, 100]), -128, 127), [129.0, 229.0])
+
+
+def test_uint8_zero_point_128_is_not_measured_over_384_steps():
+    """A ResNet-18 per-tensor requant from onnxruntime's quantizer (u8 output, zero point 128): over the 129 steps
+    that do not saturate the approximation error stays below one step; counted over 384 it did not."""
+    m, lo, hi = 1.043e-5, -(1 << 24), 1 << 24
+    p = choose_requant(m, 0, 128, lo, hi, 0, 255, strict=True)
+    assert p.error_steps < 1.0
+    # the old count (max(|lo|, |hi|) + |z_out| + 1 = 384 steps) would have put this requant above one step
+    deviation = abs(int(p.mul[0]) / p.div - m)
+    assert min(hi, 384 / m) * deviation >= 1.0
+    assert requant_error_bound(m, p.mul, p.shift, 0, 128, lo, hi, 0, 255) == p.error_steps
+    x = np.arange(lo, hi, 331, dtype=np.int64)
+    y = kernel(x, p.mul, p.add, p.div, 0, 255)
+    ref = np.clip(np.rint(x * m) + 128, 0, 255)
+    assert np.max(np.abs(y - ref)) <= 1
 
 
 def test_requant_forms():
@@ -143,3 +178,50 @@ def test_ranges_of_zero_point_corrected_conv_cover_random_inputs():
     for seed in range(5):
         acc = interpreter.run_values(module, interpreter.random_inputs(module, seed))[conv.results[0]]
         assert np.all(acc >= lo) and np.all(acc <= hi)
+
+
+def test_requant_fits_int32_with_a_foldable_offset_folded_into_add():
+    """Deeploy folds a conv's bias into the requant's add (add' = add + b * mul); the shift must keep that in int32
+    too, not only x * mul + add over the biased range."""
+    p = choose_requant(0.002, 0, 0, -40_000, 40_000, -128, 127)
+    bias = np.array([-1_000_000, 900_000]).reshape(1, 2, 1, 1)
+    assert np.any(np.abs(p.add + bias * p.mul) + p.div // 2 >= INT32_LIMIT)  # the unfolded choice breaks
+    q = choose_requant(0.002, 0, 0, -40_000, 40_000, -128, 127, fold_offset=bias)
+    assert np.all(np.abs(q.add + bias * q.mul) + q.div // 2 < INT32_LIMIT)
+    assert np.all(np.maximum(np.abs(-40_000 - bias), np.abs(40_000 - bias)) * q.mul < INT32_LIMIT)
+    assert q.shift < p.shift
+
+
+def test_four_bit_activations_after_signed_normalisation_keep_the_folded_bias_in_int32():
+    """Brevitas 4-bit QuantReLU on siracusa/cortexm: u4 stored as i8 with zero point -128 makes the zero-point term of
+    the bias (-z_x * sum(w)) far larger than the accumulator's own range; the requant after the conv is sized so that
+    folding that bias into add stays in int32 ("requant_shift add does not fit int32" before)."""
+    from qirc.lowering import lower_module
+    from qirc.qir.types import u8
+    rng = np.random.default_rng(4)
+    b = QuantBuilder()
+    x = b.input("x", (1, 8, 6, 6), 0.05)
+    for layer in range(2):
+        # mostly positive weights: sum(w) * 128, the zero-point term, dwarfs the accumulator range
+        y = b.conv(x, rng.integers(-20, 128, (8, 8, 3, 3)), 0.004, bias=rng.integers(-3000, 3000, 8),
+                   pads=[1, 1, 1, 1])
+        x = b.quant(b.op("onnx.Relu", [y]), 0.1, storage=u8, storage_min=0, storage_max=15)
+    b.output("y", x)
+    reference = b.module.clone()
+    lower_module(b.module, signed=True)
+    checked = 0
+    for rq in b.module.walk("int.requant_shift"):
+        conv = rq.operands[0].owner
+        if conv.name != "int.conv" or len(conv.operands) < 3:
+            continue
+        bias = np.asarray(conv.operands[2].owner.attrs["value"], np.int64).reshape(1, -1, 1, 1)
+        add = np.asarray(rq.attrs["add"], np.int64)
+        assert np.all(np.abs(add + bias * rq.attrs["mul"]) + int(rq.attrs["div"]) // 2 < INT32_LIMIT)
+        checked += 1
+    assert checked == 2
+    for seed in range(3):
+        stored = interpreter.random_inputs(b.module, seed)["x"]
+        ref = interpreter.run(reference, {"x": (stored * 0.05).astype(np.float32)})["y"]
+        got = interpreter.run(b.module, {"x": stored})["y"]
+        # the stored u4 value is the i8 one + 128 (signed normalisation moves the zero point from 0 to -128)
+        assert np.max(np.abs((got.astype(np.int64) + 128) - np.rint(ref / 0.1))) <= 1

@@ -50,6 +50,18 @@ VARIANT_COUNTS = {
     "autoencoder-small": (29_120, 29_120, 28_672),
     "autoencoder-128": (115_584, 115_584, 114_688),
 }
+# The transformers (issue 13), by hand.  kwt-tiny: 50 tokens (49 frames + class token) of d = 64, MLP 128:
+#   embed 10->64 (704) | per block: in_proj 64->192 (12480), out_proj (4160), fc1 64->128 (8320), fc2 (8256),
+#   2 LayerNorms (256): 33472 | final LayerNorm (128), head 64->12 (780), class token (64), positions 50x64 (3200):
+#   704 + 2*33472 + 128 + 780 + 64 + 3200 = 71,820.  MACs: 49*10*64 + 2*(50*64*192 + 2*50*50*64 + 50*64*64
+#   + 2*50*64*128) + 64*12 = 3,948,928.
+# vit-tiny: 64 patch tokens of 4x4x3: conv 3->64 4x4 (3136), 2 blocks with separate q/k/v (3 x 4160 + the rest as
+#   above: 33472), final LayerNorm (128), head 64->10 (650), positions 64x64 (4096): 74,954.  MACs: 64*64*48
+#   + 2*(64*64*192 + 2*64*64*64 + 64*64*64 + 2*64*64*128) + 64*10 = 5,440,128.
+TRANSFORMER_COUNTS = {
+    "kwt-tiny": (71_820, 71_820, 3_948_928),
+    "vit-tiny": (74_954, 74_954, 5_440_128),
+}
 CORPUS_FOLDERS = {"resnet8": "ResNet8", "dscnn-s": "DSCNN-S", "mobilenetv2-vww": "MobileNetV2-VWW",
                   "dscnn-xs": "DSCNN-XS", "autoencoder-small": "Autoencoder", "autoencoder-128": "Autoencoder-MLPerf"}
 
@@ -74,11 +86,13 @@ def test_zoo_list_has_every_network_with_shapes_and_tasks(listing):
     table = format_zoo_table(list(listing.values()))
     assert table.splitlines()[0].split()[:4] == ["name", "task", "input", "params"]
     assert "12,501,632" in table and "MLPerf Tiny reference" in table
+    assert "kwt-tiny" in table and listing["kwt-tiny"]["source"] == "integer transformer (issue 13)"
+    assert listing["kwt-tiny"]["input_shape"] == [1, 1, 49, 10] and listing["vit-tiny"]["input_shape"] == [1, 3, 32, 32]
 
 
-@pytest.mark.parametrize("name", list(REFERENCE_COUNTS) + list(VARIANT_COUNTS))
+@pytest.mark.parametrize("name", list(REFERENCE_COUNTS) + list(VARIANT_COUNTS) + list(TRANSFORMER_COUNTS))
 def test_parameter_and_mac_counts(listing, name):
-    params, keras_params, macs = {**REFERENCE_COUNTS, **VARIANT_COUNTS}[name]
+    params, keras_params, macs = {**REFERENCE_COUNTS, **VARIANT_COUNTS, **TRANSFORMER_COUNTS}[name]
     row = listing[name]
     assert (row["params"], row["keras_params"], row["macs"]) == (params, keras_params, macs)
 
@@ -158,6 +172,11 @@ def test_bad_name_format_and_bit_width_are_usage_errors(tmp_path):
         zoo_build("resnet8", tmp_path, format="onnx")
     with pytest.raises(UsageError, match="activation bit width must be an integer in 2..16, got 1"):
         build_model("resnet8", act_bits=1)
+    with pytest.raises(UsageError, match=r"opset 17 is not available for format 'qcdq' \(the qdq and qonnx exports "
+                                         r"take an opset from 13 to 20; qcdq is always written at opset 13\)"):
+        zoo_build("kwt-tiny", tmp_path, format="qcdq", opset=17)
+    with pytest.raises(UsageError, match="opset 12 is not available for format 'qdq'"):
+        zoo_build("kwt-tiny", tmp_path, format="qdq", opset=12)
     assert not (tmp_path / MODEL_FILE).exists()
 
 
@@ -327,10 +346,11 @@ def test_per_channel_and_activation_bits(tmp_path):
     assert meta["qirc.zoo.activations"] == "4-bit"
 
 
-# Every network but the MobileNets in the main (decomposed QCDQ) format; two small networks in every format.  The
-# rest of the matrix (the MobileNets in any format) takes tens of seconds per case on a shared 2-core machine and
-# runs with -m slow.
-FAST_EXPORTS = [(name, "qcdq") for name in NETWORKS if name not in ("mobilenetv1-vww", "mobilenetv2-vww")] + [
+# Every network but the MobileNets and the transformers (tests/test_zoo_transformers.py) in the main (decomposed
+# QCDQ) format; two small networks in every format.  The rest of the matrix (the MobileNets in any format) takes tens
+# of seconds per case on a shared 2-core machine and runs with -m slow.
+FAST_EXPORTS = [(name, "qcdq") for name in NETWORKS
+                if name not in ("mobilenetv1-vww", "mobilenetv2-vww", "kwt-tiny", "vit-tiny")] + [
     (name, fmt) for name in ("resnet8", "dscnn-xs") for fmt in ("qdq", "qonnx")]
 SLOW_EXPORTS = [(name, fmt) for name in NETWORKS for fmt in FORMATS if (name, fmt) not in FAST_EXPORTS]
 EXPORT_CASES = FAST_EXPORTS + [pytest.param(*case, marks=pytest.mark.slow) for case in SLOW_EXPORTS]

@@ -34,7 +34,9 @@ FEWER_SAMPLES = {"mobilenetv1-vww": 16, "mobilenetv2-vww": 16}
 FAST_NETWORKS = ("resnet8", "dscnn-xs", "autoencoder-small")
 # Cases that miss the figures because of a known qirc bug: {(network, format, target): reason}.  strict: a fix
 # turns them into failures here, so that the entry is removed.
-KNOWN_FAILURES: dict = {}
+KNOWN_FAILURES: dict = {
+    (network, fmt, target): "integer softmax, LayerNorm and GELU are not lowered yet (issue 13)"
+    for network in ("kwt-tiny", "vit-tiny") for fmt in FORMATS for target in TARGETS}
 
 
 def _case(network, fmt, target):
@@ -76,7 +78,7 @@ def zoo_references(tmp_path_factory):
 
 
 def test_the_matrix_covers_every_network_format_and_target():
-    assert len(CASES) == len(NETWORKS) * 3 * 3 == 72
+    assert len(CASES) == len(NETWORKS) * 3 * 3 == 90
     assert set(FORMATS) == {"qcdq", "qdq", "qonnx"}
     assert set(FAST_NETWORKS) < set(NETWORKS)
 

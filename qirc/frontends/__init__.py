@@ -11,13 +11,20 @@ from ..qir.diagnostics import FrontendError
 from ..qir.ir import Module
 
 
-def load_model(path) -> Module:
-    """Read a `.onnx` model or a `.qir` text module from `path`."""
+def load_model(path, **onnx_options) -> Module:
+    """Read a `.onnx` model or a `.qir` text module from `path`.
+
+    onnx_options (ONNX only, see `import_onnx`): input_shapes, outputs, note."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
         from .onnx import import_onnx
-        return import_onnx(path)
+        return import_onnx(path, **onnx_options)
+    given = [k for k, v in onnx_options.items() if v and k != "note"]
+    if given and ext == ".qir":
+        from ..qir.diagnostics import UsageError
+        flags = {"input_shapes": "--input-shape", "outputs": "--outputs"}
+        raise UsageError(f"{', '.join(flags.get(k, k) for k in given)} applies to ONNX models, not to .qir files")
     if ext == ".qir":
         from ..qir.parser import parse_module
         try:

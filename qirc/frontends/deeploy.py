@@ -1,8 +1,9 @@
 """Reader for qirc's own Deeploy ONNX output (`qirc ... -o DIR` writes DIR/network.onnx) into integer IR.
 
 The Deeploy form is integer-only: Conv, Gemm, MatMul, Add, Mul, RequantShift (any domain), MaxPool, Pad (Pad-2
-attributes), Reshape, Flatten, Transpose, Concat, with every tensor typed in `value_info` (see
-qirc/backends/deeploy/emit.py).  Reading it back lets `qirc sim DIR/network.onnx` and the test-vector generator run
+attributes), Reshape, Flatten, Transpose, Concat, Gather and Slice (constant index and bounds), and the integer
+transformer kernels iSoftmax, iLayerNorm, iGELU, with every tensor
+typed in `value_info` (see qirc/backends/deeploy/emit.py).  Reading it back lets `qirc sim DIR/network.onnx` and the test-vector generator run
 exactly the emitted graph with the interpreter.  Types are plain integers (i8/u8 storage, i32 accumulators): the file
 carries no scales.  A RequantShift with signed=0 yields u8 values (0..255).
 
@@ -25,7 +26,7 @@ _ELEM = {TensorProto.INT8: "i8", TensorProto.UINT8: "u8", TensorProto.INT16: "i1
          TensorProto.INT32: "i32", TensorProto.UINT32: "u32", TensorProto.INT64: "i64"}
 
 DEEPLOY_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape", "Flatten",
-               "Transpose", "Concat")
+               "Transpose", "Concat", "Gather", "Slice", "iSoftmax", "iLayerNorm", "iGELU")
 
 
 def is_deeploy_onnx(model: Union[str, os.PathLike, onnx.ModelProto]) -> bool:
@@ -175,12 +176,41 @@ class _Reader:
             attrs, opname, args = {"axis": int(a.get("axis", 1))}, "int.flatten", operands(1)
         elif op == "Transpose":
             attrs, opname, args = {"perm": list(a["perm"])}, "int.transpose", operands(1)
+        elif op == "iSoftmax":
+            attrs = {k: self._int_attr(a, k, node) for k in ("coeffA", "coeffB", "coeffC", "log2", "n_levels")}
+            opname, args = "int.isoftmax", operands(1)
+        elif op == "iLayerNorm":
+            attrs = {k: self._int_attr(a, k, node) for k in ("D", "n_levels")}
+            opname, args = "int.ilayernorm", operands(3)
+        elif op == "iGELU":
+            attrs = {k: self._int_attr(a, k, node) for k in ("b", "one")}
+            opname, args = "int.igelu", operands(1)
+        elif op == "Gather":
+            index = np.asarray(self.const(ins[1], node))
+            attrs = {"axis": int(a.get("axis", 0)), "indices": [int(i) for i in index.reshape(-1)],
+                     "scalar": index.ndim == 0}
+            opname, args = "int.gather", operands(1)
+        elif op == "Slice":
+            starts, ends, axes, steps = (self.const(ins[i], node) for i in range(1, 5))
+            attrs = {"starts": [int(v) for v in starts], "ends": [int(v) for v in ends],
+                     "axes": [int(v) for v in axes], "steps": [int(v) for v in steps]}
+            opname, args = "int.slice", operands(1)
         else:  # Concat
             attrs, opname, args = {"axis": int(a["axis"])}, "int.concat", operands(len(ins))
         rt = self.result_type(node)
-        if opname in ("int.maxpool", "int.pad", "int.reshape", "int.flatten", "int.transpose", "int.concat"):
+        if opname in ("int.maxpool", "int.pad", "int.reshape", "int.flatten", "int.transpose", "int.concat",
+                      "int.gather", "int.slice"):
             rt = rt.with_element(args[0].type.element)  # moves values: keeps the (u8/i8) storage of its input
         self.values[node.output[0]] = m.create(opname, args, [rt], attrs, loc).result
+
+    def _int_attr(self, a: dict, key: str, node: onnx.NodeProto) -> int:
+        """An integer attribute given as an INT or as a size-1 tensor (Deeploy reads both kinds)."""
+        if key not in a:
+            raise self.error(f"{node.op_type} lacks attribute '{key}'", node)
+        value = np.asarray(a[key]).reshape(-1)
+        if value.size != 1 or value[0] != np.rint(value[0]):
+            raise self.error(f"{node.op_type} attribute '{key}' must be one integer", node)
+        return int(value[0])
 
     def _channels_last_conv(self, node: onnx.NodeProto, attrs: dict, args, loc: str) -> Value:
         """A Conv with channels_first = 0 (Deeploy's attribute; qirc writes its depthwise Convs so for CMSIS): the

@@ -11,7 +11,7 @@ from ..qir.ir import Module, Operation, Value
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType, UniformQuantType
 from .common import acc_type, dcast_source, emit_requant, fail, int_const, replace_with_int
-from .numerics import INT32_LIMIT, choose_requant, form_bounds, rational_multipliers, requant_form
+from .numerics import INT32_LIMIT, choose_requant, form_bounds, rational_multipliers, requant_form, unsaturated_span
 from .ranges import RangeAnalysis
 
 #: without a quantizer after the sum (no output step to measure against): the rescaled sum stays below 2^SUM_BITS
@@ -21,14 +21,15 @@ SUM_BITS = 19
 #: 256-step output
 MAX_ERROR_STEPS = 0.25
 #: with quantizers after the sum: the approximation error of the scale ratio plus that of the requant after the sum,
-#: over the sums that do not saturate, must stay BELOW one output step (DESIGN.md section 3)
+#: over the sums that do not saturate, stays BELOW one output step (DESIGN.md section 3) when any candidate allows it;
+#: otherwise the cheapest candidate is taken (refused only under strict precision)
 MAX_TOTAL_ERROR_STEPS = 1.0
 #: the largest multiplier of an exact (rational) common scale; larger exact terms are still found as approximations
 MAX_EXACT_MULTIPLIER = 4096
 #: ops between the sum and its quantizer that keep "the output saturates" meaningful: monotone or shape-only, and
 #: range-preserving for the requant that requant-fusion puts after them
 _TRANSPARENT = ("onnx.Relu", "onnx.Clip", "onnx.MaxPool", "onnx.Flatten", "onnx.Reshape", "onnx.Transpose",
-                "onnx.Squeeze", "onnx.Unsqueeze")
+                "onnx.Squeeze", "onnx.Unsqueeze", "onnx.Gather", "onnx.Slice")
 
 
 @register_pass
@@ -48,27 +49,28 @@ class AddRescale(ModulePass):
     in the sum's type and requant-fusion folds them into its `add`; raw operands at different scales are never summed.
     Concat of operands of different quant types followed by quantizers of one type T: each operand is requantized to
     T, then int.concat; the quantizer disappears.
-    Precondition: per-tensor operand types; the approximation error plus the requant's must stay below 1 output step,
-    so the final requant stays within 1 step of the fake-quant result, and only near ties (else LoweringError naming
-    the node).
+    Precondition: per-tensor operand types.  When no candidate keeps the approximation error plus the requant's
+    below 1 output step, the cheapest one is used; option strict (bool, default 0) refuses that instead
+    (LoweringError naming the node).
     """
 
     name = "add-rescale"
+    strict: bool = False
 
     def run(self, module: Module) -> None:
-        rescale_adds(module)
+        rescale_adds(module, strict=self.strict)
 
 
-def rescale_adds(module: Module, ranges: Optional[RangeAnalysis] = None) -> int:
+def rescale_adds(module: Module, ranges: Optional[RangeAnalysis] = None, strict: bool = False) -> int:
     ranges = ranges or RangeAnalysis()
     count = 0
     for op in module.ops():
         if op.module is not module:
             continue
         if op.name in ("onnx.Add", "onnx.Sub"):
-            count += _add(module, op, ranges)
+            count += _add(module, op, ranges, strict)
         elif op.name == "onnx.Concat":
-            count += _concat(module, op, ranges)
+            count += _concat(module, op, ranges, strict)
     if count:
         module.erase_dead()
     return count
@@ -130,7 +132,13 @@ def _out_steps(op: Operation, s: float, r: int) -> Optional[float]:
     return min(max(steps), 512.0)
 
 
-def _add(module: Module, op: Operation, ranges: RangeAnalysis) -> int:
+def _same_scale(s_a: float, r_a: int, s_b: float, r_b: int) -> bool:
+    """Scales that differ by float rounding only: reading one operand at the other's scale moves no reachable value
+    by more than 1/16 of a step, and the plain int32 sum cannot overflow."""
+    return abs(s_a / s_b - 1.0) * max(r_a, r_b, 1) < 1 / 16 and r_a + r_b < INT32_LIMIT
+
+
+def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False) -> int:
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
     if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
         return 0
@@ -141,14 +149,19 @@ def _add(module: Module, op: Operation, ranges: RangeAnalysis) -> int:
     outputs = _quantizers_after(op)
     if outputs is not None:
         plan = choose_rescale(op, Operand(aq.scale, aq.zero_point, a_lo, a_hi),
-                              Operand(bq.scale, bq.zero_point, b_lo, b_hi), sign, outputs)
+                              Operand(bq.scale, bq.zero_point, b_lo, b_hi), sign, outputs, strict=strict)
         m_a, m_b, s_common = plan.m_a, plan.m_b, plan.s_common
     else:
         r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
         r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))
         steps = (_out_steps(op, aq.scale, r_a), _out_steps(op, bq.scale, r_b))
-        m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
-        s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
+        if _same_scale(aq.scale, r_a, bq.scale, r_b):
+            # scales equal up to float rounding (a bias at the file's float32 s_x*s_w on a float64 accumulator
+            # scale): the sum of the stored integers is exact, whatever the range, as long as it fits int32
+            m_a, m_b, s_common = 1, 1, aq.scale
+        else:
+            m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
+            s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
     a_scaled = _scaled(module, a, m_a, s_common, op.loc)
     b_scaled = _scaled(module, b, m_b, s_common, op.loc)
     zero = aq.zero_point * m_a + sign * bq.zero_point * m_b
@@ -185,7 +198,7 @@ class RescalePlan:
 
 
 def choose_rescale(op: Optional[Operation], a: Operand, b: Operand, sign: int,
-                   outputs: Sequence[UniformQuantType]) -> RescalePlan:
+                   outputs: Sequence[UniformQuantType], strict: bool = False) -> RescalePlan:
     """Multipliers for `a + sign * b` whose result is quantized to each of `outputs` (after monotone ops).
 
     Candidates: the exact rational ratio (terms <= MAX_EXACT_MULTIPLIER), the continued-fraction convergents of the
@@ -193,7 +206,7 @@ def choose_rescale(op: Optional[Operation], a: Operand, b: Operand, sign: int,
     multipliers and the sum fit int32 and the requant after the sum exists (`choose_requant` on the sum's range);
     its cost is the ratio's error plus a bound on that requant's error, over the sums that do not saturate.  The
     exact candidate is taken when admissible and no more costly than the best approximation; otherwise the cheapest
-    candidate, if its cost stays below MAX_TOTAL_ERROR_STEPS (else LoweringError naming `op`).
+    candidate; with `strict`, only if its cost stays below MAX_TOTAL_ERROR_STEPS (else LoweringError naming `op`).
     """
     large, small = (a, b) if a.scale >= b.scale else (b, a)
     ratio = large.scale / small.scale
@@ -215,11 +228,11 @@ def choose_rescale(op: Optional[Operation], a: Operand, b: Operand, sign: int,
     if best is None:
         raise fail(op, f"operand ranges too wide to rescale into one int32 scale (scale ratio {ratio:.9g}, stored "
                        f"ranges {a.lo}..{a.hi} and {b.lo}..{b.hi})")
-    if best.error_steps >= MAX_TOTAL_ERROR_STEPS:
+    if strict and best.error_steps >= MAX_TOTAL_ERROR_STEPS:
         raise fail(op, f"the scale ratio {ratio:.9g} of the operands cannot be approximated in int32 within "
                        f"{MAX_TOTAL_ERROR_STEPS:g} output step (best {max(best.m_a, best.m_b)}/"
                        f"{min(best.m_a, best.m_b)}: error {best.add_error_steps:.3g} steps of the ratio plus "
-                       f"{best.requant_error_steps:.3g} of the requant after the sum)")
+                       f"{best.requant_error_steps:.3g} of the requant after the sum); refused under --strict")
     return best
 
 
@@ -277,7 +290,7 @@ def _evaluate(a: Operand, b: Operand, sign: int, m_a: int, m_b: int, s_common: f
         params = choose_requant(multiplier, zero, z_out, sum_lo, sum_hi, form_lo, form_hi)
         # requant-fusion sees this range or a narrower one (per channel, after a clip), so its shift is at least
         # params.shift: half a unit of mul at this shift bounds its error over the unsaturated inputs
-        span = max(abs(form_lo), abs(form_hi)) + float(np.max(np.abs(z_out))) + 1.0
+        span = unsaturated_span(z_out, form_lo, form_hi)
         dist = float(max(abs(sum_lo - zero), abs(sum_hi - zero)))
         relevant = np.minimum(dist, span / multiplier)
         requant_error = max(requant_error, float(np.max(relevant)) / float(1 << (params.shift + 1)))
@@ -342,7 +355,7 @@ def _scaled(module: Module, x: Value, m: int, s_common: float, loc: str) -> Valu
     return module.create("int.mul", [x, factor], [rtype], {}, loc).result
 
 
-def _concat(module: Module, op: Operation, ranges: RangeAnalysis) -> int:
+def _concat(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False) -> int:
     sources = [dcast_source(v) for v in op.operands]
     if not sources or any(s is None for s in sources):
         return 0
@@ -358,7 +371,7 @@ def _concat(module: Module, op: Operation, ranges: RangeAnalysis) -> int:
             parts.append(s)
         else:
             parts.append(emit_requant(module, ranges, s, TensorType(s.type.shape, out_element), loc=op.loc,
-                                      op_for_errors=op))
+                                      op_for_errors=op, strict=strict))
     concat = module.create("int.concat", parts, [TensorType(op.results[0].type.shape, out_element)],
                            {"axis": int(op.attr("axis"))}, op.loc)
     for user in users:

@@ -89,12 +89,15 @@ def replace_with_int(module: Module, op: Operation, name: str, operands: Sequenc
 
 
 def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorType, clip_lo: Optional[int] = None,
-                 clip_hi: Optional[int] = None, loc: str = "", op_for_errors: Optional[Operation] = None) -> Value:
+                 clip_hi: Optional[int] = None, loc: str = "", op_for_errors: Optional[Operation] = None,
+                 strict: bool = False, gain: float = 1.0, offset: float = 0.0) -> Value:
     """`int.requant_shift` from the quantized integer value x to the quant type of `out` (shape taken from x).
 
     clip_lo/clip_hi: tighter output bounds (in stored integers) from a folded ReLU/Clip.  When the bounds are not a
     form Deeploy's RequantShift expresses ([-n/2, n/2-1] or [0, n-1]), the requant uses the enclosing form and an
-    int.clip follows.
+    int.clip follows.  strict: refuse a requant whose approximation bound reaches one output step
+    (`numerics.choose_requant`) instead of compiling it.  gain, offset: an affine map of the real value before
+    the output quantizer, y = gain * x + offset (HardSigmoid's alpha and beta; per-tensor output only).
     """
     xt, ot = x.type.quant, out.quant
     rank = x.type.rank
@@ -104,11 +107,12 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
         lo = hi = min(max(lo, ot.storage_min), ot.storage_max)
     signed, n_levels, _ = requant_form(ot.storage_min, ot.storage_max)
     form_lo, form_hi = form_bounds(signed, n_levels)
-    multiplier = xt.scales_for(rank) / ot.scales_for(rank)
+    multiplier = gain * xt.scales_for(rank) / ot.scales_for(rank)
     acc_lo, acc_hi = ranges.range_of(x)
     anchor = op_for_errors or x.owner
     params = choose_requant(multiplier, xt.zero_points_for(rank), ot.zero_points_for(rank), acc_lo, acc_hi,
-                            form_lo, form_hi, op=_Located(loc, anchor))
+                            form_lo, form_hi, op=_Located(loc, anchor), strict=strict, fold_offset=_foldable_offset(x),
+                            offset_steps=offset / ot.scale if offset else 0.0)
     needs_clip = (lo, hi) != (form_lo, form_hi)
     requant_elem = ot.with_(storage_min=min(form_lo, ot.storage_min), storage_max=max(form_hi, ot.storage_max)) \
         if needs_clip else ot
@@ -120,6 +124,24 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
     if needs_clip:
         result = module.create("int.clip", [result], [TensorType(shape, ot)], {"min": lo, "max": hi}, loc).result
     return result
+
+
+def _foldable_offset(x: Value) -> Optional[np.ndarray]:
+    """The constant part of x that a backend folds into the requant's add (Deeploy: a Conv's bias, a constant
+    int.add before the requant), broadcastable against x; None when there is none.  The requant is sized for both
+    forms, with and without it (a 4-bit activation after signed normalisation has a bias far beyond the
+    accumulator's own range: the zero-point correction)."""
+    op = x.owner
+    if op.name == "int.conv" and len(op.operands) > 2:
+        b = const_array(op.operands[2])
+        if b is not None:
+            return b.astype(np.int64).reshape([1, -1] + [1] * (x.type.rank - 2))
+    if op.name == "int.add":
+        for v in op.operands:
+            k = const_array(v)
+            if k is not None and np.broadcast_shapes(np.shape(k), x.type.shape) == tuple(x.type.shape):
+                return k.astype(np.int64)
+    return None
 
 
 class _Located:

@@ -10,46 +10,59 @@ from .common import fail
 from .dequant_push import push_dequants
 from .fold_constants import fold_constants
 from .pool_lowering import lower_pools
+from .quantize_before_moves import quantize_before_moves
 from .ranges import RangeAnalysis
 from .requant_fusion import fuse_requants
+from .scale_fold import fold_scales
 from .signed_normalize import signed_normalize
 from .strip_quant_boundaries import strip_boundaries
+from .transformer_ops import check_transformer_inputs, lower_transformer_ops, refuse_unlowered
 
-#: the passes lower-to-int runs, in order (dequant-push, pool-lowering and add-rescale repeat until nothing moves)
-PIPELINE = ("fold-constants", "[signed-normalize]", "pool-lowering", "add-rescale", "dequant-push", "requant-fusion",
-            "strip-quant-boundaries", "dce", "check-integer-only")
+#: the passes lower-to-int runs, in order (pool-lowering, add-rescale, dequant-push, scale-fold and
+#: integer-transformer repeat until nothing moves)
+PIPELINE = ("fold-constants", "quantize-before-moves", "[signed-normalize]", "pool-lowering", "add-rescale",
+            "dequant-push", "scale-fold", "integer-transformer", "requant-fusion", "strip-quant-boundaries", "dce",
+            "check-integer-only")
 
 
 @register_pass
 class LowerToInt(ModulePass):
     """Lower a quant-level module to integer-only arithmetic (qir.* and int.* ops only).
 
-    Runs fold-constants, signed-normalize (when the option is on), then pool-lowering, add-rescale and
-    dequant-push until no dcast moves, then requant-fusion, strip-quant-boundaries and dead-code elimination
-    (the same passes, once each in this order, lower the corpus models too).
+    Runs fold-constants, quantize-before-moves, signed-normalize (when the option is on), then pool-lowering,
+    add-rescale, dequant-push, scale-fold and integer-transformer until no dcast moves, then requant-fusion,
+    strip-quant-boundaries and dead-code elimination (the same passes, once each in this order, lower the corpus
+    models too).
     Before: `qir.input (f32) -> quant.qcast -> quant.dcast -> onnx.* -> quant.qcast -> ... -> quant.dcast -> qir.output`.
     After:  `qir.input (quantized) -> int.* / int.requant_shift -> qir.output (integer, type records the scale)`.
     Postcondition (checked): every op is qir.* or int.*; otherwise LoweringError names the first op left (its
     location and name) and how many others remain.
-    Option: signed-normalize (bool, default 0): store u8 tensors as i8 with zero point z - 128.
+    Options: signed-normalize (bool, default 0): store u8 tensors as i8 with zero point z - 128; strict (bool,
+    default 0): refuse a requant (or an Add's common scale) whose worst-case approximation error reaches one output
+    step, instead of compiling the most precise int32-safe one (what `qirc --strict` sets).
     """
 
     name = "lower-to-int"
     signed_normalize: bool = False
+    strict: bool = False
 
     def run(self, module: Module) -> None:
-        lower_to_int(module, signed=self.signed_normalize)
+        lower_to_int(module, signed=self.signed_normalize, strict=self.strict)
 
 
-def lower_to_int(module: Module, signed: bool = False) -> None:
+def lower_to_int(module: Module, signed: bool = False, strict: bool = False) -> None:
     fold_constants(module)
+    check_transformer_inputs(module)
+    quantize_before_moves(module)
     if signed:
         signed_normalize(module)
     for _ in range(16):
-        moved = lower_pools(module) + rescale_adds(module) + push_dequants(module)
+        moved = lower_pools(module) + rescale_adds(module, strict=strict) + push_dequants(module) + \
+            fold_scales(module) + lower_transformer_ops(module)
         if not moved:
             break
-    fuse_requants(module, RangeAnalysis())
+    refuse_unlowered(module)
+    fuse_requants(module, RangeAnalysis(), strict=strict)
     strip_boundaries(module)
     module.erase_dead()
     check_integer_only(module)

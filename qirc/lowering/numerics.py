@@ -10,10 +10,13 @@ real value lies within the error of approximating M by mul / 2^k of a rounding t
 so `add` carries no rounding term (rounding happens exactly once).
 
 k is the LARGEST shift for which every reachable accumulator value keeps `|x * mul| < 2^31` and
-`|x * mul + add| + div / 2 < 2^31` (the kernel computes in int32), with mul itself fitting int32.  The reachable
-range comes from `qirc.lowering.ranges`.  If even that k leaves the approximation error at one output step or more
-over the inputs that do not saturate (typically: mul would be below 2^7), the node cannot be lowered faithfully
-and `LoweringError` says so, naming the node.
+`|x * mul + add| + div / 2 < 2^31` (the kernel computes in int32), with mul itself fitting int32: int32 overflow is
+impossible by construction (the reachable range comes from `qirc.lowering.ranges`), and no larger shift is safe.
+The price of a small shift is precision: `error_steps` bounds the error of approximating M by mul / 2^k, in output
+steps, over the inputs that do not saturate (`requant_error_bound`).  A bound of one step or more is NOT a refusal:
+the requant is still the most precise int32-safe one, the compile driver records the bound and the mismatch it
+measures on the samples in qirc.json and warns (`qirc.lowering.precision`); only `strict=True` (`qirc --strict`)
+refuses it with `LoweringError`, naming the node.  Overflow for every shift is always refused.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ from ..qir.diagnostics import LoweringError, op_error
 INT32_LIMIT = 1 << 31
 #: largest shift tried: div = 2^30 still fits an int32 tensor attribute
 MAX_SHIFT = 30
-#: the error of mul / 2^k against M, in output steps over the unsaturated range, must stay BELOW this: an error
-#: under one step keeps every output within 1 step of the fake-quant requantizer (the contract of DESIGN.md 3)
+#: an error of mul / 2^k against M BELOW this many output steps (over the unsaturated range) keeps every output within
+#: 1 step of the fake-quant requantizer (the contract of DESIGN.md 3); at or above it the requant is compiled with a
+#: warning, or refused under strict precision
 MAX_ERROR_STEPS = 1.0
 
 
@@ -47,13 +51,19 @@ class RequantParams:
 
 
 def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, out_hi: int, *, op=None,
-                   max_shift: int = MAX_SHIFT, max_error_steps: float = MAX_ERROR_STEPS) -> RequantParams:
+                   max_shift: int = MAX_SHIFT, strict: bool = False, fold_offset=None, offset_steps: float = 0.0,
+                   max_error_steps: float = MAX_ERROR_STEPS) -> RequantParams:
     """mul/add/shift for `y = clip(round((x - zero_in) * multiplier) + zero_out, out_lo, out_hi)`.
 
     multiplier, zero_in, zero_out: broadcastable arrays (per channel or scalars); acc_lo/acc_hi bound every x the
     requant can see (broadcastable against the same shape).  `mul` and `add` get the broadcast shape of
     multiplier, zero_in and zero_out only (the range may be finer without making them per channel).  `op` locates
-    errors.
+    errors.  The shift is the largest one free of int32 overflow; with `strict`, a requant whose error bound
+    reaches `max_error_steps` is refused instead of returned (see the module docstring).
+    fold_offset: a constant part of x (a conv's bias, a constant add before the requant; broadcastable like
+    acc_lo) that a backend may fold into add (add' = add + offset * mul, x' = x - offset): the shift keeps that form
+    in int32 too.  offset_steps: a real constant added before rounding, in output steps (an affine activation
+    such as HardSigmoid's beta / s_out): add gets round(offset_steps * 2^k), and the bound half a unit of it.
     """
     m = np.asarray(multiplier, dtype=np.float64)
     z_in = np.asarray(zero_in, dtype=np.int64)
@@ -67,10 +77,7 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     lo = np.asarray(acc_lo, dtype=np.int64)
     hi = np.asarray(acc_hi, dtype=np.int64)
     x_abs = np.maximum(np.abs(lo), np.abs(hi))
-    # how far from z_in an input can be while the output is still not saturated: only there does precision matter
-    span = max(abs(out_lo), abs(out_hi)) + float(np.max(np.abs(z_out_b))) + 1.0
     dist = np.maximum(np.abs(lo - z_in_b), np.abs(hi - z_in_b)).astype(np.float64)
-    relevant = np.minimum(dist, span / m_b)
 
     # no shift above k_top can fit int32 (the products below grow like M * 2^k): start the search there
     growth = float(np.max(np.maximum(x_abs * m_b, dist * m_b + np.abs(z_out_b) + 1.0)))
@@ -81,6 +88,8 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if np.any(mul >= INT32_LIMIT):
             continue
         add = z_out_b * (1 << k) - z_in_b * mul
+        if offset_steps:
+            add = add + np.int64(np.rint(float(offset_steps) * (1 << k)))
         half = (1 << k) // 2
         t_lo = lo * mul + add
         t_hi = hi * mul + add
@@ -88,14 +97,19 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
         if np.any(worst >= INT32_LIMIT) or np.any(x_abs * mul >= INT32_LIMIT) or \
                 np.any(np.abs(add) + half >= INT32_LIMIT):
             continue
-        errors = relevant * np.abs(mul / scale - m_b)
-        error = float(np.max(errors)) if relevant.size else 0.0
-        if error >= max_error_steps:
+        if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
+            continue
+        errors = requant_error_bounds(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
+        error = float(np.max(errors)) if errors.size else 0.0
+        if offset_steps:
+            error += 0.5 / (1 << k)
+        if strict and error >= max_error_steps:
             where, at = _worst(errors, lo, hi, m_b, mul)
             raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
                              f"the int32 intermediate in range (k={k}, mul={at[3]}) the multiplier {at[2]:.6g} "
-                             f"is approximated with an error of {error:.3g} output steps (accumulator range "
-                             f"[{at[0]}, {at[1]}]{where})")
+                             f"is approximated with an error of up to {error:.3g} output steps (accumulator range "
+                             f"[{at[0]}, {at[1]}]{where}); refused under --strict (without it the requant is compiled "
+                             f"and its error recorded in qirc.json)")
         return RequantParams(_param_array(mul), _param_array(add), k, error)
     where, at = _worst(x_abs * m_b, lo, hi, m_b)
     raise _error(op, f"requantization overflows int32 for every shift: multiplier {at[2]:.6g} with accumulator "
@@ -116,6 +130,43 @@ def _worst(badness, lo, hi, m, mul=None):
     channel = ", ".join(str(int(index[axis])) for axis in axes)
     count = int(np.prod([bad.shape[axis] for axis in axes]))
     return f", channel {channel} of {count}", at
+
+
+def _folded_fits(offset, lo, hi, mul, add, half) -> bool:
+    """add + offset * mul and (x - offset) * mul within int32 (the requant after a backend folded `offset`)."""
+    b = np.asarray(offset, dtype=np.int64)
+    folded_abs = np.maximum(np.abs(lo - b), np.abs(hi - b))
+    return not (np.any(np.abs(add + b * mul) + half >= INT32_LIMIT) or np.any(folded_abs * mul >= INT32_LIMIT))
+
+
+def unsaturated_span(zero_out, out_lo: int, out_hi: int) -> np.ndarray:
+    """How far, in output steps, the exact value `(x - z_in) * M` can be from 0 while the output is not saturated:
+    the output z_out + v stays inside [out_lo, out_hi] only for v within max(out_hi - z_out, z_out - out_lo), plus
+    one step for the rounding (129 for uint8 with zero point 128, 256 for uint8 with zero point 0)."""
+    z = np.asarray(zero_out, dtype=np.float64)
+    return np.maximum(float(out_hi) - z, z - float(out_lo)) + 1.0
+
+
+def requant_error_bound(multiplier, mul, shift: int, zero_in, zero_out, acc_lo, acc_hi, out_lo: int,
+                        out_hi: int) -> float:
+    """The largest of `requant_error_bounds` (0 for empty parameters)."""
+    errors = requant_error_bounds(multiplier, mul, shift, zero_in, zero_out, acc_lo, acc_hi, out_lo, out_hi)
+    return float(np.max(errors)) if errors.size else 0.0
+
+
+def requant_error_bounds(multiplier, mul, shift: int, zero_in, zero_out, acc_lo, acc_hi, out_lo: int,
+                         out_hi: int) -> np.ndarray:
+    """Per element (channel), the worst `|x - z_in| * |mul / 2^shift - M|`, in output steps, over the reachable
+    inputs x in [acc_lo, acc_hi] whose output does not saturate (outside that, both the exact and the integer requantizer clip).  All arguments
+    broadcast against each other (per channel or per tensor)."""
+    m = np.asarray(multiplier, dtype=np.float64)
+    z_in = np.asarray(zero_in, dtype=np.int64)
+    lo = np.asarray(acc_lo, dtype=np.int64)
+    hi = np.asarray(acc_hi, dtype=np.int64)
+    dist = np.maximum(np.abs(lo - z_in), np.abs(hi - z_in)).astype(np.float64)
+    relevant = np.minimum(dist, unsaturated_span(zero_out, out_lo, out_hi) / m)
+    deviation = np.abs(np.asarray(mul, dtype=np.float64) / float(1 << shift) - m)
+    return relevant * deviation
 
 
 def _param_array(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ Rules:
   allows: max = sum(w > 0) * x_max + sum(w < 0) * x_min (+ bias), using the per-input-channel range of x when known;
   a conv with implicit zero padding may also see 0;
 - int.add / sub / mul: interval arithmetic; reduce_sum and sumpool: count times the range (0 counts when padded);
-- maxpool, clip, pad and the shape-only ops keep (or widen) their operand's range.
+- maxpool, clip, pad and the shape-only ops keep (or widen) their operand's range;
+- int.igelu: its exact minimum and maximum over the input's range.
 The analysis memoises per Value and stops at narrow types, so chains between requants are short.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..qir.diagnostics import LoweringError, op_error
 from ..qir.ir import Value
+from ..qir.kernels_transformer import igelu
 
 Interval = Tuple[np.ndarray, np.ndarray]
 
@@ -250,6 +252,13 @@ def _requant(ra, op) -> Interval:
     return (-(n // 2), n // 2 - 1) if signed else (0, n - 1)
 
 
+def _igelu(ra, op) -> Interval:
+    # iGELU is a fixed function of an 8-bit input: evaluate it on the input's whole range
+    lo, hi = ra.scalar_range(op.operands[0])
+    y = igelu(np.arange(lo, hi + 1), int(op.attr("b")), int(op.attr("one")))
+    return np.int64(y.min()), np.int64(y.max())
+
+
 def _concat(ra, op) -> Interval:
     bounds = [_scalar(ra.range_of(v)) for v in op.operands]
     return min(b[0] for b in bounds), max(b[1] for b in bounds)
@@ -272,6 +281,9 @@ _RULES = {
     "int.squeeze": _shape_changing,
     "int.unsqueeze": _shape_changing,
     "int.transpose": _transpose,
+    "int.gather": _shape_changing,
+    "int.slice": _shape_changing,
     "int.concat": _concat,
     "int.requant_shift": _requant,
+    "int.igelu": _igelu,
 }

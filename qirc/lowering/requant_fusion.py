@@ -24,23 +24,31 @@ class RequantFusion(ModulePass):
     div/2), k the largest shift that range analysis proves free of int32 overflow (qirc.lowering.numerics).  ReLU and
     Clip fold into the bounds (a quantizer is monotone, so clip commutes with it); signed/n_levels encode T_out's
     storage range, and bounds that are not of Deeploy's forms [-n/2, n/2-1] / [0, n-1] add an int.clip (which a
-    target may reject).  A dcast -> qcast between identical types is the identity and disappears, and so does one
+    target may reject).  A HardSigmoid right after the dcast is the affine requant clipped to the quantized 0 and 1:
+    M = alpha * s_in / s_out and add += round(beta / s_out * 2^k).  A dcast -> qcast between identical types is the identity and disappears, and so does one
     whose scales differ only by float rounding when no reachable integer can change and only int.* ops read it (the
     requant onto a QONNX Trunc's input grid after an average pool).
+    k is the most precise int32-safe shift even when its worst-case error over the reachable range reaches one output
+    step (the driver records and warns); option strict (bool, default 0) refuses such a requant instead.
     Precondition: the dcast reads a quantized value; per-axis output types take no Relu/Clip.
     """
 
     name = "requant-fusion"
+    strict: bool = False
 
     def run(self, module: Module) -> None:
-        fuse_requants(module)
+        fuse_requants(module, strict=self.strict)
 
 
 def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
-    """(quantized source, [Relu/Clip ops from source to qcast]) when the qcast reads such a chain."""
+    """(quantized source, [HardSigmoid? Relu/Clip ops from source to qcast]) when the qcast reads such a chain (a
+    HardSigmoid only right after the dcast)."""
     clips: List[Operation] = []
     value = qcast.operands[0]
     while value.owner.name in ("onnx.Relu", "onnx.Clip"):
+        clips.append(value.owner)
+        value = value.owner.operands[0]
+    if value.owner.name == "onnx.HardSigmoid" and len(value.users) == 1:
         clips.append(value.owner)
         value = value.owner.operands[0]
     source = dcast_source(value)
@@ -50,7 +58,7 @@ def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
     return source, clips
 
 
-def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int:
+def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None, strict: bool = False) -> int:
     ranges = ranges or RangeAnalysis()
     count = 0
     for op in module.ops():
@@ -63,8 +71,13 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int
         out_type = op.results[0].type
         ot = out_type.quant
         lo_real, hi_real = -np.inf, np.inf
+        gain, offset = 1.0, 0.0
         for clip in clips:
-            if clip.name == "onnx.Relu":
+            if clip.name == "onnx.HardSigmoid":
+                # clip(alpha * x + beta, 0, 1): an affine requant clipped to the quantized 0 and 1
+                gain, offset = float(np.float32(clip.attr("alpha"))), float(np.float32(clip.attr("beta")))
+                lo_real, hi_real = max(lo_real, 0.0), min(hi_real, 1.0)
+            elif clip.name == "onnx.Relu":
                 lo_real = max(lo_real, 0.0)
             else:
                 lo_real = max(lo_real, float(clip.attr("min")))
@@ -76,12 +89,15 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None) -> int
             rounding = op.attr("rounding")
             clip_lo = quantize_scalar(lo_real, ot.scale, ot.zero_point, rounding, ot.storage_min, ot.storage_max)
             clip_hi = quantize_scalar(hi_real, ot.scale, ot.zero_point, rounding, ot.storage_min, ot.storage_max)
-        if source.type.element == ot and not clips:
+        if gain != 1.0 or offset != 0.0:
+            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op, strict=strict,
+                                  gain=gain, offset=offset)
+        elif source.type.element == ot and not clips:
             result = source
         elif not clips and _integer_identity(source, op, ranges):
             result = source
         else:
-            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op)
+            result = emit_requant(module, ranges, source, out_type, clip_lo, clip_hi, op.loc, op, strict=strict)
         module.replace_op(op, [result])
         count += 1
     if count:

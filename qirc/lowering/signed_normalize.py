@@ -14,7 +14,7 @@ from .ranges import RangeAnalysis
 
 _SHIFT = -128
 _MOVE_OPS = ("int.maxpool", "int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
-             "int.concat", "int.clip", "int.pad")
+             "int.concat", "int.clip", "int.pad", "int.gather", "int.slice")
 
 
 @register_pass

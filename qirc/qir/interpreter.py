@@ -74,12 +74,12 @@ InputsArg = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
 def run(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[str, np.ndarray]:
     """Execute `module`; return {qir.output name: array} in output order."""
     values = _execute(module, inputs, check_overflow, keep_all=False)
-    return {op.attrs["name"]: values[op.operands[0]] for op in module.outputs}
+    return {op.attrs["name"]: _widen(values[op.operands[0]]) for op in module.outputs}
 
 
 def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True) -> Dict[Value, np.ndarray]:
     """Execute `module`; return the runtime array of every value (keyed by the Value object)."""
-    return _execute(module, inputs, check_overflow, keep_all=True)
+    return {v: _widen(a) for v, a in _execute(module, inputs, check_overflow, keep_all=True).items()}
 
 
 def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: bool) -> Dict[Value, np.ndarray]:
@@ -102,6 +102,11 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     dying: Dict[int, List[Value]] = {}
     for v, i in last_reader.items():
         dying.setdefault(i, []).append(v)
+    # With the overflow checks on, every integer value lies inside its type's range, so a kernel may hand back a
+    # narrower integer array than int64 (a requantized tensor as int8: an eighth of the memory traffic of the ops
+    # that follow) wherever that dtype holds the type's range; kernels not known to compute right on such arrays
+    # get them widened to int64 first, and run() / run_values() return int64 as documented.
+    narrow = check_overflow
     token = _CHECK_OVERFLOW.set(check_overflow)
     try:
         for position, op in enumerate(order):
@@ -109,6 +114,8 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
             if fn is None:
                 raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
             args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
+            if narrow and op.name not in NARROW_INPUTS:
+                args = [_widen(a) for a in args]
             try:
                 results = fn(op, args)
             except QircError:
@@ -119,7 +126,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
                 raise op_error(InterpretError, op,
                                f"{op.name} kernel produced {len(results)} results, the op declares {len(op.results)}")
             for value, array in zip(op.results, results):
-                array = _as_runtime(array, value.type)
+                array = _as_runtime(array, value.type, narrow)
                 if array.shape != value.type.shape:
                     raise op_error(InterpretError, op,
                                    f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
@@ -133,9 +140,36 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     return values
 
 
-def _as_runtime(array, type: TensorType) -> np.ndarray:
-    dtype = _F32 if type.is_float else _I64
-    return np.asarray(array).astype(dtype, copy=False)
+def _as_runtime(array, type: TensorType, narrow: bool = False) -> np.ndarray:
+    """A kernel's result in the runtime convention: float32, or int64 (with `narrow`, any integer dtype that holds
+    the type's whole range is kept as it is)."""
+    array = np.asarray(array)
+    if type.is_float:
+        return array.astype(_F32, copy=False)
+    if narrow and array.dtype != _I64 and array.dtype.kind in "iu" and _holds(array.dtype, type.element):
+        return array
+    return array.astype(_I64, copy=False)
+
+
+def _holds(dtype: np.dtype, element) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= element.min and element.max <= info.max
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """An integer array as int64 (the documented runtime dtype); other arrays as they are."""
+    if array.dtype != _I64 and array.dtype.kind in "iu":
+        return array.astype(_I64)
+    return array
+
+
+def narrowest_int(lo: int, hi: int) -> np.dtype:
+    """The smallest numpy integer dtype holding lo..hi."""
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(_I64)
 
 
 def _fmt_shape(shape) -> str:
@@ -160,6 +194,13 @@ def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> 
     raise op_error(OverflowError_, op, f"{_range_name(element)} overflow: values reach {reach} (limit {limit}); "
                                        f"{count} of {array.size} values out of range {lo}..{hi}")
 
+
+# Kernels that compute right on integer operands of any numpy integer dtype (they widen wherever arithmetic could
+# overflow the operand's dtype); with the overflow checks on, the runner passes them narrow arrays as they are.  Any
+# other kernel (a new one included) gets int64 operands.
+NARROW_INPUTS = frozenset(("qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub", "int.mul",
+                           "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool", "int.reshape",
+                           "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
 
 # ops whose results are some of their operands' values (plus an int.pad's fill value)
 _VALUE_PRESERVING = frozenset(("int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
@@ -198,9 +239,9 @@ def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> boo
     if name == "int.conv" and len(args) >= 2 and args[1].ndim >= 2:
         x_lo, x_hi = _type_range(op.operands[0].type)
         w = args[1]
-        bound = max(abs(x_lo), abs(x_hi)) * int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1, dtype=_I64).max())
+        bound = max(abs(x_lo), abs(x_hi)) * _row_abs_sum(w)
         if len(args) > 2 and args[2].size:
-            bound += int(np.abs(args[2]).max())
+            bound += _abs_max(args[2])
         return lo <= -bound and bound <= hi
     return False
 
@@ -435,12 +476,19 @@ def exact_dtype(bound: int):
     return _I64
 
 
+def _row_abs_sum(w: np.ndarray) -> int:
+    """The largest sum of |w| over one output channel (axis 0) of a weight array."""
+    if w.size == 0:
+        return 0
+    return int(np.abs(w.reshape(w.shape[0], -1).astype(_I64)).sum(axis=1).max())
+
+
 def _partial_sum_bound(x_type: TensorType, x: np.ndarray, rows: np.ndarray) -> int:
     """A bound on |every partial sum| of the products x * w where each output sums one row of `rows` [M, K] (a
     constant weight matrix) against values of x: max|x| times the largest row sum of |w| (any partial sum is a subset
     of a row's terms).  max|x| comes from x's declared storage range, which costs nothing; only when that bound is
     too loose for float32 are the actual values of x scanned for a tighter one."""
-    weights = int(np.abs(rows).sum(axis=1, dtype=_I64).max()) if rows.size else 0
+    weights = _row_abs_sum(rows)
     # x's type bounds its values only where the runner checks them (check_overflow) or they were clipped
     element = x_type.element
     static = (max(abs(int(element.min)), abs(int(element.max)))
@@ -468,22 +516,25 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # Elements of one im2col block of the integer convolution: a few MB, so that the patch matrix stays in cache
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
+_FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
                 dilations: Sequence[int], group: int, dtype, bias: Optional[np.ndarray] = None,
-                int_result: bool = False) -> np.ndarray:
+                int_result=False) -> np.ndarray:
     """Exact grouped N-d convolution (NCHW, zero padding) of integer arrays, computed in `dtype`.
 
-    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with `int_result`
-    (each block is converted while it is in cache, instead of one more pass over the whole output).  `bias` (one
+    `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with
+    `int_result=True`, or the integer dtype `int_result` (which must hold every result: the caller's bound), each block
+    converted while it is in cache instead of in one more pass over the whole output.  `bias` (one
     integer per output channel) is added in int64 and needs `int_result`.  Unlike `conv_nd` (which mirrors MLAS's
     layout for the float kernels), the patch matrix of a block of images is built image-major, cols[b, g, Cg*k, P],
     whose gather reads the padded input along its rows, and the weights multiply from the left, so every image's
     product lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
     """
-    if bias is not None and not int_result:
-        raise ValueError("int_conv_nd adds a bias only with int_result=True")
+    if bias is not None and int_result is False:
+        raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
+    result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -496,35 +547,65 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     if min(out) < 1:
         raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
                          f"{list(padded)}")
+    if _FLAT_CONV and group == 1 and n == 2 and any(k > 1 for k in kernel) and _flat_fits(padded, kernel, strides,
+                                                                                          out):
+        return _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, bias, result)
+    Mg = M // group
+    wf = w.astype(dtype)
+    bias_shape = (1, M) + (1,) * n
+    # measured: the flat depthwise route wins on large maps at stride 1 (its channel-major copy and extraction pay
+    # off over long rows), the windowed one below on small or strided maps
+    if (_FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and all(st == 1 for st in strides)
+            and padded[0] * padded[1] >= 1024 and _flat_fits(padded, kernel, strides, out)):
+        return _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, bias, result)
+    if Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads):
+        # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
+        # (image, channel), exact in `dtype` like every route here
+        y = np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out)
+        if result is not None:
+            y = y.astype(result)
+            if bias is not None:
+                y += bias.astype(_I64, copy=False).reshape(bias_shape)
+        return y
     if any(pads):
         xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
         xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
     else:
         xp = x.astype(dtype)
-    Mg = M // group
-    wf = w.astype(dtype)
-    bias_shape = (1, M) + (1,) * n
     if Cg == 1:
-        # depthwise (channel multiplier Mg): one whole-tensor multiply-add per kernel tap
-        windows = _window_view(xp, kernel, strides, dilations, out)
-        y = np.zeros((N, M) + out, dtype=dtype)
+        # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
+        # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        scratch = np.empty_like(y)
-        for k, tap in enumerate(np.ndindex(*kernel)):
-            xs = windows[(Ellipsis,) + tap]
-            if Mg > 1:
-                xs = np.repeat(xs, Mg, axis=1)
-            np.multiply(xs, wd[..., k], out=scratch)
-            y += scratch
-        if int_result:
-            y = y.astype(_I64, copy=False)
-            if bias is not None:
-                y += bias.astype(_I64, copy=False).reshape(bias_shape)
+        y = np.empty((N, M) + out, dtype=dtype if result is None else result)
+        b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
+        per_image = M * int(np.prod(out))
+        images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
+        taps = list(np.ndindex(*kernel))
+        for start in range(0, N, images):
+            stop = min(N, start + images)
+            windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
+            acc = np.empty((stop - start, M) + out, dtype=dtype)
+            scratch = np.empty_like(acc)
+            for k, tap in enumerate(taps):
+                xs = windows[(Ellipsis,) + tap]
+                if Mg > 1:
+                    xs = np.repeat(xs, Mg, axis=1)
+                if k == 0:
+                    np.multiply(xs, wd[..., 0], out=acc)
+                else:
+                    np.multiply(xs, wd[..., k], out=scratch)
+                    acc += scratch
+            if result is None:
+                y[start:stop] = acc
+            else:
+                np.copyto(y[start:stop], acc, casting="unsafe")  # exact integers: the cast is exact
+                if b64 is not None:
+                    y[start:stop] += b64
         return y
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    y = np.empty((N, M) + out, dtype=_I64 if int_result else dtype)
+    y = np.empty((N, M) + out, dtype=dtype if result is None else result)
     b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(bias_shape)
     block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
     pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
@@ -540,12 +621,117 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
             cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
             cols = cols.reshape(b, group, K, P)
         target = y[start:stop].reshape(b, group, Mg, P)
-        if int_result:
+        if result is not None:
             np.copyto(target, np.matmul(wm, cols), casting="unsafe")  # exact integers: the cast is exact
             if b64 is not None:
                 y[start:stop] += b64
         else:
             np.matmul(wm, cols, out=target)
+    return y
+
+
+def _flat_layout(x: np.ndarray, pads, kernel, strides, dilations, dtype):
+    """`x` [N, C, H, W] zero-padded by `pads`, in `dtype`, laid out for the flat convolutions below.
+
+    Channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of the output at flat position p reads
+    X[c, p + i*dh*Wp + j*dw] (stride 1).  With strides (sh, sw) the padded image is first split into its sh x sw
+    phases (rows a::sh, columns b::sw, each Hq x Wq): tap (i, j) reads phase (i*dh % sh, j*dw % sw) at offset
+    (i*dh // sh) * Wq + (j*dw // sw), again one contiguous slice for every output.  Returns X [C, phases, N*Hq*Wq],
+    the (phase, offset) of every tap in (i, j) order, and (Hq, Wq); the valid outputs of image n are the first
+    Ho x Wo of its Hq x Wq grid."""
+    N, C, H, W = x.shape
+    sh, sw = strides
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+    full = (Hq * sh, Wq * sw)
+    # pad, convert and go channel-major in one pass (plus one to split the phases of a strided conv)
+    X = (np.zeros if any(pads) or full != (Hp, Wp) else np.empty)((C, N) + full, dtype=dtype)
+    X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    if sh * sw > 1:
+        X = np.ascontiguousarray(X.reshape(C, N, Hq, sh, Wq, sw).transpose(0, 3, 5, 1, 2, 4))
+    X = X.reshape(C, sh * sw, N * Hq * Wq)
+    taps = [(((i * dilations[0]) % sh) * sw + (j * dilations[1]) % sw,
+             ((i * dilations[0]) // sh) * Wq + (j * dilations[1]) // sw)
+            for i in range(kernel[0]) for j in range(kernel[1])]
+    return X, taps, (Hq, Wq)
+
+
+def _flat_fits(padded, kernel, strides, out) -> bool:
+    """Whether the flat layout's grid wastes at most half its positions (valid outputs / grid >= 1/2)."""
+    grid = (-(-padded[0] // strides[0])) * (-(-padded[1] // strides[1]))
+    return 2 * out[0] * out[1] >= grid
+
+
+def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
+               result) -> np.ndarray:
+    """A 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`), in the flat
+    layout of `_flat_layout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
+    classic im2col gathers short rows), and one matmul gives every output of the grid, of which the first Ho x Wo of
+    each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
+    images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
+    NCHW result in one pass."""
+    N, C = x.shape[:2]
+    M = wf.shape[0]
+    Ho, Wo = out
+    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
+    S = Hq * Wq
+    T = len(taps)
+    K = C * T
+    wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
+    y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
+    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, M, 1, 1)
+    images = max(1, _IM2COL_BLOCK // max(1, K * S))
+    cols = np.empty((C, T, images * S), dtype=dtype)
+    grid = np.empty((M, images * S), dtype=dtype)
+    tail = max(off for _, off in taps)
+    for n0 in range(0, N, images):
+        n1 = min(N, n0 + images)
+        width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
+        start = n0 * S
+        for t, (phase, off) in enumerate(taps):
+            cols[:, t, :width] = X[:, phase, start + off:start + off + width]
+        np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
+        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
+        if b64 is not None:
+            y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
+    return y
+
+
+def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
+                    result) -> np.ndarray:
+    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: each tap is
+    one multiply of a contiguous slice of X by a per-channel scalar, added into the accumulator grid (long contiguous
+    rows, numpy's fast path; the windowed views of the general route are strided)."""
+    N, C = x.shape[:2]
+    Ho, Wo = out
+    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
+    S = Hq * Wq
+    weights = wf.reshape(C, len(taps))
+    y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
+    b64 = None if bias is None else bias.astype(_I64, copy=False).reshape(1, C, 1, 1)
+    images = max(1, (_IM2COL_BLOCK // 8) // max(1, C * S))
+    acc = np.empty((C, images * S), dtype=dtype)
+    scratch = np.empty_like(acc)
+    tail = max(off for _, off in taps)
+    for n0 in range(0, N, images):
+        n1 = min(N, n0 + images)
+        width = (n1 - n0) * S - tail
+        start = n0 * S
+        a, t = acc[:, :width], scratch[:, :width]
+        for k, (phase, off) in enumerate(taps):
+            if k == 0:
+                np.multiply(X[:, phase, start + off:start + off + width], weights[:, :1], out=a)
+            else:
+                np.multiply(X[:, phase, start + off:start + off + width], weights[:, k:k + 1], out=t)
+                a += t
+        valid = acc[:, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
+        if result is None:
+            y[n0:n1] = valid
+        else:
+            np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
+            if b64 is not None:
+                y[n0:n1] += b64
     return y
 
 
@@ -794,6 +980,21 @@ def _onnx_relu(op, args):
 @kernel("onnx.Clip")
 def _onnx_clip(op, args):
     return [np.minimum(np.maximum(args[0], _F32(op.attr("min"))), _F32(op.attr("max")))]
+
+
+def _hard_sigmoid(x: np.ndarray, alpha, beta) -> np.ndarray:
+    """onnxruntime's float32 HardSigmoid: (alpha * x + beta) clamped to [0, 1]."""
+    return np.minimum(np.maximum(x * _F32(alpha) + _F32(beta), _F32(0)), _F32(1))
+
+
+@kernel("onnx.HardSigmoid")
+def _onnx_hard_sigmoid(op, args):
+    return [_hard_sigmoid(args[0], op.attr("alpha"), op.attr("beta"))]
+
+
+@kernel("onnx.HardSwish")
+def _onnx_hard_swish(op, args):
+    return [args[0] * _hard_sigmoid(args[0], 1.0 / 6.0, 0.5)]
 
 
 @kernel("onnx.Round")
@@ -1105,9 +1306,14 @@ def _int_conv(op, args):
     # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^24 / 2^53 float32 / float64
     # BLAS is exact, and converting x and w (not the 9x larger im2col matrix) keeps the whole conv on that route
     x_type = op.operands[0].type if op.operands[0].owner.name != "qir.const" else TensorType(x.shape, ScalarType("i64"))
-    dtype = exact_dtype(_partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1)))
+    sums = _partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1))
+    dtype = exact_dtype(sums)
     bias = args[2] if len(args) > 2 else None
-    return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=True)]
+    # an int32 result (half the memory traffic of int64) where the sums provably fit it, so that no value wraps
+    result = np.dtype(_I64)
+    if _CHECK_OVERFLOW.get() and sums + (_abs_max(bias) if bias is not None else 0) <= _I32_MAX:
+        result = np.dtype(np.int32)
+    return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=result)]
 
 
 @kernel("int.gemm")
@@ -1128,14 +1334,28 @@ def _int_matmul(op, args):
     return [exact_int_matmul(args[0], args[1])]
 
 
+def _sum_dtype(op: Operation, args: List[np.ndarray], sign: int) -> np.dtype:
+    """The dtype in which a + sign*b is exact and that the runner keeps for the result: int32 when the operands'
+    declared ranges (which the runner has checked) bound the result inside int32 and int32 holds the result's type;
+    int64 otherwise (and always without the overflow checks, when values may lie outside their types)."""
+    if not _CHECK_OVERFLOW.get() or any(a.dtype.kind not in "iu" or a.dtype.itemsize > 4 for a in args):
+        return np.dtype(_I64)
+    (a_lo, a_hi), (b_lo, b_hi) = (_type_range(v.type) for v in op.operands[:2])
+    lo, hi = (a_lo + b_lo, a_hi + b_hi) if sign > 0 else (a_lo - b_hi, a_hi - b_lo)
+    result = op.results[0].type
+    if _I32_MIN <= lo and hi <= _I32_MAX and not result.is_float and _holds(np.dtype(np.int32), result.element):
+        return np.dtype(np.int32)
+    return np.dtype(_I64)
+
+
 @kernel("int.add")
 def _int_add(op, args):
-    return [np.add(args[0], args[1], dtype=_I64)]
+    return [np.add(args[0], args[1], dtype=_sum_dtype(op, args, 1))]
 
 
 @kernel("int.sub")
 def _int_sub(op, args):
-    return [np.subtract(args[0], args[1], dtype=_I64)]
+    return [np.subtract(args[0], args[1], dtype=_sum_dtype(op, args, -1))]
 
 
 @kernel("int.mul")
@@ -1145,7 +1365,11 @@ def _int_mul(op, args):
 
 @kernel("int.clip")
 def _int_clip(op, args):
-    return [np.clip(args[0], int(_required(op, "min")), int(_required(op, "max")))]
+    x = args[0]
+    lo, hi = int(_required(op, "min")), int(_required(op, "max"))
+    if x.dtype != _I64 and not (np.iinfo(x.dtype).min <= lo and hi <= np.iinfo(x.dtype).max):
+        x = x.astype(_I64)
+    return [np.clip(x, lo, hi)]
 
 
 def requant_bounds(signed: bool, n_levels: int):
@@ -1155,7 +1379,7 @@ def requant_bounds(signed: bool, n_levels: int):
 
 @kernel("int.requant_shift")
 def _int_requant_shift(op, args):
-    x = args[0].astype(_I64, copy=False)
+    x = args[0]
     mul = np.asarray(_required(op, "mul")).astype(_I64)
     add = np.asarray(_required(op, "add")).astype(_I64)
     div = int(_required(op, "div"))
@@ -1164,30 +1388,47 @@ def _int_requant_shift(op, args):
     lo, hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
     offset = add + div // 2
     shape = np.broadcast_shapes(x.shape, mul.shape, offset.shape)
-    y = np.empty(shape, dtype=_I64)
     check = _CHECK_OVERFLOW.get()
+    # the result is clipped to lo..hi: held in the narrowest dtype for that where the runner keeps narrow arrays
+    y = np.empty(shape, dtype=narrowest_int(lo, hi) if check else _I64)
+    # x's extremes bound t = x*mul + offset, and every intermediate, by max|x| * max|mul| + max|offset|: when that
+    # fits int32 nothing can overflow (no scan of t for the check) and int32 arithmetic, twice the SIMD width of
+    # int64, is exact; otherwise int64 with the check
+    work = np.dtype(_I64)
+    if x.size and x.dtype.kind in "iu" and x.dtype.itemsize <= 4:
+        reach = max(abs(int(x.min())), abs(int(x.max()))) * _abs_max(mul) + _abs_max(offset)
+        if reach <= _I32_MAX:
+            work = np.dtype(np.int32)
+    mul_w, offset_w = mul.astype(work), offset.astype(work)
+    verify = check and work == _I64
     tmin, tmax = _I32_MIN, _I32_MAX
-    # Blocks along the batch axis keep the six passes below in cache (a batch of 256 feature maps is 32 MB of int64);
+    # Blocks along the batch axis keep the passes below in cache (a batch of 256 feature maps is 32 MB of int64);
     # when x does not span the batch axis, or a parameter has a batch extent of its own, one block does it all.
     blocked = y.ndim > 0 and x.shape[:1] == shape[:1] and all(
         p.ndim < y.ndim or p.shape[0] == 1 for p in (mul, offset))
     if blocked:
         step = max(1, _REQUANT_BLOCK // max(1, y.size // max(1, shape[0])))
         blocks = [slice(start, start + step) for start in range(0, shape[0], step)]
+        scratch = np.empty((min(step, shape[0]),) + tuple(shape[1:]), dtype=work)
     else:
         blocks = [Ellipsis]
+        scratch = np.empty(shape, dtype=work)
     for block in blocks:
-        t = y[block]
-        np.multiply(x[block], mul, out=t)
-        t += offset
-        if check and t.size:
+        out = y[block]
+        t = scratch[:out.shape[0]] if blocked else scratch
+        if x.dtype == work:
+            np.multiply(x[block], mul_w, out=t)
+        else:  # widen into the scratch first: a mixed-dtype multiply goes through numpy's slow casting buffers
+            np.copyto(t, x[block])
+            t *= mul_w
+        t += offset_w
+        if verify and t.size:
             tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
         if div & (div - 1) == 0:
             np.right_shift(t, div.bit_length() - 1, out=t)  # arithmetic shift = floor division by 2^k
         else:
             np.floor_divide(t, div, out=t)
-        np.maximum(t, lo, out=t)
-        np.minimum(t, hi, out=t)
+        np.clip(t, lo, hi, out=out, casting="unsafe")  # lo..hi fits the out dtype: exact
     if tmin < _I32_MIN or tmax > _I32_MAX:
         reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
         raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
@@ -1220,10 +1461,11 @@ def _int_pad(op, args):
     if len(pads) == 2 * x.ndim and min(pads, default=0) >= 0:
         # np.pad's general machinery costs several passes; a fill and one slice copy are enough here
         r = x.ndim
-        y = np.full(tuple(x.shape[i] + pads[i] + pads[i + r] for i in range(r)), value, dtype=_I64)
+        dtype = x.dtype if x.dtype.kind in "iu" and np.iinfo(x.dtype).min <= value <= np.iinfo(x.dtype).max else _I64
+        y = np.full(tuple(x.shape[i] + pads[i] + pads[i + r] for i in range(r)), value, dtype=dtype)
         y[tuple(slice(pads[i], pads[i] + x.shape[i]) for i in range(r))] = x
         return [y]
-    return [_pad_nd(x, pads, "constant", value)]
+    return [_pad_nd(_widen(x), pads, "constant", value)]
 
 
 @kernel("int.reshape")
@@ -1260,3 +1502,8 @@ def missing_kernels() -> List[str]:
     """Declared ops without a kernel (empty when the interpreter covers every dialect)."""
     load_dialects()
     return sorted(name for name in OPS if name not in KERNELS)
+
+
+# Kernels kept in their own modules register themselves here (they import `kernel` from this module).
+from . import kernels_float_transformer  # noqa: E402,F401
+from . import kernels_transformer  # noqa: E402,F401  (Deeploy's iSoftmax, iLayerNorm, iGELU)

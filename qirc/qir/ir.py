@@ -138,7 +138,7 @@ class Module:
         self._max_seq = float("-inf")
         # the order: `_order` was the exact order when last computed, except from position `_dirty` on; ops added
         # out of sequence wait in `_pending`; erased ops stay in `_order` (skipped) until the next ops()
-        self._order: Optional[List[Operation]] = None
+        self._order: Optional[List[Operation]] = []  # kept from the first op on: a module built op by op is in order
         self._pos: Optional[Dict[Operation, int]] = None
         self._dirty = 0
         self._pending: Dict[Operation, None] = {}
@@ -268,7 +268,12 @@ class Module:
 
     @staticmethod
     def _is_dead(op: Operation) -> bool:
-        return op.name not in ("qir.output", "qir.input") and all(not r.uses for r in op.results)
+        if op.name == "qir.output" or op.name == "qir.input":
+            return False
+        for r in op.results:  # a loop, not all(...): erase_dead asks this of every op, often
+            if r.uses:
+                return False
+        return True
 
     # ----- queries -----------------------------------------------------------------------------------------------
     def ops(self) -> List[Operation]:
@@ -298,23 +303,27 @@ class Module:
         waiting: Dict[Operation, int] = {}
         heap = []
         for op in rest:
-            n = sum(1 for v in op.operands if v.owner in members)
+            n = 0
+            for v in op.operands:
+                if v.owner in members:
+                    n += 1
             if n:
                 waiting[op] = n
             else:
                 heap.append((op.seq, inserted[op], op))
         heapq.heapify(heap)
         out = done
+        append, pop, push, get = out.append, heapq.heappop, heapq.heappush, waiting.get
         while heap:
-            op = heapq.heappop(heap)[2]
-            out.append(op)
+            op = pop(heap)[2]
+            append(op)
             for r in op.results:
                 for user, _ in r.uses:
-                    n = waiting.get(user)
+                    n = get(user)
                     if n is not None:
                         if n == 1:
                             del waiting[user]
-                            heapq.heappush(heap, (user.seq, inserted[user], user))
+                            push(heap, (user.seq, inserted[user], user))
                         else:
                             waiting[user] = n - 1
         if waiting:
@@ -356,6 +365,13 @@ class Module:
 
     def find_cycle(self) -> Optional[List[Operation]]:
         """Ops forming a cycle (each feeds the next, the last the first), or None for an acyclic module."""
+        if self._order is not None and self._dirty >= len(self._order) and not self._pending:
+            return None  # the kept order is a topological order of the current graph: no cycle
+        try:
+            self.ops()  # brings the order up to date, sorting only what changed; fails on a cycle
+            return None
+        except ValueError:
+            pass
         remaining = dict.fromkeys(self._ops)
         waiting = {op: sum(1 for v in op.operands if v.owner in remaining) for op in remaining}
         ready = [op for op, n in waiting.items() if n == 0]
@@ -406,6 +422,9 @@ class Module:
         # the same graph with the same seqs has the same order: no need to sort it again
         m._order = copies
         m._dirty = len(copies)
+        m._pos = None
+        m._pending.clear()
+        m._erased.clear()
         return m
 
 

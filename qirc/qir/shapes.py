@@ -303,6 +303,55 @@ def softmax_shape(op) -> List[Shape]:
     return [x]
 
 
+def layernorm_shape(op) -> List[Shape]:
+    """LayerNormalization: normalises over the axes from `axis` to the last; Scale (and B) broadcast against those
+    axes (ONNX: their shape is X.shape[axis:] or broadcastable to it)."""
+    x = _shape(op, 0)
+    axis = _norm_axis(int(op.attr("axis")), max(len(x), 1))
+    norm = x[axis:]
+    for i, name in enumerate(("Scale", "B")[:len(op.operands) - 1], start=1):
+        s = _shape(op, i)
+        if len(s) > len(norm) or broadcast(norm, s) != tuple(norm):
+            raise ShapeProblem(f"{name} {fmt(s)} does not broadcast against the normalised axes {fmt(norm)}")
+    return [x]
+
+
+def gather_shape(op) -> List[Shape]:
+    """Gather at constant `indices` along `axis`: that axis becomes len(indices), or disappears when `scalar`."""
+    x = _shape(op, 0)
+    axis = _norm_axis(int(op.attr("axis")), len(x))
+    indices = [int(i) for i in op.attr("indices")]
+    if op.attr("scalar") and len(indices) != 1:
+        raise ShapeProblem(f"a scalar gather needs exactly one index, got {len(indices)}")
+    for i in indices:
+        if not -x[axis] <= i < x[axis]:
+            raise ShapeProblem(f"index {i} is out of range for axis {axis} of size {x[axis]}")
+    middle = () if op.attr("scalar") else (len(indices),)
+    return [x[:axis] + middle + x[axis + 1:]]
+
+
+def slice_shape(op) -> List[Shape]:
+    """Slice with resolved `starts`, `ends` (clamped to 0..size), `steps` (positive) per entry of `axes`."""
+    x = _shape(op, 0)
+    starts, ends, axes, steps = (list(op.attr(n)) for n in ("starts", "ends", "axes", "steps"))
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ShapeProblem(f"starts, ends, axes and steps have different lengths "
+                           f"({len(starts)}, {len(ends)}, {len(axes)}, {len(steps)})")
+    out = list(x)
+    seen = set()
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a = _norm_axis(int(a), len(x), "slice axis")
+        if a in seen:
+            raise ShapeProblem(f"slice axis {a} appears twice")
+        seen.add(a)
+        if st < 1:
+            raise ShapeProblem(f"step {st} on axis {a} must be positive")
+        if not 0 <= s <= e <= x[a]:
+            raise ShapeProblem(f"start {s} and end {e} on axis {a} must satisfy 0 <= start <= end <= {x[a]}")
+        out[a] = len(range(s, e, st))
+    return [tuple(out)]
+
+
 def requant_shift_shape(op) -> List[Shape]:
     """Shape-preserving; `mul` and `add` must broadcast against x without growing it."""
     x = _shape(op, 0)
@@ -420,4 +469,87 @@ def int_pad_elements(op) -> List[str]:
         value = int(op.attr("value"))
         if not smin <= value <= smax:
             problems.append(f"pad value {value} is outside the result storage {smin}..{smax} of {result}")
+    return problems
+
+
+# ----- integer transformer kernels (Deeploy's iSoftmax, iLayerNorm, iGELU; DESIGN.md section 7) ---------------------
+def _is_8bit(t) -> bool:
+    return not t.is_float and t.storage.width == 8
+
+
+def _int_attr_fits(op, name: str, bits: int, problems: List[str], signed: bool = True) -> None:
+    v = int(op.attr(name))
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if not lo <= v <= hi:
+        problems.append(f"{name} {v} does not fit the kernel's {'' if signed else 'u'}int{bits} parameter "
+                        f"({lo}..{hi})")
+
+
+def _eight_bit_input(op, problems: List[str]) -> None:
+    t = op.operands[0].type
+    if not t.is_float and not _is_8bit(t):
+        problems.append(f"operand 0 must be an 8-bit integer tensor (the kernel reads int8), got {t}")
+
+
+def isoftmax_elements(op) -> List[str]:
+    """8-bit input; unsigned 8-bit result; log2 >= 2 (so that -(xTilde / log2) fits int8); coefficients fit the
+    C parameters (int32 coeffA, coeffB, log2; int64 coeffC); 2 <= n_levels <= 256."""
+    problems = int_in_out(op)
+    _eight_bit_input(op, problems)
+    r = op.results[0].type
+    if not r.is_float and not (_is_8bit(r) and not r.storage.signed):
+        problems.append(f"result must be an unsigned 8-bit tensor (iSoftmax outputs 0..n_levels-1), got {r}")
+    for name in ("coeffA", "coeffB", "log2"):
+        _int_attr_fits(op, name, 32, problems)
+    _int_attr_fits(op, "coeffC", 64, problems)
+    if int(op.attr("log2")) < 2:
+        problems.append(f"log2 {int(op.attr('log2'))} must be at least 2 (the kernel's int8 shift count "
+                        f"-(xTilde / log2) wraps for smaller values)")
+    n = int(op.attr("n_levels"))
+    if not 2 <= n <= 256:
+        problems.append(f"n_levels {n} must be in 2..256")
+    return problems
+
+
+def ilayernorm_shape(op) -> List[Shape]:
+    """x [..., C]; weight and bias [C]."""
+    x = _shape(op, 0)
+    if not x:
+        raise ShapeProblem("input must have rank >= 1 (normalised over the last axis)")
+    for i, name in ((1, "weight"), (2, "bias")):
+        if _shape(op, i) != (x[-1],):
+            raise ShapeProblem(f"{name} {fmt(_shape(op, i))} must have shape {x[-1]} (one per element of the "
+                               f"last axis)")
+    return [x]
+
+
+def ilayernorm_elements(op) -> List[str]:
+    """8-bit input; weight and bias at most 32-bit (int32 in C); D a power of two below 2^63; signed 8-bit result."""
+    problems = int_in_out(op)
+    _eight_bit_input(op, problems)
+    for i, name in ((1, "weight"), (2, "bias")):
+        t = op.operands[i].type
+        if not t.is_float and t.storage.width > 32:
+            problems.append(f"{name} must be at most 32-bit (the kernel's int32 {name}), got {t}")
+    d = int(op.attr("D"))
+    if d < 1 or d & (d - 1) or d >= 1 << 63:
+        problems.append(f"D {d} must be a positive power of two (the kernel shifts by log2(D))")
+    n = int(op.attr("n_levels"))
+    if not 2 <= n <= 256:
+        problems.append(f"n_levels {n} must be in 2..256")
+    r = op.results[0].type
+    if not r.is_float and not (_is_8bit(r) and r.storage.signed):
+        problems.append(f"result must be a signed 8-bit tensor (iLayerNorm's int8 output wraps), got {r}")
+    return problems
+
+
+def igelu_elements(op) -> List[str]:
+    """8-bit input; b fits int8 and one fits int16 (the C signature narrows them); 32-bit signed result."""
+    problems = int_in_out(op)
+    _eight_bit_input(op, problems)
+    _int_attr_fits(op, "b", 8, problems)
+    _int_attr_fits(op, "one", 16, problems)
+    r = op.results[0].type
+    if not r.is_float and not (r.storage.width == 32 and r.storage.signed):
+        problems.append(f"result must be a signed 32-bit tensor (iGELU outputs int32), got {r}")
     return problems

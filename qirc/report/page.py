@@ -50,6 +50,8 @@ class ReportData:
     layers: List[Dict]
     outputs: List[Dict] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
+    approximations: List[Dict] = field(default_factory=list)  # iSoftmax / iLayerNorm / iGELU vs their float ops
+    exact_kernels: List[Dict] = field(default_factory=list)  # the network with each kind of them computed exactly
 
 
 def require_matplotlib():
@@ -105,12 +107,18 @@ def build_report(model_path: str, target: str, inputs_npz: Optional[str] = None,
     layers = layer_figures(quant_module, int_module, float_samples)
     seconds["figures"] = time.perf_counter() - t1
     outputs = _output_figures(int_module, layers)
+    from ..lowering.approximations import approximation_report
+    int_samples = vectors.quantize_samples(quant_module, int_module, float_samples)
+    approximations = approximation_report(quant_module, int_module, int_samples)
+    from .ablation import exact_kernel_ablation
+    exact_kernels = exact_kernel_ablation(quant_module, int_module, float_samples, int_samples)
     name = os.path.splitext(os.path.basename(os.fspath(model_path)))[0] if isinstance(model_path, (str, os.PathLike)) \
         else quant_module.name
     return ReportData(model_name=name, model_path=os.fspath(model_path), target=tgt.name, platform=tgt.platform,
                       passes=[p.spec() for p in passes], samples=len(float_samples),
                       inputs=os.path.basename(inputs_npz) if inputs_npz else f"random (seed {seed})",
-                      layers=layers, outputs=outputs, seconds=seconds)
+                      layers=layers, outputs=outputs, seconds=seconds, approximations=approximations,
+                      exact_kernels=exact_kernels)
 
 
 def _output_figures(int_module: Module, layers: List[Dict]) -> List[Dict]:
@@ -283,6 +291,8 @@ def render_html(data: ReportData) -> str:
         "</dl>",
     ]
     parts += _summary_list(data, worst)
+    parts += _approximation_table(data.approximations)
+    parts += _ablation_table(data.exact_kernels)
     parts += _summary_table(layers, worst)
     if layers:
         parts += ["<h2>Overview</h2>",
@@ -364,6 +374,42 @@ def _summary_list(data: ReportData, worst: Optional[Dict]) -> List[str]:
             items.append(f"output '{html.escape(out['name'])}': end-to-end max error {_fmt(out['max_error_steps'])} "
                          f"steps, mean {_fmt(out['mean_error_steps'])}")
     return ["<h2>Summary</h2>", '<ul class="summary">'] + [f"<li>{item}</li>" for item in items] + ["</ul>"]
+
+
+def _approximation_table(entries: List[Dict]) -> List[str]:
+    """The integer kernels that approximate a float op, each against that op on its own input."""
+    if not entries:
+        return []
+    rows = ["<h2>Approximating kernels</h2>",
+            '<p class="note">Deeploy\'s iSoftmax, iLayerNorm and iGELU approximate the float ops they replace. Error '
+            "of each kernel against the float op computed on the kernel's own (dequantized) input, in steps of the "
+            "grid its output is read on; <b>wrapped</b>: iLayerNorm outputs that left int8 (the kernel wraps, it "
+            "does not saturate).</p>",
+            '<table id="approximations">', "<thead><tr><th>kernel</th><th class=loc>location</th><th>mean err</th>"
+            "<th>max err</th><th>wrapped</th><th>elements</th></tr></thead>", "<tbody>"]
+    for a in entries:
+        rows.append(f"<tr><td>{html.escape(a['kernel'])}</td><td class=loc><code>{html.escape(a['node'])}</code>"
+                    f"</td><td>{_fmt(a['mean_error_steps'])}</td><td>{_fmt(a['max_error_steps'])}</td>"
+                    f"<td>{_fmt(a.get('wrapped'))}</td><td>{a['elements']}</td></tr>")
+    return rows + ["</tbody>", "</table>"]
+
+
+def _ablation_table(rows: List[Dict]) -> List[str]:
+    """The network's output error with each kind of approximating kernel computed exactly."""
+    if not rows:
+        return []
+    out = ["<h2>Cost of each approximation</h2>",
+           '<p class="note">The integer graph run as emitted, then with one kind of kernel replaced by the float op '
+           "it approximates (rounded once onto the kernel's output grid): the network's output error against the "
+           "fake-quant model. The difference to the first row is what that approximation costs.</p>",
+           '<table id="exact-kernels">', "<thead><tr><th>computed exactly</th><th>output</th><th>mean err</th>"
+           "<th>max err</th><th>argmax agreement</th></tr></thead>", "<tbody>"]
+    for row in rows:
+        for o in row["outputs"]:
+            out.append(f"<tr><td>{html.escape(row['computed_exactly'] or 'nothing (as emitted)')}</td>"
+                       f"<td>{html.escape(o['name'])}</td><td>{_fmt(o['mean_error_steps'])}</td>"
+                       f"<td>{_fmt(o['max_error_steps'])}</td><td>{_pct(o['argmax_agreement'])}</td></tr>")
+    return out + ["</tbody>", "</table>"]
 
 
 _COLUMNS = ("#", "location", "type", "scale", "zero point", "max err", "mean err", "exact", "local max",

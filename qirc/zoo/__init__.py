@@ -64,12 +64,13 @@ def count_params_and_macs(model, input_shape) -> dict:
 
 
 def zoo_list() -> list[dict]:
-    """One dict per zoo network: name, task, input_shape, params, keras_params, macs, reference, description.
+    """One dict per zoo network: name, task, input_shape, params, keras_params, macs, reference, source, description.
 
     `params` counts the deployed (BatchNorm-folded) weights and biases, `keras_params` what Keras reports for the
     reference definition (BatchNorm's four values per channel included), `macs` the multiply-accumulates of one
     inference; all three are counted by walking the built model.  `reference` is True for the four MLPerf Tiny v1.x
-    reference networks and False for the DeepQuant-exporter variants.
+    reference networks and False for the others; `source` names where the definition comes from (MLPerf Tiny
+    reference, DeepQuant variant, or qirc's integer transformers).
     """
     rows = []
     for spec in NETWORKS.values():
@@ -77,7 +78,7 @@ def zoo_list() -> list[dict]:
         counts = count_params_and_macs(model, spec.input_shape)
         rows.append({"name": spec.name, "task": spec.task, "input_shape": list(spec.input_shape),
                      "params": counts["params"], "keras_params": counts["keras_params"], "macs": counts["macs"],
-                     "reference": spec.reference, "description": spec.description})
+                     "reference": spec.reference, "source": spec.source, "description": spec.description})
     return rows
 
 
@@ -87,7 +88,7 @@ def format_zoo_table(rows: list[dict]) -> str:
     lines = [header]
     for row in rows:
         lines.append((row["name"], row["task"], "x".join(str(d) for d in row["input_shape"]), f"{row['params']:,}",
-                      f"{row['macs']:,}", "MLPerf Tiny reference" if row["reference"] else "DeepQuant variant"))
+                      f"{row['macs']:,}", row["source"]))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     right = {3, 4}
     out = []
@@ -100,7 +101,7 @@ def format_zoo_table(rows: list[dict]) -> str:
 def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
               calibrate: Optional[Union[str, os.PathLike]] = None, per_channel: bool = False, act_bits: int = 8,
               *, seed: int = 0, bias_correction: bool = False, num_samples: int = SYNTHETIC_SAMPLES,
-              progress: bool = True) -> Path:
+              progress: bool = True, opset: Optional[int] = None) -> Path:
     """Build, calibrate, fold and export the zoo network `name` to `out_dir/model.onnx`; returns that path.
 
     format       "qcdq": DeepQuant's decomposed QCDQ (Div/Add/Round/Clip, Sub/Mul), written by qirc's ONNX backend
@@ -111,6 +112,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
                  samples, which only makes the scales non-default and the file reproducible, not the model accurate.
     per_channel  per-output-channel weight scales instead of per-tensor.
     act_bits     activation bit width (signed activations and unsigned ReLU outputs; weights stay int8).
+    opset        the ONNX opset of the Brevitas export for "qdq" and "qonnx" (default: Brevitas' QDQ opset 13, the
+                 QONNX exporter's own default); it decides how a LayerNorm is spelled: ReduceMean/Sub/Pow/... below
+                 17, LayerNormalization from 17 on.  "qcdq" is always written at opset 13.
 
     The steps: build the training form (seeded), calibrate the activation quantizers with Brevitas'
     calibration_mode, fold BatchNorm, optionally correct biases (bias_correction_mode), export.  The file is
@@ -124,6 +128,9 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
     spec = get_spec(name)
     if format not in FORMATS:
         raise UsageError(f"unknown zoo export format '{format}' (choose one of: {', '.join(FORMATS)})")
+    if opset is not None and (format == "qcdq" or not isinstance(opset, int) or not 13 <= opset <= 20):
+        raise UsageError(f"opset {opset!r} is not available for format '{format}' (the qdq and qonnx exports take "
+                         f"an opset from 13 to 20; qcdq is always written at opset 13)")
     from qirc import outputs
     # a folder that holds anything but an earlier zoo build (model.onnx, DIR/TARGET compile outputs) is refused
     outputs.check_output_dir(out_dir, "zoo")
@@ -140,7 +147,7 @@ def zoo_build(name: str, out_dir: Union[str, os.PathLike], format: str = "qcdq",
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".qirc-zoo-", dir=out_dir) as tmp:
-            model_proto = _export(model, spec, format, Path(tmp))
+            model_proto = _export(model, spec, format, Path(tmp), opset)
             _set_metadata(model_proto, spec, format, calibration_note, per_channel, act_bits, seed)
             import onnx
             staged = Path(tmp) / MODEL_FILE
@@ -182,7 +189,7 @@ def calibrated_model(name: str, calibrate: Optional[Union[str, os.PathLike]] = N
     return model, calibration_note
 
 
-def _export(model, spec: NetworkSpec, format: str, tmp: Path):
+def _export(model, spec: NetworkSpec, format: str, tmp: Path, opset: Optional[int] = None):
     """The ONNX ModelProto of the calibrated, folded `model` in `format` (work files go to `tmp`)."""
     import onnx
     import torch
@@ -197,7 +204,7 @@ def _export(model, spec: NetworkSpec, format: str, tmp: Path):
         module = import_onnx(onnx.load(str(qdq_path)), name=spec.name)
         model_proto = write_onnx(module, form="qcdq")
     else:
-        path = export_onnx(model, example, tmp / f"export.{format}.onnx", format=format)
+        path = export_onnx(model, example, tmp / f"export.{format}.onnx", format=format, opset=opset)
         model_proto = onnx.load(str(path))
     model_proto.graph.name = spec.name
     _rename_tensor(model_proto.graph, model_proto.graph.input[0].name, "input")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import brevitas.nn as qnn
+
 from qirc.qir.diagnostics import UsageError
 from qirc.zoo import networks
 from qirc.zoo.networks import ConvBN, LinearBN, QuantOptions
@@ -21,7 +23,7 @@ def build_model(name: str, per_channel: bool = False, act_bits: int = 8, seed: i
     Deterministic: the weights come from torch's default initialisers under `torch.manual_seed(seed)`, and the
     BatchNorm statistics and affine parameters from a generator seeded with `seed`, so two builds are identical.
     The BatchNorm values are drawn (not left at mean 0 / var 1 / gamma 1 / beta 0) so that folding them changes the
-    weights as a trained network's would.
+    weights as a trained network's would; LayerNorm's gamma and beta are drawn the same way.
     """
     if not isinstance(act_bits, int) or not 2 <= act_bits <= 16:
         raise UsageError(f"activation bit width must be an integer in 2..16, got {act_bits!r}")
@@ -40,6 +42,11 @@ def build_model(name: str, per_channel: bool = False, act_bits: int = 8, seed: i
                 module.bias.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator))
                 module.running_mean.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator))
                 module.running_var.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator))
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                # drawn like BatchNorm's affine parameters: every LayerNorm gets its own gamma and beta
+                n = module.weight.numel()
+                module.weight.copy_(torch.empty(n).uniform_(0.5, 1.5, generator=generator).view_as(module.weight))
+                module.bias.copy_(torch.empty(n).uniform_(-0.1, 0.1, generator=generator).view_as(module.bias))
     return model.eval()
 
 
@@ -72,29 +79,44 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def count_params_and_macs(model: nn.Module, input_shape) -> dict:
     """Parameter and multiply-accumulate counts of `model`, by walking its conv and dense layers.
 
-    MACs: a conv costs Cout * Hout * Wout * (Cin / groups) * Kh * Kw, a dense layer in * out (output shapes from one
-    forward pass on zeros).  `params` counts the weights and biases of those layers, i.e. the deployed network with
-    BatchNorm folded; `keras_params` adds 4 per BatchNorm channel (gamma, beta, moving mean and variance), which is
+    MACs: a conv costs Cout * Hout * Wout * (Cin / groups) * Kh * Kw, a dense layer in * out per row (token), an
+    attention's two activation products 2 * L * L * E (output shapes from one forward pass on zeros).  `params`
+    counts the weights and biases of those layers, i.e. the deployed network with BatchNorm folded, plus a
+    transformer's LayerNorm parameters, class token and positional embedding; `keras_params` adds 4 per BatchNorm channel (gamma, beta, moving mean and variance), which is
     what Keras' count_params() reports for the reference definitions.
     """
     counts = {"params": 0, "macs": 0, "keras_params": 0}
     hooks = []
 
     def on_forward(module, inputs, output):
+        if isinstance(module, qnn.QuantMultiheadAttention):
+            # the two activation x activation products: Q K^T and P V, each L x L x E per batch element
+            query = networks.dequant(inputs[0])
+            tokens, batch = (query.shape[1], query.shape[0]) if module.batch_first else query.shape[:2]
+            counts["macs"] += 2 * batch * tokens * tokens * module.embed_dim
+            return
         out = networks.dequant(output)
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             _, cout, hout, wout = out.shape
             counts["macs"] += cout * hout * wout * (module.in_channels // module.groups) * kh * kw
         else:
-            counts["macs"] += module.in_features * module.out_features
+            # a dense layer costs in * out per row it is applied to (tokens of a transformer)
+            rows = out.numel() // module.out_features
+            counts["macs"] += rows * module.in_features * module.out_features
 
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, qnn.QuantMultiheadAttention):
+            hooks.append(module.register_forward_hook(on_forward))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
             counts["params"] += sum(p.numel() for p in (module.weight, module.bias) if p is not None)
             hooks.append(module.register_forward_hook(on_forward))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             counts["keras_params"] += 4 * module.num_features
+        elif isinstance(module, nn.LayerNorm):
+            counts["params"] += sum(p.numel() for p in (module.weight, module.bias) if p is not None)
+        elif isinstance(module, networks.QuantTransformer):
+            counts["params"] += sum(p.numel() for p in module.parameters(recurse=False))  # class token, positions
     try:
         with torch.no_grad():
             model(torch.zeros(input_shape))

@@ -360,3 +360,131 @@ class FCAutoencoder(nn.Module):
 
     def forward(self, x):
         return self.output(self.hidden(self.input_quant(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny transformers (keyword spotting KWT, vision ViT): pre-norm encoder blocks with the quantizers that Deeploy's
+# integer softmax, LayerNorm and GELU need (DESIGN.md section 7)
+# ----------------------------------------------------------------------------------------------------------------
+
+#: the smallest GELU input scale Deeploy's iGELU can hold (DESIGN.md section 7), with a margin
+GELU_MIN_SCALE = 0.02
+
+
+class QuantEncoderBlock(nn.Module):
+    """A pre-norm transformer encoder block: x + MHA(LN(x)), then x + MLP(LN(x)), MLP = dense -> GELU -> dense.
+
+    Every tensor an integer kernel reads has a quantizer: the residual stream (a signed requantizer after each add),
+    each LayerNorm's output (the attention's `in_proj_input_quant`, the MLP's `ln2_quant`), the softmax input
+    (`softmax_input_quant`, which Brevitas leaves None by default), both sides of GELU (`fc1`'s output quantizer, whose
+    scale is kept >= GELU_MIN_SCALE for iGELU, and `gelu_quant`) and the attention output (`out_proj_output_quant`),
+    so that each residual add sees two quantized operands.  `batch_first` is the token layout: [N, L, E] (True, Brevitas adds a Transpose at each end of the
+    attention) or [L, N, E].  `packed_in_proj` chooses one [3E, E] in-projection (True) or separate q/k/v ones.
+    """
+
+    def __init__(self, opts: QuantOptions, dim: int, heads: int, mlp_dim: int, batch_first: bool = True,
+                 packed_in_proj: bool = True):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = qnn.QuantMultiheadAttention(
+            dim, heads, batch_first=batch_first, packed_in_proj=packed_in_proj,
+            in_proj_weight_quant=opts.weight_quant, out_proj_weight_quant=opts.weight_quant,
+            in_proj_input_quant=Int8ActPerTensorFloat, softmax_input_quant=Int8ActPerTensorFloat,
+            q_scaled_quant=Int8ActPerTensorFloat, k_transposed_quant=Int8ActPerTensorFloat,
+            v_quant=Int8ActPerTensorFloat, out_proj_input_quant=Int8ActPerTensorFloat,
+            attn_output_weights_quant=Uint8ActPerTensorFloat, out_proj_output_quant=Int8ActPerTensorFloat,
+            return_quant_tensor=False)
+        self.attn_add_quant = signed_act(opts, return_quant_tensor=False)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ln2_quant = signed_act(opts)
+        # the GELU input quantizer: Deeploy's iGELU needs its scale >= 0.0196 (b = round(-1.769 sqrt 2 / s) must fit
+        # int8); a trained block's MLP activations are that wide, a random one's may not be
+        self.fc1 = qnn.QuantLinear(dim, mlp_dim, bias=True, weight_quant=opts.weight_quant, bias_quant=Int32Bias,
+                                   output_quant=Int8ActPerTensorFloat, output_bit_width=opts.act_bits,
+                                   output_scaling_min_val=GELU_MIN_SCALE, return_quant_tensor=False)
+        self.gelu = nn.GELU()
+        self.gelu_quant = signed_act(opts)
+        self.fc2 = quant_linear(opts, mlp_dim, dim, output_quant=True)
+        self.mlp_add_quant = signed_act(opts, return_quant_tensor=False)
+
+    def forward(self, x):
+        h = self.ln1(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        x = self.attn_add_quant(x + a)
+        h = self.gelu_quant(self.gelu(self.fc1(self.ln2_quant(self.ln2(x)))))
+        return self.mlp_add_quant(x + self.fc2(h))
+
+
+class QuantTransformer(nn.Module):
+    """Token embedding -> [class token] -> + positional embedding -> encoder blocks -> LayerNorm -> pooling -> dense.
+
+    `tokens` turns the (quantized) input into [N, L, features]: "frames" reads a [N, 1, T, F] spectrogram as T
+    tokens of F features (KWT), "patches" cuts a [N, C, H, W] image into `patch` x `patch` patches with a strided
+    conv (ViT).  The class token and the embedded tokens share one quantizer (`token_quant`), so their Concat joins
+    two tensors on one grid; the positional embedding has its own quantizer and the sum is requantized.  `pool` is
+    "class" (the class token, a Gather of token 0) or "mean" (the mean over tokens, a ReduceMean; no class token).
+    With `batch_first` False the blocks run on [L, N, E] (one Transpose after the embedding).
+    """
+
+    def __init__(self, opts: QuantOptions = QuantOptions(), input_shape=(1, 1, 49, 10), tokens: str = "frames",
+                 patch: int = 4, dim: int = 64, heads: int = 4, mlp_dim: int = 128, depth: int = 2,
+                 num_classes: int = 12, pool: str = "class", batch_first: bool = True, packed_in_proj: bool = True):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.tokens, self.pool, self.batch_first = tokens, pool, batch_first
+        self.input_quant = signed_act(opts)
+        if tokens == "frames":
+            _, _, frames, features = self.input_shape
+            self.embed = quant_linear(opts, features, dim)
+            seq = frames
+        elif tokens == "patches":
+            _, channels, height, width = self.input_shape
+            self.embed = quant_conv(opts, channels, dim, patch, stride=patch)
+            seq = (height // patch) * (width // patch)
+        else:
+            raise ValueError(f"unknown token embedding {tokens!r}")
+        self.token_quant = signed_act(opts, return_quant_tensor=False)
+        if pool == "class":
+            self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+            seq += 1
+        elif pool != "mean":
+            raise ValueError(f"unknown pooling {pool!r}")
+        self.pos_embedding = nn.Parameter(torch.zeros(1, seq, dim))
+        self.pos_quant = signed_act(opts, return_quant_tensor=False)
+        self.embed_quant = signed_act(opts, return_quant_tensor=False)
+        self.blocks = nn.Sequential(*[QuantEncoderBlock(opts, dim, heads, mlp_dim, batch_first, packed_in_proj)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.norm_quant = signed_act(opts, return_quant_tensor=False)
+        self.pool_quant = signed_act(opts)
+        self.head = quant_linear(opts, dim, num_classes, output_quant=True)
+        with torch.no_grad():  # seeded like the weights (torch.manual_seed before construction)
+            nn.init.trunc_normal_(self.pos_embedding, std=0.2)
+            if pool == "class":
+                nn.init.trunc_normal_(self.class_token, std=0.2)
+
+    def forward(self, x):
+        x = self.input_quant(x)
+        if self.tokens == "frames":
+            # [N, 1, T, F] -> [N, T, F] -> [N, T, E]; a constant shape (torch.flatten(x, 1, 2) exports a Reshape
+            # whose shape is computed by Shape/Slice/Concat, which ONNX shape inference does not resolve)
+            x = self.embed(x.reshape(-1, self.input_shape[2], self.input_shape[3]))
+        else:
+            x = torch.flatten(self.embed(x), 2).transpose(1, 2)       # [N, E, h, w] -> [N, h*w, E]
+        x = self.token_quant(x)
+        if self.pool == "class":
+            cls = self.token_quant(self.class_token)
+            if x.shape[0] != 1:  # exported at batch 1 without the Shape/Where/Expand that defeat shape inference
+                cls = cls.expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)
+        x = self.embed_quant(x + self.pos_quant(self.pos_embedding))
+        if not self.batch_first:
+            x = x.transpose(0, 1)                                     # [L, N, E]
+        x = self.blocks(x)
+        x = self.norm_quant(self.norm(x))
+        token_axis = 1 if self.batch_first else 0
+        if self.pool == "class":
+            x = x.select(token_axis, 0)
+        else:
+            x = x.mean(dim=token_axis)
+        return self.head(self.pool_quant(x))

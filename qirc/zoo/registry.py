@@ -20,6 +20,12 @@ class NetworkSpec:
     kwargs: dict = field(default_factory=dict)
     reference: bool = True  # an MLPerf Tiny v1.x reference network (False: a DeepQuant-exporter variant)
     description: str = ""
+    origin: str = ""  # where the definition comes from, when neither MLPerf Tiny nor DeepQuant
+
+    @property
+    def source(self) -> str:
+        """What `qirc zoo list` prints in its last column."""
+        return self.origin or ("MLPerf Tiny reference" if self.reference else "DeepQuant variant")
 
 
 NETWORKS: dict[str, NetworkSpec] = {spec.name: spec for spec in (
@@ -44,6 +50,18 @@ NETWORKS: dict[str, NetworkSpec] = {spec.name: spec for spec in (
     NetworkSpec("autoencoder-small", "anomaly detection", (1, 128), "FCAutoencoder",
                 dict(dims=(128, 64, 32, 64, 64, 32, 64, 128), batchnorm=False), reference=False,
                 description="FC autoencoder 128-64-32-64-64-32-64-128 (DeepQuant corpus Autoencoder)"),
+    NetworkSpec("kwt-tiny", "keyword spotting", (1, 1, 49, 10), "QuantTransformer",
+                dict(input_shape=(1, 1, 49, 10), tokens="frames", dim=64, heads=4, mlp_dim=128, depth=2,
+                     num_classes=12, pool="class", batch_first=True, packed_in_proj=True), reference=False,
+                origin="integer transformer (issue 13)",
+                description="keyword-spotting transformer (KWT) on 49x10 MFCC: 49 frame tokens + class token, "
+                            "2 pre-norm blocks, d 64, 4 heads, MLP 128, 12 classes"),
+    NetworkSpec("vit-tiny", "image classification", (1, 3, 32, 32), "QuantTransformer",
+                dict(input_shape=(1, 3, 32, 32), tokens="patches", patch=4, dim=64, heads=4, mlp_dim=128, depth=2,
+                     num_classes=10, pool="mean", batch_first=False, packed_in_proj=False), reference=False,
+                origin="integer transformer (issue 13)",
+                description="vision transformer: 64 tokens of 4x4 patches of 32x32, 2 pre-norm blocks, d 64, "
+                            "4 heads, MLP 128, mean over tokens, 10 classes"),
     NetworkSpec("autoencoder-128", "anomaly detection", (1, 128), "FCAutoencoder",
                 dict(dims=(128,) * 8, batchnorm=False), reference=False,
                 description="FC autoencoder of seven 128x128 layers (DeepQuant corpus Autoencoder-MLPerf)"),

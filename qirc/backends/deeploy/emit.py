@@ -14,6 +14,14 @@ topological order, in the pre-opset-11 forms Deeploy parses (DESIGN.md section 4
     int.reshape        Reshape(x, shape)     int64 shape initializer
     int.transpose      Transpose             perm
     int.concat         Concat                axis
+    int.gather         Gather(x, index)      axis; one int64 index initializer (rank 0, or [1]) (Deeploy: one index)
+    int.slice          Slice(x, starts, ends, axes, steps)   int64 initializers
+    int.isoftmax       iSoftmax(x)           domain ai.deeploy; coeffA, coeffB, coeffC, log2, n_levels as size-1 tensor
+                                             attributes; uint8 output
+    int.ilayernorm     iLayerNorm(x, weight, bias)  domain ai.deeploy; D, n_levels as size-1 tensor attributes;
+                                             int32 weight and bias
+    int.igelu          iGELU(x)              domain ai.deeploy; b, one as INT attributes (the C kernel narrows them
+                                             to int8 and int16); int32 output
 
 On a target whose `depthwise_layout` is "channels-last" (deeploy-cortexm), a depthwise int.conv and the requant
 after it are written NHWC between two Transposes (targets.DEPTHWISE_LAYOUTS):
@@ -51,7 +59,8 @@ NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 _ONNX_OP = {"int.conv": "Conv", "int.gemm": "Gemm", "int.matmul": "MatMul", "int.add": "Add", "int.mul": "Mul",
             "int.requant_shift": "RequantShift", "int.maxpool": "MaxPool", "int.pad": "Pad",
-            "int.reshape": "Reshape", "int.transpose": "Transpose", "int.concat": "Concat"}
+            "int.reshape": "Reshape", "int.transpose": "Transpose", "int.concat": "Concat", "int.gather": "Gather",
+            "int.slice": "Slice", "int.isoftmax": "iSoftmax", "int.ilayernorm": "iLayerNorm", "int.igelu": "iGELU"}
 
 
 def onnx_elem_type(t: TensorType) -> int:
@@ -274,6 +283,34 @@ class _Emitter:
         if op.name == "int.concat":
             ins = [self.operand(op, i, name, f"in{i}") for i in range(len(op.operands))]
             return helper.make_node("Concat", ins, [out], name, axis=int(a("axis")))
+        if op.name == "int.gather":
+            indices = [int(i) for i in a("indices")]
+            if len(indices) != 1:
+                raise self.fail(op, f"Gather of {len(indices)} indices has no Deeploy form (one constant index)")
+            index = np.asarray(indices[0] if a("scalar") else indices, np.int64)
+            return helper.make_node("Gather", [self.operand(op, 0, name, "input"),
+                                               self.initializer(index, f"{name}_index", np.int64)], [out], name,
+                                    axis=int(a("axis")))
+        if op.name == "int.slice":
+            params = [self.initializer(np.asarray(list(a(k)), np.int64), f"{name}_{k}", np.int64)
+                      for k in ("starts", "ends", "axes", "steps")]
+            return helper.make_node("Slice", [self.operand(op, 0, name, "input")] + params, [out], name)
+        # Deeploy's integer transformer kernels (DESIGN.md section 7): not ONNX ops, so in Deeploy's domain (ignored
+        # by Deeploy, keeps onnx.checker from looking for a schema); attribute types as its parsers read them
+        if op.name == "int.isoftmax":
+            node = helper.make_node("iSoftmax", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN)
+            node.attribute.extend(_tensor_attr(k, int(a(k))) for k in ("coeffA", "coeffB", "coeffC", "log2",
+                                                                         "n_levels"))
+            return node
+        if op.name == "int.ilayernorm":
+            ins = [self.operand(op, 0, name, "input"), self.operand(op, 1, name, "weight", np.int32),
+                   self.operand(op, 2, name, "bias", np.int32)]
+            node = helper.make_node("iLayerNorm", ins, [out], name, domain=RQS_DOMAIN)
+            node.attribute.extend([_tensor_attr("D", int(a("D"))), _tensor_attr("n_levels", int(a("n_levels")))])
+            return node
+        if op.name == "int.igelu":
+            return helper.make_node("iGELU", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN,
+                                    b=int(a("b")), one=int(a("one")))
         raise self.fail(op, f"{op.name} cannot be emitted")
 
 

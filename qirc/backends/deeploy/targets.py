@@ -69,9 +69,23 @@ class DeeployTarget:
     conv_needs_requant a Conv must be followed by a RequantShift (its only user): no bare integer Conv kernel
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
-    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant's add is made a multiple of
-                       its mul, so that the graph computes what the device does; a Gemm's requant add moves into its
+    add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant fused with a Conv, Gemm or
+                       MatMul gets an add that is a multiple of its mul, so that the graph computes what the device
+                       does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's requant add moves into its
                        bias (the platform's Gemm merge would lose it)
+    pad_node           the platform takes an explicit Pad node.  False on Siracusa: DeeployTest's tiled flow is how it
+                       is deployed, and its Pad bindings have no tiling constraint, so every padding is a Conv's own
+                       zero padding (rules/tiling.py: a zero point is shifted out of the Conv's input first, pads that
+                       differ per side come from a depthwise Conv with a one-hot kernel) and every Conv pads equally
+                       on all four sides (PULP's Conv parsers take nothing else)
+    unsigned_requant_fused
+                       a RequantShift with an unsigned (uint8) output must be fused with the kernel before it: on
+                       Siracusa the per-tensor RequantShift binding outputs int8 only and the per-channel one does not
+                       tile, so a standalone unsigned requant gets an identity depthwise 1x1 Conv in front
+                       (RequantizedConv, pulp_nn_depthwise_*_u8_*), which clips to the full 0..255
+    requant_div_min    the smallest div a RequantShift may have: 2 on Siracusa, whose RequantShift kernel adds
+                       1 << (log2D - 1) (undefined for div = 1) and whose Gemm merge adds 2**(log2D - 1) (0.5 for
+                       div = 1); (mul, add, 1) is written (2 mul, 2 add, 2), which computes the same integers
     depthwise_conv     a depthwise (grouped) Conv is accepted
     depthwise_layout   how an accepted depthwise Conv is written: one of DEPTHWISE_LAYOUTS
     dense_depthwise_cap_kib
@@ -94,6 +108,8 @@ class DeeployTarget:
                        a Conv's, Gemm's or MatMul's requant is merged into the kernel's int32 Q31 multiplier
                        mul * 2^s (Deeploy's CMSIS merge passes, s = 31 - log2(div) at most): the merged multiplier
                        must fit int32, which needs the requant's gain mul / div below 1
+    concat             the platform maps Concat (it must then be in onnx_ops); without it a concat is written as
+                       zero Pads summed with int.add (the rule concat-as-pads)
     quirks             free-form notes printed by `--list-targets` and documented in docs/targets.md
     """
 
@@ -112,12 +128,18 @@ class DeeployTarget:
     fused_requant_levels: bool = True
     clip_requant_unit: int = 1
     q31_requant_multiplier: bool = False
+    pad_node: bool = True
+    unsigned_requant_fused: bool = False
+    requant_div_min: int = 1
     depthwise_conv: bool = True
     depthwise_layout: str = "channels-first"
     dense_depthwise_cap_kib: int = 0
+    concat: bool = True
     quirks: Tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
+        if self.concat != ("Concat" in self.onnx_ops):
+            raise ValueError(f"target {self.name}: concat={self.concat} disagrees with its onnx_ops")
         if self.residual_add not in RESIDUAL_ADD_FORMS:
             raise ValueError(f"target {self.name}: unknown residual add form {self.residual_add!r}")
         if self.sum_pool not in POOL_FORMS:
@@ -137,13 +159,17 @@ class DeeployTarget:
 
 
 _COMMON = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "RequantShift", "MaxPool", "Pad", "Reshape",
-                     "Transpose"})
+                     "Transpose", "Gather", "Slice"})
+#: Deeploy's integer transformer kernels (DESIGN.md section 7): Generic and CMSIS map iSoftmax, iLayerNorm and iGELU
+#: with the Generic C kernels; Siracusa maps iSoftmax and iGELU only fused with its RequantShift (RequantizediGELU),
+#: and has no integer LayerNorm
+_TRANSFORMER = frozenset({"iSoftmax", "iLayerNorm", "iGELU"})
 
 GENERIC = DeeployTarget(
     name="deeploy-generic",
     platform="Generic",
     description="Deeploy Generic platform (host C, reference kernels; builds and runs with gcc)",
-    onnx_ops=_COMMON | {"Concat"},
+    onnx_ops=_COMMON | _TRANSFORMER | {"Concat"},
     signed_normalize=False,
     conv_needs_requant=False,
     residual_add="mul-add",
@@ -159,15 +185,18 @@ GENERIC = DeeployTarget(
 SIRACUSA = DeeployTarget(
     name="deeploy-siracusa",
     platform="Siracusa",
-    description="Deeploy PULPOpen/Siracusa (RISC-V cluster, PULP-NN kernels, int8 only)",
-    onnx_ops=_COMMON | {"Concat"},
-    signed_normalize=True,
+    description="Deeploy PULPOpen/Siracusa (RISC-V cluster, PULP-NN kernels, int8/uint8, tiled flow)",
+    onnx_ops=(_COMMON - {"Pad"}) | {"Concat", "iSoftmax", "iGELU"},
+    signed_normalize=False,
     conv_needs_requant=True,
     residual_add="requantized-add",
     sum_pool="depthwise-conv",
     clip_form="shifted",
     fused_requant_levels=False,
     clip_requant_unit=2,
+    pad_node=False,
+    unsigned_requant_fused=True,
+    requant_div_min=2,
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "Add followed by RequantShift is always fused into RequantizedAdd (pulp_nn_add), which takes 8-bit "
@@ -176,9 +205,17 @@ SIRACUSA = DeeployTarget(
         "a unity RequantShift (mul == div, add == 0) after Reshape/Transpose/Concat is removed by Deeploy, even "
         "when it clips, and its RequantShift kernel's rounding term is undefined for div = 1: a requant that only "
         "clips (a ReLU) is written with mul = div = 2",
-        "the fused kernels (RequantizedConv/Gemm/Add, pulp-nn) clip to the full int8 range whatever n_levels_out "
-        "says: a ReLU after them is a separate signed RequantShift pair (clip around an offset, then add it back)",
-        "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
+        "the fused kernels (RequantizedConv/Gemm/Add, pulp-nn) clip to the full 8-bit range of their output type "
+        "whatever n_levels_out says: a narrower clip after them is a separate signed RequantShift pair (clip "
+        "around an offset, then add it back)",
+        "unsigned tensors stay uint8 (pulp-nn has u8 kernels; no signed normalisation), so that a ReLU output "
+        "keeps zero point 0 and a Conv pads it with the kernel's own zeros, and requant adds stay multiples of mul",
+        "deployed through DeeployTest's tiled flow, whose Pad has no tiling constraint: no Pad node; a zero point "
+        "is shifted out of a padded Conv's input (its values must then fit 8 bits), pads that differ per side come "
+        "from a depthwise Conv with a one-hot kernel, every Conv pads equally on all sides",
+        "a standalone RequantShift with a uint8 output gets an identity depthwise 1x1 Conv in front (the per-tensor "
+        "RequantShift binding outputs int8 only, the per-channel one does not tile)",
+        "no div = 1: PULP's RequantShift kernel computes 1 << (log2D - 1) and its Gemm merge 2**(log2D - 1)",
     ),
 )
 
@@ -186,7 +223,7 @@ CORTEXM = DeeployTarget(
     name="deeploy-cortexm",
     platform="QEMU-ARM",
     description="Deeploy CMSIS platform (Arm Cortex-M, CMSIS-NN kernels, int8 only, no Concat)",
-    onnx_ops=_COMMON,
+    onnx_ops=_COMMON | _TRANSFORMER,
     signed_normalize=True,
     conv_needs_requant=True,
     residual_add="mul-add",
@@ -197,12 +234,14 @@ CORTEXM = DeeployTarget(
     q31_requant_multiplier=True,
     square_conv_pads=True,
     depthwise_layout="channels-last",
+    concat=False,
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",
         "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
         "a multiple of mul, so the graph states what the device computes",
-        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor",
+        "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor: a per-channel Gemm is written as "
+        "a 1x1 Conv",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",
         "unsigned RequantShift outputs are read back by CMSIS kernels with the offset of their own n_levels_out: a "
         "ReLU into int8 is a signed RequantShift pair (clip around an offset, then add it back)",
@@ -215,8 +254,9 @@ CORTEXM = DeeployTarget(
         "RequantShift -> Transpose), which Deeploy's lowering leaves alone and maps to arm_depthwise_conv",
         "a depthwise Conv with a channel multiplier (C_out = M * C_in, M > 1) has no form",
         "global average pooling is Reshape [N*C, H*W] -> MatMul with an all-ones int8 [H*W, 1] -> per-tensor "
-        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape; windowed average pooling has "
-        "no form",
+        "RequantShift (fused into RequantizedGemm, CMSIS fully connected) -> Reshape, its requant with gain 1 "
+        "written mul = div = 1 (the only gain-1 multiplier the Q31 merge takes); a pool over one element is no op; "
+        "windowed average pooling is the all-ones depthwise Conv in the channels-last form",
         "kernels take int8 tensors only: unsigned tensors are signed-normalised (zero point -128)",
     ),
 )

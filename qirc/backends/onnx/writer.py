@@ -44,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...qir.diagnostics import BackendError, op_error
 from ...qir.ir import Module, Operation, Value
 from ...qir.types import TensorType, UniformQuantType
+from . import transformer_ops
 
 FORMS = ("qdq", "qcdq")
 OPSET = 13
@@ -401,6 +402,9 @@ class _Writer:
     # ----- onnx.* ops ----------------------------------------------------------------------------------------------
     def emit_onnx(self, op: Operation) -> None:
         op_type = op.name.split(".", 1)[1]
+        if op_type in transformer_ops.OPS:  # spelled out in opset 13 (transformer_ops)
+            transformer_ops.emit(self, op, op_type)
+            return
         opdef = op.opdef
         inputs = [self.tensor_of[id(v)] for v in op.operands]
         moved = dict(ATTRS_AS_INPUTS.get(op_type, ()))

@@ -19,7 +19,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from ...qir.diagnostics import FrontendError
 
@@ -65,11 +65,14 @@ def _as_torch_input(torch, example_input: Any, model_name: str):
                             f"got {type(example_input).__name__} ({e})") from None
 
 
-def export_onnx(module, example_input, path: Union[str, os.PathLike], format: str = "qdq") -> Path:
+def export_onnx(module, example_input, path: Union[str, os.PathLike], format: str = "qdq",
+                opset: Optional[int] = None) -> Path:
     """Export a Brevitas model to `path` with Brevitas' exporter for `format` ("qdq" or "qonnx"); returns the path.
 
     `example_input` (a torch tensor, numpy array or shape tuple) traces the model.  The model's training flag is
-    restored afterwards (Brevitas exports in eval mode).
+    restored afterwards (Brevitas exports in eval mode).  `opset` is the ONNX opset (default: 13 for QDQ, whose
+    LayerNorm is then spelled out in ReduceMean/Sub/Pow/...; 17 and later write LayerNormalization; the QONNX
+    exporter's own default otherwise).
     """
     if format not in FORMATS:
         raise FrontendError(f"unknown Brevitas export format '{format}' (choose one of: {', '.join(FORMATS)})")
@@ -91,9 +94,10 @@ def export_onnx(module, example_input, path: Union[str, os.PathLike], format: st
             names = dict(keep_initializers_as_inputs=False, input_names=["input"], output_names=["output"])
             if format == "qdq":
                 brevitas_export.export_onnx_qcdq(module, args, export_path=str(path), dynamo=False,
-                                                 opset_version=QDQ_OPSET, **names)
+                                                 opset_version=opset or QDQ_OPSET, **names)
             else:
-                brevitas_export.export_qonnx(module, args, export_path=str(path), dynamo=False, **names)
+                extra = {} if opset is None else {"opset_version": opset}
+                brevitas_export.export_qonnx(module, args, export_path=str(path), dynamo=False, **names, **extra)
     except FrontendError:
         raise
     except Exception as e:  # Brevitas and torch raise anything from their exporters

@@ -30,8 +30,12 @@ from ...qir.diagnostics import FrontendError
 from ...qir.ir import Module, Value, const_op, input_op, output_op
 from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
-from .loader import DEFAULT_DOMAINS, GraphIndex, default_opset, index_graph, load_model_proto
+from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs, default_opset,
+                     dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
+from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
+from .shape_folding import refine_shapes
+from .transformer_patterns import TransformerImport, parameters_constant
 
 F32 = np.float32
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas")
@@ -48,15 +52,31 @@ _CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be co
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
-FOLD_ONLY_OPS = ("Gather", "Slice", "ConstantOfShape", "Range", "Equal", "Where", "Expand")
+FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf")
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
 
-def import_onnx(path_or_model, name: Optional[str] = None) -> Module:
-    """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module."""
+def import_onnx(path_or_model, name: Optional[str] = None,
+                input_shapes: Optional[Dict[str, Tuple[int, ...]]] = None, outputs: Optional[Sequence[str]] = None,
+                note: Optional[Callable[[str], None]] = None) -> Module:
+    """Import a quantized ONNX model (file path or ModelProto) as a quant-level qir Module.
+
+    input_shapes  {input name: shape} for inputs with dynamic dims (`--input-shape`); an input whose only dynamic
+                  dim is the leading one gets batch 1 without it, with a note through `note(text)`
+    outputs       compile only the subgraph computing these tensors (`--outputs`)
+    """
     model, filename = load_model_proto(path_or_model)
+    if isinstance(path_or_model, onnx.ModelProto) and (input_shapes or outputs or has_dynamic_input(model)):
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's proto stays as it was
+    if outputs:
+        cut_outputs(model, filename, outputs)
+    bind_input_shapes(model, filename, input_shapes, note)
+    check_dynamic_quantization(model, filename)
+    if is_qoperator(model):
+        model = qoperator_to_qdq(model, filename)
     index = index_graph(model, filename)
+    refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
             name = model.graph.name or "model"
@@ -70,7 +90,7 @@ def _module_name(name: str) -> str:
     return name if not name[0].isdigit() else "m" + name
 
 
-class OnnxImporter:
+class OnnxImporter(TransformerImport):
     """Translates one checked graph (`GraphIndex`) into a Module."""
 
     def __init__(self, index: GraphIndex, name: str):
@@ -93,11 +113,10 @@ class OnnxImporter:
                                     file=self.g.filename)
             shape = self.g.shapes.get(vi.name)
             if shape is None:
-                raise FrontendError(f"graph input '{vi.name}' has an unknown or dynamic shape",
-                                    file=self.g.filename)
+                raise dynamic_input_error(vi, self.g.filename)
             self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
         for name, array in self.g.initializers.items():
-            self.env[name] = Const(array)
+            self.env[name] = Const(array, self.g.low_bit.get(name))
         for node in self.g.nodes:
             self.node = node
             handler = self._handler(node)
@@ -116,6 +135,9 @@ class OnnxImporter:
         return self.module
 
     def _handler(self, node: onnx.NodeProto) -> Callable:
+        fused = self.fused_handler(node)  # a node of a LayerNorm / GELU chain (transformer_patterns)
+        if fused is not None:
+            return fused
         if node.domain in QONNX_DOMAINS:
             return getattr(self, f"_qonnx_{node.op_type}")
         return getattr(self, f"_op_{node.op_type}")
@@ -125,6 +147,8 @@ class OnnxImporter:
         constant = set(self.g.initializers)
         unsupported: Dict[str, List[str]] = {}
         for node in self.g.nodes:
+            if id(node) in self.fusions:
+                continue
             if node.domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{node.op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(node.op_type, (len(node.input),))
@@ -134,6 +158,8 @@ class OnnxImporter:
                 if node.op_type == "Constant" or (node.op_type == "Shape") or (ok and all_const):
                     constant.update(o for o in node.output if o)
                 if node.op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = False
+                if not parameters_constant(node, constant):
                     ok = False
             else:
                 ok = False
@@ -341,6 +367,11 @@ class OnnxImporter:
             return np.rint(x)
         if op == "Relu":
             return np.maximum(x, 0).astype(x.dtype)
+        if op in ("HardSigmoid", "HardSwish"):
+            alpha, beta = (float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))) if op == "HardSigmoid" \
+                else (1.0 / 6.0, 0.5)
+            h = np.minimum(np.maximum(x * np.float32(alpha) + np.float32(beta), 0), 1).astype(x.dtype)
+            return h if op == "HardSigmoid" else (x * h).astype(x.dtype)
         if op == "Clip":
             lo, hi = self._clip_bounds(node)
             return np.clip(x, lo, hi).astype(x.dtype)
@@ -447,7 +478,7 @@ class OnnxImporter:
             raise self.error(f"{node.op_type} of a non-constant tensor is not supported")
         self.fold_or(node, refuse)
 
-    _op_Gather = _op_Slice = _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _op_Expand = _fold_only
+    _op_ConstantOfShape = _op_Range = _op_Equal = _op_Where = _fold_only
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
@@ -579,14 +610,24 @@ class OnnxImporter:
     def _op_QuantizeLinear(self, node):
         shape = self.shape(node.input[0])
         scale, zp, axis = self._qdq_params(node, shape)
+        to = self.attrs(node).get("output_dtype", 0)
+        low_bit = self.g.low_bit.get(self.inp(node, 2) or "")
+        if low_bit is None and zp is None and to in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            low_bit = (-8, 7) if to == onnx.TensorProto.INT4 else (0, 15)
+        if low_bit is not None and not isinstance(self.env[node.input[0]], Const):
+            kind = "int4" if low_bit[0] < 0 else "uint4"
+            raise self.error(f"element type {kind} is not supported for activations: the Deeploy targets keep "
+                             f"activations in 8-bit tensors; quantize them to int8/uint8 (a 4-bit range in 8-bit "
+                             f"storage, as QONNX Quant or Brevitas bit_width=4 exports it, compiles)")
         if zp is not None:
             storage = P.storage_for_dtype(zp.dtype)
         else:
-            to = self.attrs(node).get("output_dtype", onnx.TensorProto.UINT8)
-            storage = P.storage_for_dtype(helper.tensor_dtype_to_np_dtype(to))
+            storage = P.storage_for_dtype(helper.tensor_dtype_to_np_dtype(to or onnx.TensorProto.UINT8)
+                                          if low_bit is None else np.int8 if low_bit[0] < 0 else np.uint8)
             zp = np.zeros((), storage.np_dtype)
-        zp = P.check_zero_point(zp, storage.min, storage.max)
-        qtype = P.make_quant_type(storage, storage.min, storage.max, scale, zp, shape, axis)
+        lo, hi = (storage.min, storage.max) if low_bit is None else low_bit
+        zp = P.check_zero_point(zp, lo, hi)
+        qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
         self.env[node.output[0]] = self._quantizer(node.input[0], qtype, ROUND_ADD, shape, self.loc)
 
     def _op_DequantizeLinear(self, node):
@@ -759,6 +800,12 @@ class OnnxImporter:
 
     _op_Relu = _unary("onnx.Relu")
     _op_Sigmoid = _unary("onnx.Sigmoid")
+    _op_HardSwish = _unary("onnx.HardSwish")
+
+    def _op_HardSigmoid(self, node):
+        a = self.attrs(node)
+        attrs = {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
+        self.fold_or(node, lambda: self.emit_float_op(node, "onnx.HardSigmoid", node.input[:1], attrs))
     _op_GlobalAveragePool = _unary("onnx.GlobalAveragePool")
     _op_GlobalMaxPool = _unary("onnx.GlobalMaxPool")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -20,6 +20,8 @@ from ..._onnx import numpy_helper
 from ...qir.diagnostics import FrontendError
 
 MIN_OPSET = 7
+#: 4-bit ONNX element types (numpy dtypes from ml_dtypes) -> (the 8-bit numpy storage, min, max)
+LOW_BIT_TYPES = {"int4": (np.int8, -8, 7), "uint4": (np.uint8, 0, 15)}
 DEFAULT_DOMAINS = ("", "ai.onnx")
 #: Custom-domain ops whose output has the shape of their first input; shape inference sees them as Identity.
 SHAPE_PRESERVING_CUSTOM_OPS = ("Quant", "BipolarQuant", "Trunc")
@@ -139,6 +141,8 @@ class GraphIndex:
     output_names: List[str] = field(default_factory=list)
     shapes: Dict[str, Optional[Tuple[int, ...]]] = field(default_factory=dict)
     elem_types: Dict[str, int] = field(default_factory=dict)
+    #: initializers stored as INT4 / UINT4 (held as int8 / uint8 arrays): name -> their integer range
+    low_bit: Dict[str, Tuple[int, int]] = field(default_factory=dict)
 
     def label(self, node: onnx.NodeProto) -> str:
         return self.labels[id(node)]
@@ -174,10 +178,16 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
             raise FrontendError(f"duplicate initializer name '{init.name}'", file=filename)
         defined[init.name] = "initializer"
         try:
-            index.initializers[init.name] = numpy_helper.to_array(init)
+            array = numpy_helper.to_array(init)
         except Exception as err:
             raise FrontendError(f"initializer '{init.name}' cannot be read ({_first_line(err)})",
                                 file=filename) from None
+        if array.dtype.name in LOW_BIT_TYPES:
+            # a 4-bit integer fits int8 / uint8 exactly; the range is kept for the quantizer that reads it
+            storage, lo, hi = LOW_BIT_TYPES[array.dtype.name]
+            array = array.astype(storage)
+            index.low_bit[init.name] = (lo, hi)
+        index.initializers[init.name] = array
     input_names = set()
     for inp in graph.input:
         if inp.name in input_names:
@@ -292,3 +302,147 @@ def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> None:
             index.shapes[vi.name] = None
             return
     index.shapes[vi.name] = tuple(dims)
+
+
+# ----- what the user chooses on the command line: input shapes, the outputs to compile ------------------------------
+def _dims_text(dims) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in dims)
+
+
+def _declared_dims(vi: onnx.ValueInfoProto) -> Optional[List[Optional[int]]]:
+    """The declared dims of a graph input (None for an unknown or symbolic dim), or None without a shape."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+
+
+def parse_input_shape(text: str) -> Tuple[str, Tuple[int, ...]]:
+    """'NAME=1x3x32x32' -> ("NAME", (1, 3, 32, 32)); a UsageError for anything else."""
+    from ...qir.diagnostics import UsageError
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape '{text}': expected NAME=DIMS with positive dims separated by 'x' "
+                         f"(for example x=1x3x32x32)")
+    return name, shape
+
+
+def real_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def has_dynamic_input(model: onnx.ModelProto) -> bool:
+    """Whether a graph input lacks a shape or has a dynamic dim."""
+    return any(d is None or None in d for d in (_declared_dims(vi) for vi in real_inputs(model)))
+
+
+def bind_input_shapes(model: onnx.ModelProto, filename: str, shapes: Optional[Dict[str, Tuple[int, ...]]] = None,
+                      note=None) -> bool:
+    """Give graph inputs static shapes, in place: the user's (`--input-shape NAME=DIMS`) where given, else batch 1
+    when the leading dim is the only dynamic one (with a note through `note(text)`).  Returns whether anything was
+    bound.  A given shape must keep the input's rank and its static dims."""
+    from ...qir.diagnostics import UsageError
+    shapes = dict(shapes or {})
+    inputs = {vi.name: vi for vi in real_inputs(model)}
+    unknown = [n for n in shapes if n not in inputs]
+    if unknown:
+        raise UsageError(f"--input-shape: the model has no input '{unknown[0]}' (its inputs: "
+                         f"{', '.join(inputs) or 'none'})")
+    bound = False
+    for name, vi in inputs.items():
+        declared = _declared_dims(vi)
+        if name in shapes:
+            shape = shapes[name]
+            if declared is not None and len(declared) != len(shape):
+                raise FrontendError(f"--input-shape {name}={_dims_text(shape)}: input '{name}' has rank "
+                                    f"{len(declared)} ({_dims_text(declared)})", file=filename)
+            if declared is not None:
+                for i, (d, s) in enumerate(zip(declared, shape)):
+                    if d is not None and d != s:
+                        raise FrontendError(f"--input-shape {name}={_dims_text(shape)}: dim {i} of input '{name}' "
+                                            f"is fixed to {d} in the model ({_dims_text(declared)})", file=filename)
+        elif declared is not None and declared and declared[0] is None and all(d is not None for d in declared[1:]):
+            shape = (1,) + tuple(declared[1:])
+            if note is not None:
+                note(f"input '{name}' has a dynamic batch dimension; compiled with batch 1 as {_dims_text(shape)} "
+                     f"(--input-shape {name}=DIMS chooses the shape)")
+        else:
+            continue
+        if declared is not None and list(shape) == declared:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            tt.elem_type = onnx.TensorProto.FLOAT
+        tt.ClearField("shape")
+        for d in shape:
+            tt.shape.dim.add().dim_value = int(d)
+        bound = True
+    if bound:
+        # recorded shapes of other tensors may name the symbolic dims: shape inference types them afresh
+        del model.graph.value_info[:]
+        for out in model.graph.output:
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")
+    return bound
+
+
+def dynamic_input_error(vi: onnx.ValueInfoProto, filename: str) -> FrontendError:
+    """The error for a graph input without a static shape, naming the option that fixes it."""
+    declared = _declared_dims(vi)
+    if declared is None:
+        return FrontendError(f"graph input '{vi.name}' has no shape; give it with --input-shape {vi.name}=DIMS "
+                             f"(for example {vi.name}=1x3x32x32)", file=filename)
+    example = "x".join(str(d) if d is not None else ("1" if i == 0 else "N") for i, d in enumerate(declared))
+    return FrontendError(f"graph input '{vi.name}' has a dynamic shape {_dims_text(declared)}; give it with "
+                         f"--input-shape {vi.name}={example} (N: the size you compile for)", file=filename)
+
+
+def cut_outputs(model: onnx.ModelProto, filename: str, outputs: Sequence[str]) -> None:
+    """Make `outputs` the graph's outputs, in place, and drop every node and graph input they do not need
+    (`--outputs NAME[,NAME]`: compile the subgraph that computes them)."""
+    from ...qir.diagnostics import UsageError
+    graph = model.graph
+    produced = {o: n for n in graph.node for o in n.output if o}
+    inputs = {vi.name: vi for vi in real_inputs(model)}
+    inits = {t.name for t in graph.initializer}
+    if not outputs:
+        raise UsageError("--outputs: give at least one tensor name")
+    for name in outputs:
+        if name not in produced and name not in inputs:
+            what = "a constant (initializer)" if name in inits else "not a tensor of the graph"
+            raise UsageError(f"--outputs: '{name}' is {what}")
+    if len(set(outputs)) != len(outputs):
+        raise UsageError("--outputs: a tensor is named twice")
+    needed, stack = set(), list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = produced.get(name)
+        if node is not None:
+            stack.extend(i for i in node.input if i)
+    keep = [n for n in graph.node if any(o in needed for o in n.output)]
+    if not [n for n in inputs if n in needed]:
+        raise UsageError(f"--outputs: {', '.join(outputs)} do(es) not depend on any graph input")
+    typed = {vi.name: vi for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
+    new_outputs = []
+    for name in outputs:
+        vi = onnx.ValueInfoProto()
+        if name in typed:
+            vi.CopyFrom(typed[name])
+        else:
+            vi.name = name
+        new_outputs.append(vi)
+    del graph.node[:]
+    graph.node.extend(keep)
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    kept_inputs = [vi for vi in graph.input if vi.name in needed or vi.name in inits]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)

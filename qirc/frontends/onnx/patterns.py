@@ -133,8 +133,15 @@ def storage_for_dtype(dtype) -> ScalarType:
     try:
         return ScalarType(names[np.dtype(dtype)])
     except KeyError:
-        raise QuantParamError(f"quantized element type {np.dtype(dtype)} is not supported "
-                              f"(int8, uint8, int16, uint16, int32)") from None
+        pass
+    name = np.dtype(dtype).name
+    if name.startswith("float8") or name.startswith("float4"):
+        raise QuantParamError(f"quantized element type {name} is not supported: qirc compiles integer "
+                              f"quantization for integer-only targets; quantize to int8/uint8 instead")
+    if name in ("int4", "uint4", "int2", "uint2"):
+        raise QuantParamError(f"element type {name} is not supported here: the Deeploy targets keep tensors in 8-bit "
+                              f"storage; quantize to int8/uint8 (a narrower range in 8-bit storage compiles)")
+    raise QuantParamError(f"quantized element type {name} is not supported (int8, uint8, int16, uint16, int32)")
 
 
 def qonnx_range(bitwidth: float, signed: bool, narrow: bool) -> Tuple[int, int]:

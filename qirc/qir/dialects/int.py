@@ -6,9 +6,10 @@ its declared storage type (in particular an int32 accumulator).  Zero points are
 makes every correction explicit (bias terms, Pad with the zero point, requant_shift's add).
 """
 from ..ops import bool_, dense, dialect, int_, ints
-from ..shapes import (broadcast_operands, concat_shape, conv_shape, flatten_shape, gemm_shape, int_clip_elements,
+from ..shapes import (broadcast_operands, igelu_elements, ilayernorm_elements, ilayernorm_shape, isoftmax_elements, concat_shape, conv_shape, flatten_shape, gather_shape, gemm_shape,
+                      int_clip_elements,
                       int_in_out, int_pad_elements, matmul_shape, pad_shape, pool_shape, reduce_shape,
-                      requant_shift_elements, requant_shift_shape, reshape_shape, same_as_first, squeeze_shape,
+                      requant_shift_elements, requant_shift_shape, reshape_shape, same_as_first, slice_shape, squeeze_shape,
                       transpose_shape, unsqueeze_shape)
 
 INT = dialect("int", "exact integer arithmetic on stored values")
@@ -69,3 +70,36 @@ INT.op("unsqueeze", "Insert size-1 `axes`.", operands=["x"], attrs={"axes": ints
        shape=unsqueeze_shape, element=int_in_out)
 INT.op("concat", "Concatenate along `axis`.", operands=["inputs*"], attrs={"axis": int_()}, traits=("shape_only",),
        shape=concat_shape, element=int_in_out)
+INT.op("gather", "Take the constant `indices` along `axis` (a scalar index removes the axis), as onnx.Gather; a "
+       "class token x[:, 0].", operands=["x"],
+       attrs={"axis": int_(0), "indices": ints(), "scalar": bool_(False)}, traits=("shape_only",),
+       shape=gather_shape, element=int_in_out)
+INT.op("slice", "x[start:end:step] along each of `axes` (resolved), as onnx.Slice; q, k, v out of a packed "
+       "in-projection.", operands=["x"], attrs={"starts": ints(), "ends": ints(), "axes": ints(), "steps": ints()},
+       traits=("shape_only",),
+       shape=slice_shape, element=int_in_out)
+
+# Deeploy's integer transformer kernels (DESIGN.md section 7).  Each computes exactly the Generic C kernel: the
+# interpreter's kernels are in qirc/qir/kernels_transformer.py.  Attribute names are Deeploy's.
+INT.op("isoftmax", "Deeploy iSoftmax (Softmax_s8_s8, I-BERT polynomial exp) over the last axis of an int8 tensor; "
+       "unsigned output 0..n_levels-1 whose real value is u / (n_levels - 1).",
+       operands=["x"],
+       attrs={"coeffA": int_(doc="int32 multiplier of the square"), "coeffB": int_(doc="int32 offset inside the square"),
+              "coeffC": int_(doc="int64 constant term"), "log2": int_(doc="ln 2 in input steps (>= 2)"),
+              "n_levels": int_(256, doc="output levels (2..256)")},
+       shape=same_as_first, element=isoftmax_elements,
+       description="Per row: x_max = max(-128, max x); xT = (int16)(x - x_max); z = clamp((int8)(-(xT / log2)), 0, "
+                   "31); p = (int16)(xT + z * log2); y = (uint32)((int64)(int32)(coeffA * (p + coeffB)^2) + coeffC) >> "
+                   "z; out = (uint32)(y * (n_levels - 1)) / (uint32)sum(y).  Integer `/` truncates toward zero.")
+INT.op("ilayernorm", "Deeploy iLayerNorm (Layernorm_s8_s8) over the last axis of an int8 tensor; int8 output that "
+       "wraps (no saturation).", operands=["x", "weight", "bias"],
+       attrs={"D": int_(doc="2^k: the output is shifted right by k"), "n_levels": int_(256, doc="output levels")},
+       shape=ilayernorm_shape, element=ilayernorm_elements,
+       description="Per row of length L: mean = (int32)sum(x) / L; var = sum((int16)(x - mean)^2) / L + 1; std = "
+                   "floor(sqrt(var)); out = (int8)((((int64)x - mean) * weight / std + bias) >> k).")
+INT.op("igelu", "Deeploy iGELU (GELU_s8_s32, I-BERT polynomial erf) of an int8 tensor; int32 output.",
+       operands=["x"], attrs={"b": int_(doc="int8 clip point of the erf polynomial (negative)"),
+                              "one": int_(doc="int16 value of 1 on the polynomial's scale")},
+       traits=("elementwise",), shape=same_as_first, element=igelu_elements,
+       description="sign = sgn(x); q = min(|x|, -b); d = q + b; L = sign * (one - d*d); y = x * ((one + L) >> 1), "
+                   "in int32.")

@@ -4,10 +4,11 @@ Names and attributes follow the ONNX operator spec.  Inputs that ONNX passes as 
 Pad's pads and value, Clip's min and max, reduction axes) are attributes here; the frontend moves them.
 Every op computes in float32 as onnxruntime does.
 """
-from ..ops import dialect, float_, int_, ints, str_
+from ..ops import bool_, dialect, float_, int_, ints, str_
 from ..shapes import (batchnorm_shape, broadcast_operands, concat_shape, conv_shape, flatten_shape, float_in_out,
-                      gemm_shape, global_pool_shape, matmul_shape, pad_shape, pool_shape, reduce_shape,
-                      reshape_shape, same_as_first, softmax_shape, squeeze_shape, transpose_shape, unsqueeze_shape)
+                      gather_shape, gemm_shape, global_pool_shape, layernorm_shape, matmul_shape, pad_shape,
+                      pool_shape, reduce_shape, reshape_shape, same_as_first, slice_shape, softmax_shape,
+                      squeeze_shape, transpose_shape, unsqueeze_shape)
 
 ONNX = dialect("onnx", "float ops as imported from ONNX")
 
@@ -46,6 +47,11 @@ ONNX.op("Round", "Round half to even.", operands=["X"], traits=("elementwise",),
         shape=same_as_first, element=float_in_out)
 ONNX.op("Sigmoid", "1 / (1 + exp(-x)).", operands=["X"], traits=("elementwise",),
         shape=same_as_first, element=float_in_out)
+ONNX.op("HardSigmoid", "max(0, min(1, alpha * x + beta)).", operands=["X"],
+        attrs={"alpha": float_(0.2), "beta": float_(0.5)}, traits=("elementwise",),
+        shape=same_as_first, element=float_in_out)
+ONNX.op("HardSwish", "x * max(0, min(1, x / 6 + 1 / 2)).", operands=["X"], traits=("elementwise",),
+        shape=same_as_first, element=float_in_out)
 ONNX.op("MaxPool", "Max pooling; padding never wins.", operands=["X"], attrs={**_pool_attrs, "dilations": ints([])},
         shape=pool_shape, element=float_in_out)
 ONNX.op("AveragePool", "Average pooling.", operands=["X"], attrs={**_pool_attrs, "count_include_pad": int_(0)},
@@ -80,3 +86,22 @@ ONNX.op("BatchNormalization", "Inference-mode batch normalisation over axis 1.",
         shape=batchnorm_shape, element=float_in_out)
 ONNX.op("Softmax", "Softmax along `axis`.", operands=["X"], attrs={"axis": int_(-1)},
         shape=softmax_shape, element=float_in_out)
+ONNX.op("LayerNormalization", "Normalise over the axes from `axis` on: (x - mean) / sqrt(var + epsilon) * Scale + B "
+        "(the opset-17 op; the importer also fuses the ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add chain of "
+        "older exports into it).", operands=["X", "Scale", "B?"],
+        attrs={"axis": int_(-1), "epsilon": float_(1e-5)},
+        shape=layernorm_shape, element=float_in_out)
+ONNX.op("Gelu", "x * Phi(x): 0.5 x (1 + erf(x / sqrt 2)) with approximate = 'none', or the tanh form (the opset-20 "
+        "op; the importer fuses the Div/Erf/Add/Mul/Mul chain into it).", operands=["X"],
+        attrs={"approximate": str_("none", choices=("none", "tanh"))}, traits=("elementwise",),
+        shape=same_as_first, element=float_in_out)
+ONNX.op("Gather", "Take the constant `indices` along `axis` (ONNX Gather with a constant index tensor of rank 0 "
+        "(`scalar`, the axis is removed) or rank 1).", operands=["X"],
+        attrs={"axis": int_(0), "indices": ints(doc="negative counts from the end"),
+               "scalar": bool_(False, doc="the index is a scalar: the axis is removed")},
+        traits=("shape_only",),
+        shape=gather_shape, element=float_in_out)
+ONNX.op("Slice", "x[start:end:step] along each of `axes` (resolved: 0 <= start <= end <= size, step > 0).",
+        operands=["X"], attrs={"starts": ints(), "ends": ints(), "axes": ints(), "steps": ints()},
+        traits=("shape_only",),
+        shape=slice_shape, element=float_in_out)

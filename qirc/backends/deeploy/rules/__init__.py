@@ -4,36 +4,59 @@ A target's legalisation is `rules_for(target)`: the rules of `ORDER` that apply 
 targets, `rule.Rule`), run in this order.  Adding a family of ops means a module here with its rules, and their place
 in `ORDER`; `python -m qirc.backends.deeploy.rules docs/targets.md` rewrites the generated lists there.
 
-Why this order: canonical forms first, so that later rules see one spelling of each op; pools and convs before the
+Why this order: canonical forms first, so that later rules see one spelling of each op (and rank-3 channel tensors
+as rank 4, so that pools, convs and requant parameters need only the NCHW forms); pools and convs before the
 bias folding, which reads the conv -> requant pairs they leave; clips after the bias folding (a clip folds into the
 requant that the bias went into); residual adds after the clips (on Siracusa they split a ReLU off the add's
-requant); requant parameters once every requant exists; the checks last.
+requant); the tiled-flow forms (tiling.py) around them: padding before the bias folding (a shifted-out zero point
+goes into the Conv's bias), the fused unsigned requants and the div once every requant exists; requant parameters
+once every requant exists, then their adds made safe from DeeployTest's debug pass (harness.py); the checks last
+(the transformer kernels' before the generic form check, so that their refusals say why).
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 from ..targets import TARGETS, DeeployTarget
-from . import bias, canonical, checks, clips, convs, gemm, outputs, pools, requant, residual
+from . import (bias, canonical, checks, clips, convs, gemm, harness, moves, outputs, pools, products, rank, requant,
+               residual, tiling, transformer, trunc)
 from .rule import Rule, rule
 
 ORDER: Tuple[Rule, ...] = (
     checks.integer_only,
     canonical.shape_ops_to_reshape,
+    rank.rank3_to_rank4,
+    canonical.distinct_concat_operands,
     canonical.sub_to_add,
+    products.broadcast_mul_operands,
+    trunc.trunc_round_half_up,
+    moves.requant_before_transposes,
+    moves.token_matmuls_2d,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,
     convs.square_conv_pads,
+    tiling.zero_padding,
+    tiling.equal_conv_pads,
     gemm.gemm_forms,
+    gemm.per_channel_gemm_as_conv,
     bias.fold_biases,
     clips.fold_clips,
     residual.int32_residual_adds,
     residual.requantized_residual_adds,
+    transformer.concat_as_pads,
+    tiling.border_padding,
+    tiling.unsigned_requants_fused,
+    tiling.requant_div_min,
     requant.shape_requant_params,
+    requant.smallest_exact_shift,
     gemm.gemm_requant_add_to_bias,
+    harness.debug_pass_invariant_adds,
     outputs.trailing_reshapes,
     checks.erase_dead,
+    transformer.siracusa_transformer_kernels,
+    transformer.gelu_requant,
+    transformer.activation_matmul_batches,
     checks.check_forms,
     checks.q31_requant_multipliers,
 )

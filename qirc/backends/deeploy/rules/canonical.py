@@ -31,3 +31,18 @@ def sub_to_add(module: Module, target: DeeployTarget) -> None:
         neg = int_const(module, -c.astype(np.int64), op.loc, i32)
         new = module.create("int.add", [op.operands[0], neg], [op.result.type], {}, op.loc, [op.result.name])
         module.replace_op(op, [new.result])
+
+
+@rule("distinct-concat-operands")
+def distinct_concat_operands(module: Module, target: DeeployTarget) -> None:
+    """int.concat reading one tensor more than once -> each repeat read through an int.reshape to the same shape
+    (Deeploy's Concat code declares one pointer per input name: a repeated name does not compile, found on Generic
+    with the doubled input of weights with zero points)."""
+    for op in module.walk("int.concat"):
+        seen = set()
+        for i, v in enumerate(list(op.operands)):
+            if id(v) in seen:
+                copy = module.create("int.reshape", [v], [v.type], {"shape": list(v.type.shape)},
+                                     f"{op.loc}/copy{i}")
+                module.set_operand(op, i, copy.result)
+            seen.add(id(v))

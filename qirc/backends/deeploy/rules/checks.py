@@ -12,7 +12,8 @@ from .rule import rule
 
 #: int ops the emitter can write (after legalisation)
 EMITTABLE = frozenset({"int.conv", "int.gemm", "int.matmul", "int.add", "int.mul", "int.requant_shift", "int.maxpool",
-                       "int.pad", "int.reshape", "int.transpose", "int.concat"})
+                       "int.pad", "int.reshape", "int.transpose", "int.concat", "int.gather", "int.slice",
+                       "int.isoftmax", "int.ilayernorm", "int.igelu"})
 
 
 @rule("integer-only")
@@ -109,18 +110,31 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
                     raise fail(op, target, "a channels-last depthwise int.conv takes a 2-D NCHW input without pads")
             if len(op.operands) > 2:
                 raise fail(op, target, "int.conv keeps a bias input")
-            if any(op.attr("pads") or []) and x.type.is_quant and any(x.type.quant.zero_points):
+            # (without a Pad node, zero-padding made every padding the Conv's own and shifted zero points out: what
+            # is left pads with stored zeros on purpose, e.g. a sum pool's)
+            if target.pad_node and any(op.attr("pads") or []) and x.type.is_quant and any(x.type.quant.zero_points):
                 raise fail(op, target, f"int.conv pads with zeros a tensor whose zero point is "
                                        f"{list(x.type.quant.zero_points)} (the padding needs an explicit int.pad "
                                        "with the zero point)")
+            if not target.pad_node and len(set(op.attr("pads") or [0])) > 1:
+                raise fail(op, target, f"int.conv pads {list(op.attr('pads'))} differ per side (the platform's Conv "
+                                       "takes equal pads only)")
             if target.conv_needs_requant:
                 user = sole_user(op.result)
                 if user is None or user.name != "int.requant_shift":
                     raise fail(op, target, "int.conv must be followed by a requant_shift (its only user): the "
                                            "platform has no bare integer Conv")
         elif op.name == "int.concat" and not target.accepts("Concat"):
+            if len(op.operands) == 2 and _same_source(op.operands[0], op.operands[1]):
+                # the form dequant-push gives weights with zero points whose offsets need 9 bits
+                raise fail(op, target, "weights with a zero point (values minus zero point beyond int8) are "
+                                       "lowered by reading the input twice (Concat), and the platform has no Concat; "
+                                       "quantize the weights symmetrically (onnxruntime: WeightSymmetric=True or "
+                                       "QInt8 weights)")
             raise fail(op, target, "the platform has no Concat")
         elif op.name == "int.pad":
+            if not target.pad_node:
+                raise fail(op, target, "int.pad has no form on this platform (its tiled flow has no Pad)")
             pads = list(op.attr("pads"))
             rank = op.operands[0].type.rank
             if rank != 4 or any(pads[i] for i in (0, 1, rank, rank + 1)):
@@ -133,3 +147,12 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
         elif op.name in ("int.gemm", "int.matmul"):
             if not all(is_8bit(v) for v in op.operands[:2]):
                 raise fail(op, target, f"Deeploy's {op.name[4:].capitalize()} takes 8-bit operands")
+
+
+def _same_source(a, b) -> bool:
+    """True when a and b are the same tensor, up to copies by int.reshape to the same shape."""
+    def root(v):
+        while v.owner.name == "int.reshape" and v.owner.operands[0].type.shape == v.type.shape:
+            v = v.owner.operands[0]
+        return v
+    return root(a) is root(b)

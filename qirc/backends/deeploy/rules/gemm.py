@@ -6,7 +6,7 @@ import numpy as np
 from ....qir.ir import Module, Operation, const_op
 from ....qir.types import TensorType, i32
 from ..targets import DeeployTarget
-from .common import const_value, fail, fits_int32, int_const, move_zero_points
+from .common import const_value, fail, fits_int32, int_const, move_zero_points, sole_user
 from .rule import rule
 
 
@@ -65,3 +65,62 @@ def _fold_requant_add_into_gemm_bias(module: Module, rqs: Operation, target: Dee
     rqs.attrs["add"] = np.zeros_like(add)
     # the Gemm now computes acc + add/mul: its type's zero points move with it (the real values stay)
     move_zero_points(gemm.result, np.broadcast_to(add // mul, (n_out,)))
+
+
+@rule("per-channel-gemm-as-conv", when="gemm_scalar_mul")
+def per_channel_gemm_as_conv(module: Module, target: DeeployTarget) -> None:
+    """int.gemm whose requant has one multiplier per output channel, on a platform whose Gemm kernel takes one
+    multiplier -> the same product as a 1x1 Conv: Reshape [N, K, 1, 1] -> Conv (weights [M, K, 1, 1], bias) ->
+    RequantShift (per channel, [1, M, 1, 1]) -> Reshape [N, M].  Exact: the Conv sums the same K products.
+
+    When that reshape would end the graph (Deeploy leaves such an output buffer zero) a RequantShift that only clips
+    to the requant's own range (mul = div = 1, add = 0: the identity there) follows it; it runs Deeploy's standalone
+    RequantShift kernel."""
+    for gemm in module.walk("int.gemm"):
+        rqs = sole_user(gemm.result)
+        if rqs is None or rqs.name != "int.requant_shift" or int(gemm.attr("transA")) or not int(gemm.attr("transB")):
+            continue
+        mul = np.asarray(rqs.attr("mul"), np.int64)
+        if np.unique(mul).size <= 1:
+            continue
+        w = const_value(gemm.operands[1])
+        if w is None or gemm.operands[0].type.rank != 2:
+            continue
+        x = gemm.operands[0]
+        n, k = x.type.shape
+        m = w.shape[0]
+        x4 = module.create("int.reshape", [x], [x.type.with_shape((n, k, 1, 1))], {"shape": [n, k, 1, 1]},
+                           gemm.loc + "/as_conv").result
+        w4 = const_op(module, np.ascontiguousarray(w.reshape(m, k, 1, 1)),
+                      TensorType((m, k, 1, 1), gemm.operands[1].type.element), gemm.operands[1].owner.loc)
+        conv = module.create("int.conv", [x4, w4] + list(gemm.operands[2:3]),
+                             [gemm.result.type.with_shape((n, m, 1, 1))],
+                             {"kernel_shape": [1, 1], "pads": [0, 0, 0, 0], "strides": [1, 1], "dilations": [1, 1],
+                              "group": 1}, gemm.loc, [gemm.result.name])
+        attrs = dict(rqs.attrs)
+        for key in ("mul", "add"):
+            a = np.asarray(attrs[key], np.int64)
+            attrs[key] = a.reshape(1, -1, 1, 1) if a.size > 1 else a.reshape(-1)
+        out = rqs.result
+        rq4 = module.create("int.requant_shift", [conv.result], [out.type.with_shape((n, m, 1, 1))], attrs, rqs.loc)
+        last = rq4.result
+        clip = sole_user(out)
+        if clip is not None and clip.name == "int.clip":
+            # a ReLU's clip stays next to its requant (fold-clips folds it there)
+            last = module.create("int.clip", [last], [clip.result.type.with_shape((n, m, 1, 1))], dict(clip.attrs),
+                                 clip.loc).result
+            rqs, out = clip, clip.result
+        back = module.create("int.reshape", [last], [out.type], {"shape": [n, m]}, rqs.loc + "/reshape")
+        result = back.result
+        if any(u.name == "qir.output" for u in out.users):
+            out_type = out.type
+            if out_type.is_quant and out_type.element.narrow:
+                lo, hi = (-(int(attrs["n_levels"]) // 2), int(attrs["n_levels"]) // 2 - 1) if attrs["signed"] \
+                    else (0, int(attrs["n_levels"]) - 1)
+                out_type = TensorType(out_type.shape, out_type.element.with_(storage_min=lo, storage_max=hi))
+            result = module.create("int.requant_shift", [result], [out_type],
+                                   {"mul": np.array([1], np.int64), "add": np.array([0], np.int64), "div": 1,
+                                    "signed": bool(attrs["signed"]), "n_levels": int(attrs["n_levels"])},
+                                   rqs.loc + "/output", [out.name]).result
+        module.replace_op(rqs, [result])
+        module.erase_dead()

@@ -12,7 +12,11 @@ from .rule import rule
 
 @rule("sum-pools")
 def sum_pools(module: Module, target: DeeployTarget) -> None:
-    """Rewrite every integer sum pool into the target's `sum_pool` form (targets.POOL_FORMS)."""
+    """Rewrite every integer sum pool into the target's `sum_pool` form (targets.POOL_FORMS); a sum over other
+    axes (a transformer's mean over tokens) is first written as a spatial sum of NCHW (`_as_spatial_sum`)."""
+    for op in module.walk("int.reduce_sum"):
+        if op.operands[0].type.rank != 4 or sorted(a % 4 for a in op.attr("axes")) != [2, 3]:
+            _as_spatial_sum(module, op)
     pool_matmuls = []
     for op in module.walk():
         if op.name not in ("int.reduce_sum", "int.sumpool"):
@@ -34,13 +38,16 @@ def sum_pools(module: Module, target: DeeployTarget) -> None:
             kernel = list(op.attr("kernel_shape"))
             pads = list(op.attr("pads") or [0, 0, 0, 0])
             strides = list(op.attr("strides") or [1, 1])
-        if target.sum_pool == "ones-matmul":
-            if kernel != [h, w] or any(pads):
-                raise fail(op, target, f"windowed average pooling (window {kernel} over {h}x{w}, pads {pads}) has "
-                                       "no form on this platform (only global pools: its depthwise Conv is "
-                                       "rejected)")
+        if kernel == [1, 1] and not any(pads) and tuple(op.result.type.shape[2:]) == (h, w):
+            # a sum over one element (a global pool over a 1x1 map) is the identity: no op, so no gain-1 requant
+            # after a MatMul or Conv either (CMSIS's Q31 merge cannot take one)
+            _identity_sum(module, op)
+            continue
+        if target.sum_pool == "ones-matmul" and kernel == [h, w] and not any(pads):
             pool_matmuls.append(_global_sum_to_matmul(module, op))
         else:
+            # windowed pools on "ones-matmul" targets too: the all-ones depthwise Conv takes the target's
+            # depthwise form (CMSIS: written channels-last, see targets.DeeployTarget.depthwise_layout)
             _sum_pool_to_conv(module, op, target, kernel, pads, strides)
     _sink_reshapes_below_requant(module)
     for mm in pool_matmuls:
@@ -49,6 +56,42 @@ def sum_pools(module: Module, target: DeeployTarget) -> None:
         if user is None or user.name != "int.requant_shift":
             raise fail(mm, target, "a global average pool must be followed by a per-tensor requant_shift (its only "
                                    "user, possibly behind reshapes) on this platform")
+
+
+def _identity_sum(module: Module, op: Operation) -> None:
+    """Replace a sum over a single element by its operand (reshaped when keepdims = 0 drops the unit axes)."""
+    x, out = op.operands[0], op.result
+    result = x
+    if tuple(x.type.shape) != tuple(out.type.shape):
+        result = module.create("int.reshape", [x], [TensorType(out.type.shape, x.type.element)],
+                               {"shape": list(out.type.shape)}, op.loc + "/reshape").result
+    module.replace_op(op, [result])
+
+
+def _as_spatial_sum(module: Module, op: Operation) -> None:
+    """int.reduce_sum over any axes of any rank (the mean over tokens of [L, N, E] or [N, L, E]) as the spatial sum
+    the pool forms take:  Transpose (kept axes first, reduced last; skipped when already so) -> Reshape
+    [1, K, R, 1] -> int.reduce_sum(axes 2, 3) -> Reshape to the result's shape, with K the product of the kept axes
+    and R of the reduced ones.  The same integers are summed, so the result is unchanged."""
+    x = op.operands[0]
+    rank = x.type.rank
+    axes = sorted(a % rank for a in op.attr("axes")) if op.attr("axes") else list(range(rank))
+    kept = [a for a in range(rank) if a not in axes]
+    k = int(np.prod([x.type.shape[a] for a in kept], dtype=np.int64))
+    r = int(np.prod([x.type.shape[a] for a in axes], dtype=np.int64))
+    loc = op.loc
+    perm = kept + axes
+    if perm != list(range(rank)):
+        x = module.create("int.transpose", [x], [x.type.with_shape(tuple(x.type.shape[p] for p in perm))],
+                          {"perm": perm}, loc + "/tokens_last").result
+    x = module.create("int.reshape", [x], [x.type.with_shape((1, k, r, 1))], {"shape": [1, k, r, 1]},
+                      loc + "/nchw").result
+    out = op.result
+    summed = module.create("int.reduce_sum", [x], [out.type.with_shape((1, k, 1, 1))], {"axes": [2, 3], "keepdims": 1},
+                           loc, [out.name]).result
+    back = module.create("int.reshape", [summed], [out.type], {"shape": list(out.type.shape)},
+                         loc + "/reshape").result
+    module.replace_op(op, [back])
 
 
 def _global_sum_to_matmul(module: Module, op: Operation) -> Operation:

@@ -1,0 +1,119 @@
+"""The stock DeeployTest harness: requants that its debug pass leaves alone.
+
+DeeployTest's untiled harness (generateNetwork.py) inserts `EmulateCMSISRequantPass` on every platform but CMSIS.
+It rewrites every RequantShift's add as `np.round(add / (mul + 1e-3)) * mul` (float64), which is the identity only
+when add is a multiple k * mul of mul AND |k| * 1e-3 / (mul + 1e-3) < 1/2, i.e. |k| below about 500 * mul.  The
+lowering makes add a multiple of mul whenever the output zero point is 0; the rule here scales (mul, add, div) by
+2^j where a small mul puts k beyond that bound, so that the graph computes the same with and without the pass.
+Requants that no exact form protects (add not a multiple of mul: an output zero point that is not 0) are listed in
+qirc.json by `debug_pass_report` (docs/targets.md says how to run DeeployTest without the pass).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+from .... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
+from ...._onnx import numpy_helper
+
+from ....qir.ir import Module, Operation
+from ..targets import DeeployTarget
+from .clips import value_range
+from .common import INT32_MAX, const_value, fits_int32, is_8bit
+from .rule import rule
+
+DEBUG_PASS = "EmulateCMSISRequantPass"
+
+
+def debug_pass_add(mul, add) -> np.ndarray:
+    """What DeeployTest's EmulateCMSISRequantPass makes of a RequantShift's add (its own float64 expression)."""
+    mul = np.asarray(mul)
+    return np.round(np.asarray(add) / (mul + 1e-3)) * mul
+
+
+def debug_pass_keeps(mul, add) -> bool:
+    return bool(np.array_equal(debug_pass_add(mul, add), np.asarray(add)))
+
+
+def _max_abs(lo: int, hi: int) -> int:
+    return max(abs(int(lo)), abs(int(hi)))
+
+
+def _input_bound(rqs: Operation) -> Optional[int]:
+    """A bound on |x| for the requant's input x, or None when it is not known here."""
+    x = rqs.operands[0]
+    if is_8bit(x):
+        return _max_abs(*value_range(x))
+    producer = x.owner
+    if producer.name in ("int.conv", "int.gemm", "int.matmul"):
+        w = const_value(producer.operands[1])
+        a = producer.operands[0]
+        if w is None or not is_8bit(a):
+            return None
+        w = np.abs(w.astype(np.int64))
+        if producer.name == "int.conv":
+            row = w.reshape(w.shape[0], -1).sum(axis=1)
+        elif producer.name == "int.gemm" and int(producer.attr("transB")):
+            row = w.sum(axis=1)
+        else:
+            row = w.reshape(-1, w.shape[-1]).sum(axis=0)
+        bound = int(row.max()) * _max_abs(*value_range(a))
+        if len(producer.operands) > 2:
+            bias = const_value(producer.operands[2])
+            if bias is None:
+                return None
+            bound += int(np.abs(bias.astype(np.int64)).max())
+        return bound
+    if producer.name == "int.add" and all(is_8bit(v) for v in producer.operands):
+        return sum(_max_abs(*value_range(v)) for v in producer.operands)
+    return None
+
+
+@rule("debug-pass-invariant-adds", when="not add_before_mul")
+def debug_pass_invariant_adds(module: Module, target: DeeployTarget) -> None:
+    """A requant whose add is a multiple k * mul of mul that DeeployTest's debug pass would still change (|k| beyond
+    about 500 * mul) becomes (mul * 2^j, add * 2^j, div * 2^j) for the smallest j that it leaves alone, when the
+    kernel's int32 arithmetic allows it: floor((2^j (x mul + add) + 2^j div / 2) / (2^j div)) is the same integer."""
+    for rqs in module.walk("int.requant_shift"):
+        mul = np.asarray(rqs.attrs["mul"], np.int64)
+        add = np.asarray(rqs.attrs["add"], np.int64)
+        if debug_pass_keeps(mul, add) or np.any(mul == 0) or np.any(add % mul):
+            continue
+        bound = _input_bound(rqs)
+        if bound is None:
+            continue
+        div = int(rqs.attr("div"))
+        for j in range(1, 24):
+            m, a, d = mul << j, add << j, div << j
+            if int(np.abs(m).max()) * bound + int(np.abs(a).max()) + d // 2 > INT32_MAX or d > INT32_MAX:
+                break
+            if fits_int32(m) and fits_int32(a) and debug_pass_keeps(m, a):
+                rqs.attrs["mul"], rqs.attrs["add"], rqs.attrs["div"] = m, a, d
+                break
+
+
+def debug_pass_changes(model: onnx.ModelProto) -> List[str]:
+    """Names of the RequantShift nodes of `model` whose add DeeployTest's debug pass would change."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    changed = []
+    for node in model.graph.node:
+        if node.op_type == "RequantShift" and node.input[1] in inits and node.input[2] in inits:
+            mul = inits[node.input[1]].astype(np.int64)
+            add = inits[node.input[2]].astype(np.int64)
+            if not debug_pass_keeps(mul, add):
+                changed.append(node.name)
+    return changed
+
+
+def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> Optional[dict]:
+    """qirc.json's account of DeeployTest's debug pass for `model`, or None where the harness does not insert it
+    (CMSIS, whose kernels add before multiplying: there the graph already states round(add / mul) * mul)."""
+    if target.add_before_mul:
+        return None
+    changed = debug_pass_changes(model)
+    note = ("DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass; it changes none of the "
+            "requants") if not changed else (
+        "DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass, which changes the add of these "
+        "requants (not a multiple of mul: an output zero point that is not 0), so its run may differ from "
+        "outputs.npz: run the tiled flow (testMVP.py), or see docs/targets.md for running without the pass")
+    return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}

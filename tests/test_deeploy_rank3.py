@@ -1,0 +1,135 @@
+"""Rank-3 channel tensors (Conv1d, 1-D pooling, per-channel requants of [N, C, L]) reach Deeploy as rank-4
+[N, C, 1, L] on every target (`qirc/backends/deeploy/rules/rank.py`); token tensors that only meet MatMul stay rank 3."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_builders import GraphBuilder
+from qirc.backends.deeploy.legalize import legalize
+from qirc.backends.deeploy.rules.rank import lift_rank3
+from qirc.backends.deeploy.targets import get_target
+from qirc.driver import compile_model
+from qirc.lowering import lower_module
+from qirc.lowering.testing import QuantBuilder
+from qirc.qir import interpreter
+from qirc.qir.types import u8
+from qirc.qir.verifier import verify
+
+TARGETS = ("deeploy-generic", "deeploy-siracusa", "deeploy-cortexm")
+
+
+def conv1d_net(head: str = "pool"):
+    rng = np.random.default_rng(2)
+    b = QuantBuilder()
+    x = b.input("x", (1, 4, 16), 0.05)
+    y = b.conv(x, rng.integers(-127, 128, (8, 4, 3)), rng.uniform(0.002, 0.004, 8),
+               bias=rng.integers(-2000, 2000, 8), pads=(1, 1), strides=(1,))
+    y = b.quant(b.op("onnx.Relu", [y]), 0.05, storage=u8)
+    y = b.quant(b.op("onnx.MaxPool", [y], {"kernel_shape": [2], "strides": [2], "pads": [0, 0]}), 0.05, storage=u8)
+    y = b.conv(y, rng.integers(-127, 128, (8, 8, 3)), 0.003, bias=rng.integers(-2000, 2000, 8), pads=(1, 1),
+               strides=(1,))
+    y = b.quant(b.op("onnx.Relu", [y]), 0.05, storage=u8)
+    if head == "pool":
+        y = b.quant(b.op("onnx.ReduceMean", [y], {"axes": [2], "keepdims": 0}), 0.03, storage=u8)
+        y = b.gemm(y, rng.integers(-127, 128, (5, 8)), 0.01, bias=rng.integers(-500, 500, 5))
+    else:
+        y = b.quant(b.op("onnx.Flatten", [y], {"axis": 1}), 0.05, storage=u8)
+        y = b.gemm(y, rng.integers(-127, 128, (5, 64)), 0.01, bias=rng.integers(-500, 500, 5))
+    b.output("y", b.quant(y, 0.1))
+    return b.module
+
+
+@pytest.mark.parametrize("head", ["pool", "flatten"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_conv1d_network_is_legalised_at_rank_4_exactly(head, target):
+    t = get_target(target)
+    module = conv1d_net(head)
+    lower_module(module, signed=t.signed_normalize)
+    before = module.clone()
+    legalize(module, t)
+    verify(module)
+    for op in module.walk("int.conv") + module.walk("int.maxpool") + module.walk("int.matmul"):
+        if op.name != "int.matmul":
+            assert op.operands[0].type.rank == 4 and op.results[0].type.rank == 4, op
+    for rq in module.walk("int.requant_shift"):
+        assert rq.operands[0].type.rank in (2, 4)
+    # the graph's interface keeps its rank-3 input
+    assert module.inputs[0].results[0].type.shape == (1, 4, 16)
+    for seed in range(3):
+        inputs = interpreter.random_inputs(before, seed)
+        expected = interpreter.run(before, inputs)["y"]
+        got = interpreter.run(module, inputs)["y"]
+        if target == "deeploy-cortexm":
+            # CMSIS's requant merge rounds add to a multiple of mul (stated in the graph): up to one step
+            assert np.max(np.abs(got.astype(np.int64) - expected)) <= 1
+        else:
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_lift_rewrites_the_window_and_the_requant_parameters():
+    module = conv1d_net("flatten")
+    lower_module(module)
+    before = module.clone()
+    assert lift_rank3(module) > 0
+    verify(module)
+    assert [op.name for op in module.ops() if op.name not in ("qir.const",)] == [
+        "qir.input", "int.reshape", "int.conv", "int.requant_shift", "int.maxpool", "int.conv", "int.requant_shift",
+        "int.flatten", "int.gemm", "int.requant_shift", "qir.output"]
+    conv = module.walk("int.conv")[0]
+    assert conv.attrs["kernel_shape"] == [1, 3] and conv.attrs["pads"] == [0, 1, 0, 1]
+    assert conv.operands[1].type.shape == (8, 4, 1, 3)
+    assert module.walk("int.maxpool")[0].attrs["kernel_shape"] == [1, 2]
+    assert np.asarray(module.walk("int.requant_shift")[0].attrs["mul"]).shape == (1, 8, 1, 1)
+    # the flatten reads the rank-4 tensor directly: same data order, same [1, 64]
+    assert module.walk("int.flatten")[0].operands[0].type.shape == (1, 8, 1, 8)
+    inputs = interpreter.random_inputs(before, 0)
+    np.testing.assert_array_equal(interpreter.run(module, inputs)["y"], interpreter.run(before, inputs)["y"])
+
+
+def test_token_tensors_that_only_meet_matmul_stay_rank_3():
+    rng = np.random.default_rng(1)
+    b = QuantBuilder()
+    x = b.input("x", (1, 6, 8), 0.05)
+    w = b.qconst(rng.integers(-127, 128, (8, 4)), b.qtype(0.01))
+    b.output("y", b.quant(b.op("onnx.MatMul", [x, w]), 0.1))
+    lower_module(b.module)
+    assert lift_rank3(b.module) == 0
+    assert b.module.walk("int.matmul")[0].operands[0].type.shape == (1, 6, 8)
+
+
+def qdq_conv1d_model():
+    """onnxruntime's QDQ layout for a Conv1d -> ReLU -> global pool -> Linear net (u8 activations, zero point 128)."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder("conv1d")
+    x = b.qdq(b.input("x", [1, 4, 16]), 1 / 32, 128, dtype=np.uint8, prefix="/in")
+    w = b.dequantize_linear(rng.integers(-127, 128, (8, 4, 3)).astype(np.int8),
+                            rng.uniform(0.002, 0.004, 8).astype(np.float32), np.zeros(8, np.int8), axis=0,
+                            prefix="/c1/w")
+    bias = b.dequantize_linear(rng.integers(-900, 900, 8).astype(np.int32),
+                               (np.float32(1 / 32) * rng.uniform(0.002, 0.004, 8)).astype(np.float32),
+                               axis=0, prefix="/c1/b")
+    y = b.node("Conv", [x, w, bias], name="/c1/Conv", pads=[1, 1])
+    y = b.qdq(b.node("Relu", [y], name="/c1/Relu"), 0.02, 0, dtype=np.uint8, prefix="/c1/out")
+    y = b.qdq(b.node("ReduceMean", [y], name="/pool/ReduceMean", axes=[2], keepdims=0), 0.01, 0, dtype=np.uint8,
+              prefix="/pool/out")
+    fc = b.dequantize_linear(rng.integers(-127, 128, (8, 5)).astype(np.int8), np.float32(0.01), np.int8(0),
+                             prefix="/fc/w")
+    y = b.qdq(b.node("MatMul", [y, fc], name="/fc/MatMul"), 0.05, 128, dtype=np.uint8, prefix="/fc/out")
+    b.output(y, "y")
+    return b.build(opset=13)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_qdq_conv1d_compiles_for_every_target(target, tmp_path):
+    path = tmp_path / "conv1d.onnx"
+    onnx.save(qdq_conv1d_model(), path)
+    summary = compile_model(str(path), target, str(tmp_path / "out"))
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    conv = next(n for n in emitted.graph.node if n.op_type == "Conv")
+    kernel = next(a for a in conv.attribute if a.name == "kernel_shape")
+    assert list(kernel.ints) == [1, 3]
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["inputs"][0]["shape"] == [1, 4, 16]
+    assert summary.accuracy["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6

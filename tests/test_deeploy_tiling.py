@@ -1,0 +1,200 @@
+"""Siracusa's tiled-flow forms (qirc/backends/deeploy/rules/tiling.py and harness.py) on small integer graphs: each
+rewrite is run, the written ONNX is read back and executed on random inputs against the graph before legalisation
+(bit-exact), and the node sequence is asserted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from qirc.backends.deeploy.emit import emit_onnx
+from qirc.backends.deeploy.legalize import legalize
+from qirc.backends.deeploy.rules.harness import debug_pass_changes
+from qirc.frontends.deeploy import import_deeploy_onnx
+from qirc.qir import interpreter
+from qirc.qir.diagnostics import BackendError
+from qirc.qir.ir import Module, const_op, input_op, output_op, pad_op
+from qirc.qir.types import TensorType, UniformQuantType, i8, i32, u8
+from qirc.qir.verifier import verify
+
+from test_deeploy_structure import assert_deeploy_structure_with
+
+SIRACUSA = "deeploy-siracusa"
+
+
+def q(scale, zp=0, signed=True):
+    return UniformQuantType.per_tensor(i8 if signed else u8, scale, zp)
+
+
+def requant(m, x, shape, out, mul, add=0, div=1 << 12, signed=True, n_levels=256, loc="/rqs"):
+    attrs = {"mul": np.asarray(mul, np.int64).reshape(np.shape(mul) or (1,)),
+             "add": np.asarray(add, np.int64).reshape(np.shape(add) or (1,)), "div": div, "signed": signed,
+             "n_levels": n_levels}
+    return m.create("int.requant_shift", [x], [TensorType(shape, out)], attrs, loc).result
+
+
+def conv(m, x, w, pads, loc, group=1, bias=None):
+    n, _, h, wd = x.type.shape
+    kh, kw = w.shape[2:]
+    shape = (n, w.shape[0], h + pads[0] + pads[2] - kh + 1, wd + pads[1] + pads[3] - kw + 1)
+    operands = [x, const_op(m, w.astype(np.int8), TensorType(w.shape, i8), loc + "/w")]
+    if bias is not None:
+        operands.append(const_op(m, np.asarray(bias, np.int32), TensorType(np.shape(bias), i32), loc + "/b"))
+    attrs = {"kernel_shape": [kh, kw], "pads": list(pads), "strides": [1, 1], "dilations": [1, 1], "group": group}
+    return m.create("int.conv", operands, [TensorType(shape, i32)], attrs, loc).result
+
+
+def written_exact(m, seeds=range(6)):
+    """Legalise `m` for Siracusa and emit it; the written graph, read back, computes what `m` computed before, and
+    passes the structure checker (with the debug-pass list qirc.json would carry).  Returns the ONNX model."""
+    samples = [interpreter.random_inputs(m, s) for s in seeds]
+    before = [interpreter.run(m, inputs) for inputs in samples]
+    legalize(m, SIRACUSA)
+    verify(m)
+    model = emit_onnx(m, SIRACUSA)
+    assert_deeploy_structure_with(model, SIRACUSA, debug_pass_changes(model))
+    assert not [n.name for n in model.graph.node if n.op_type == "RequantShift" and any(
+        a.name == "div" and int(numpy_helper.to_array(a.t).reshape(-1)[0]) < 2 for a in n.attribute)]
+    device = import_deeploy_onnx(model)
+    for inputs, expected in zip(samples, before):
+        got = interpreter.run(device, list(inputs.values()))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(value, got[name])
+    return model
+
+
+def ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def _zero_point_conv(zp, signed, via_requant):
+    """x (or a requant of x) with zero point zp -> int.pad(zp) -> 3x3 Conv -> requant."""
+    rng = np.random.default_rng(1)
+    m = Module("zp")
+    shape = (1, 3, 6, 6)
+    x = input_op(m, "x", TensorType(shape, q(0.05, zp, signed)))
+    if via_requant:
+        x = input_op(m, "x0", TensorType(shape, q(0.1)))
+        m.erase(m.inputs[0])
+        x = requant(m, x, shape, q(0.05, zp, signed), [3], zp << 12, signed=signed, loc="/act")
+    padded = pad_op(m, x, [1, 1, 1, 1], zp, "/conv/pad")
+    c = conv(m, padded, rng.integers(-127, 128, (4, 3, 3, 3)), [0, 0, 0, 0], "/conv",
+             bias=rng.integers(-2000, 2000, (4,)))
+    output_op(m, "y", requant(m, c, (1, 4, 6, 6), q(0.2), rng.integers(20, 40, (1, 4, 1, 1))))
+    verify(m)
+    return m
+
+
+@pytest.mark.parametrize("zp, signed", [(-128, True), (128, False), (0, False)])
+def test_a_zero_point_pad_becomes_the_convs_own_padding_of_the_shifted_input(zp, signed):
+    model = written_exact(_zero_point_conv(zp, signed, via_requant=False))
+    pads = [list(a.ints) for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+    assert "Pad" not in ops(model) and [1, 1, 1, 1] in pads
+    if zp == 0:
+        assert ops(model) == ["Conv", "RequantShift"]
+    elif signed:  # x + 128 is uint8: a requant that only adds, fused behind an identity depthwise Conv
+        assert ops(model) == ["Conv", "RequantShift", "Conv", "RequantShift"]
+    else:  # x - 128 is int8: a standalone signed requant
+        assert ops(model) == ["RequantShift", "Conv", "RequantShift"]
+
+
+def test_a_zero_point_pad_after_a_requant_moves_into_its_add():
+    model = written_exact(_zero_point_conv(-128, True, via_requant=True))
+    # no requant that only shifts: the activation's own requant writes x + 128 as uint8 (fused, as it stands alone
+    # here, behind an identity depthwise Conv)
+    assert ops(model) == ["Conv", "RequantShift", "Conv", "RequantShift"]
+    act = model.graph.node[1]
+    assert {a.name: int(numpy_helper.to_array(a.t).reshape(-1)[0]) for a in act.attribute}["signed"] == 0
+
+
+@pytest.mark.parametrize("zp, signed", [(3, True), (-77, True), (200, False)])
+def test_a_zero_point_that_cannot_be_shifted_out_is_added_on_the_border(zp, signed):
+    # x - zp fits no 8-bit type: x zero-padded plus a border of zp (made from ones), in one RequantizedAdd
+    model = written_exact(_zero_point_conv(zp, signed, via_requant=False))
+    assert "Pad" not in ops(model)
+    assert ops(model) == ["RequantShift", "Conv", "RequantShift", "Conv", "RequantShift", "Add", "RequantShift",
+                          "Conv", "RequantShift"]
+    # the ones requant (mul 0) is the one DeeployTest's debug pass changes
+    assert debug_pass_changes(model) == [model.graph.node[0].name]
+
+
+@pytest.mark.parametrize("pads", [[5, 1, 5, 1], [2, 0, 1, 3], [0, 1, 0, 0]])
+def test_unequal_conv_pads_become_a_one_hot_depthwise_conv_and_equal_pads(pads):
+    rng = np.random.default_rng(2)
+    m = Module("stem")
+    x = input_op(m, "x", TensorType((1, 2, 9, 7), q(0.05)))
+    c = conv(m, x, rng.integers(-127, 128, (3, 2, 4, 3)), pads, "/stem")
+    output_op(m, "y", requant(m, c, c.type.shape, q(0.2), [25]))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["Conv", "RequantShift", "Conv", "RequantShift"]
+    one_hot, stem = (n for n in model.graph.node if n.op_type == "Conv")
+    q_pad = min(pads)
+    assert [list(a.ints) for a in stem.attribute if a.name == "pads"] == [[q_pad] * 4]
+    assert [a.i for a in one_hot.attribute if a.name == "group"] == [2]
+
+
+def test_maxpool_padding_is_a_shift_a_zero_pad_and_the_shift_back():
+    m = Module("pool")
+    x = input_op(m, "x", TensorType((1, 2, 5, 5), q(0.05, 3)))
+    pool = m.create("int.maxpool", [x], [TensorType((1, 2, 5, 5), x.type.element)],
+                    {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, "/pool").result
+    output_op(m, "y", pool)
+    verify(m)
+    model = written_exact(m)
+    assert "Pad" not in ops(model) and ops(model).count("MaxPool") == 1
+    assert all(list(a.ints) == [0, 0, 0, 0] for n in model.graph.node if n.op_type == "MaxPool"
+               for a in n.attribute if a.name == "pads")
+
+
+@pytest.mark.parametrize("rank", [4, 2])
+def test_a_standalone_unsigned_requant_is_fused_behind_an_identity_depthwise_conv(rank):
+    m = Module("relu")
+    shape = (1, 6, 3, 3) if rank == 4 else (1, 6)
+    x = input_op(m, "x", TensorType(shape, q(0.1)))
+    r = requant(m, x, shape, q(0.05, 0, signed=False), [3], 0, div=2, signed=False, n_levels=256)
+    output_op(m, "y", r)
+    verify(m)
+    model = written_exact(m)
+    # a [N, C] graph output cannot end in a Reshape: an identity Gemm instead
+    assert ops(model) == (["Conv", "RequantShift"] if rank == 4 else ["Gemm", "RequantShift"])
+
+
+def test_a_standalone_unsigned_requant_inside_a_2d_graph_is_reshaped_around_the_conv():
+    m = Module("relu2d")
+    x = input_op(m, "x", TensorType((1, 6), q(0.1)))
+    r = requant(m, x, (1, 6), q(0.05, 0, signed=False), [3], 0, div=2, signed=False, loc="/relu")
+    w = const_op(m, np.arange(-12, 12).reshape(4, 6).astype(np.int8), TensorType((4, 6), i8), "/fc/w")
+    b = const_op(m, np.zeros(4, np.int32), TensorType((4,), i32), "/fc/b")
+    g = m.create("int.gemm", [r, w, b], [TensorType((1, 4), i32)], {"transA": 0, "transB": 1}, "/fc").result
+    output_op(m, "y", requant(m, g, (1, 4), q(0.2), [7], 0, div=1 << 6))
+    verify(m)
+    model = written_exact(m)
+    assert ops(model) == ["Reshape", "Conv", "RequantShift", "Reshape", "Gemm", "RequantShift"]
+
+
+def test_no_requant_keeps_div_1():
+    m = Module("unit")
+    x = input_op(m, "x", TensorType((1, 4), q(0.1)))
+    output_op(m, "y", requant(m, x, (1, 4), q(0.1), [1], 3, div=1))
+    verify(m)
+    model = written_exact(m)
+    divs = [int(numpy_helper.to_array(a.t).reshape(-1)[0]) for n in model.graph.node for a in n.attribute
+            if a.name == "div"]
+    assert divs == [2]
+
+
+def test_a_multiple_add_far_beyond_the_debug_pass_bound_is_rescaled():
+    # add = 5000 * mul with mul = 3: DeeployTest's debug pass would make it 4995 * 3; 2^j (mul, add, div) it keeps
+    rng = np.random.default_rng(3)
+    m = Module("big_add")
+    x = input_op(m, "x", TensorType((1, 2, 4, 4), q(0.05)))
+    c = conv(m, x, rng.integers(-10, 10, (2, 2, 1, 1)), [0, 0, 0, 0], "/c")
+    output_op(m, "y", requant(m, c, (1, 2, 4, 4), q(0.2), [3], 3 * 5000, div=1 << 14))
+    verify(m)
+    model = written_exact(m)
+    assert debug_pass_changes(model) == []
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rqs = model.graph.node[-1]
+    mul, add = inits[rqs.input[1]].reshape(-1), inits[rqs.input[2]].reshape(-1)
+    assert mul[0] > 3 and add[0] == 5000 * mul[0]
