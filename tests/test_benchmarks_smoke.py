@@ -74,6 +74,7 @@ def test_check_limits_and_table_alignment():
     assert len(lines[3]) == len(lines[4])
 
 
+@pytest.mark.slow
 def test_a_missed_target_exits_1_unless_no_targets(monkeypatch, capsys):
     import importlib
 

@@ -550,8 +550,9 @@ def test_cortexm_gemm_requant_has_a_scalar_multiplier_and_its_add_in_the_bias():
     np.testing.assert_array_equal(m.walk("int.requant_shift")[0].attrs["add"], [196615, 123456, -5, 999, 0])
 
 
-def test_cortexm_refuses_a_per_channel_matmul_requant():
-    # CMSIS fuses MatMul + RequantShift into its per-tensor fully-connected kernel, like a Gemm
+def test_cortexm_takes_a_per_channel_matmul_requant_as_a_1x1_conv():
+    # CMSIS fuses MatMul + RequantShift into its per-tensor fully-connected kernel, like a Gemm: refused before issue
+    # 11; now per-channel-matmul-as-gemm and per-channel-gemm-as-conv write it as a 1x1 Conv with its own requant
     m = Module("mm")
     x = input_op(m, "x", TensorType((1, 16), q8(0.1)))
     w = const_op(m, np.ones((16, 5), np.int8), TensorType((16, 5), i8), "/mm/w")
@@ -559,10 +560,13 @@ def test_cortexm_refuses_a_per_channel_matmul_requant():
     r = m.create("int.requant_shift", [y], [TensorType((1, 5), q8(0.5))],
                  rqs_attrs(np.arange(1000, 1005).reshape(1, 5), 0, 1 << 16), "/mm/rqs").result
     output_op(m, "y", r)
-    with pytest.raises(BackendError) as e:
-        legalize(m, "deeploy-cortexm")
-    assert str(e.value) == ("node '/mm/rqs' (int.requant_shift): a MatMul requant needs one multiplier for all "
-                            "channels on this platform (per-tensor weight scales) (target deeploy-cortexm)")
+    before = m.clone()
+    legalize(m, "deeploy-cortexm")
+    assert not m.walk("int.matmul") and not m.walk("int.gemm")
+    assert m.walk("int.conv")[0].attrs["kernel_shape"] == [1, 1]
+    inputs = interpreter.random_inputs(before, 0)
+    got = interpreter.run(m, inputs)["y"].astype(np.int64)
+    assert np.max(np.abs(got - interpreter.run(before, inputs)["y"])) <= 1  # CMSIS's add rounding
 
 
 def _depthwise_module(c_in, multiplier, k, seed=0):

@@ -17,7 +17,7 @@ from qirc.frontends.deeploy import import_deeploy_onnx
 from qirc.qir import interpreter
 from qirc.qir.diagnostics import BackendError, UsageError
 
-from test_deeploy_structure import assert_deeploy_structure
+from test_deeploy_structure import assert_deeploy_structure, assert_deeploy_structure_with
 
 from real_models import deepquant, example
 
@@ -53,6 +53,11 @@ def test_corpus_model_compiles_to_the_contract(name, target, tmp_path_factory):
     assert sorted(os.listdir(out)) == ["inputs.npz", "network.onnx", "outputs.npz", "qirc.json"]
     model = onnx.load(str(out / "network.onnx"))
     assert_deeploy_structure(model, target)
+    # qirc.json names every requant whose add DeeployTest's debug pass changes (none in these models)
+    debug_pass = json.loads((out / "qirc.json").read_text()).get("deeploytest_debug_pass")
+    if not get_target(target).add_before_mul:
+        assert debug_pass["changed_requants"] == []
+        assert_deeploy_structure_with(model, target, [])
     # re-importing network.onnx and simulating inputs.npz reproduces outputs.npz exactly
     with np.load(out / "inputs.npz") as f:
         ins = [f[k] for k in f.files]
@@ -84,12 +89,13 @@ def test_corpus_model_compiles_to_the_contract(name, target, tmp_path_factory):
             assert np.all(add % mul == 0), rqs.loc
 
 
-@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-siracusa"])
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"])
 def test_signed_normalisation_follows_the_target(target, tmp_path_factory):
+    # only CMSIS-NN takes int8 alone; pulp-nn has uint8 kernels (Siracusa keeps ReLU outputs uint8, zero point 0)
     out, summary = build("ResNet8", target, tmp_path_factory)
     report = json.loads((out / "qirc.json").read_text())
     dtypes = {rqs.result.type.storage.name for rqs in summary.module.walk("int.requant_shift")}
-    if target == "deeploy-siracusa":
+    if target == "deeploy-cortexm":
         assert dtypes == {"i8"} and report["passes"][0] == "lower-to-int{signed-normalize=1}"
     else:
         assert "u8" in dtypes and report["passes"][0] == "lower-to-int"
@@ -250,7 +256,7 @@ def test_extra_pipeline_and_ir_dumps(tmp_path):
     log = io.StringIO()
     summary = compile_model(model_path("Autoencoder"), "deeploy-siracusa", tmp_path / "out", extra_pipeline="dce",
                             print_ir_after_all=True, dump_ir_dir=str(dumps), accuracy_samples=1, out=log)
-    assert summary.passes == ["lower-to-int{signed-normalize=1}", "dce", "deeploy-legalize{target=deeploy-siracusa}"]
+    assert summary.passes == ["lower-to-int", "dce", "deeploy-legalize{target=deeploy-siracusa}"]
     assert sorted(os.listdir(dumps)) == ["00-imported.qir", "01-lower-to-int.qir", "02-dce.qir",
                                          "03-deeploy-legalize.qir"]
     assert "onnx." in (dumps / "00-imported.qir").read_text()

@@ -133,3 +133,37 @@ def test_qdq_conv1d_compiles_for_every_target(target, tmp_path):
     report = json.loads((tmp_path / "out" / "qirc.json").read_text())
     assert report["inputs"][0]["shape"] == [1, 4, 16]
     assert summary.accuracy["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6
+
+
+def token_net():
+    rng = np.random.default_rng(1)
+    b = QuantBuilder()
+    x = b.input("x", (1, 6, 8), 0.05)
+    w = b.qconst(rng.integers(-127, 128, (8, 4)), b.qtype(rng.uniform(0.005, 0.02, 4), axis=1))
+    y = b.quant(b.op("onnx.MatMul", [x, w]), 0.1)
+    w2 = b.qconst(rng.integers(-127, 128, (4, 3)), b.qtype(0.01))
+    b.output("y", b.quant(b.op("onnx.MatMul", [y, w2]), 0.1))
+    return b.module
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_per_channel_token_matmul_is_a_2d_gemm(target):
+    """[N, T, D] x per-channel [D, E]: the requant varies along the last axis of a rank-3 tensor, which no Deeploy
+    form takes; as Reshape [N*T, D] -> Gemm -> RequantShift [E] -> Reshape it does (cortex-m goes on to a 1x1 Conv)."""
+    t = get_target(target)
+    module = token_net()
+    lower_module(module, signed=t.signed_normalize)
+    before = module.clone()
+    legalize(module, t)
+    verify(module)
+    for rq in module.walk("int.requant_shift"):
+        mul = np.asarray(rq.attrs["mul"])
+        assert mul.size == 1 or rq.operands[0].type.rank in (2, 4)
+    kinds = {op.name for op in module.ops()}
+    assert ("int.gemm" in kinds) != (target == "deeploy-cortexm")
+    assert module.outputs[0].operands[0].type.shape == (1, 6, 3)
+    for seed in range(3):
+        inputs = interpreter.random_inputs(before, seed)
+        expected = interpreter.run(before, inputs)["y"].astype(np.int64)
+        got = interpreter.run(module, inputs)["y"].astype(np.int64)
+        assert np.max(np.abs(got - expected)) <= (1 if target == "deeploy-cortexm" else 0)

@@ -155,6 +155,23 @@ def test_gelu_chain_fuses_to_one_op():
     _compare(model, module, seeds=(0, 1, 2))
 
 
+def test_gelu_tanh_chain_as_torch_exports_it_fuses_to_one_op():
+    # torch.onnx.export(nn.GELU(approximate="tanh")) at opset 13, constants first as torch writes them
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["x", "sq"], ["cube"]),
+             _const("c", 0.044715), helper.make_node("Mul", ["c", "cube"], ["cc"]),
+             helper.make_node("Add", ["x", "cc"], ["inner"]), _const("k", math.sqrt(2 / math.pi)),
+             helper.make_node("Mul", ["k", "inner"], ["arg"]), helper.make_node("Tanh", ["arg"], ["t"], name="/g/Tanh"),
+             _const("one", 1.0), helper.make_node("Add", ["one", "t"], ["t1"]),
+             helper.make_node("Mul", ["x", "t1"], ["xt"]), _const("half", 0.5),
+             helper.make_node("Mul", ["half", "xt"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 300])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 300])], {})
+    module = import_onnx(model)
+    assert _float_ops(module) == Counter({"onnx.Gelu": 1})
+    assert module.walk("onnx.Gelu")[0].attr("approximate") == "tanh"
+    _compare(model, module, seeds=(0, 1, 2))
+
+
 def test_opset_17_layernormalization_and_opset_20_gelu():
     rng = np.random.default_rng(1)
     inits = {"gamma": rng.uniform(0.5, 1.5, 16).astype(np.float32), "beta": rng.uniform(-1, 1, 16).astype(np.float32)}
@@ -302,3 +319,74 @@ def test_encoder_block_imports_in_every_form(blocks, tmp_path, config, form):
     assert fl["onnx.Slice"] == (3 if config.startswith("packed") else 0)
     assert_kernel_quantizers(module)
     _check_against_onnxruntime(model_proto, module)
+
+
+@brevitas_needed
+def test_class_token_expanded_to_the_batch_and_flatten_of_token_axes(tmp_path):
+    """`cls.expand(x.shape[0], -1, -1)` and `torch.flatten(x, 1, 2)` export shape arithmetic (Shape, Gather,
+    ConstantOfShape, Equal, Where, Expand; Shape, Slice, Concat) that ONNX shape inference leaves unresolved: the
+    importer evaluates it on the static input shape, the Expand to batch 1 moves nothing, and the result is
+    onnxruntime's."""
+    pytest.importorskip("brevitas")
+    import torch
+    from brevitas.graph.calibrate import calibration_mode
+    from qirc.frontends.brevitas import export_onnx
+    from qirc.zoo.networks import QuantOptions, signed_act
+
+    class ClassToken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = signed_act(QuantOptions(), return_quant_tensor=False)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(0)))
+            self.out = signed_act(QuantOptions(), return_quant_tensor=False)
+
+        def forward(self, x):
+            x = torch.flatten(self.q(x), 1, 2)                       # [N, 1, 5, 8] -> [N, 5, 8]
+            cls = self.q(self.cls).expand(x.shape[0], -1, -1)
+            y = torch.cat([cls, x], dim=1)
+            return self.out(y[:, 0] + y.mean(dim=1))
+
+    model = ClassToken().eval()
+    with torch.no_grad(), calibration_mode(model):
+        model(torch.randn(4, 1, 5, 8, generator=torch.Generator().manual_seed(1)))
+    proto = onnx.load(str(export_onnx(model, torch.zeros(1, 1, 5, 8), tmp_path / "cls.onnx", format="qdq")))
+    assert {"Expand", "Where", "ConstantOfShape", "Shape"} <= {n.op_type for n in proto.graph.node}
+    module = import_onnx(proto)
+    verify(module)
+    assert "onnx.Expand" not in _float_ops(module) and _float_ops(module)["onnx.Gather"] == 1
+    session = ort_session(proto)
+    for seed in range(3):
+        feeds = random_inputs(module, seed)
+        np.testing.assert_array_equal(next(iter(run(module, feeds).values())), session.run(None, feeds)[0])
+
+
+def test_onnx_writer_spells_the_transformer_ops_at_opset_13():
+    """write_onnx (the zoo's qcdq form) writes LayerNormalization, Gelu (both forms), Gather and Slice as opset-13
+    chains and nodes; onnxruntime on the written file computes the module (within float rounding), and the file
+    imports back to the same canonical ops."""
+    from qirc.backends.onnx import write_onnx
+    from qirc.qir.ir import Module, const_op, input_op, output_op
+    from qirc.qir.types import f32, tensor
+
+    rng = np.random.default_rng(3)
+    m = Module("ops")
+    x = input_op(m, "x", tensor((1, 6, 8), f32))
+    gamma = const_op(m, rng.uniform(0.5, 1.5, 8).astype(np.float32), tensor((8,), f32))
+    ln = m.create("onnx.LayerNormalization", [x, gamma], [tensor((1, 6, 8), f32)], {"axis": 2, "epsilon": 1e-5},
+                  "/ln").result
+    g1 = m.create("onnx.Gelu", [ln], [tensor((1, 6, 8), f32)], {"approximate": "tanh"}, "/gelu_tanh").result
+    g2 = m.create("onnx.Gelu", [g1], [tensor((1, 6, 8), f32)], {"approximate": "none"}, "/gelu").result
+    s = m.create("onnx.Slice", [g2], [tensor((1, 6, 4), f32)],
+                 {"starts": [4], "ends": [8], "axes": [2], "steps": [1]}, "/slice").result
+    y = m.create("onnx.Gather", [s], [tensor((1, 4), f32)], {"axis": 1, "indices": [0], "scalar": True},
+                 "/gather").result
+    output_op(m, "y", y)
+    proto = write_onnx(m, form="qcdq")
+    assert proto.opset_import[0].version == 13
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["Pow"] == 1 and ops["Erf"] == 1 and ops["Tanh"] == 1 and ops["Gather"] == 1 and ops["Slice"] == 1
+    _compare(proto, m, seeds=(0, 1, 2))
+    back = import_onnx(proto)
+    assert _float_ops(back) == Counter({"onnx.LayerNormalization": 1, "onnx.Gelu": 2, "onnx.Slice": 1,
+                                       "onnx.Gather": 1})
+    assert [g.attr("approximate") for g in back.walk("onnx.Gelu")] == ["tanh", "none"]

@@ -222,3 +222,42 @@ def test_dense_layer_on_tokens_is_a_2d_matmul(tmp_path, target, tokens_first, pe
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in emitted.graph.value_info}
     linear = [n for n in emitted.graph.node if n.op_type in ("MatMul", "Gemm")]
     assert len(linear) == 1 and shapes[linear[0].output[0]] == [5, 6]  # tokens x features
+
+
+def _class_token_position_model():
+    """KWT's embedding: Concat(class token, tokens) + positional embedding (constants quantized on their own grids)
+    -> requantize -> class token out (Gather)."""
+    nodes, inits = [], {}
+    x = _qdq(nodes, inits, "x", 0.05, 0, "in")
+    rng = np.random.default_rng(4)
+    inits.update(cls_q=rng.integers(-128, 128, (1, 1, 8)).astype(np.int8),
+                 pos_q=rng.integers(-128, 128, (1, 7, 8)).astype(np.int8), pos_s=np.float32(0.011),
+                 pos_z=np.int8(0), zero=np.array(0, np.int64))
+    nodes += [helper.make_node("DequantizeLinear", ["cls_q", "in_s", "in_z"], ["cls"], name="/cls/DQ"),
+              helper.make_node("Concat", ["cls", x], ["cat"], axis=1, name="/Concat"),
+              helper.make_node("DequantizeLinear", ["pos_q", "pos_s", "pos_z"], ["pos"], name="/pos/DQ"),
+              helper.make_node("Add", ["cat", "pos"], ["emb"], name="/Add")]
+    e = _qdq(nodes, inits, "emb", 0.07, 0, "embed_quant")
+    nodes.append(helper.make_node("Gather", [e, "zero"], ["y"], axis=1, name="/Gather"))
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
+def test_class_token_and_positions(tmp_path, target):
+    """On cortex-m, which has no Concat, the class token is a zero Pad of the tokens plus a constant: exact."""
+    path = tmp_path / "cls.onnx"
+    onnx.save(_class_token_position_model(), str(path))
+    summary = driver.compile_model(str(path), target, tmp_path / "out")
+    (report,) = summary.accuracy["outputs"]
+    assert report["max_error_steps"] <= 1 + 1e-4
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "out" / "network.onnx")).graph.node)
+    if target == "deeploy-cortexm":
+        assert ops["Concat"] == 0 and ops["Pad"] == 1
+    else:
+        assert ops["Concat"] == 1

@@ -38,8 +38,9 @@ class DequantPush(ModulePass):
     (b' = b - z_x * sum(w[c])) and the padding becomes an explicit `int.pad` with value z_x.  Gemm and MatMul
     likewise (MatMul's zero-point term is an `int.add` of a constant).  MaxPool -> int.maxpool; Relu/Clip whose
     bounds are exact stored integers -> int.clip (unless only quantizers read them: requant-fusion folds those);
-    Flatten/Reshape/Transpose/Squeeze/Unsqueeze/Gather/Slice -> int.*; constant Pad whose value is a stored integer -> int.pad;
-    Concat of operands of one quant type -> int.concat.
+    Flatten/Reshape/Transpose/Squeeze/Unsqueeze/Gather/Slice -> int.*; constant Pad whose value is a stored integer
+    -> int.pad; Concat of operands of one quant type -> int.concat.  A quantizer reading a shape op of a float graph
+    input moves before it (quantizing commutes with moving elements).
     Precondition: the float operand comes from quant.dcast of a per-tensor quantized value (per axis for shape ops
     whose channel axis survives).  Ops that do not match are left alone.
     """
@@ -398,6 +399,27 @@ def _hard_swish(module: Module, op: Operation) -> bool:
     return True
 
 
+# ----- a quantizer behind a shape op on a float graph input ------------------------------------------------------------
+def _quantize_before_shape_op(module: Module, op: Operation) -> bool:
+    """quant.qcast(Flatten/Reshape/... (x)) with x a float graph input (onnxruntime's quantizer leaves the input's
+    Flatten of an MLP unquantized) -> the shape op of dequantized qcast(x): quantizing commutes with moving elements,
+    per tensor, so the graph input is quantized where it enters and the shape op becomes integer."""
+    shape_op = op.operands[0].owner
+    if shape_op.name not in _SHAPE_OPS or shape_op.operands[0].owner.name != "qir.input":
+        return False
+    qt = op.results[0].type.quant
+    if qt.is_per_axis or len(shape_op.results[0].users) != 1:
+        return False
+    x = shape_op.operands[0]
+    q = module.create("quant.qcast", [x], [TensorType(x.type.shape, qt)], dict(op.attrs), op.loc)
+    d = module.create("quant.dcast", [q.result], [x.type], {}, op.loc)
+    moved = module.create(shape_op.name, [d.result] + list(shape_op.operands[1:]), [shape_op.results[0].type],
+                          dict(shape_op.attrs), shape_op.loc)
+    requant = module.create("quant.qcast", [moved.result], [op.results[0].type], dict(op.attrs), op.loc)
+    module.replace_op(op, [requant.result])
+    return True
+
+
 _RULES = {
     "onnx.Conv": _conv,
     "onnx.Gemm": _gemm,
@@ -409,5 +431,6 @@ _RULES = {
     "onnx.Concat": _concat,
     "onnx.Mul": _mul,
     "onnx.HardSwish": _hard_swish,
+    "quant.qcast": _quantize_before_shape_op,
     **{name: _shape_op for name in _SHAPE_OPS},
 }

@@ -466,15 +466,15 @@ class QuantTransformer(nn.Module):
     def forward(self, x):
         x = self.input_quant(x)
         if self.tokens == "frames":
-            # [N, 1, T, F] -> [N, T, F] -> [N, T, E]; a constant shape (torch.flatten(x, 1, 2) exports a Reshape
-            # whose shape is computed by Shape/Slice/Concat, which ONNX shape inference does not resolve)
+            # [N, 1, T, F] -> [N, T, F] -> [N, T, E] with a constant shape (torch.flatten(x, 1, 2) would export
+            # Shape/Slice/Concat arithmetic for it, which qirc folds but other tools may not)
             x = self.embed(x.reshape(-1, self.input_shape[2], self.input_shape[3]))
         else:
             x = torch.flatten(self.embed(x), 2).transpose(1, 2)       # [N, E, h, w] -> [N, h*w, E]
         x = self.token_quant(x)
         if self.pool == "class":
             cls = self.token_quant(self.class_token)
-            if x.shape[0] != 1:  # exported at batch 1 without the Shape/Where/Expand that defeat shape inference
+            if x.shape[0] != 1:  # exported at batch 1 without Shape/Where/Expand arithmetic (qirc folds it too)
                 cls = cls.expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
         x = self.embed_quant(x + self.pos_quant(self.pos_embedding))

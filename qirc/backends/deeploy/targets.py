@@ -48,12 +48,13 @@ DEPTHWISE_LAYOUTS = ("channels-first", "channels-last")
 #: other users, or after a fused kernel that ignores n_levels_out).
 #:   "levels"   RequantShift(mul = div = 1, add = 0) with the (signed, n_levels_out) whose range is lo..hi: an
 #:              unsigned range (signed = 0) is stored with an offset that Deeploy's Generic kernels compensate.
-#:   "shifted"  signed ranges only, for int8-only platforms: a symmetric lo..hi is one such RequantShift with
-#:              signed = 1; otherwise RequantShift(add = -c, signed = 1, n_levels_out = hi - lo + 1) then
-#:              RequantShift(add = +c, n_levels_out = 256) with c = lo + (hi - lo + 1) / 2:
-#:              clip(x - c, -n/2, n/2 - 1) + c = clip(x, lo, hi).  Deeploy's unsigned (signed = 0) outputs are
-#:              uint8 tensors that PULP-NN kernels refuse, and that CMSIS kernels read back with the offset of
-#:              their own n_levels_out instead of the producer's.
+#:   "shifted"  signed ranges only (and the full uint8 0..255 where the platform keeps uint8 tensors): a
+#:              symmetric lo..hi is one such RequantShift with signed = 1; otherwise RequantShift(add = -c,
+#:              signed = 1, n_levels_out = hi - lo + 1) then RequantShift(add = +c, n_levels_out = 256) with
+#:              c = lo + (hi - lo + 1) / 2: clip(x - c, -n/2, n/2 - 1) + c = clip(x, lo, hi).  CMSIS kernels read
+#:              unsigned (signed = 0) outputs back with the offset of their own n_levels_out instead of the
+#:              producer's; on Siracusa a narrow unsigned clip has no kernel that honours it (its uint8 requants
+#:              are fused, and pulp-nn clips to 0..255).
 CLIP_FORMS = ("levels", "shifted")
 
 

@@ -65,7 +65,7 @@ def emit(writer, op, op_type: str) -> None:
                         shape=shape, elem=floats)
     elif op_type == "Gelu" and op.attr("approximate") == "tanh":
         cube = writer.node("Mul", [x, x], op, "/Mul_sq", shape=shape, elem=floats)
-        cube = writer.node("Mul", [cube, x], op, "/Mul_cube", shape=shape, elem=floats)
+        cube = writer.node("Mul", [x, cube], op, "/Mul_cube", shape=shape, elem=floats)
         inner = writer.node("Mul", [cube, const(0.044715, "float32", "c")], op, "/Mul_c", shape=shape, elem=floats)
         inner = writer.node("Add", [x, inner], op, "/Add_x", shape=shape, elem=floats)
         inner = writer.node("Mul", [inner, const(math.sqrt(2 / math.pi), "float32", "k")], op, "/Mul_k",

@@ -52,7 +52,7 @@ _CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be co
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
-FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf")
+FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf", "Tanh")
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 

@@ -6,6 +6,7 @@ all imported as the canonical ops `onnx.LayerNormalization`, `onnx.Gelu` and `on
     opset 13 (QCDQ)     x -> ReduceMean -> Sub(x, .) -> Pow(., 2) -> ReduceMean -> Add(eps) -> Sqrt -> Div(Sub, .)
                         [-> Mul(gamma)] [-> Add(beta)]                         ->  onnx.LayerNormalization
                         x -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(x, .) -> Mul(0.5)  ->  onnx.Gelu
+                        GELU's tanh form (x*x*x*0.044715 + x, *sqrt(2/pi), Tanh, +1, *x, *0.5)  ->  onnx.Gelu tanh
     opset >= 17 / 20    LayerNormalization, Gelu                                 ->  the same ops
 
 The chains are found once, before the walk (`find_fusions`): every node of a chain is then skipped and the canonical
@@ -14,7 +15,7 @@ op is created at the chain's last node.  A chain is fused only when nothing outs
 QuantMultiheadAttention adds data movement with constant parameters that is imported as such: the Slices that split
 the packed in-projection into q, k and v (their bounds come from Shape/Gather/Add/Div/Mul arithmetic that the
 importer folds), the class token's Expand to the batch size (an identity at the exported batch size) and a token
-Gather (`x[:, 0]`).  Pow, Sqrt and Erf are read only inside these chains or on constants.
+Gather (`x[:, 0]`).  Pow, Sqrt, Erf and Tanh are read only inside these chains or on constants.
 """
 from __future__ import annotations
 
@@ -199,6 +200,51 @@ def _match_gelu(g: _Graph, erf: onnx.NodeProto) -> Optional[Fusion]:
     return Fusion("onnx.Gelu", [head, erf, add, mul1, mul2], x, [], {"approximate": "none"})
 
 
+def _mul_by(g: _Graph, node: Optional[onnx.NodeProto], constant: float) -> Optional[str]:
+    """The other input of `node` when it is a Mul by a scalar constant close to `constant`, else None."""
+    if node is None or node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    for i in (0, 1):
+        c = g.scalar(node.input[i])
+        if c is not None and math.isclose(c, constant, rel_tol=1e-6):
+            return node.input[1 - i]
+    return None
+
+
+def _match_gelu_tanh(g: _Graph, tanh: onnx.NodeProto) -> Optional[Fusion]:
+    """GELU's tanh form as torch exports it: x*x -> *x -> *0.044715 -> x + . -> *sqrt(2/pi) -> Tanh -> +1 -> x * .
+    -> *0.5 (operands of Mul and Add in either order)."""
+    m4 = g.producer.get(tanh.input[0])
+    a = _mul_by(g, m4, math.sqrt(2 / math.pi))
+    add = g.producer.get(a) if a is not None else None
+    if add is None or add.op_type != "Add" or len(g.consumers(m4.output[0])) != 1:
+        return None
+    for x, cubed in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        m3 = g.producer.get(cubed)
+        m2_out = _mul_by(g, m3, 0.044715)
+        m2 = g.producer.get(m2_out) if m2_out is not None else None
+        m1_out = _other(m2, x) if m2 is not None and m2.op_type == "Mul" else None
+        m1 = g.producer.get(m1_out) if m1_out is not None else None
+        if m1 is not None and m1.op_type == "Mul" and list(m1.input[:2]) == [x, x]:
+            break
+    else:
+        return None
+    inner = [m1, m2, m3, add, m4]
+    if any(len(g.consumers(n.output[0])) != 1 or n.output[0] in g.outputs for n in inner):
+        return None
+    add1 = g.only_consumer(tanh.output[0], "Add")
+    one = _other(add1, tanh.output[0]) if add1 is not None else None
+    if one is None or g.scalar(one) != 1.0:
+        return None
+    m5 = g.only_consumer(add1.output[0], "Mul")
+    if m5 is None or _other(m5, add1.output[0]) != x:
+        return None
+    m6 = g.only_consumer(m5.output[0], "Mul")
+    if m6 is None or _mul_by(g, m6, 0.5) != m5.output[0]:
+        return None
+    return Fusion("onnx.Gelu", inner + [tanh, add1, m5, m6], x, [], {"approximate": "tanh"})
+
+
 def find_fusions(index, opset: int) -> Dict[int, Fusion]:
     """{id(node): its Fusion} for every node of every LayerNorm and GELU chain in the graph."""
     g = _Graph(index)
@@ -211,6 +257,8 @@ def find_fusions(index, opset: int) -> Dict[int, Fusion]:
             fusion = _match_layernorm(g, node, opset)
         elif node.op_type == "Erf":
             fusion = _match_gelu(g, node)
+        elif node.op_type == "Tanh":
+            fusion = _match_gelu_tanh(g, node)
         if fusion is not None and not any(id(n) in found for n in fusion.nodes):
             for n in fusion.nodes:
                 found[id(n)] = fusion
@@ -328,7 +376,7 @@ class TransformerImport:
             arrays.append(s.array if name else None)
         self.env[node.output[0]] = Const(fold_math(node.op_type, arrays))
 
-    _op_Pow = _op_Sqrt = _op_Erf = _fold_math_only
+    _op_Pow = _op_Sqrt = _op_Erf = _op_Tanh = _fold_math_only
 
     def _op_Expand(self, node):
         def emit():
@@ -345,7 +393,7 @@ def _norm(axis: int, rank: int) -> int:
 
 
 def fold_math(op_type: str, arrays) -> np.ndarray:
-    """Constant folding of the float math that only appears inside the fused chains (Pow, Sqrt, Erf)."""
+    """Constant folding of the float math that only appears inside the fused chains (Pow, Sqrt, Erf, Tanh)."""
     x = np.asarray(arrays[0])
     if op_type == "Pow":
         return np.power(x, arrays[1]).astype(x.dtype)
@@ -353,6 +401,8 @@ def fold_math(op_type: str, arrays) -> np.ndarray:
         return np.sqrt(x).astype(x.dtype)
     if op_type == "Erf":
         return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+    if op_type == "Tanh":
+        return np.tanh(x).astype(x.dtype)
     raise ValueError(op_type)
 
 

@@ -32,6 +32,8 @@ ORDER: Tuple[Rule, ...] = (
     trunc.trunc_round_half_up,
     moves.requant_before_transposes,
     moves.token_matmuls_2d,
+    moves.class_token_without_concat,
+    gemm.per_channel_matmul_as_gemm,
     pools.sum_pools,
     convs.depthwise_to_dense,
     pools.explicit_pool_pads,

@@ -124,3 +124,51 @@ def per_channel_gemm_as_conv(module: Module, target: DeeployTarget) -> None:
                                    rqs.loc + "/output", [out.name]).result
         module.replace_op(rqs, [result])
         module.erase_dead()
+
+
+@rule("per-channel-matmul-as-gemm", when="gemm_scalar_mul")
+def per_channel_matmul_as_gemm(module: Module, target: DeeployTarget) -> None:
+    """int.matmul(A, B) with a constant 2-D B whose requant varies along the last axis (per-channel weights; token
+    tensors [N, T, D] included) -> Reshape [rows, D] -> int.gemm(A', B^T, transB = 1, zero bias) -> RequantShift
+    (parameters [E]) -> Reshape back, on a platform whose MatMul kernel takes one multiplier:
+    per-channel-gemm-as-conv continues from there to a 1x1 Conv.  Exact: the same sums."""
+    for mm in module.walk("int.matmul"):
+        rqs = sole_user(mm.result)
+        b = const_value(mm.operands[1])
+        if rqs is None or rqs.name != "int.requant_shift" or b is None or b.ndim != 2:
+            continue
+        params = [np.asarray(rqs.attr(k), np.int64) for k in ("mul", "add")]
+        if all(p.size == 1 for p in params):
+            continue
+        a = mm.operands[0]
+        k, e = b.shape
+        lead = tuple(a.type.shape[:-1])
+        rows = int(np.prod(lead))
+        a2 = a if a.type.rank == 2 else module.create(
+            "int.reshape", [a], [a.type.with_shape((rows, k))], {"shape": [rows, k]}, mm.loc + "/rows").result
+        b_elem = mm.operands[1].type.element
+        if mm.operands[1].type.is_quant and b_elem.is_per_axis:
+            b_elem = b_elem.with_(axis=1 - b_elem.axis % 2)  # the output channel axis moves from 1 to 0
+        bt = const_op(module, np.ascontiguousarray(b.T), TensorType((e, k), b_elem), mm.operands[1].owner.loc)
+        zero = int_const(module, np.zeros((e,), np.int64), mm.loc + "/bias", i32)
+        acc = mm.result
+        gemm = module.create("int.gemm", [a2, bt, zero], [_channels_last(acc.type, (rows, e))],
+                             {"transA": 0, "transB": 1}, mm.loc, [acc.name])
+        attrs = dict(rqs.attrs)
+        for key, p in zip(("mul", "add"), params):
+            attrs[key] = p.reshape(-1) if p.size == 1 else p.reshape(1, -1)
+        out = rqs.result
+        rq2 = module.create("int.requant_shift", [gemm.result], [_channels_last(out.type, (rows, e))], attrs, rqs.loc,
+                            [] if out.type.rank != 2 else [out.name]).result
+        result = rq2 if out.type.rank == 2 else module.create(
+            "int.reshape", [rq2], [out.type], {"shape": list(out.type.shape)}, rqs.loc + "/reshape", [out.name]).result
+        module.replace_op(rqs, [result])
+        module.erase_dead()
+
+
+def _channels_last(t: TensorType, shape) -> TensorType:
+    """`t` reshaped to `shape`, a per-axis quantization along its last axis kept on the last axis."""
+    element = t.element
+    if t.is_quant and element.is_per_axis:
+        element = element.with_(axis=len(shape) - 1)
+    return TensorType(tuple(shape), element)

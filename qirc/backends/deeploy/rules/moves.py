@@ -6,6 +6,7 @@ from typing import List
 import numpy as np
 
 from ....qir.ir import Module, Operation, const_op
+from ....qir.types import i32
 from ..targets import DeeployTarget
 from .common import const_value
 from .rule import rule
@@ -111,4 +112,56 @@ def token_matmuls_2d(module: Module, target: DeeployTarget) -> None:
         back = module.create("int.reshape", [out], [last.result.type], {"shape": list(last.result.type.shape)},
                              loc + "/tokens_back").result
         module.replace_op(last, [back])
+    module.erase_dead()
+
+
+@rule("class-token-without-concat", targets=frozenset({"deeploy-cortexm"}))
+def class_token_without_concat(module: Module, target: DeeployTarget) -> None:
+    """int.concat of constant tokens and one computed tensor (a class token in front of the frames), read by the
+    int.mul of the add after it -> int.mul(int.pad(x), m) + int.add(m * the constants in their slots), the Pad on
+    x reshaped to NCHW [outer, 1, tokens, inner]: the platforms without Concat (CMSIS).
+
+    The padding puts stored zeros where the constants go and the constant tensor holds zeros where x goes, so the
+    sum is the concatenation's stored integers exactly, times the multiplier the add-rescale put after it."""
+    for op in module.walk("int.concat"):
+        values = [const_value(v) for v in op.operands]
+        computed = [i for i, c in enumerate(values) if c is None]
+        user = op.result.uses[0][0] if len(op.result.uses) == 1 else None
+        if len(computed) != 1 or user is None or user.name != "int.mul":
+            continue
+        factor = const_value(user.operands[1] if user.operands[0] is op.result else user.operands[0])
+        if factor is None or factor.size != 1:
+            continue
+        rank = op.result.type.rank
+        axis = int(op.attr("axis")) % rank
+        x = op.operands[computed[0]]
+        sizes = [v.type.shape[axis] for v in op.operands]
+        before, after = sum(sizes[:computed[0]]), sum(sizes[computed[0] + 1:])
+        # Deeploy pads the spatial axes of NCHW: x as [outer, 1, tokens, inner], padded along H, then back
+        shape = x.type.shape
+        outer, inner = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis + 1:], dtype=np.int64))
+        nchw = module.create("int.reshape", [x], [x.type.with_shape((outer, 1, shape[axis], inner))],
+                             {"shape": [outer, 1, shape[axis], inner]}, op.loc + "/nchw").result
+        padded_shape = (outer, 1, shape[axis] + before + after, inner)
+        padded = module.create("int.pad", [nchw], [x.type.with_shape(padded_shape)],
+                               {"pads": [0, 0, before, 0, 0, 0, after, 0], "value": 0}, op.loc + "/pad").result
+        padded = module.create("int.reshape", [padded], [op.result.type], {"shape": list(op.result.type.shape)},
+                               op.loc + "/tokens_back").result
+        slots = np.zeros(op.result.type.shape, np.int64)
+        start = 0
+        for i, (v, size) in enumerate(zip(values, sizes)):
+            if v is not None:
+                index = [slice(None)] * rank
+                index[axis] = slice(start, start + size)
+                slots[tuple(index)] = np.asarray(v, np.int64).reshape(op.operands[i].type.shape)
+            start += size
+        m = int(np.asarray(factor).reshape(-1)[0])
+        scaled = slots * m
+        if np.abs(scaled).max(initial=0) >= 1 << 31:
+            continue
+        mul = module.create("int.mul", [padded, user.operands[1] if user.operands[0] is op.result else
+                                        user.operands[0]], [user.result.type], {}, user.loc).result
+        tokens = const_op(module, scaled.astype(np.int32), user.result.type.with_element(i32), op.loc + "/tokens")
+        add = module.create("int.add", [mul, tokens], [user.result.type], {}, op.loc, [user.result.name]).result
+        module.replace_op(user, [add])
     module.erase_dead()
