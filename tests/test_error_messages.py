@@ -147,7 +147,7 @@ def test_zoo_list_ends_with_a_newline(capsys, monkeypatch):
 
     # the table's layout is what is tested here; building the eight networks to count them is test_zoo.py's job
     rows = [{"name": "resnet8", "task": "image classification", "input_shape": [1, 3, 32, 32], "params": 77706,
-             "macs": 12501632, "reference": True}]
+             "macs": 12501632, "reference": True, "source": "MLPerf Tiny reference"}]
     monkeypatch.setattr(qirc.zoo, "zoo_list", lambda: rows)
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
