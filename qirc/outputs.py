@@ -10,8 +10,8 @@ A folder that exists must be empty or hold a previous output of the same command
 it (a `<meta name="generator">` in a report, the zip comment of a sim npz) or by its first line (emitted text).
 Anything else is a UsageError (exit 2) raised before any work, naming what qirc did not write.  A previous output
 folder is replaced atomically: the new folder is completed next to it and swapped in with two renames; the old one
-is then emptied name by name (only the names its kind writes, never `rmtree`) and removed.  An empty folder is filled in place (it keeps its inode, so a
-shell whose working directory it is still sees the files).
+is then emptied name by name (only the names its kind writes, never `rmtree`) and removed.  An empty folder is
+filled in place (it keeps its inode, so a shell whose working directory it is still sees the files).
 """
 from __future__ import annotations
 
