@@ -186,18 +186,26 @@ def _match_gelu(g: _Graph, erf: onnx.NodeProto) -> Optional[Fusion]:
     factor = None if c is None else (1 / c if head.op_type == "Div" else c)
     if factor is None or not math.isclose(factor, 1 / math.sqrt(2), rel_tol=1e-6):
         return None
-    add = g.only_consumer(erf.output[0], "Add")
-    one = _other(add, erf.output[0]) if add is not None else None
+    tail = _gelu_tail(g, erf, x)
+    if tail is None:
+        return None
+    return Fusion("onnx.Gelu", [head, erf] + tail, x, [], {"approximate": "none"})
+
+
+def _gelu_tail(g: _Graph, inner: onnx.NodeProto, x: str) -> Optional[List[onnx.NodeProto]]:
+    """The end both GELU forms share after their Erf or Tanh: -> Add(1) -> Mul(x, .) -> Mul(0.5), operands in either
+    order; the three nodes, or None."""
+    add = g.only_consumer(inner.output[0], "Add")
+    one = _other(add, inner.output[0]) if add is not None else None
     if one is None or g.scalar(one) != 1.0:
         return None
-    mul1 = g.only_consumer(add.output[0], "Mul")
-    if mul1 is None or _other(mul1, add.output[0]) != x:
+    mul = g.only_consumer(add.output[0], "Mul")
+    if mul is None or _other(mul, add.output[0]) != x:
         return None
-    mul2 = g.only_consumer(mul1.output[0], "Mul")
-    half = _other(mul2, mul1.output[0]) if mul2 is not None else None
-    if half is None or g.scalar(half) != 0.5:
+    half = g.only_consumer(mul.output[0], "Mul")
+    if half is None or _mul_by(g, half, 0.5) != mul.output[0]:
         return None
-    return Fusion("onnx.Gelu", [head, erf, add, mul1, mul2], x, [], {"approximate": "none"})
+    return [add, mul, half]
 
 
 def _mul_by(g: _Graph, node: Optional[onnx.NodeProto], constant: float) -> Optional[str]:
@@ -232,17 +240,10 @@ def _match_gelu_tanh(g: _Graph, tanh: onnx.NodeProto) -> Optional[Fusion]:
     inner = [m1, m2, m3, add, m4]
     if any(len(g.consumers(n.output[0])) != 1 or n.output[0] in g.outputs for n in inner):
         return None
-    add1 = g.only_consumer(tanh.output[0], "Add")
-    one = _other(add1, tanh.output[0]) if add1 is not None else None
-    if one is None or g.scalar(one) != 1.0:
+    tail = _gelu_tail(g, tanh, x)
+    if tail is None:
         return None
-    m5 = g.only_consumer(add1.output[0], "Mul")
-    if m5 is None or _other(m5, add1.output[0]) != x:
-        return None
-    m6 = g.only_consumer(m5.output[0], "Mul")
-    if m6 is None or _mul_by(g, m6, 0.5) != m5.output[0]:
-        return None
-    return Fusion("onnx.Gelu", inner + [tanh, add1, m5, m6], x, [], {"approximate": "tanh"})
+    return Fusion("onnx.Gelu", inner + [tanh] + tail, x, [], {"approximate": "tanh"})
 
 
 def find_fusions(index, opset: int) -> Dict[int, Fusion]:
