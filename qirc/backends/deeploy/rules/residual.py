@@ -1,4 +1,5 @@
-"""Residual adds: an Add of two computed tensors in the target's form (targets.RESIDUAL_ADD_FORMS)."""
+"""Residual adds: an Add of two computed tensors in the target's form (targets.RESIDUAL_ADD_FORMS); on Siracusa the
+stacked depthwise form (`_stacked_add`) or the RequantizedAdd form (`_requantized_add`)."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -262,9 +263,12 @@ def int32_residual_adds(module: Module, target: DeeployTarget) -> None:
 
 @rule("requantized-residual-adds", when="residual_add == requantized-add")
 def requantized_residual_adds(module: Module, target: DeeployTarget) -> None:
-    """requant(int.add(t1, t2)) of two computed tensors becomes RequantShift(x1), RequantShift(x2) -> Add ->
-    RequantShift, all per tensor: the form Siracusa's RequantizedAdd (pulp_nn_add) computes (`_requantized_add`);
-    a requant clipping to less than int8 after it is split into the int8 requant and RequantShifts that only clip."""
+    """requant(int.add(t1, t2)) of two computed tensors at different scales, both 8-bit of one signedness and
+    rank 4, becomes Concat(x1, x2) along H -> depthwise Conv with an (H + 1) x 1 kernel of int8 weights w1, w2 ->
+    RequantShift, the exact int32 sum w1 x1 + w2 x2 fused into one RequantizedConv (`_stacked_add`); any other
+    becomes RequantShift(x1), RequantShift(x2) -> Add -> RequantShift, all per tensor: the form Siracusa's
+    RequantizedAdd (pulp_nn_add) computes (`_requantized_add`); a requant clipping to less than int8 after it is
+    split into the int8 requant and RequantShifts that only clip."""
     for add in _tensor_adds(module):
         rqs = sole_user(add.result)
         if rqs is None or rqs.name != "int.requant_shift":
