@@ -2,8 +2,9 @@
 stacked depthwise form (`_stacked_add`) or the RequantizedAdd form (`_requantized_add`)."""
 from __future__ import annotations
 
+import math
 from fractions import Fraction
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -161,23 +162,36 @@ def _requantized_add(module: Module, add: Operation, rqs: Operation, target: Dee
 _STACK_WEIGHT = 127
 
 
-def _stack_weights(c_1: int, c_2: int, constant: Optional[Fraction]) -> Tuple[int, int, float]:
-    """int8 weights (w_1, w_2) with w_1 / w_2 closest to c_1 / c_2 and the larger one in 64..127, and the worst
-    error in units of the larger-scale operand's step: that of the ratio over an 8-bit operand, plus, when the
-    output add must stay a whole number of weighted units, the rounding of `constant` (in units of c_max) to
-    1 / w_max of a unit."""
+#: the most copies of the operands the stacked form joins (a coefficient above 127 is split over copies)
+_STACK_COPIES = 8
+
+
+def _stack_candidates(c_1: int, c_2: int, count: int = 8) -> List[Tuple[int, int]]:
+    """Coefficients (a_1, a_2) for the weighted sum a_1 x1 + a_2 x2: (c_1, c_2) themselves when they can be split
+    into at most _STACK_COPIES int8 weights, then the `count` pairs, the larger one in 64..127, whose ratio is
+    closest to c_1 : c_2."""
     c_max, c_min = max(c_1, c_2), min(c_1, c_2)
-    best = None
+    pairs = {}
     for big in range(_STACK_WEIGHT, 63, -1):
-        small = round(Fraction(big * c_min, c_max))
-        err = abs(Fraction(small, big) - Fraction(c_min, c_max)) * 255
-        if constant is not None:
-            k = constant * big
-            err += abs(k - round(k)) / big
-        if best is None or err < best[2]:
-            best = (big, small, err)
-    big, small, err = best
-    return (big, small, float(err)) if c_1 >= c_2 else (small, big, float(err))
+        for small in {round(Fraction(big * c_min, c_max)), int(Fraction(big * c_min, c_max))}:
+            err = abs(Fraction(small, big) - Fraction(c_min, c_max))
+            if (big, small) not in pairs and 0 <= small <= _STACK_WEIGHT:
+                pairs[(big, small)] = err
+    best = sorted(pairs, key=lambda p: (pairs[p], -p[0]))[:count]
+    out = [(big, small) if c_1 >= c_2 else (small, big) for big, small in best]
+    if len(_split(c_1)) + len(_split(c_2)) <= _STACK_COPIES and (c_1, c_2) not in out:
+        out.insert(0, (c_1, c_2))
+    return out
+
+
+def _split(a: int) -> List[int]:
+    """`a` > 0 as the fewest int8 weights (at most 127 each, as equal as possible) that sum to it."""
+    k = -(-a // _STACK_WEIGHT)
+    return [a // k + (1 if i < a % k else 0) for i in range(k)]
+
+
+def _requant(p: np.ndarray, mul: int, add: int, div: int, lo: int, hi: int) -> np.ndarray:
+    return np.clip(np.floor_divide(p * mul + add + div // 2, div), lo, hi)
 
 
 def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target: DeeployTarget) -> bool:
@@ -202,43 +216,78 @@ def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target
     c_max = max(c1, c2)
     multiple = radd_i % mul_i == 0
     constant = (Fraction(radd_i, mul_i) + d1 + d2) / c_max  # in units of the larger-scale operand's step
-    w1, w2, _err = _stack_weights(c1, c2, constant if multiple else None)
-    w_max = max(w1, w2)
-    # out = floor((S mul + radd + div/2) / div) with S = c1 x1 + c2 x2 + d = (c_max / w_max) P + d,
-    # P = w1 x1 + w2 x2: the requant of P has the gain g = mul c_max / (w_max div)
-    st = storage(x1)
-    p_max = (w1 + w2) * max(abs(st.min), abs(st.max))
-    gain = Fraction(mul_i * c_max, w_max * div)
-    shift = 0
-    while shift < 30 and (2 * gain * (1 << (shift + 1)) * p_max) < (1 << 30):
-        shift += 1
-    new_div = 1 << shift
-    new_mul = round(gain * new_div)
-    if multiple:
-        units = round(constant * w_max)  # whole weighted units: a multiple of mul (DeeployTest's debug pass)
-        new_add = units * new_mul
-    else:
-        new_add = round((Fraction(radd_i) + (d1 + d2) * mul_i) / div * new_div)
-    if new_mul <= 0 or abs(new_mul) * p_max + abs(new_add) + new_div // 2 > INT32_MAX:
+    # Every candidate (int8 weights, the most precise int32-safe shift, the constant rounded either way) is compared
+    # with the exact int32 form  clip(floor(((c1 x1 + c2 x2 + d) mul + radd + div/2) / div))  on all 65536 pairs of
+    # operand values, and the one that differs on the fewest is kept: the sum it computes is within a few
+    # thousandths of an output step of the exact one, so the two differ only next to a rounding tie.
+    st1, st2 = storage(x1), storage(x2)
+    g1, g2 = np.meshgrid(np.arange(st1.min, st1.max + 1, dtype=np.int64),
+                         np.arange(st2.min, st2.max + 1, dtype=np.int64), indexing="ij")
+    out_st = rqs.result.type.storage
+    lo, hi = out_st.min, out_st.max
+    if int(rqs.attr("n_levels")) != 256:
         return False
+    exact = _requant(c1 * g1 + c2 * g2 + (d1 + d2), mul_i, radd_i, div, lo, hi)
+    best = None
+    for w1, w2 in _stack_candidates(c1, c2):
+        w_max = max(w1, w2)
+        p_max = int(np.abs(w1 * g1 + w2 * g2).max())
+        # out = floor((S mul + radd + div/2) / div) with S = c1 x1 + c2 x2 + d ~ (c_max / w_max) P + d for
+        # P = w1 x1 + w2 x2: the requant of P has the gain mul c_max / (w_max div)
+        gain = Fraction(mul_i * c_max, w_max * div)
+        for shift in range(30, 0, -1):
+            new_div = 1 << shift
+            new_mul = round(gain * new_div)
+            if new_mul > 0 and new_mul * p_max + abs(constant) * new_mul * w_max + new_div <= INT32_MAX:
+                break
+        else:
+            continue
+        if multiple:  # the constant in whole weighted units: add' a multiple of mul' (DeeployTest's debug pass)
+            k = constant * w_max
+            adds = [math.floor(k) * new_mul, math.ceil(k) * new_mul]
+        else:
+            k = (radd_i + (d1 + d2) * mul_i) * Fraction(new_div, div)
+            adds = [math.floor(k), math.ceil(k)]
+        for new_add in adds:
+            if new_mul * p_max + abs(new_add) + new_div // 2 > INT32_MAX:
+                continue
+            mismatches = int(np.count_nonzero(_requant(w1 * g1 + w2 * g2, new_mul, new_add, new_div, lo, hi) != exact))
+            copies = len(_split(w1)) + len(_split(w2))
+            if best is None or (mismatches, copies) < best[:2]:
+                best = (mismatches, copies, w1, w2, new_mul, new_add, new_div)
+    if best is None:
+        return False
+    _, _, w1, w2, new_mul, new_add, new_div = best
     n, c, h, w = x1.type.shape
     loc = add.loc or "add"
+    # the operand copies, each weighted by one int8 tap: x1 once per part of w1, then x2 once per part of w2.
     # Deeploy's RQSSplitPass copies a RequantShift read by a Concat and anything else once per reader, and a Conv
-    # whose requant is copied is no longer fused (no bare integer Conv on PULP): a tensor with other readers is
-    # read through a Reshape to its own shape (free: PULP's Reshape aliases its input)
-    parts = []
-    for i, x in enumerate((x1, x2)):
-        if len(x.uses) > 1:
-            x = module.create("int.reshape", [x], [x.type], {"shape": list(x.type.shape)}, f"{loc}/read{i}").result
-        parts.append(x)
-    stacked = module.create("int.concat", parts, [TensorType((n, c, 2 * h, w), x1.type.storage)], {"axis": 2},
-                            loc + "/stack").result
-    kernel = np.zeros((c, 1, h + 1, 1), np.int8)
-    kernel[:, 0, 0, 0] = w1
-    kernel[:, 0, h, 0] = w2
+    # whose requant is copied is no longer fused (no bare integer Conv on PULP); its Concat code declares one
+    # pointer per input name: a tensor read more than once, or read elsewhere too, is read through Reshapes to its
+    # own shape (free: PULP's Reshape aliases its input)
+    parts, taps = [], []
+    for i, (x, weight) in enumerate(((x1, w1), (x2, w2))):
+        pieces = _split(weight)
+        for j, piece in enumerate(pieces):
+            v = x
+            if len(pieces) > 1 or len(x.uses) > 1:
+                v = module.create("int.reshape", [x], [x.type], {"shape": list(x.type.shape)},
+                                  f"{loc}/read{i}_{j}").result
+            parts.append(v)
+            taps.append(piece)
+    # PULP's Concat takes two inputs: a chain of two-input Concats along H
+    stacked, rows = parts[0], h
+    for j, v in enumerate(parts[1:]):
+        rows += h
+        stacked = module.create("int.concat", [stacked, v], [TensorType((n, c, rows, w), x1.type.storage)],
+                                {"axis": 2}, f"{loc}/stack{j}" if len(parts) > 2 else f"{loc}/stack").result
+    kh = (len(parts) - 1) * h + 1
+    kernel = np.zeros((c, 1, kh, 1), np.int8)
+    for j, weight in enumerate(taps):
+        kernel[:, 0, j * h, 0] = weight
     weights = const_op(module, kernel, TensorType(kernel.shape, ScalarType("i8")), loc + "/weights")
     acc = module.create("int.conv", [stacked, weights], [TensorType((n, c, h, w), i32)],
-                        {"kernel_shape": [h + 1, 1], "pads": [0, 0, 0, 0], "strides": [1, 1], "dilations": [1, 1],
+                        {"kernel_shape": [kh, 1], "pads": [0, 0, 0, 0], "strides": [1, 1], "dilations": [1, 1],
                          "group": c}, loc).result
     rqs.attrs.update(mul=np.array([new_mul], np.int64), add=np.array([new_add], np.int64), div=new_div)
     module.set_operand(rqs, 0, acc)
