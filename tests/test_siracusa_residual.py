@@ -19,7 +19,8 @@ SHAPE = (1, 8, 6, 6)
 UNIT = 0.05 / 200  # the common scale of the int32 sum: c_i = s_i / UNIT
 
 
-def residual(a_signed: bool, b_signed: bool, scales=(0.05, 0.0313), zero_points=(0, 0), out_scale=0.07):
+def residual(a_signed: bool, b_signed: bool, scales=(0.05, 0.0313), zero_points=(0, 0), out_scale=0.07,
+             unit=UNIT):
     """a, b (8-bit, scales s_a > s_b) -> int.mul(a, c_a), int.mul(b, c_b) -> int.add -> int.requant_shift onto
     uint8 with zero point 0 (a ReLU after the Add); the zero points go into the requant's add, a multiple of its
     mul (as lower-to-int writes it for an output zero point 0).  Returns the module and the float reference."""
@@ -27,14 +28,14 @@ def residual(a_signed: bool, b_signed: bool, scales=(0.05, 0.0313), zero_points=
     types = [UniformQuantType.per_tensor(i8 if s else u8, sc, z)
              for s, sc, z in zip((a_signed, b_signed), scales, zero_points)]
     xs = [input_op(m, name, TensorType(SHAPE, t)) for name, t in zip("ab", types)]
-    cs = [round(s / UNIT) for s in scales]
+    cs = [round(s / unit) for s in scales]
     terms = []
     for x, c, name in zip(xs, cs, "ab"):
         k = const_op(m, np.array([c], np.int32), TensorType((1,), i32), f"/add/c_{name}")
         terms.append(m.create("int.mul", [x, k], [TensorType(SHAPE, i32)], {}, f"/add/mul_{name}").result)
     s = m.create("int.add", terms, [TensorType(SHAPE, i32)], {}, "/add/Add").result
     shift = 20
-    mul = round(UNIT / out_scale * (1 << shift))
+    mul = round(unit / out_scale * (1 << shift))
     d = -sum(c * z for c, z in zip(cs, zero_points))
     out_type = UniformQuantType.per_tensor(u8, out_scale, 0)
     r = m.create("int.requant_shift", [s], [TensorType(SHAPE, out_type)],
@@ -114,6 +115,31 @@ def test_operands_of_different_signedness_keep_the_requantized_add_with_an_exact
     diffs = np.concatenate([d.ravel() for d in diffs])
     assert np.abs(diffs).max() <= 1
     assert abs(diffs.mean()) < 0.05  # no systematic shift (rounding the constant shifted every output by ~0.4)
+
+
+def test_rescale_constants_above_127_are_split_over_operand_copies_and_stay_exact():
+    # c_a = 453, c_b = 101 (onnxruntime's ResNet-18 residual adds have such constants): no int8 pair has that ratio,
+    # but 453 = 114 + 113 + 113 + 113 on four copies of a and 101 on one of b sum to exactly c_a a + c_b b
+    m, exact = residual(True, True, scales=(453 * 0.0001, 101 * 0.0001), zero_points=(3, -5), unit=0.0001)
+    samples = _samples(m)
+    before = [interpreter.run(m, s)["y"] for s in samples]
+    legalize(m, "deeploy-siracusa")
+    verify(m)
+    model, ops, inits = _emitted(m)
+    # every copy read through its own Reshape (Deeploy's Concat declares one pointer per input name), joined by a
+    # chain of two-input Concats (PULP's Concat binding takes two), one depthwise Conv with a tap every H rows
+    assert ops == ["Reshape"] * 4 + ["Concat"] * 4 + ["Conv", "RequantShift"]
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][0]
+    w = inits[conv.input[1]]
+    h = SHAPE[2]
+    assert w.shape == (SHAPE[1], 1, 4 * h + 1, 1)
+    assert list(w[0, 0, ::h, 0]) == [114, 113, 113, 113, 101] and np.count_nonzero(w) == 5 * SHAPE[1]
+    device = import_deeploy_onnx(model)
+    for s, b in zip(samples, before):
+        after = interpreter.run(m, s)["y"]
+        np.testing.assert_array_equal(after, b)  # bit for bit the exact int32 form
+        np.testing.assert_array_equal(interpreter.run(device, s)["y"], after)
+        assert np.abs(after.astype(int) - exact(s["a"], s["b"])).max() <= 1
 
 
 @pytest.mark.parametrize("signed", [True, False])
