@@ -196,13 +196,15 @@ def _requant(p: np.ndarray, mul: int, add: int, div: int, lo: int, hi: int) -> n
 
 def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target: DeeployTarget) -> bool:
     """Rewrite `rqs(add(t1, t2))` of two rank-4 8-bit operands of one signedness at different scales into the
-    stacked form: x1 and x2 joined along H (int.concat, [N, C, 2H, W]), a depthwise Conv whose (H + 1) x 1 kernel
-    holds w_1 at its top and w_2 at its bottom (out[h] = w_1 x1[h] + w_2 x2[h], exact int32), and the requant, fused
-    by Deeploy into one RequantizedConv (pulp_nn_depthwise).  The int8 weights approximate c_1 : c_2 to within
-    about 1 / (127 * 127), so the sum is counted in 1/127 of the larger-scale operand's step instead of in whole
-    steps (RequantizedAdd, whose operands are clipped to 8 bits, can do no better than whole steps): the error left
-    is a few thousandths of an output step before the one rounding of the output requant.  Returns False (nothing
-    changed) where the form does not apply."""
+    stacked form: copies of x1 and x2 joined along H (two-input int.concats, [N, C, k H, W]), a depthwise Conv with
+    a ((k - 1) H + 1) x 1 kernel holding one int8 tap every H rows (out[h] = sum_j w_j copy_j[h], exact int32), and
+    the requant, fused by Deeploy into one RequantizedConv (pulp_nn_depthwise).  When the rescale constants c_1, c_2
+    split into at most _STACK_COPIES int8 taps the sum is exactly c_1 x1 + c_2 x2 and the graph computes what the
+    exact int32 form computes; otherwise one copy each with weights of ratio close to c_1 : c_2.  The candidate that
+    differs from the exact requant on the fewest of the 65536 operand pairs is kept.  RequantizedAdd, whose operands
+    are clipped to 8 bits before they are summed, can do no better than rounding the smaller-scale operand to the
+    larger one's step, and a single flip at a rounding tie is amplified by the layers after it.  Returns False
+    (nothing changed) where the form does not apply."""
     (x1, c1, d1), (x2, c2, d2) = sources
     if c1 == c2 or x1 is x2 or x1.type.rank != 4 or x1.type.shape != x2.type.shape \
             or storage(x1).signed != storage(x2).signed or storage(x1).width != 8 or storage(x2).width != 8:
@@ -313,8 +315,9 @@ def int32_residual_adds(module: Module, target: DeeployTarget) -> None:
 @rule("requantized-residual-adds", when="residual_add == requantized-add")
 def requantized_residual_adds(module: Module, target: DeeployTarget) -> None:
     """requant(int.add(t1, t2)) of two computed tensors at different scales, both 8-bit of one signedness and
-    rank 4, becomes Concat(x1, x2) along H -> depthwise Conv with an (H + 1) x 1 kernel of int8 weights w1, w2 ->
-    RequantShift, the exact int32 sum w1 x1 + w2 x2 fused into one RequantizedConv (`_stacked_add`); any other
+    rank 4, becomes Concat(x1 copies, x2 copies) along H -> depthwise Conv with one int8 tap every H rows ->
+    RequantShift, the int32 sum c1 x1 + c2 x2 (exact when the rescale constants split into 8 int8 taps) fused into
+    one RequantizedConv (`_stacked_add`); any other
     becomes RequantShift(x1), RequantShift(x2) -> Add -> RequantShift, all per tensor: the form Siracusa's
     RequantizedAdd (pulp_nn_add) computes (`_requantized_add`); a requant clipping to less than int8 after it is
     split into the int8 requant and RequantShifts that only clip."""
