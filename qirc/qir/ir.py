@@ -60,7 +60,7 @@ class Value:
 class Operation:
     """One op: `name` (e.g. `int.conv`), operand Values, result Values, attributes, and a location string."""
 
-    __slots__ = ("name", "operands", "results", "attrs", "loc", "seq", "module", "__weakref__")
+    __slots__ = ("name", "operands", "results", "attrs", "loc", "seq", "module", "verified", "__weakref__")
 
     def __init__(self, name: str, operands: Sequence[Value] = (), result_types: Sequence[TensorType] = (),
                  attrs: Optional[Dict[str, Any]] = None, loc: str = "", result_names: Sequence[Optional[str]] = ()):
@@ -72,6 +72,9 @@ class Operation:
         self.loc = loc
         self.seq = next(_seq)
         self.module: Optional[Module] = None
+        # what the verifier last found well-formed about this op (`verifier.snapshot`), or None: an incremental
+        # verification skips an op whose snapshot still holds
+        self.verified: Optional[tuple] = None
 
     @property
     def opdef(self) -> OpDef:
@@ -160,6 +163,7 @@ class Module:
             if v.owner.module is not self:
                 raise ValueError(f"operand {i} of {op.name} ({op.loc}) is not defined in this module")
         op.module = self
+        op.verified = None  # its links are this module's now: check it again
         self._ops[op] = next(self._inserted)
         self._maybe_dead[op] = None
         for i, v in enumerate(op.operands):
