@@ -323,6 +323,18 @@ def _storage_bounds(storage: ScalarType) -> Tuple[int, int]:
     return bounds
 
 
+_DTYPE_BOUNDS: Dict[np.dtype, Tuple[int, int]] = {}
+
+
+def _dtype_bounds(dtype: np.dtype) -> Tuple[int, int]:
+    """(min, max) of an integer numpy dtype."""
+    bounds = _DTYPE_BOUNDS.get(dtype)
+    if bounds is None:
+        info = np.iinfo(dtype)
+        bounds = _DTYPE_BOUNDS[dtype] = (int(info.min), int(info.max))
+    return bounds
+
+
 def _verify_const(op: Operation) -> None:
     value, t = op.attrs["value"], op.results[0].type
     if tuple(value.shape) != t.shape:
@@ -332,6 +344,10 @@ def _verify_const(op: Operation) -> None:
         raise _error(op, f"value dtype {value.dtype} does not match the storage type {t.storage} of {t} "
                          f"(expected {dtype})")
     if t.is_int and value.size and value.dtype != np.bool_:
+        element = t.element
+        dtype_min, dtype_max = _dtype_bounds(dtype)
+        if dtype_min >= element.min and dtype_max <= element.max:
+            return  # the dtype cannot hold a value outside the storage range (an i8 const of i8 storage)
         lo, hi = int(value.min()), int(value.max())
         if lo < t.element.min or hi > t.element.max:
             raise _error(op, f"values {lo}..{hi} exceed the storage range {t.element.min}..{t.element.max} of {t}")
