@@ -82,6 +82,11 @@ def operand_set_through_the_module(m):
     m.set_operand(relu(m, 120), 0, other.results[0])
 
 
+def self_loop(m):
+    op = relu(m, 120)
+    m.set_operand(op, 0, op.results[0])
+
+
 BREAKAGES = {
     bad_attribute: ("/relu120", "unknown attribute 'bogus'"),
     bad_result_type: ("/relu120", "result 0 has shape 5"),
@@ -89,6 +94,7 @@ BREAKAGES = {
     operand_set_around_the_module: ("/relu120", "is not linked in the module graph"),
     new_op_of_the_wrong_shape: ("/inserted", "result 0 has shape 3"),
     operand_set_through_the_module: ("/relu120", "result 0 has shape 4 but onnx.Relu of operand shapes (2x2)"),
+    self_loop: ("/relu120", "ops form a cycle: onnx.Relu (/relu120) -> onnx.Relu (/relu120)"),
 }
 
 

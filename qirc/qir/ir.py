@@ -308,25 +308,57 @@ class Module:
 
     def _kahn(self, done: List[Operation], rest: List[Operation]) -> List[Operation]:
         """`done` followed by `rest` in Kahn's order (smallest seq first, then insertion number); the producers of
-        `rest` are in `done` or `rest`."""
+        `rest` are in `done` or `rest`.
+
+        Kahn's run takes, at every step, the ready op of smallest key.  Most ops are ready by the time their key
+        comes up (a pass rewrites a few edges at a time), so the ops are walked in key order and only those that
+        are not ready when their turn comes wait in a heap until their last producer is placed; the op taken
+        next is the smaller of the heap's top and the next ready op of the walk: the same order as a heap of
+        every op, for a fraction of the heap operations."""
         inserted = self._ops
         members = set(rest)
+        walk = sorted(rest, key=lambda o: (o.seq, inserted[o]))
         waiting: Dict[Operation, int] = {}
-        heap = []
-        for op in rest:
+        ascending = True  # every edge runs from a smaller key to a larger one: then the walk is Kahn's order
+        for op in walk:
             n = 0
             for v in op.operands:
-                if v.owner in members:
+                owner = v.owner
+                if owner in members:
                     n += 1
+                    if owner.seq > op.seq or (owner.seq == op.seq and inserted[owner] >= inserted[op]):
+                        ascending = False
             if n:
                 waiting[op] = n
-            else:
-                heap.append((op.seq, inserted[op], op))
-        heapq.heapify(heap)
+        if ascending:
+            done.extend(walk)
+            return done
+        size = len(walk)
+        passed: set = set()  # ops the walk went by while they were waiting: they join the heap once ready
+        heap: List[Tuple[Any, int, Operation]] = []
         out = done
         append, pop, push, get = out.append, heapq.heappop, heapq.heappush, waiting.get
-        while heap:
-            op = pop(heap)[2]
+        i = 0
+        while True:
+            while i < size and walk[i] in waiting:
+                passed.add(walk[i])
+                i += 1
+            if heap:
+                top = heap[0]
+                if i < size:
+                    nxt = walk[i]
+                    if top[0] < nxt.seq or (top[0] == nxt.seq and top[1] < inserted[nxt]):
+                        op = pop(heap)[2]
+                    else:
+                        op = nxt
+                        i += 1
+                else:
+                    op = pop(heap)[2]
+            elif i < size:
+                op = walk[i]
+                i += 1
+            else:
+                break
             append(op)
             for r in op.results:
                 for user, _ in r.uses:
@@ -334,7 +366,8 @@ class Module:
                     if n is not None:
                         if n == 1:
                             del waiting[user]
-                            push(heap, (user.seq, inserted[user], user))
+                            if user in passed:
+                                push(heap, (user.seq, inserted[user], user))
                         else:
                             waiting[user] = n - 1
         if waiting:
