@@ -70,6 +70,12 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     z_out = np.asarray(zero_out, dtype=np.int64)
     if not ((m > 0) & (m < np.inf)).all():  # NaN fails both
         raise _error(op, f"requantization multiplier must be positive and finite, got {_fmt(m)}")
+    if m.size == 1 and z_in.size == 1 and z_out.size == 1:
+        params = _choose_per_tensor(float(m.reshape(-1)[0]), int(z_in.reshape(-1)[0]), int(z_out.reshape(-1)[0]),
+                                    acc_lo, acc_hi, out_lo, out_hi, max_shift, strict, fold_offset, offset_steps,
+                                    max_error_steps)
+        if params is not None:
+            return params
     param_shape = np.broadcast_shapes(m.shape, z_in.shape, z_out.shape)
     # the multiplier carries the parameters' shape (mul and add get it); the zero points broadcast against it
     m_b = m if m.shape == param_shape else np.broadcast_to(m, param_shape)
@@ -103,6 +109,68 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     where, at = _worst(x_abs * m_b, lo, hi, m_b)
     raise _error(op, f"requantization overflows int32 for every shift: multiplier {at[2]:.6g} with accumulator "
                      f"range [{at[0]}, {at[1]}]{where}")
+
+
+#: magnitudes below which the per-tensor search's Python integers and numpy's int64 agree (no product overflows)
+_SMALL = 1 << 31
+_EXACT = 1 << 62
+
+
+def _choose_per_tensor(m: float, z_in: int, z_out: int, acc_lo, acc_hi, out_lo: int, out_hi: int, max_shift: int,
+                       strict: bool, fold_offset, offset_steps: float, max_error_steps: float
+                       ) -> Optional[RequantParams]:
+    """choose_requant for one multiplier and one pair of zero points (the common case), in Python integers: every
+    condition is then monotone in x (mul >= 0), so over a per-channel range only its extremes matter (the largest
+    |x * mul + add| is at the smallest or largest x; the same for the folded offset and the error bound, whose
+    float rounding is monotone too).  The same result as the array search, found without arrays; None where that
+    equivalence is not certain (magnitudes near int64's, an error to word under strict): the caller then searches
+    with arrays."""
+    lo = np.asarray(acc_lo, dtype=np.int64)
+    hi = np.asarray(acc_hi, dtype=np.int64)
+    if not lo.size or not hi.size:
+        return None
+    x_min, x_max = int(min(lo.min(), hi.min())), int(max(lo.max(), hi.max()))
+    folded = None
+    if fold_offset is not None:
+        b = np.asarray(fold_offset, dtype=np.int64)
+        if not b.size:
+            return None
+        b_min, b_max = int(b.min()), int(b.max())
+        if max(-b_min, b_max) >= _SMALL:
+            return None
+        folded = int(max(np.abs(lo - b).max(), np.abs(hi - b).max()))
+    x_abs = max(-x_min, x_max)
+    if x_abs >= _SMALL or max(abs(z_in), abs(z_out)) >= _SMALL:
+        return None
+    dist = max(abs(x_min - z_in), abs(x_max - z_in))
+    growth = max(float(x_abs) * m, float(dist) * m + float(abs(z_out)) + 1.0)
+    k_top = max_shift if growth <= 0 else min(max_shift, max(0, int(np.floor(31 - np.log2(growth))) + 2))
+    if not m * float(1 << k_top) < _EXACT or not abs(offset_steps) * float(1 << k_top) < _EXACT:
+        return None
+    for k in range(k_top, -1, -1):
+        power = 1 << k
+        mul = round(m * float(power))  # ties to even, as np.rint
+        if mul >= INT32_LIMIT or x_abs * mul >= INT32_LIMIT:
+            continue
+        add = z_out * power - z_in * mul
+        if offset_steps:
+            add += round(float(offset_steps) * power)
+        half = power // 2
+        if abs(add) + half >= INT32_LIMIT or \
+                max(abs(x_min * mul + add), abs(x_max * mul + add)) + half >= INT32_LIMIT:
+            continue
+        if folded is not None and (max(abs(add + b_min * mul), abs(add + b_max * mul)) + half >= INT32_LIMIT or
+                                   folded * mul >= INT32_LIMIT):
+            continue
+        span = max(float(out_hi) - float(z_out), float(z_out) - float(out_lo)) + 1.0
+        deviation = abs(float(mul) / float(power) - m)
+        error = min(float(dist), span / m) * deviation
+        if offset_steps:
+            error += 0.5 / power
+        if strict and error >= max_error_steps:
+            return None  # the array search words the refusal
+        return RequantParams(np.array([mul], np.int64), np.array([add], np.int64), k, error)
+    return None
 
 
 #: shifts whose int32 conditions are evaluated together (k_top is at most 2 above the shift that fits)
