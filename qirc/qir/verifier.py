@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import difflib
 import math
-from operator import is_
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -47,18 +46,13 @@ def verify(module: Module, incremental: bool = False) -> None:
     (the default) checks every op.  Both record what passed, for the next incremental run."""
     load_dialects()
     if incremental:
-        changed = {}
-        for op in module._ops:
-            snap = snapshot(op)
-            if not _holds(op.verified, snap):
-                changed[op] = snap
+        changed = {op: None for op in module._ops if not _unchanged(op)}
         _verify_structure(module, changed)
         if changed:
             for op in module.ops():
-                snap = changed.get(op)
-                if snap is not None:
+                if op in changed:
                     verify_op(op)
-                    op.verified = snap
+                    op.verified = snapshot(op)
     else:
         _verify_structure(module)
         for op in module.ops():
@@ -75,9 +69,31 @@ def snapshot(op: Operation) -> tuple:
             *[r.type for r in op.results], *attrs, *attrs.values())
 
 
-def _holds(old: Optional[tuple], new: tuple) -> bool:
-    """Whether snapshot `old` has the very same objects as `new` (identity: a replaced object counts as changed)."""
-    return old is not None and len(old) == len(new) and all(map(is_, old, new))
+def _unchanged(op: Operation) -> bool:
+    """Whether `op.verified` still holds: snapshot(op) would have the very same objects (identity: a replaced object
+    counts as changed).  Compared in place, without building the new snapshot (most ops have not changed)."""
+    old = op.verified
+    if old is None:
+        return False
+    operands, results, attrs = op.operands, op.results, op.attrs
+    n_operands, n_attrs = len(operands), len(attrs)
+    if old[0] is not op.name or old[1] != n_operands or old[2] != len(results) or old[3] != n_attrs:
+        return False
+    i = 4
+    for v in operands:
+        if old[i] is not v or old[i + n_operands] is not v.type:
+            return False
+        i += 1
+    i += n_operands
+    for r in results:
+        if old[i] is not r.type:
+            return False
+        i += 1
+    for key, value in attrs.items():
+        if old[i] is not key or old[i + n_attrs] is not value:
+            return False
+        i += 1
+    return True
 
 
 def _error(op: Operation, message: str) -> VerifyError:
