@@ -64,3 +64,26 @@ def test_per_tensor_search_of_a_typical_conv_requant():
         (23, [103180], [0], np.dtype(np.int64), (1,))
     # the error counts only inputs that do not saturate: |x * 0.0123| within 128 + 1 output steps
     assert p.error_steps == pytest.approx(129 / 0.0123 * abs(103180 / 2 ** 23 - 0.0123))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_range_of_a_layer_with_one_input_range_equals_the_per_channel_sum(seed):
+    """Range analysis of a conv/gemm whose input has one range sums the weights once per sign; the per-channel
+    form sums every product.  The same integers (including where int64 products would be near overflow)."""
+    from qirc.lowering.ranges import _linear_bound, _uniform_linear_bound
+
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        shape = [(4, 3, 3, 3), (64, 32), (1, 5), (8, 1, 3, 3)][int(rng.integers(0, 4))]
+        big = rng.random() < 0.2
+        w = rng.integers(-2 ** 40 if big else -128, 2 ** 40 if big else 128, size=shape).astype(np.int64)
+        a = -int(rng.integers(0, 2 ** 31))
+        b = int(rng.integers(0, 2 ** 31))
+        axes = tuple(range(1, w.ndim))
+        full_lo = np.full(shape[:2] + (1,) * (w.ndim - 2), a, np.int64)
+        full_hi = np.full(full_lo.shape, b, np.int64)
+        with np.errstate(over="ignore"):
+            lo, hi = _uniform_linear_bound(w, a, b, axes)
+            ref_lo, ref_hi = _linear_bound(w, full_lo, full_hi, axes)
+        assert lo.dtype == ref_lo.dtype == np.int64 and lo.shape == ref_lo.shape
+        assert np.array_equal(lo, ref_lo) and np.array_equal(hi, ref_hi)

@@ -47,6 +47,11 @@ def real_const(value: Value) -> Optional[np.ndarray]:
 
 def close(a, b, rtol: float = SCALE_RTOL) -> bool:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 1 and b.size:
+        b_lo, b_hi = b.min(), b.max()
+        if b_lo == b_hi:  # one value against one value (a per-tensor scale against equal channels): floats suffice
+            x, y = float(a.reshape(-1)[0]), float(b_lo)
+            return abs(x - y) <= rtol * max(abs(x), abs(y))
     return bool(np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b))))
 
 
@@ -72,6 +77,9 @@ def acc_type(shape: Sequence[int], scales, zero_points=None, axis: Optional[int]
              storage: ScalarType = i32) -> TensorType:
     """An int32 accumulator type: per tensor when `axis` is None (or all scales equal), else per axis."""
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if zero_points is None and scales.size and (axis is None or scales.min() == scales.max()):
+        # the common case without arrays of zero points (the same type as below)
+        return TensorType(shape, UniformQuantType.per_tensor(storage, float(scales[0]), 0))
     zps = np.zeros(scales.shape, np.int64) if zero_points is None else \
         np.broadcast_to(np.asarray(zero_points, dtype=np.int64).reshape(-1), scales.shape)
     if axis is None or (np.all(scales == scales[0]) and np.all(zps == zps[0])):

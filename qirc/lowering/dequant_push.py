@@ -145,7 +145,7 @@ def _bias(op: Operation, b_value: Optional[Value], acc_scales: np.ndarray, n: in
     if source is not None and const_array(source) is not None and beta == 1.0:
         bq = source.type.quant
         q = const_array(source).astype(np.int64)
-        if not bq.is_per_axis and bq.zero_point == 0 and close(np.full(acc_scales.shape, bq.scale), acc_scales):
+        if not bq.is_per_axis and bq.zero_point == 0 and close(bq.scale, acc_scales):
             return q
     real = real_const(b_value)
     if real is None:
