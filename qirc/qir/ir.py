@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +27,7 @@ from .ops import OpDef, get_op_def
 from .types import TensorType
 
 _seq = itertools.count()
+_by_seq = operator.attrgetter("seq")
 
 
 class Value:
@@ -317,16 +319,23 @@ class Module:
         every op, for a fraction of the heap operations."""
         inserted = self._ops
         members = set(rest)
-        walk = sorted(rest, key=lambda o: (o.seq, inserted[o]))
+        walk = sorted(rest, key=_by_seq)
+        previous = None
+        for op in walk:  # equal seqs (rare) stay in list order; the key breaks them by insertion number
+            if op.seq == previous:
+                walk = sorted(rest, key=lambda o: (o.seq, inserted[o]))
+                break
+            previous = op.seq
         waiting: Dict[Operation, int] = {}
         ascending = True  # every edge runs from a smaller key to a larger one: then the walk is Kahn's order
         for op in walk:
             n = 0
+            seq = op.seq
             for v in op.operands:
                 owner = v.owner
                 if owner in members:
                     n += 1
-                    if owner.seq > op.seq or (owner.seq == op.seq and inserted[owner] >= inserted[op]):
+                    if owner.seq > seq or (owner.seq == seq and inserted[owner] >= inserted[op]):
                         ascending = False
             if n:
                 waiting[op] = n
