@@ -188,13 +188,23 @@ def _add_value_info(container, name: str, elem_type: int, shape) -> None:
         dims.add().dim_value = d
 
 
+#: (name, value, rank0) -> the attribute: the few values of div, signed and n_levels repeat on every requant
+_TENSOR_ATTRS: Dict[tuple, onnx.AttributeProto] = {}
+
+
 def _add_tensor_attr(node: onnx.NodeProto, name: str, value: int, rank0: bool = False) -> None:
     """A size-1 int64 TENSOR attribute: shape [1], or rank 0 where the platform computes with it as a scalar."""
-    array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
-    a = node.attribute.add()
-    a.name = name
-    _fill_tensor(a.t, array, name)
-    a.type = _A.TENSOR
+    key = (name, value, rank0)
+    attr = _TENSOR_ATTRS.get(key)
+    if attr is None:
+        array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
+        attr = onnx.AttributeProto()
+        attr.name = name
+        _fill_tensor(attr.t, array, name)
+        attr.type = _A.TENSOR
+        if len(_TENSOR_ATTRS) < 4096:
+            _TENSOR_ATTRS[key] = attr
+    node.attribute.append(attr)  # a copy
 
 
 class _Emitter:
