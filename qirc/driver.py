@@ -17,7 +17,9 @@ lowering and backends together.  Steps:
      (`accuracy.layers`, several more interpreter runs) only with `layers=True` (`qirc --layers`, `qirc report`);
      and, always, per requant of the lowered module its error bound and its mismatch against the exact requantizer
      on the samples (`qirc.lowering.precision`; `accuracy.requants`, one more batched run), with a warning for each
-     whose bound reaches one output step (`strict` refuses those in step 2 instead);
+     whose bound reaches one output step, and the common-scale choice of every rescaled Add (`accuracy.add_rescales`,
+     recorded by lower-to-int) with a warning for each whose bound reaches one output step (`strict` refuses both
+     in step 2 instead);
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
      place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.  DIR must be new,
      empty or a previous qirc output (checked before step 1; qirc.outputs): qirc never removes a file it did not
@@ -45,7 +47,8 @@ from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
-from .lowering.precision import precision_warnings, requant_precision
+from .lowering.precision import (add_rescale_precision, add_rescale_warnings, precision_warnings,
+                                 requant_precision)
 from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
@@ -242,8 +245,11 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
         accuracy["approximations"] = approximations
     accuracy["requants"] = requant_precision(lowered, int_samples)
+    accuracy["add_rescales"] = add_rescale_precision(lowered, getattr(passes[0], "add_rescales", None) or [],
+                                                     int_samples)
     warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
-                for line in precision_warnings(accuracy["requants"], len(int_samples))]
+                for line in precision_warnings(accuracy["requants"], len(int_samples))
+                + add_rescale_warnings(accuracy["add_rescales"], len(int_samples))]
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,

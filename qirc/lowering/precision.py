@@ -14,6 +14,10 @@ compile driver writes them to qirc.json under `accuracy.requants`, in graph orde
                         the kernel rounds ties up, so a requant with bound 0 may still differ at exact ties)
     values              how many outputs were compared
 
+`add_rescale_warnings(records)` does the same for the Adds whose operands were rescaled to a common int32 scale
+(`accuracy.add_rescales`, recorded by lower-to-int: `add_rescale.rescale_record`) whose bound, the approximate scale
+ratio plus the requant after the sum, reaches one output step; `--strict` refuses those.
+
 `precision_warnings(records)` gives the one-line warning for each requant whose bound reaches one output step
 (`numerics.MAX_ERROR_STEPS`): those are compiled anyway (the most precise int32-safe form) unless strict precision
 refuses them.  Requants from or to a plain integer (the exact shift of a QONNX Trunc) have no exact twin and are
@@ -98,4 +102,93 @@ def precision_warnings(records: Sequence[Dict], samples: int) -> List[str]:
         lines.append(f"node '{rec['layer']}' (requant '{rec['node']}'): the most precise int32-safe requant "
                      f"(shift {rec['shift']}) may be off by up to {rec['bound_steps']:.3g} output steps over the "
                      f"reachable range{measured}; --strict refuses it")
+    return lines
+
+
+def add_rescale_precision(module: Module, records: Sequence[Dict],
+                          int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
+    """`records` (lower-to-int's `add_rescale.rescale_record`s) with what the chosen multipliers do on the samples:
+
+        mismatch_max_steps  the largest |sum read at the common scale - exact real sum of the operands|, in steps of
+                            the quantizer after it, over the sums within that quantizer's range (beyond it the
+                            output saturates whatever the error); None when the Add is not found in `module`
+        values              how many sums were compared
+
+    `module` is the lowered module (the int.add / int.sub at the record's node, whose operands are the operands
+    times their multipliers); it is left unchanged."""
+    records = [dict(r) for r in records]
+    if not records:
+        return records
+    probe = module.clone()
+    found = []
+    for rec in records:
+        op = next((o for o in probe.walk() if o.name in ("int.add", "int.sub") and o.loc == rec["node"]
+                   and all(v.type.is_quant for v in o.operands) and o.results[0].type.is_quant), None)
+        terms = [] if op is None else [_operand_term(v) for v in op.operands]
+        if op is None or any(t is None for t in terms):
+            rec["mismatch_max_steps"], rec["values"] = None, 0
+            found.append(None)
+            continue
+        names = []
+        for x, _m in terms:
+            names.append(f"__qirc_add_operand_{len(found)}_{len(names)}")
+            output_op(probe, names[-1], x)
+        names.append(f"__qirc_add_sum_{len(found)}")
+        output_op(probe, names[-1], op.results[0])
+        found.append((op, terms, names))
+    runs = run_samples(probe, list(int_samples)) if int_samples and any(found) else []
+    for rec, entry in zip(records, found):
+        if entry is None:
+            continue
+        op, terms, names = entry
+        out = rec["output"]
+        worst, count = 0.0, 0
+        sq = op.results[0].type.quant
+        for run in runs:
+            exact = 0.0
+            for i, ((x, _m), name) in enumerate(zip(terms, names)):
+                xq = x.type.quant
+                real = (np.asarray(run[name], np.float64) - xq.zero_point) * xq.scale
+                exact = exact + (real if i == 0 or op.name == "int.add" else -real)
+            approx = (np.asarray(run[names[-1]], np.float64) - sq.zero_point) * sq.scale
+            steps = exact / out["scale"] + out["zero_point"]
+            inside = (steps >= out["min"]) & (steps <= out["max"])
+            if np.any(inside):
+                worst = max(worst, float(np.max(np.abs(approx - exact)[inside])) / out["scale"])
+            count += int(np.count_nonzero(inside))
+        rec["mismatch_max_steps"], rec["values"] = (worst if count else None), count
+    return records
+
+
+def _operand_term(v):
+    """(x, m) with v = x * m for an int.mul of a quantized x by a constant m, (v, 1) for a quantized v."""
+    op = v.owner
+    if op.name == "int.mul":
+        consts = [w for w in op.operands if w.owner.name == "qir.const"]
+        others = [w for w in op.operands if w.owner.name != "qir.const"]
+        if len(consts) == 1 and len(others) == 1 and others[0].type.is_quant:
+            return others[0], int(np.asarray(consts[0].owner.attrs["value"]).reshape(-1)[0])
+    return (v, 1) if v.type.is_quant else None
+
+
+def _measured(rec: Dict, samples: int) -> str:
+    if rec.get("mismatch_max_steps") is None:
+        return ""
+    return f"; on {samples} sample(s) at most {rec['mismatch_max_steps']:.3g} step(s)"
+
+
+def add_rescale_warnings(records: Sequence[Dict], samples: int = 0) -> List[str]:
+    """One line per Add/Sub whose common-scale bound (`add_rescale.rescale_record`: the approximate scale ratio plus
+    the requant after the sum, in output steps) reaches one output step: compiled with the cheapest multipliers
+    unless strict precision refuses it."""
+    lines = []
+    for rec in records:
+        if rec["bound_steps"] < MAX_ERROR_STEPS:
+            continue
+        m_a, m_b = rec["multipliers"]
+        lines.append(f"node '{rec['node']}' ({rec.get('op', 'Add')}): the operands' scale ratio {rec['scale_ratio']:.9g} has no int32 "
+                     f"common scale within one output step; the best ({max(m_a, m_b)}/{min(m_a, m_b)}) may be off "
+                     f"by up to {rec['bound_steps']:.3g} output steps ({rec['ratio_error_steps']:.3g} of the ratio, "
+                     f"{rec['requant_error_steps']:.3g} of the requant after the sum){_measured(rec, samples)}; "
+                     "--strict refuses it")
     return lines
