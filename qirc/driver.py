@@ -316,11 +316,17 @@ def _is_weight(const) -> bool:
     return False
 
 
-def load_any(path: str) -> Module:
-    """A model file as IR: qirc's own Deeploy output (integer IR), any quantized ONNX qirc imports, or .qir text."""
+def load_any(path: str, input_shapes: Optional[Dict[str, tuple]] = None, note=None) -> Module:
+    """A model file as IR: qirc's own Deeploy output (integer IR), any quantized ONNX qirc imports, or .qir text.
+
+    input_shapes, note: as for `compile_model` (`--input-shape`; a quantized ONNX model only: qirc's own output and
+    .qir files have static shapes, and a shape given for them is a UsageError)."""
     if str(path).endswith(".onnx") and os.path.isfile(path) and is_deeploy_onnx(path):
+        if input_shapes:
+            raise UsageError("--input-shape applies to a quantized source model, not to qirc's own network.onnx "
+                             "(its input shapes are static)")
         return import_deeploy_onnx(path)
-    return load_model(path)
+    return load_model(path, input_shapes=input_shapes, note=note)
 
 
 @dataclass
@@ -355,20 +361,23 @@ def _read_npz(path: str) -> Dict:
         raise QircError(f"not a readable .npz file ({type(e).__name__}: {e})", file=path) from None
 
 
-def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> SimSummary:
+def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str,
+                  input_shapes: Optional[Dict[str, tuple]] = None, note=None) -> SimSummary:
     """`qirc sim`: run the interpreter on `model_path` (any form `load_any` reads) for every sample of `inputs_npz`
     and write the outputs to `outputs_npz` (atomically), keyed by output name, stacked over the samples, each in
     the dtype outputs.npz uses for it (the storage type of a quantized output: int8, uint8, ...; float32 else).
 
     `inputs_npz` holds one array per model input, named like it (a one-input model also takes a single array of
     any name, as numpy.savez(f, x) writes it), each with a leading sample axis: [N, ...] where the model declares
-    [1, ...].  Integer arrays given to a float input are used as real numbers, and a note says so.
+    [1, ...].  Integer arrays given to a float input are used as real numbers, and a note says so.  input_shapes,
+    note: the model's dynamic input dims (`--input-shape`, as `compile_model` takes them; a lone dynamic batch dim
+    is bound to 1 without it, with a note through `note(text)`).
     """
     import numpy as np
 
     from .qir.batch import run_samples
     outputs.check_output_file(outputs_npz, "sim")
-    module = load_any(model_path)
+    module = load_any(model_path, input_shapes=input_shapes, note=note)
     names = module.input_names()
     arrays = _read_npz(inputs_npz)
     if set(arrays) == set(names):
