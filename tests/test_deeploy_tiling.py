@@ -268,3 +268,20 @@ def test_a_padded_conv1d_pads_with_spare_zero_rows_that_it_strides_over(zp):
             and [a.i for a in n.attribute if a.name == "group"] == [1]][-1]
     attrs = {a.name: list(a.ints) for a in main.attribute if a.ints}
     assert attrs["kernel_shape"] == [1, 5] and attrs["pads"] == [0, 0, 0, 0] and attrs["strides"] == [3, 1]
+
+
+def test_a_padded_maxpool1d_strides_over_the_spare_zero_rows_too():
+    """MaxPool1d(3, stride 2, pad 1) lifted to [N, C, 1, L]: shift to uint8, the one-hot pad with a spare zero row,
+    the pool with stride 2 along H, the shift back (Siracusa tiled code generated, Generic Errors: 0; before, the
+    tiler refused the one-hot pad's one-row output)."""
+    m = Module("pool1d")
+    x = input_op(m, "x", TensorType((1, 2, 1, 9), q(0.05, 3)))
+    pool = m.create("int.maxpool", [x], [TensorType((1, 2, 1, 5), x.type.element)],
+                    {"kernel_shape": [1, 3], "pads": [0, 1, 0, 1], "strides": [1, 2]}, "/pool").result
+    output_op(m, "y", requant(m, pool, (1, 2, 1, 5), q(0.05, 3), [2], 0, div=2))
+    verify(m)
+    model = written_exact(m)
+    _dw_tile_feasible(model)
+    (node,) = [n for n in model.graph.node if n.op_type == "MaxPool"]
+    attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
+    assert attrs["kernel_shape"] == [1, 3] and attrs["pads"] == [0, 0, 0, 0] and attrs["strides"] == [2, 2]

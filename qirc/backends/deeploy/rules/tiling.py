@@ -163,13 +163,18 @@ def _pad_into_convs(module: Module, pad: Operation, convs: List[Operation], targ
 def _pad_into_maxpools(module: Module, pad: Operation, pools: List[Operation], target: DeeployTarget) -> None:
     """int.pad(x, storage min) -> MaxPool  becomes  shift to uint8 (x - min) -> one-hot-kernel zero padding ->
     MaxPool -> shift back (+ min): max commutes with adding a constant, and the padding (the storage minimum, which
-    never wins) is 0 after the shift."""
+    never wins) is 0 after the shift.  A MaxPool1d's pad keeps spare zero rows that the pool strides over, as
+    equal-conv-pads does for a Conv1d."""
     x, v = pad.operands[0], int(pad.attr("value"))
     shifted = _shift_out(module, x, v, pools[0], target, "int.maxpool") if v else x
-    padded = one_hot_pad(module, shifted, _spatial(pad), pad.loc, target)
+    axes = spare_axes(x.type.shape, _spatial(pad))
+    spare = all(_skips_spare_rows(pool, axes) for pool in pools)
+    padded = one_hot_pad(module, shifted, _spatial(pad), pad.loc, target, spare=spare)
     for pool in pools:
         module.set_operand(pool, 0, padded)
         pool.attrs["pads"] = [0] * len(pool.attr("pads") or [0, 0, 0, 0])
+        if spare:
+            _stride_over_spare_rows(pool, axes, padded.type.shape)
         out = pool.result
         if v:
             out_type = out.type
@@ -271,8 +276,8 @@ def equal_conv_pads(module: Module, target: DeeployTarget) -> None:
 
 
 def _skips_spare_rows(conv: Operation, axes: Sequence[int]) -> bool:
-    """Whether `conv` can read a padded input with spare rows along `axes` by striding over them: kernel 1 and no
-    own padding along each (the Conv1d lifted to [N, C, 1, L]); False when there are none."""
+    """Whether `conv` (a Conv or MaxPool) can read a padded input with spare rows along `axes` by striding over
+    them: kernel 1 and no own padding along each (the Conv1d lifted to [N, C, 1, L]); False when there are none."""
     if not axes:
         return False
     kernel = [int(k) for k in conv.attr("kernel_shape")]
