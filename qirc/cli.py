@@ -299,8 +299,9 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
     p.add_argument("--strict", action="store_true",
-                   help="refuse a requant whose int32-safe form may be off by one output step or more (by default "
-                        "it is compiled, warned about on stderr and recorded in qirc.json)")
+                   help="refuse a requant, or an Add's common int32 scale, whose int32-safe form may be off by one "
+                        "output step or more (by default it is compiled, warned about on stderr and recorded in "
+                        "qirc.json)")
     p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
                                                           "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")

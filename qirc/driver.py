@@ -186,8 +186,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     print_ir_after_all  dump the IR after every pass to `out` (stderr by default)
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
-    strict            refuse a requant whose worst-case approximation error reaches one output step (LoweringError)
-                      instead of compiling it with a warning (summary.warnings) and its record in qirc.json
+    strict            refuse a requant (or an Add's common int32 scale) whose worst-case approximation error reaches
+                      one output step (LoweringError) instead of compiling it with a warning (summary.warnings) and
+                      its record in qirc.json (accuracy.requants, accuracy.add_rescales)
     seed, accuracy_samples  the random samples used when no inputs_npz is given
     layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers, and for
                       a transformer the network's error with each kind of approximating kernel computed exactly
