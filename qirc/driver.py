@@ -47,8 +47,7 @@ from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
-from .lowering.precision import (add_rescale_precision, add_rescale_warnings, precision_warnings,
-                                 requant_precision)
+from .lowering.precision import add_rescale_warnings, precision_warnings, requant_precision
 from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
@@ -245,9 +244,10 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     approximations = approximation_report(quant_module, module, int_samples)
     if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
         accuracy["approximations"] = approximations
-    accuracy["requants"] = requant_precision(lowered, int_samples)
-    accuracy["add_rescales"] = add_rescale_precision(lowered, getattr(passes[0], "add_rescales", None) or [],
-                                                     int_samples)
+    # (the Adds' records, from lower-to-int, are measured in the same run as the requants)
+    add_records = [dict(r) for r in getattr(passes[0], "add_rescales", None) or []]
+    accuracy["requants"] = requant_precision(lowered, int_samples, add_records=add_records)
+    accuracy["add_rescales"] = add_records
     warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
                 for line in precision_warnings(accuracy["requants"], len(int_samples))
                 + add_rescale_warnings(accuracy["add_rescales"], len(int_samples))]

@@ -26,7 +26,7 @@ requant, such as HardSigmoid's alpha * x + beta: the types do not state it).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -41,11 +41,15 @@ def _recorded(module: Module):
             if op.operands[0].type.is_quant and op.results[0].type.is_quant]
 
 
-def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
+def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndarray]],
+                      add_records: Optional[List[Dict]] = None) -> List[Dict]:
     """The records described in the module docstring; `int_samples`: the module's integer inputs, one dict (input
-    name -> stored integers) per sample.  `module` is left unchanged (the inputs are read on a copy)."""
+    name -> stored integers) per sample.  `module` is left unchanged (the inputs are read on a copy).
+
+    `add_records` (lower-to-int's `add_rescale.rescale_record`s), when given, get their measured fields in place
+    from the same run (see `add_rescale_precision`)."""
     requants = _recorded(module)
-    if not requants:
+    if not requants and not add_records:
         return []
     ranges = RangeAnalysis()
     probe = module.clone()
@@ -54,7 +58,9 @@ def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndar
     for i, op in enumerate(probe_requants):
         names.append(f"__qirc_requant_input_{i}")
         output_op(probe, names[-1], op.operands[0])
+    entries = _add_probes(probe, add_records or [])
     runs = run_samples(probe, list(int_samples)) if int_samples else []
+    _add_measure(add_records or [], entries, runs)
     records = []
     for op, name in zip(requants, names):
         x_value, y_value = op.operands[0], op.results[0]
@@ -107,7 +113,8 @@ def precision_warnings(records: Sequence[Dict], samples: int) -> List[str]:
 
 def add_rescale_precision(module: Module, records: Sequence[Dict],
                           int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
-    """`records` (lower-to-int's `add_rescale.rescale_record`s) with what the chosen multipliers do on the samples:
+    """`records` (lower-to-int's `add_rescale.rescale_record`s), copied, with what the chosen multipliers do on the
+    samples:
 
         mismatch_max_steps  the largest |sum read at the common scale - exact real sum of the operands|, in steps of
                             the quantizer after it, over the sums within that quantizer's range (beyond it the
@@ -115,30 +122,42 @@ def add_rescale_precision(module: Module, records: Sequence[Dict],
         values              how many sums were compared
 
     `module` is the lowered module (the int.add / int.sub at the record's node, whose operands are the operands
-    times their multipliers); it is left unchanged."""
+    times their multipliers); it is left unchanged.  (`requant_precision(..., add_records=...)` does the same in
+    its own run.)"""
     records = [dict(r) for r in records]
-    if not records:
-        return records
-    probe = module.clone()
-    found = []
-    for rec in records:
+    if records:
+        probe = module.clone()
+        entries = _add_probes(probe, records)
+        _add_measure(records, entries, run_samples(probe, list(int_samples)) if int_samples else [])
+    return records
+
+
+def _add_probes(probe: Module, records: Sequence[Dict]) -> List:
+    """Make the operands and the sum of each recorded Add outputs of `probe`; per record (op, terms, names), or None
+    when the Add is not found (its record gets mismatch_max_steps None)."""
+    entries = []
+    for k, rec in enumerate(records):
         op = next((o for o in probe.walk() if o.name in ("int.add", "int.sub") and o.loc == rec["node"]
                    and all(v.type.is_quant for v in o.operands) and o.results[0].type.is_quant), None)
         terms = [] if op is None else [_operand_term(v) for v in op.operands]
         if op is None or any(t is None for t in terms):
-            rec["mismatch_max_steps"], rec["values"] = None, 0
-            found.append(None)
+            entries.append(None)
             continue
         names = []
         for x, _m in terms:
-            names.append(f"__qirc_add_operand_{len(found)}_{len(names)}")
+            names.append(f"__qirc_add_operand_{k}_{len(names)}")
             output_op(probe, names[-1], x)
-        names.append(f"__qirc_add_sum_{len(found)}")
+        names.append(f"__qirc_add_sum_{k}")
         output_op(probe, names[-1], op.results[0])
-        found.append((op, terms, names))
-    runs = run_samples(probe, list(int_samples)) if int_samples and any(found) else []
-    for rec, entry in zip(records, found):
+        entries.append((op, terms, names))
+    return entries
+
+
+def _add_measure(records: Sequence[Dict], entries: Sequence, runs: Sequence[Mapping[str, np.ndarray]]) -> None:
+    """Fill each record's mismatch_max_steps and values from the probe's runs (see add_rescale_precision)."""
+    for rec, entry in zip(records, entries):
         if entry is None:
+            rec["mismatch_max_steps"], rec["values"] = None, 0
             continue
         op, terms, names = entry
         out = rec["output"]
@@ -157,7 +176,6 @@ def add_rescale_precision(module: Module, records: Sequence[Dict],
                 worst = max(worst, float(np.max(np.abs(approx - exact)[inside])) / out["scale"])
             count += int(np.count_nonzero(inside))
         rec["mismatch_max_steps"], rec["values"] = (worst if count else None), count
-    return records
 
 
 def _operand_term(v):
