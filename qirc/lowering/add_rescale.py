@@ -155,7 +155,7 @@ def rescale_record(op: Operation, plan: "RescalePlan", ratio: float) -> Dict:
         output               the quantizer after the sum the steps are counted in (scale, zero_point, min, max:
                              the finest scale when there are several)
 
-    (`precision.add_rescale_precision` adds what the chosen multipliers do on the samples.)
+    (`precision.requant_precision(..., add_records=...)` adds what the chosen multipliers do on the samples.)
     """
     return {"node": op.loc, "op": op.name.split(".", 1)[1], "scale_ratio": ratio,
             "multipliers": [plan.m_a, plan.m_b], "exact": plan.exact, "ratio_error_steps": plan.add_error_steps,

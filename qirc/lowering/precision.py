@@ -46,8 +46,16 @@ def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndar
     """The records described in the module docstring; `int_samples`: the module's integer inputs, one dict (input
     name -> stored integers) per sample.  `module` is left unchanged (the inputs are read on a copy).
 
-    `add_records` (lower-to-int's `add_rescale.rescale_record`s), when given, get their measured fields in place
-    from the same run (see `add_rescale_precision`)."""
+    `add_records` (lower-to-int's `add_rescale.rescale_record`s, as the driver copies them into qirc.json's
+    accuracy.add_rescales), when given, get in place from the same run what the chosen multipliers do on the
+    samples:
+
+        mismatch_max_steps  the largest |sum read at the common scale - exact real sum of the operands|, in steps of
+                            the quantizer after it, over the sums within that quantizer's range (beyond it the
+                            output saturates whatever the error); None when the Add is not found in `module` (the
+                            int.add / int.sub at the record's node, whose operands are the operands times their
+                            multipliers)
+        values              how many sums were compared"""
     requants = _recorded(module)
     if not requants and not add_records:
         return []
@@ -111,27 +119,6 @@ def precision_warnings(records: Sequence[Dict], samples: int) -> List[str]:
     return lines
 
 
-def add_rescale_precision(module: Module, records: Sequence[Dict],
-                          int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
-    """`records` (lower-to-int's `add_rescale.rescale_record`s), copied, with what the chosen multipliers do on the
-    samples:
-
-        mismatch_max_steps  the largest |sum read at the common scale - exact real sum of the operands|, in steps of
-                            the quantizer after it, over the sums within that quantizer's range (beyond it the
-                            output saturates whatever the error); None when the Add is not found in `module`
-        values              how many sums were compared
-
-    `module` is the lowered module (the int.add / int.sub at the record's node, whose operands are the operands
-    times their multipliers); it is left unchanged.  (`requant_precision(..., add_records=...)` does the same in
-    its own run.)"""
-    records = [dict(r) for r in records]
-    if records:
-        probe = module.clone()
-        entries = _add_probes(probe, records)
-        _add_measure(records, entries, run_samples(probe, list(int_samples)) if int_samples else [])
-    return records
-
-
 def _add_probes(probe: Module, records: Sequence[Dict]) -> List:
     """Make the operands and the sum of each recorded Add outputs of `probe`; per record (op, terms, names), or None
     when the Add is not found (its record gets mismatch_max_steps None)."""
@@ -154,7 +141,7 @@ def _add_probes(probe: Module, records: Sequence[Dict]) -> List:
 
 
 def _add_measure(records: Sequence[Dict], entries: Sequence, runs: Sequence[Mapping[str, np.ndarray]]) -> None:
-    """Fill each record's mismatch_max_steps and values from the probe's runs (see add_rescale_precision)."""
+    """Fill each record's mismatch_max_steps and values from the probe's runs (see requant_precision)."""
     for rec, entry in zip(records, entries):
         if entry is None:
             rec["mismatch_max_steps"], rec["values"] = None, 0
