@@ -281,12 +281,10 @@ class Module:
 
     @staticmethod
     def _is_dead(op: Operation) -> bool:
-        if op.name == "qir.output" or op.name == "qir.input":
-            return False
-        for r in op.results:  # a loop, not all(...): erase_dead asks this of every op, often
+        for r in op.results:  # a loop, not all(...): erase_dead asks this of every op, often; most have a use
             if r.uses:
                 return False
-        return True
+        return op.name != "qir.output" and op.name != "qir.input"
 
     # ----- queries -----------------------------------------------------------------------------------------------
     def ops(self) -> List[Operation]:

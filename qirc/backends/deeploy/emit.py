@@ -77,6 +77,8 @@ _NON_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]+")
 
 def sanitize(name: str) -> str:
     """A C identifier made from a location or tensor name ("/conv1/Conv" -> "conv1_Conv")."""
+    if name.isascii() and name.isidentifier() and name[0] != "_" and name[-1] != "_":
+        return name  # already one (most names: made from sanitised ones); what the lines below leave as it is
     s = _NON_IDENTIFIER.sub("_", name).strip("_")
     if not s:
         return ""
