@@ -115,10 +115,14 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
         lo = hi = min(max(lo, ot.storage_min), ot.storage_max)
     signed, n_levels, _ = requant_form(ot.storage_min, ot.storage_max)
     form_lo, form_hi = form_bounds(signed, n_levels)
-    multiplier = gain * xt.scales_for(rank) / ot.scales_for(rank)
+    if xt.is_per_axis or ot.is_per_axis:
+        multiplier, z_in, z_out = (gain * xt.scales_for(rank) / ot.scales_for(rank), xt.zero_points_for(rank),
+                                   ot.zero_points_for(rank))
+    else:  # the same float64 arithmetic on scalars
+        multiplier, z_in, z_out = gain * xt.scale / ot.scale, xt.zero_point, ot.zero_point
     acc_lo, acc_hi = ranges.range_of(x)
     anchor = op_for_errors or x.owner
-    params = choose_requant(multiplier, xt.zero_points_for(rank), ot.zero_points_for(rank), acc_lo, acc_hi,
+    params = choose_requant(multiplier, z_in, z_out, acc_lo, acc_hi,
                             form_lo, form_hi, op=_Located(loc, anchor), strict=strict, fold_offset=_foldable_offset(x),
                             offset_steps=offset / ot.scale if offset else 0.0)
     needs_clip = (lo, hi) != (form_lo, form_hi)

@@ -131,8 +131,9 @@ def _linked(module: Module, op: Operation) -> bool:
     ops, edges = module._ops, module._edges
     for i, v in enumerate(op.operands):
         owner = v.owner
-        if owner is None or owner.module is not module or owner not in ops or edges.get((op, i)) is not v \
-                or (op, i) not in v.uses:
+        edge = (op, i)
+        if owner is None or owner.module is not module or owner not in ops or edges.get(edge) is not v \
+                or edge not in v.uses:
             return False
     return True
 
@@ -328,14 +329,15 @@ def quant_type_problem(t: TensorType) -> Optional[str]:
     return None
 
 
-_BOUNDS: Dict[ScalarType, Tuple[int, int]] = {}
+_BOUNDS: Dict[str, Tuple[int, int]] = {}
 
 
 def _storage_bounds(storage: ScalarType) -> Tuple[int, int]:
-    """(min, max) of an integer storage type (asked for every quantized result type)."""
-    bounds = _BOUNDS.get(storage)
+    """(min, max) of an integer storage type (asked for every quantized result type; keyed by name, whose hash
+    is cached, unlike the dataclass's)."""
+    bounds = _BOUNDS.get(storage.name)
     if bounds is None:
-        bounds = _BOUNDS[storage] = (storage.min, storage.max)
+        bounds = _BOUNDS[storage.name] = (storage.min, storage.max)
     return bounds
 
 
