@@ -100,6 +100,11 @@ class OnnxImporter(TransformerImport):
         self.env: Dict[str, State] = {}
         self.float_memo: Dict[int, Value] = {}  # id(state) -> its float IR value
         self.node: Optional[onnx.NodeProto] = None  # the node being translated, for diagnostics
+        # Quantization parameters are a few shared initializers (a model's quantizers reuse one zero point, a few
+        # scales and clip bounds): their checks and the quant types built from them are memoised by the identity
+        # of the arrays (kept alive in the entry, so an id is never reused while its entry exists).
+        self._memo: Dict[tuple, tuple] = {}
+        self._float_types: Dict[Tuple[int, ...], TensorType] = {}  # shape -> tensor<shape x f32>
 
     # ----- driver ------------------------------------------------------------------------------------------------
     def run(self) -> Module:
@@ -117,9 +122,16 @@ class OnnxImporter(TransformerImport):
             self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
         for name, array in self.g.initializers.items():
             self.env[name] = Const(array, self.g.low_bit.get(name))
+        fusions = self.fusions
+        handlers: Dict[Tuple[str, str], Callable] = {}
         for node in self.g.nodes:
             self.node = node
-            handler = self._handler(node)
+            handler = self.fused_handler(node) if fusions else None
+            if handler is None:
+                key = (node.domain, node.op_type)
+                handler = handlers.get(key)
+                if handler is None:
+                    handler = handlers[key] = self._handler(node)
             try:
                 handler(node)
             except QuantParamError as err:
@@ -195,6 +207,19 @@ class OnnxImporter(TransformerImport):
     def loc(self) -> str:
         return self.g.label(self.node) if self.node is not None else ""
 
+    def memo(self, key: tuple, keep: tuple, compute: Callable):
+        """compute(), memoised under `key`, a tuple that may hold id()s of the arrays in `keep`."""
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (keep, compute())
+        return hit[1]
+
+    def float_type(self, shape: Tuple[int, ...]) -> TensorType:
+        t = self._float_types.get(shape)
+        if t is None:
+            t = self._float_types[shape] = TensorType(shape, f32)
+        return t
+
     # ----- reading inputs and attributes ---------------------------------------------------------------------------
     def state(self, name: str) -> Optional[State]:
         return self.env.get(name) if name else None
@@ -228,7 +253,7 @@ class OnnxImporter(TransformerImport):
         return self.g.shape(name, self.node)
 
     def out_type(self, node: onnx.NodeProto, i: int = 0) -> TensorType:
-        return TensorType(self.g.shape(node.output[i], node), f32)
+        return self.float_type(self.g.shape(node.output[i], node))
 
     # ----- materialisation ----------------------------------------------------------------------------------------
     def float_value(self, name: str) -> Value:
@@ -291,9 +316,11 @@ class OnnxImporter(TransformerImport):
             src.value.type = new_type
             return self.module.create("quant.dcast", [src.value], [TensorType(src.shape, f32)], {},
                                       view.loc or self.loc).result
-        scale, zp = P.type_params(src.qtype, len(src.shape))
+        rank = len(src.shape)
+        scale, zp = self.memo(("type_params", id(src.qtype), rank), (src.qtype,),
+                              lambda: P.type_params(src.qtype, rank))
         if P.same_params(view.a, scale, src.shape) and P.same_params(view.b, zp, src.shape):
-            return self.module.create("quant.dcast", [self.quant_value(src)], [TensorType(src.shape, f32)], {},
+            return self.module.create("quant.dcast", [self.quant_value(src)], [self.float_type(src.shape)], {},
                                       view.loc or src.loc).result
         if view.is_raw and src.stored is not None:
             return self.float_const(src.stored.astype(F32), name)
@@ -308,7 +335,8 @@ class OnnxImporter(TransformerImport):
         if q.value is None:
             t = TensorType(q.shape, q.qtype)
             if q.stored is not None:
-                q.value = const_op(self.module, q.stored.astype(q.qtype.np_dtype), t, loc=q.loc)
+                # a copy: the IR constant must not share its array with the importer's state
+                q.value = const_op(self.module, np.array(q.stored, dtype=q.qtype.np_dtype), t, loc=q.loc)
             else:
                 x = self.float_value(q.source)
                 q.value = self.module.create("quant.qcast", [x], [t], {"rounding": q.rounding}, q.loc).result
@@ -326,7 +354,7 @@ class OnnxImporter(TransformerImport):
         return self.module.create(op_name, list(operands), [result_type], attrs or {}, loc).result
 
     def create_float(self, op_name, operands, shape, node=None, attrs=None) -> Value:
-        return self.create(op_name, operands, TensorType(shape, f32), attrs, node)
+        return self.create(op_name, operands, self.float_type(shape), attrs, node)
 
     def _scaled_const(self, s: Scaled) -> np.ndarray:
         x = np.asarray(self.env[s.x_name].array, F32)
@@ -490,8 +518,9 @@ class OnnxImporter(TransformerImport):
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
         x, d = self.state(node.input[0]), self.state(node.input[1])
-        if isinstance(d, Const) and np.issubdtype(d.array.dtype, np.floating) and \
-                not (isinstance(x, Const) and not np.issubdtype(x.array.dtype, np.floating)):
+        # (dtype.kind "f": np.issubdtype(dtype, np.floating) without its cost)
+        if isinstance(d, Const) and d.array.dtype.kind == "f" and \
+                not (isinstance(x, Const) and x.array.dtype.kind != "f"):
             self.env[node.output[0]] = Scaled(node.input[0], np.asarray(d.array, F32), None, False, (node,))
             return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Div", node.input[:2]))
@@ -518,15 +547,18 @@ class OnnxImporter(TransformerImport):
             return float(a.get("min", -np.inf)), float(a.get("max", np.inf))
         lo = self.const_input(node, 1, "Clip min", required=False)
         hi = self.const_input(node, 2, "Clip max", required=False)
-        return (-np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0]),
-                np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0]))
+        return (-np.inf if lo is None else self.first_value(lo), np.inf if hi is None else self.first_value(hi))
+
+    def first_value(self, array) -> float:
+        """float() of the first element of a constant (memoised: clip bounds are a few shared initializers)."""
+        return self.memo(("first", id(array)), (array,), lambda: float(np.asarray(array).reshape(-1)[0]))
 
     def _op_Clip(self, node):
         s = self.state(node.input[0])
         lo, hi = self._clip_bounds(node)
         if isinstance(s, Const):
             bounds = None
-            if np.issubdtype(s.array.dtype, np.integer):
+            if s.array.dtype.kind in "iu":  # np.issubdtype(dtype, np.integer)
                 old = s.bounds or (-np.inf, np.inf)
                 bounds = (max(old[0], lo), min(old[1], hi))
             self.env[node.output[0]] = Const(self._fold(node, [s.array]), bounds)
@@ -540,20 +572,23 @@ class OnnxImporter(TransformerImport):
             self.emit_float_op(node, "onnx.Clip", node.input[:1], {"min": lo, "max": hi})
 
     def _decomposed_quantizer(self, clip_node, s: Scaled, lo: float, hi: float) -> Quantized:
-        storage, lo_i, hi_i = P.storage_for_range(lo, hi)
+        storage, lo_i, hi_i = self.memo(("range", lo, hi), (), lambda: P.storage_for_range(lo, hi))
         div_node = s.nodes[0]
         add_node = s.nodes[1] if s.zero_point is not None else div_node
         try:
-            scale = P.check_scale(s.scale)
+            scale = self.memo(("scale", id(s.scale)), (s.scale,), lambda: P.check_scale(s.scale))
         except QuantParamError as err:
             raise self.error(str(err), div_node) from None
         try:
-            zp = P.check_zero_point(np.zeros((), F32) if s.zero_point is None else s.zero_point, lo_i, hi_i)
+            given = s.zero_point
+            zp = self.memo(("zero point", id(given), lo_i, hi_i), (given,), lambda: P.check_zero_point(
+                np.zeros((), F32) if given is None else given, lo_i, hi_i))
         except QuantParamError as err:
             raise self.error(str(err), add_node) from None
         shape = self.shape(s.x_name)
         try:
-            qtype = P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape)
+            qtype = self.memo(("type", storage, lo_i, hi_i, id(scale), id(zp), shape), (scale, zp),
+                              lambda: P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape))
         except QuantParamError as err:
             raise self.error(str(err), div_node) from None
         return self._quantizer(s.x_name, qtype, ADD_ROUND, shape, self.g.label(clip_node))
@@ -581,7 +616,7 @@ class OnnxImporter(TransformerImport):
         view, c = self._view(self.state(node.input[0])), self.state(node.input[1])
         if view is not None and isinstance(c, Const):
             c = np.asarray(c.array, F32)
-            if np.all(view.a == 1) or not np.any(c):
+            if view.a is P.ONE or (view.a == 1).all() or not c.any():
                 self.env[node.output[0]] = IntView(view.src, view.a, view.b + c / view.a, self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Sub", node.input[:2]))
@@ -642,7 +677,7 @@ class OnnxImporter(TransformerImport):
         shape = self.shape(node.input[0])
         scale, zp, axis = self._qdq_params(node, shape)
         if isinstance(s, Const):
-            if not np.issubdtype(s.array.dtype, np.integer):
+            if s.array.dtype.kind not in "iu":  # np.issubdtype(dtype, np.integer)
                 raise self.error(f"DequantizeLinear of a {s.array.dtype} constant")
             storage = P.storage_for_dtype(s.array.dtype)
             lo, hi = storage.min, storage.max
@@ -650,7 +685,7 @@ class OnnxImporter(TransformerImport):
                 lo, hi = max(lo, int(np.ceil(s.bounds[0]))), min(hi, int(np.floor(s.bounds[1])))
             zp = P.check_zero_point(np.zeros((), np.int64) if zp is None else zp, lo, hi)
             qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
-            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array.astype(np.int64))
+            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array)  # the storage dtype already
         view = self._view(s)
         if view is None or not view.is_raw or not isinstance(view.src, Quantized):
             raise self.error(f"DequantizeLinear input '{node.input[0]}' is not the output of a quantizer")
@@ -730,7 +765,8 @@ class OnnxImporter(TransformerImport):
         out_type = P.make_quant_type(storage, lo, hi, out_scale, out_zp, shape)
         q = self._quantizer(node.input[0], grid, ADD_ROUND, shape, self.loc)
         if q.stored is not None:
-            t = Quantized(out_type, shape, self.loc, ADD_ROUND, stored=P.shift_round(q.stored, k, mode, lo, hi))
+            t = Quantized(out_type, shape, self.loc, ADD_ROUND,
+                          stored=P.shift_round(q.stored, k, mode, lo, hi).astype(out_type.np_dtype))
         else:
             t = Quantized(out_type, shape, self.loc, ADD_ROUND)
             t.value = self._shift_round(self.quant_value(q), k, mode, TensorType(shape, out_type))

@@ -72,7 +72,9 @@ class Quantized:
     loc: str
     rounding: str = ADD_ROUND
     source: Union[Const, FloatVal, None] = None
-    stored: Optional[np.ndarray] = None  # the integers of a quantized constant (int64)
+    #: the integers of a quantized constant, in the storage dtype (`qtype.np_dtype`: int8 weights take a byte per
+    #: element, not eight; arithmetic that needs more widens a copy)
+    stored: Optional[np.ndarray] = None
     value: Optional[Value] = None  # memo: the IR value once materialised
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
 
@@ -87,19 +89,37 @@ class Accum:
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
 
 
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+#: the (a, b) of a view that is the stored integers themselves; shared, hence read-only
+ONE = _frozen(np.ones((), F32))
+ZERO = _frozen(np.zeros((), F32))
+
+
 @dataclass(eq=False)
 class IntView:
     """The float tensor a * (q - b), q the stored integers of `src`."""
 
     src: Union[Quantized, Accum]
-    a: np.ndarray = field(default_factory=lambda: np.ones((), F32))
-    b: np.ndarray = field(default_factory=lambda: np.zeros((), F32))
+    a: np.ndarray = field(default_factory=lambda: ONE)
+    b: np.ndarray = field(default_factory=lambda: ZERO)
     loc: str = ""  # the node that completed the dequantizer (its quant.dcast's location)
 
     @property
     def is_raw(self) -> bool:
         """True when the tensor is the stored integers themselves."""
-        return bool(np.all(self.a == 1) and np.all(self.b == 0))
+        a, b = self.a, self.b
+        if a is ONE and b is ZERO:
+            return True
+        return bool(_all(a == 1) and _all(b == 0))
+
+
+def _all(x) -> bool:
+    """np.all of a comparison's result, without np.all's dispatch for numpy scalars and arrays."""
+    return x.all() if isinstance(x, (np.ndarray, np.generic)) else np.all(x)
 
 
 # ----- storage ranges ------------------------------------------------------------------------------------------------
@@ -240,21 +260,31 @@ def type_params(qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndar
 
 
 def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str) -> np.ndarray:
-    """Stored integers (int64) of float `x`, computed in float32 as onnxruntime does for that rounding order."""
+    """Stored integers of float `x` in the storage dtype (`qtype.np_dtype`), computed in float32 as onnxruntime does
+    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate)."""
     x = np.asarray(x, dtype=F32)
     scale, zp = type_params(qtype, x.ndim)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scaled = x / scale
         q = np.rint(scaled) + zp if rounding == ROUND_ADD else np.rint(scaled + zp)
-    q = np.clip(np.nan_to_num(q.astype(np.float64), nan=0.0), qtype.storage_min, qtype.storage_max)
-    return q.astype(np.int64)
+    # clipped in float64: float32 cannot hold the int32 bounds (2^31 - 1 rounds to 2^31)
+    q = np.array(q, dtype=np.float64)  # (an array also for a 0-d x, whose arithmetic gives numpy scalars)
+    nan = np.isnan(q)
+    if nan.any():
+        q[nan] = 0.0
+    np.clip(q, qtype.storage_min, qtype.storage_max, out=q)
+    return q.astype(qtype.np_dtype)
 
 
 def same_params(a: np.ndarray, b: np.ndarray, shape: Tuple[int, ...]) -> bool:
     """True when two broadcast parameter arrays hold the same float32 numbers for a tensor of `shape`."""
+    a, b = np.asarray(a, F32), np.asarray(b, F32)
+    rank = len(shape)
+    if a.size == 1 and b.size == 1 and a.ndim <= rank and b.ndim <= rank:
+        # single values broadcast to any shape of at least their rank (an empty tensor holds no value to differ)
+        return 0 in shape or float(a.reshape(-1)[0]) == float(b.reshape(-1)[0])
     try:
-        return bool(np.array_equal(np.broadcast_to(np.asarray(a, F32), shape),
-                                   np.broadcast_to(np.asarray(b, F32), shape)))
+        return bool(np.array_equal(np.broadcast_to(a, shape), np.broadcast_to(b, shape)))
     except ValueError:
         return False
 
