@@ -157,26 +157,25 @@ class OnnxImporter(TransformerImport):
     def _check_supported(self) -> None:
         """ONE error listing every unsupported op type with its nodes (fold-only ops count when not constant)."""
         constant = set(self.g.initializers)
+        constant.add("")  # an omitted optional input: a node whose other inputs are constant folds
         unsupported: Dict[str, List[str]] = {}
         fusions = self.fusions
-        handled: Dict[str, bool] = {}  # "_op_Conv" -> whether this importer has that handler
+        handled: Dict[str, bool] = {}  # op type -> whether this importer has its `_op_` handler
         for node in self.g.nodes:
-            if id(node) in fusions:
+            if fusions and id(node) in fusions:
                 continue
             domain, op_type = node.domain, node.op_type
             if domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(op_type, (len(node.input),))
             elif domain in DEFAULT_DOMAINS:
-                key = "_op_" + op_type
-                ok = handled.get(key)
+                ok = handled.get(op_type)
                 if ok is None:
-                    ok = handled[key] = hasattr(self, key)
-                inputs = node.input
-                all_const = all(not i or i in constant for i in inputs)
-                if op_type == "Constant" or op_type == "Shape" or (ok and all_const):
-                    constant.update(o for o in node.output if o)
-                if op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = handled[op_type] = hasattr(self, "_op_" + op_type)
+                all_const = constant.issuperset(node.input)
+                if (ok and all_const) or op_type == "Constant" or op_type == "Shape":
+                    constant.update(node.output)
+                if not all_const and op_type in FOLD_ONLY_OPS:
                     ok = False
                 if op_type in CONSTANT_PARAMETERS and not parameters_constant(node, constant):
                     ok = False

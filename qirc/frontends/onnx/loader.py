@@ -138,12 +138,33 @@ class GraphIndex:
     positions: Dict[int, int] = field(default_factory=dict)  # id(node) -> its index in the file
     initializers: Dict[str, np.ndarray] = field(default_factory=dict)
     real_inputs: List[onnx.ValueInfoProto] = field(default_factory=list)
-    consumers: Dict[str, List[onnx.NodeProto]] = field(default_factory=dict)
+    #: the nodes in file order (`consumers` lists each tensor's readers in that order)
+    file_nodes: List[onnx.NodeProto] = field(default_factory=list)
     output_names: List[str] = field(default_factory=list)
     shapes: Dict[str, Optional[Tuple[int, ...]]] = field(default_factory=dict)
     elem_types: Dict[str, int] = field(default_factory=dict)
     #: initializers stored as INT4 / UINT4 (held as int8 / uint8 arrays): name -> their integer range
     low_bit: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    _consumers: Optional[Dict[str, List[onnx.NodeProto]]] = None
+    #: every node output has a static type (set by `_infer_shapes` when the model's own types say so)
+    all_static: bool = False
+
+    @property
+    def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
+        """tensor name -> the nodes that read it, in file order (a node once per input it reads it at); built on
+        first use: most imports never ask (a large graph's dictionary of lists is time and memory)."""
+        if self._consumers is None:
+            consumers: Dict[str, List[onnx.NodeProto]] = {}
+            for node in self.file_nodes:
+                for name in node.input:
+                    if name:
+                        users = consumers.get(name)
+                        if users is None:
+                            consumers[name] = [node]
+                        else:
+                            users.append(node)
+            self._consumers = consumers
+        return self._consumers
 
     def label(self, node: onnx.NodeProto) -> str:
         key = id(node)
@@ -203,8 +224,8 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
         defined[inp.name] = "graph input"
         index.real_inputs.append(inp)
     # the names each node reads and writes, read from protobuf once
-    node_inputs = [[name for name in node.input if name] for node in all_nodes]
-    node_outputs = [[name for name in node.output if name] for node in all_nodes]
+    node_inputs = [list(filter(None, node.input)) for node in all_nodes]  # (an omitted optional input is "")
+    node_outputs = [list(filter(None, node.output)) for node in all_nodes]
     for node, outs in zip(all_nodes, node_outputs):
         for out in outs:
             if out in defined or out in producers:
@@ -212,39 +233,29 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
                 raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
             producers[out] = node
 
-    consumers = index.consumers
-    for node, ins in zip(all_nodes, node_inputs):
+    # every input defined somewhere; whether the file's order is topological (every node after the producers of its
+    # inputs: then Kahn's algorithm below, stable in file order, would return the file's order)
+    in_order = True
+    done = set()  # the outputs of the nodes so far
+    for node, ins, outs in zip(all_nodes, node_inputs, node_outputs):
         for name in ins:
-            if name not in producers and name not in defined:
+            if name in done:
+                continue
+            if name in producers:
+                in_order = False  # produced by a later node (or by this one)
+            elif name not in defined:
                 raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
-            users = consumers.get(name)
-            if users is None:
-                consumers[name] = [node]
-            else:
-                users.append(node)
+        done.update(outs)
+    del done
     for out in graph.output:
         if out.name not in producers and out.name not in defined:
             raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
         index.output_names.append(out.name)
 
-    if _in_order(node_inputs, node_outputs, producers):
-        # Kahn's algorithm below, stable in file order, returns the file's order whenever that is topological
-        index.nodes = all_nodes
-    else:
-        index.nodes = _topological_order(all_nodes, producers, index)
+    index.file_nodes = all_nodes
+    index.nodes = all_nodes if in_order else _topological_order(all_nodes, producers, index)
     _infer_shapes(index, node_outputs)
     return index
-
-
-def _in_order(node_inputs, node_outputs, producers) -> bool:
-    """Whether every node comes after the producers of its inputs (no cycle, and the file order is topological)."""
-    done = set()
-    for ins, outs in zip(node_inputs, node_outputs):
-        for name in ins:
-            if name not in done and name in producers:
-                return False
-        done.update(outs)
-    return True
 
 
 def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodeProto]:
@@ -293,27 +304,29 @@ def _infer_shapes(index: GraphIndex, node_outputs: Optional[List[List[str]]] = N
     shapes, elem_types = dict(index.shapes), dict(index.elem_types)
     static = set()
     complete = True
+    types: dict = {}
     for vis in (graph.input, graph.value_info, graph.output):
         for vi in vis:
-            if _record(index, vi):
+            if _record(index, vi, types):
                 static.add(vi.name)
             elif vi.name not in index.initializers:
                 complete = False
     if complete:
         if node_outputs is None:
             node_outputs = [[o for o in node.output if o] for node in graph.node]
-        complete = all(o in static for outs in node_outputs for o in outs)
+        complete = all(static.issuperset(outs) for outs in node_outputs)
+    index.all_static = complete
     if not complete:
         index.shapes, index.elem_types = shapes, elem_types
         g = _inferred_graph(index)
         # (the light copy's extra inputs, its large initializers, come last: they are typed from the arrays below)
         for vi in list(g.input)[:len(graph.input)]:
-            _record(index, vi)
+            _record(index, vi, types)
         for vis in (g.value_info, g.output):
             for vi in vis:
-                _record(index, vi)
+                _record(index, vi, types)
     for name, array in index.initializers.items():
-        index.shapes[name] = tuple(int(d) for d in array.shape)
+        index.shapes[name] = array.shape  # (a tuple of Python ints)
 
 
 def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
@@ -362,26 +375,46 @@ def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
     return inferred.graph
 
 
-def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> bool:
-    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known)."""
+def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = None) -> bool:
+    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known).
+
+    `types`: a memo of what each serialized TypeProto reads as.  A graph has few distinct types (every activation
+    of a layer shape shares one): serializing a type is several times cheaper than walking its dims in protobuf,
+    and equal bytes read the same."""
     t = vi.type
-    if not t.HasField("tensor_type"):
-        return False
-    tt = t.tensor_type
+    if types is None:
+        read = _read_type(t)
+    else:
+        key = t.SerializeToString()
+        read = types.get(key)
+        if read is None:
+            read = types[key] = _read_type(t)
+    has_shape, elem_type, shape = read
+    if elem_type is None:
+        return False  # not a tensor type
     name = vi.name
-    elem_type = index.elem_types[name] = tt.elem_type
-    if not tt.HasField("shape"):
+    index.elem_types[name] = elem_type
+    if not has_shape:
         index.shapes.setdefault(name, None)
         return False
-    dims = []
-    for d in tt.shape.dim:
-        value = d.dim_value
-        if value < 0 or (value == 0 and not d.HasField("dim_value")):
-            index.shapes[name] = None
-            return False
-        dims.append(value)
-    index.shapes[name] = tuple(dims)
-    return elem_type != 0
+    index.shapes[name] = shape
+    return shape is not None and elem_type != 0
+
+
+def _read_type(t: onnx.TypeProto) -> Tuple[bool, Optional[int], Optional[Tuple[int, ...]]]:
+    """(has a shape, element type (None: not a tensor type), the static shape or None)."""
+    if not t.HasField("tensor_type"):
+        return False, None, None
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return False, tt.elem_type, None
+    dims = [d.dim_value for d in tt.shape.dim]
+    if dims and min(dims) <= 0:
+        for d in tt.shape.dim:  # a dim_param or an unset dim reads 0 (a stated dim of 0 stays)
+            value = d.dim_value
+            if value < 0 or (value == 0 and not d.HasField("dim_value")):
+                return True, tt.elem_type, None
+    return True, tt.elem_type, tuple(dims)
 
 
 # ----- what the user chooses on the command line: input shapes, the outputs to compile ------------------------------
