@@ -32,7 +32,7 @@ from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
 from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs, default_opset,
                      dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
-from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
+from .qoperator import check_dynamic_quantization, is_qoperator, op_kinds, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 from .shape_folding import refine_shapes
 from .transformer_patterns import CONSTANT_PARAMETERS, TransformerImport, parameters_constant
@@ -72,10 +72,12 @@ def import_onnx(path_or_model, name: Optional[str] = None,
     if outputs:
         cut_outputs(model, filename, outputs)
     bind_input_shapes(model, filename, input_shapes, note)
-    check_dynamic_quantization(model, filename)
-    if is_qoperator(model):
+    kinds = op_kinds(model)
+    check_dynamic_quantization(model, filename, kinds)
+    if is_qoperator(model, kinds):
         model = qoperator_to_qdq(model, filename)
-    index = index_graph(model, filename)
+        kinds = op_kinds(model)
+    index = index_graph(model, filename, kinds)
     refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
@@ -156,6 +158,8 @@ class OnnxImporter(TransformerImport):
 
     def _check_supported(self) -> None:
         """ONE error listing every unsupported op type with its nodes (fold-only ops count when not constant)."""
+        if self._all_kinds_supported():
+            return
         constant = set(self.g.initializers)
         constant.add("")  # an omitted optional input: a node whose other inputs are constant folds
         unsupported: Dict[str, List[str]] = {}
@@ -187,9 +191,32 @@ class OnnxImporter(TransformerImport):
         if unsupported:
             raise FrontendError("unsupported ops: " + _listing(unsupported), file=self.g.filename)
 
+    def _all_kinds_supported(self) -> bool:
+        """Whether every node is supported whatever its inputs, as its op type says: every op type has a handler, and
+        none is supported only on constants, or only with some input counts (then no node needs looking at)."""
+        kinds = self.g.op_kinds
+        if kinds is None:
+            return False
+        for domain, op_type in kinds:
+            if domain in QONNX_DOMAINS:
+                if not hasattr(self, f"_qonnx_{op_type}") or op_type in QONNX_INPUT_COUNTS:
+                    return False
+            elif domain in DEFAULT_DOMAINS:
+                if not hasattr(self, "_op_" + op_type) or op_type in FOLD_ONLY_OPS or \
+                        op_type in CONSTANT_PARAMETERS:
+                    return False
+            else:
+                return False
+        return True
+
     def _check_quant_params_are_not_inputs(self) -> None:
         """A quantizer's scale or zero point fed by a graph input (of any element type): say that, before the input
         check would complain about the input's element type."""
+        kinds = self.g.op_kinds
+        if kinds is not None and not any(op_type in _PARAM_INPUTS and (domain in DEFAULT_DOMAINS or
+                                                                        domain in QONNX_DOMAINS)
+                                          for domain, op_type in kinds):
+            return
         real = {vi.name for vi in self.g.real_inputs}
         for node in self.g.nodes:
             params = _PARAM_INPUTS.get(node.op_type if node.domain in DEFAULT_DOMAINS or node.domain in QONNX_DOMAINS
@@ -315,9 +342,7 @@ class OnnxImporter(TransformerImport):
             src.value.type = new_type
             return self.module.create("quant.dcast", [src.value], [TensorType(src.shape, f32)], {},
                                       view.loc or self.loc).result
-        rank = len(src.shape)
-        scale, zp = self.memo(("type_params", id(src.qtype), rank), (src.qtype,),
-                              lambda: P.type_params(src.qtype, rank))
+        scale, zp = self.type_params(src.qtype, len(src.shape))
         if P.same_params(view.a, scale, src.shape) and P.same_params(view.b, zp, src.shape):
             return self.module.create("quant.dcast", [self.quant_value(src)], [self.float_type(src.shape)], {},
                                       view.loc or src.loc).result
@@ -571,32 +596,44 @@ class OnnxImporter(TransformerImport):
             self.emit_float_op(node, "onnx.Clip", node.input[:1], {"min": lo, "max": hi})
 
     def _decomposed_quantizer(self, clip_node, s: Scaled, lo: float, hi: float) -> Quantized:
-        storage, lo_i, hi_i = self.memo(("range", lo, hi), (), lambda: P.storage_for_range(lo, hi))
+        shape = self.shape(s.x_name)
+        # the quant type is a function of the bounds, the parameter arrays and the shape: memoised whole
+        key = ("decomposed", lo, hi, id(s.scale), id(s.zero_point), shape)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return self._quantizer(s.x_name, hit[1], ADD_ROUND, shape, self.g.label(clip_node))
+        storage, lo_i, hi_i = P.storage_for_range(lo, hi)
         div_node = s.nodes[0]
         add_node = s.nodes[1] if s.zero_point is not None else div_node
         try:
-            scale = self.memo(("scale", id(s.scale)), (s.scale,), lambda: P.check_scale(s.scale))
+            scale = P.check_scale(s.scale)
         except QuantParamError as err:
             raise self.error(str(err), div_node) from None
         try:
-            given = s.zero_point
-            zp = self.memo(("zero point", id(given), lo_i, hi_i), (given,), lambda: P.check_zero_point(
-                np.zeros((), F32) if given is None else given, lo_i, hi_i))
+            zp = P.check_zero_point(np.zeros((), F32) if s.zero_point is None else s.zero_point, lo_i, hi_i)
         except QuantParamError as err:
             raise self.error(str(err), add_node) from None
-        shape = self.shape(s.x_name)
         try:
-            qtype = self.memo(("type", storage, lo_i, hi_i, id(scale), id(zp), shape), (scale, zp),
-                              lambda: P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape))
+            qtype = P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape)
         except QuantParamError as err:
             raise self.error(str(err), div_node) from None
+        self._memo[key] = ((s.scale, s.zero_point), qtype)
         return self._quantizer(s.x_name, qtype, ADD_ROUND, shape, self.g.label(clip_node))
 
     def _quantizer(self, x_name: str, qtype: UniformQuantType, rounding: str, shape, loc: str) -> Quantized:
         x = self.env[x_name]
         if isinstance(x, Const):
-            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding))
+            params = self.type_params(qtype, x.array.ndim)
+            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding, params))
         return Quantized(qtype, shape, loc, rounding, source=x_name)
+
+    def type_params(self, qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndarray]:
+        """P.type_params, memoised per quant type (the types are memoised too: a few shared objects)."""
+        key = ("type_params", id(qtype), rank)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (qtype, P.type_params(qtype, rank))
+        return hit[1]
 
     def _narrow(self, q: Quantized, lo: float, hi: float) -> Quantized:
         qtype = P.narrowed(q.qtype, lo, hi)
@@ -614,9 +651,15 @@ class OnnxImporter(TransformerImport):
     def _op_Sub(self, node):
         view, c = self._view(self.state(node.input[0])), self.state(node.input[1])
         if view is not None and isinstance(c, Const):
-            c = np.asarray(c.array, F32)
-            if view.a is P.ONE or (view.a == 1).all() or not c.any():
-                self.env[node.output[0]] = IntView(view.src, view.a, view.b + c / view.a, self.loc)
+            a, b, array = view.a, view.b, c.array
+            key = ("sub", id(a), id(b), id(array))  # (a decomposed dequantizer's Sub: a few shared arrays)
+            hit = self._memo.get(key)
+            if hit is None:
+                c = np.asarray(array, F32)
+                new_b = b + c / a if a is P.ONE or (a == 1).all() or not c.any() else None
+                hit = self._memo[key] = ((a, b, array), new_b)
+            if hit[1] is not None:
+                self.env[node.output[0]] = IntView(view.src, a, hit[1], self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Sub", node.input[:2]))
 
@@ -625,7 +668,12 @@ class OnnxImporter(TransformerImport):
         for s, other in ((a, b), (b, a)):
             view = self._view(s)
             if view is not None and isinstance(other, Const):
-                self.env[node.output[0]] = IntView(view.src, view.a * np.asarray(other.array, F32), view.b, self.loc)
+                a, array = view.a, other.array
+                key = ("mul", id(a), id(array))  # (a decomposed dequantizer's Mul: a few shared arrays)
+                hit = self._memo.get(key)
+                if hit is None:
+                    hit = self._memo[key] = ((a, array), a * np.asarray(array, F32))
+                self.env[node.output[0]] = IntView(view.src, hit[1], view.b, self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Mul", node.input[:2]))
 

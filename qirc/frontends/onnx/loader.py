@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -70,10 +70,13 @@ def _first_line(err: Exception) -> str:
 def _all_tensors(model: onnx.ModelProto):
     """Initializers and Constant-node tensors of the main graph (subgraphs are refused later)."""
     yield from model.graph.initializer
+    tensor = onnx.AttributeProto.TENSOR
     for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
+        attributes = node.attribute
+        if attributes:
+            for attr in attributes:
+                if attr.type == tensor:
+                    yield attr.t
 
 
 def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> None:
@@ -81,8 +84,9 @@ def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> No
     base = os.path.dirname(os.path.abspath(path))
     real_base = os.path.realpath(base)
     has_external = False
+    external = onnx.TensorProto.EXTERNAL
     for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != external:
             continue
         has_external = True
         info = {e.key: e.value for e in tensor.external_data}
@@ -148,6 +152,9 @@ class GraphIndex:
     _consumers: Optional[Dict[str, List[onnx.NodeProto]]] = None
     #: every node output has a static type (set by `_infer_shapes` when the model's own types say so)
     all_static: bool = False
+    #: the (domain, op type) pairs of the nodes (None: not known): checks that concern a few op types skip graphs
+    #: without them
+    op_kinds: Optional[Set[Tuple[str, str]]] = None
 
     @property
     def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
@@ -185,10 +192,12 @@ class GraphIndex:
         return shape
 
 
-def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
-    """Check the graph's structure, sort it and infer its shapes."""
+def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple[str, str]]] = None) -> GraphIndex:
+    """Check the graph's structure, sort it and infer its shapes.  `kinds`: the (domain, op type) pairs of the
+    graph's nodes where the caller has them."""
     graph = model.graph
     index = GraphIndex(model, filename)
+    index.op_kinds = {(node.domain, node.op_type) for node in graph.node} if kinds is None else set(kinds)
     # one list of node wrappers, used everywhere: protobuf may hand out a new wrapper per iteration
     all_nodes = list(graph.node)
     index.positions = {id(node): i for i, node in enumerate(all_nodes)}

@@ -259,11 +259,13 @@ def type_params(qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndar
     return qtype.scales_for(rank).astype(F32), qtype.zero_points_for(rank).astype(F32)
 
 
-def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str) -> np.ndarray:
+def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str,
+             params: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """Stored integers of float `x` in the storage dtype (`qtype.np_dtype`), computed in float32 as onnxruntime does
-    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate)."""
+    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate).  `params`:
+    type_params(qtype, x.ndim) where the caller has them."""
     x = np.asarray(x, dtype=F32)
-    scale, zp = type_params(qtype, x.ndim)
+    scale, zp = type_params(qtype, x.ndim) if params is None else params
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scaled = x / scale
         q = np.rint(scaled) + zp if rounding == ROUND_ADD else np.rint(scaled + zp)

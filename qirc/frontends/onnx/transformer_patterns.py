@@ -252,9 +252,12 @@ _CHAIN_HEADS = ("ReduceMean", "Erf", "Tanh")
 
 def find_fusions(index, opset: int) -> Dict[int, Fusion]:
     """{id(node): its Fusion} for every node of every LayerNorm and GELU chain in the graph."""
+    kinds = getattr(index, "op_kinds", None)
+    if kinds is not None and not any(op_type in _CHAIN_HEADS for _, op_type in kinds):
+        return {}  # (most models: no scan, no index of producers)
     heads = [node for node in index.nodes if node.op_type in _CHAIN_HEADS]
     if not heads:
-        return {}  # (most models: no need to index producers)
+        return {}
     g = _Graph(index)
     found: Dict[int, Fusion] = {}
     for node in heads:
