@@ -232,30 +232,27 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
             continue  # an input with an initializer is a constant (old exporters list weights as inputs)
         defined[inp.name] = "graph input"
         index.real_inputs.append(inp)
-    # the names each node reads and writes, read from protobuf once
-    node_inputs = [list(filter(None, node.input)) for node in all_nodes]  # (an omitted optional input is "")
-    node_outputs = [list(filter(None, node.output)) for node in all_nodes]
-    for node, outs in zip(all_nodes, node_outputs):
-        for out in outs:
-            if out in defined or out in producers:
-                first = (index.label(producers[out]) if out in producers else defined[out])
-                raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
-            producers[out] = node
-
-    # every input defined somewhere; whether the file's order is topological (every node after the producers of its
-    # inputs: then Kahn's algorithm below, stable in file order, would return the file's order)
+    # One pass in file order: every output defined once (an error at the first duplicate), and the inputs that no
+    # earlier node produces and that are not defined otherwise (an omitted optional input is "").
+    later = []
+    for node in all_nodes:
+        for name in node.input:
+            if name and name not in producers and name not in defined:
+                later.append((node, name))
+        for out in node.output:
+            if out:
+                if out in defined or out in producers:
+                    first = (index.label(producers[out]) if out in producers else defined[out])
+                    raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
+                producers[out] = node
+    # each of those is produced by a later node (or by its own: the file's order is not topological) or by none (an
+    # error at the first); without them Kahn's algorithm below, stable in file order, returns the file's order
     in_order = True
-    done = set()  # the outputs of the nodes so far
-    for node, ins, outs in zip(all_nodes, node_inputs, node_outputs):
-        for name in ins:
-            if name in done:
-                continue
-            if name in producers:
-                in_order = False  # produced by a later node (or by this one)
-            elif name not in defined:
-                raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
-        done.update(outs)
-    del done
+    for node, name in later:
+        if name not in producers:
+            raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
+        in_order = False
+    del later
     for out in graph.output:
         if out.name not in producers and out.name not in defined:
             raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
@@ -263,7 +260,7 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
 
     index.file_nodes = all_nodes
     index.nodes = all_nodes if in_order else _topological_order(all_nodes, producers, index)
-    _infer_shapes(index, node_outputs)
+    _infer_shapes(index, producers)
     return index
 
 
@@ -300,14 +297,14 @@ def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodePro
 SHAPE_DATA_ELEMENTS = 1024
 
 
-def _infer_shapes(index: GraphIndex, node_outputs: Optional[List[List[str]]] = None) -> None:
+def _infer_shapes(index: GraphIndex, produced: Optional[Dict[str, object]] = None) -> None:
     """Type every value: from the model's own value_info when it already gives every value a static tensor type,
     else with one onnx.shape_inference pass (custom quantizers seen as Identity) on a light copy of the model.
 
     onnx's shape inference (non-strict, as run here) keeps a declared type over an inferred one -- on a conflict it
     drops its own -- so on a fully typed model it can only return the declared types: skipping it returns the same
     types without serializing, inferring and re-reading the whole model (the largest step of a large import).
-    `node_outputs`: the non-empty output names of each node, where the caller has them."""
+    `produced`: the names of the node outputs (a set or dict), where the caller has them."""
     model = index.model
     graph = model.graph
     shapes, elem_types = dict(index.shapes), dict(index.elem_types)
@@ -316,14 +313,12 @@ def _infer_shapes(index: GraphIndex, node_outputs: Optional[List[List[str]]] = N
     types: dict = {}
     for vis in (graph.input, graph.value_info, graph.output):
         for vi in vis:
-            if _record(index, vi, types):
-                static.add(vi.name)
-            elif vi.name not in index.initializers:
+            if not _record(index, vi, types, static) and vi.name not in index.initializers:
                 complete = False
     if complete:
-        if node_outputs is None:
-            node_outputs = [[o for o in node.output if o] for node in graph.node]
-        complete = all(static.issuperset(outs) for outs in node_outputs)
+        if produced is None:
+            produced = {o for node in graph.node for o in node.output if o}
+        complete = static.issuperset(produced)
     index.all_static = complete
     if not complete:
         index.shapes, index.elem_types = shapes, elem_types
@@ -384,8 +379,10 @@ def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
     return inferred.graph
 
 
-def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = None) -> bool:
-    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known).
+def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = None,
+            static: Optional[set] = None) -> bool:
+    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known), and then
+    add its name to `static` where given.
 
     `types`: a memo of what each serialized TypeProto reads as.  A graph has few distinct types (every activation
     of a layer shape shares one): serializing a type is several times cheaper than walking its dims in protobuf,
@@ -407,7 +404,11 @@ def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = 
         index.shapes.setdefault(name, None)
         return False
     index.shapes[name] = shape
-    return shape is not None and elem_type != 0
+    if shape is not None and elem_type != 0:
+        if static is not None:
+            static.add(name)
+        return True
+    return False
 
 
 def _read_type(t: onnx.TypeProto) -> Tuple[bool, Optional[int], Optional[Tuple[int, ...]]]:

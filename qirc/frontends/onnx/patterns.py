@@ -40,19 +40,19 @@ class QuantParamError(ValueError):
 
 
 # ----- abstract values ---------------------------------------------------------------------------------------------
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Const:
     array: np.ndarray
     #: integer bounds a Clip put on an integer constant (Brevitas QCDQ narrow-range weights: int8 -> Clip -> DQ)
     bounds: Optional[Tuple[int, int]] = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class FloatVal:
     value: Value
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Scaled:
     """Div(x, scale) [-> Add(zero_point)] [-> Round] of the tensor `x_name`; `nodes` are the ONNX nodes so far."""
 
@@ -63,7 +63,7 @@ class Scaled:
     nodes: Tuple = ()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Quantized:
     """Stored integers of type `qtype` quantizing `source` (a Const or FloatVal) with `rounding`, or a constant."""
 
@@ -79,7 +79,7 @@ class Quantized:
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Accum:
     """An int.conv / int.gemm result; the file's float tensor equals `x_scale * stored`."""
 
@@ -99,7 +99,7 @@ ONE = _frozen(np.ones((), F32))
 ZERO = _frozen(np.zeros((), F32))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class IntView:
     """The float tensor a * (q - b), q the stored integers of `src`."""
 
@@ -270,11 +270,15 @@ def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str,
         scaled = x / scale
         q = np.rint(scaled) + zp if rounding == ROUND_ADD else np.rint(scaled + zp)
     # clipped in float64: float32 cannot hold the int32 bounds (2^31 - 1 rounds to 2^31)
-    q = np.array(q, dtype=np.float64)  # (an array also for a 0-d x, whose arithmetic gives numpy scalars)
+    lo, hi = qtype.storage_min, qtype.storage_max
+    # clipped in float32 where that holds the bounds exactly, else in float64 (float32 rounds 2^31 - 1 to 2^31);
+    # np.array: an array also for a 0-d x, whose arithmetic gives numpy scalars (no copy of an array of that dtype)
+    q = np.array(q, dtype=F32 if -2 ** 24 <= lo and hi <= 2 ** 24 else np.float64, copy=None)
     nan = np.isnan(q)
     if nan.any():
         q[nan] = 0.0
-    np.clip(q, qtype.storage_min, qtype.storage_max, out=q)
+    np.minimum(q, hi, out=q)
+    np.maximum(q, lo, out=q)
     return q.astype(qtype.np_dtype)
 
 
