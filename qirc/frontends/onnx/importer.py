@@ -240,6 +240,14 @@ class OnnxImporter(TransformerImport):
             hit = self._memo[key] = (keep, compute())
         return hit[1]
 
+    def quant_tensor_type(self, shape: Tuple[int, ...], qtype: UniformQuantType) -> TensorType:
+        """TensorType(shape, qtype), memoised (quant types are a few shared objects)."""
+        key = ("tensor type", shape, id(qtype))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (qtype, TensorType(shape, qtype))
+        return hit[1]
+
     def float_type(self, shape: Tuple[int, ...]) -> TensorType:
         t = self._float_types.get(shape)
         if t is None:
@@ -293,6 +301,8 @@ class OnnxImporter(TransformerImport):
         return value
 
     def _materialise_float(self, name: str, s: State) -> Value:
+        if isinstance(s, IntView):  # (the usual case first: an op's input after a dequantizer)
+            return self._dequantize(name, s)
         if isinstance(s, FloatVal):
             return s.value
         if isinstance(s, Const):
@@ -343,7 +353,13 @@ class OnnxImporter(TransformerImport):
             return self.module.create("quant.dcast", [src.value], [TensorType(src.shape, f32)], {},
                                       view.loc or self.loc).result
         scale, zp = self.type_params(src.qtype, len(src.shape))
-        if P.same_params(view.a, scale, src.shape) and P.same_params(view.b, zp, src.shape):
+        a, b = view.a, view.b
+        key = ("same", id(a), id(b), id(scale), id(zp), src.shape)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = ((a, b, scale, zp), P.same_params(a, scale, src.shape) and
+                                     P.same_params(b, zp, src.shape))
+        if hit[1]:
             return self.module.create("quant.dcast", [self.quant_value(src)], [self.float_type(src.shape)], {},
                                       view.loc or src.loc).result
         if view.is_raw and src.stored is not None:
@@ -357,7 +373,7 @@ class OnnxImporter(TransformerImport):
     def quant_value(self, q: Quantized) -> Value:
         """The IR value of a quantizer's result (quant.qcast, or qir.const of a quantized constant)."""
         if q.value is None:
-            t = TensorType(q.shape, q.qtype)
+            t = self.quant_tensor_type(q.shape, q.qtype)
             if q.stored is not None:
                 # a copy: the IR constant must not share its array with the importer's state
                 q.value = const_op(self.module, np.array(q.stored, dtype=q.qtype.np_dtype), t, loc=q.loc)
@@ -541,16 +557,18 @@ class OnnxImporter(TransformerImport):
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
-        x, d = self.state(node.input[0]), self.state(node.input[1])
+        env, x_name, d_name = self.env, node.input[0], node.input[1]
+        x, d = env.get(x_name) if x_name else None, env.get(d_name) if d_name else None
         # (dtype.kind "f": np.issubdtype(dtype, np.floating) without its cost)
         if isinstance(d, Const) and d.array.dtype.kind == "f" and \
                 not (isinstance(x, Const) and x.array.dtype.kind != "f"):
-            self.env[node.output[0]] = Scaled(node.input[0], np.asarray(d.array, F32), None, False, (node,))
+            env[node.output[0]] = Scaled(x_name, np.asarray(d.array, F32), None, False, (node,))
             return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Div", node.input[:2]))
 
     def _op_Add(self, node):
-        a, b = self.state(node.input[0]), self.state(node.input[1])
+        env, a_name, b_name = self.env, node.input[0], node.input[1]
+        a, b = env.get(a_name) if a_name else None, env.get(b_name) if b_name else None
         for s, other in ((a, b), (b, a)):
             if isinstance(s, Scaled) and s.zero_point is None and not s.rounded and isinstance(other, Const):
                 zp = np.asarray(other.array, F32)
@@ -559,7 +577,8 @@ class OnnxImporter(TransformerImport):
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Add", node.input[:2]))
 
     def _op_Round(self, node):
-        s = self.state(node.input[0])
+        name = node.input[0]
+        s = self.env.get(name) if name else None
         if isinstance(s, Scaled) and not s.rounded:
             self.env[node.output[0]] = Scaled(s.x_name, s.scale, s.zero_point, True, s.nodes + (node,))
             return
@@ -643,13 +662,15 @@ class OnnxImporter(TransformerImport):
     # ----- decomposed dequantizer steps ----------------------------------------------------------------------------
     def _view(self, s: State) -> Optional[IntView]:
         if isinstance(s, Quantized):
-            return IntView(s)
+            return IntView(s, P.ONE, P.ZERO)
         if isinstance(s, IntView):
             return s
         return None
 
     def _op_Sub(self, node):
-        view, c = self._view(self.state(node.input[0])), self.state(node.input[1])
+        env, x_name, c_name = self.env, node.input[0], node.input[1]
+        view = self._view(env.get(x_name) if x_name else None)
+        c = env.get(c_name) if c_name else None
         if view is not None and isinstance(c, Const):
             a, b, array = view.a, view.b, c.array
             key = ("sub", id(a), id(b), id(array))  # (a decomposed dequantizer's Sub: a few shared arrays)
@@ -664,7 +685,8 @@ class OnnxImporter(TransformerImport):
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Sub", node.input[:2]))
 
     def _op_Mul(self, node):
-        a, b = self.state(node.input[0]), self.state(node.input[1])
+        env, a_name, b_name = self.env, node.input[0], node.input[1]
+        a, b = env.get(a_name) if a_name else None, env.get(b_name) if b_name else None
         for s, other in ((a, b), (b, a)):
             view = self._view(s)
             if view is not None and isinstance(other, Const):

@@ -208,6 +208,7 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
 
     producers: Dict[str, onnx.NodeProto] = {}
     defined: Dict[str, str] = {}
+    low_bit_types: Dict[np.dtype, Optional[tuple]] = {}  # dtype -> its LOW_BIT_TYPES entry (dtype.name is slow)
     for init in graph.initializer:
         if init.name in defined:
             raise FrontendError(f"duplicate initializer name '{init.name}'", file=filename)
@@ -217,9 +218,13 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
         except Exception as err:
             raise FrontendError(f"initializer '{init.name}' cannot be read ({_first_line(err)})",
                                 file=filename) from None
-        if array.dtype.name in LOW_BIT_TYPES:
+        dtype = array.dtype
+        low_bit = low_bit_types.get(dtype, False)
+        if low_bit is False:
+            low_bit = low_bit_types[dtype] = LOW_BIT_TYPES.get(dtype.name)
+        if low_bit is not None:
             # a 4-bit integer fits int8 / uint8 exactly; the range is kept for the quantizer that reads it
-            storage, lo, hi = LOW_BIT_TYPES[array.dtype.name]
+            storage, lo, hi = low_bit
             array = array.astype(storage)
             index.low_bit[init.name] = (lo, hi)
         index.initializers[init.name] = array
