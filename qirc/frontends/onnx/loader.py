@@ -139,14 +139,12 @@ class GraphIndex:
     filename: str
     nodes: List[onnx.NodeProto] = field(default_factory=list)  # topological order
     labels: Dict[int, str] = field(default_factory=dict)  # id(node) -> diagnostic name (filled in on first use)
-    positions: Dict[int, int] = field(default_factory=dict)  # id(node) -> its index in the file
     initializers: Dict[str, np.ndarray] = field(default_factory=dict)
     real_inputs: List[onnx.ValueInfoProto] = field(default_factory=list)
     #: the nodes in file order (`consumers` lists each tensor's readers in that order)
     file_nodes: List[onnx.NodeProto] = field(default_factory=list)
     output_names: List[str] = field(default_factory=list)
     shapes: Dict[str, Optional[Tuple[int, ...]]] = field(default_factory=dict)
-    elem_types: Dict[str, int] = field(default_factory=dict)
     #: initializers stored as INT4 / UINT4 (held as int8 / uint8 arrays): name -> their integer range
     low_bit: Dict[str, Tuple[int, int]] = field(default_factory=dict)
     _consumers: Optional[Dict[str, List[onnx.NodeProto]]] = None
@@ -155,6 +153,14 @@ class GraphIndex:
     #: the (domain, op type) pairs of the nodes (None: not known): checks that concern a few op types skip graphs
     #: without them
     op_kinds: Optional[Set[Tuple[str, str]]] = None
+    _positions: Optional[Dict[int, int]] = None
+
+    @property
+    def positions(self) -> Dict[int, int]:
+        """id(node) -> its index in the file; built on first use (only a node without a name or output needs it)."""
+        if self._positions is None:
+            self._positions = {id(node): i for i, node in enumerate(self.file_nodes)}
+        return self._positions
 
     @property
     def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
@@ -177,7 +183,8 @@ class GraphIndex:
         key = id(node)
         label = self.labels.get(key)
         if label is None:
-            label = self.labels[key] = node_label(node, self.positions[key])
+            name = node.name
+            label = self.labels[key] = name if name else node_label(node, self.positions[key])
         return label
 
     def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
@@ -200,7 +207,7 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
     index.op_kinds = {(node.domain, node.op_type) for node in graph.node} if kinds is None else set(kinds)
     # one list of node wrappers, used everywhere: protobuf may hand out a new wrapper per iteration
     all_nodes = list(graph.node)
-    index.positions = {id(node): i for i, node in enumerate(all_nodes)}
+    index.file_nodes = all_nodes  # (labels need it from here on)
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     for node in all_nodes:
         if len(node.attribute) and any(attr.type in subgraph_types for attr in node.attribute):
@@ -263,7 +270,6 @@ def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple
             raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
         index.output_names.append(out.name)
 
-    index.file_nodes = all_nodes
     index.nodes = all_nodes if in_order else _topological_order(all_nodes, producers, index)
     _infer_shapes(index, producers)
     return index
@@ -312,7 +318,7 @@ def _infer_shapes(index: GraphIndex, produced: Optional[Dict[str, object]] = Non
     `produced`: the names of the node outputs (a set or dict), where the caller has them."""
     model = index.model
     graph = model.graph
-    shapes, elem_types = dict(index.shapes), dict(index.elem_types)
+    shapes = dict(index.shapes)
     static = set()
     complete = True
     types: dict = {}
@@ -326,7 +332,7 @@ def _infer_shapes(index: GraphIndex, produced: Optional[Dict[str, object]] = Non
         complete = static.issuperset(produced)
     index.all_static = complete
     if not complete:
-        index.shapes, index.elem_types = shapes, elem_types
+        index.shapes = shapes
         g = _inferred_graph(index)
         # (the light copy's extra inputs, its large initializers, come last: they are typed from the arrays below)
         for vi in list(g.input)[:len(graph.input)]:
@@ -404,7 +410,6 @@ def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = 
     if elem_type is None:
         return False  # not a tensor type
     name = vi.name
-    index.elem_types[name] = elem_type
     if not has_shape:
         index.shapes.setdefault(name, None)
         return False

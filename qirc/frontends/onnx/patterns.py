@@ -267,9 +267,14 @@ def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str,
     x = np.asarray(x, dtype=F32)
     scale, zp = type_params(qtype, x.ndim) if params is None else params
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scaled = x / scale
-        q = np.rint(scaled) + zp if rounding == ROUND_ADD else np.rint(scaled + zp)
-    # clipped in float64: float32 cannot hold the int32 bounds (2^31 - 1 rounds to 2^31)
+        q = x / scale
+        if isinstance(q, np.ndarray):  # of x's shape (the parameters broadcast against it): the rest in place
+            if rounding == ROUND_ADD:
+                np.add(np.rint(q, out=q), zp, out=q)
+            else:
+                np.rint(np.add(q, zp, out=q), out=q)
+        else:  # a numpy scalar (a 0-d x)
+            q = np.rint(q) + zp if rounding == ROUND_ADD else np.rint(q + zp)
     lo, hi = qtype.storage_min, qtype.storage_max
     # clipped in float32 where that holds the bounds exactly, else in float64 (float32 rounds 2^31 - 1 to 2^31);
     # np.array: an array also for a 0-d x, whose arithmetic gives numpy scalars (no copy of an array of that dtype)
