@@ -642,8 +642,12 @@ class OnnxImporter(TransformerImport):
     def _quantizer(self, x_name: str, qtype: UniformQuantType, rounding: str, shape, loc: str) -> Quantized:
         x = self.env[x_name]
         if isinstance(x, Const):
-            params = self.type_params(qtype, x.array.ndim)
-            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding, params))
+            rank = x.array.ndim
+            key = ("quantize plan", id(qtype), rank)
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = (qtype, P.quantize_plan(qtype, rank))
+            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding, hit[1]))
         return Quantized(qtype, shape, loc, rounding, source=x_name)
 
     def type_params(self, qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndarray]:

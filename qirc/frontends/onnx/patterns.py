@@ -259,13 +259,34 @@ def type_params(qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndar
     return qtype.scales_for(rank).astype(F32), qtype.zero_points_for(rank).astype(F32)
 
 
-def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str,
-             params: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+@dataclass(frozen=True)
+class QuantizePlan:
+    """What `quantize` needs of a quant type for tensors of one rank, computed once."""
+
+    scale: np.ndarray  # float32, broadcastable
+    zero_point: np.ndarray  # float32, broadcastable
+    work: np.dtype  # the float type the clip runs in: float32 where it holds the bounds exactly, else float64
+    lo: np.generic  # the storage bounds in `work`
+    hi: np.generic
+    dtype: np.dtype  # the storage dtype
+
+
+def quantize_plan(qtype: UniformQuantType, rank: int) -> QuantizePlan:
+    scale, zp = type_params(qtype, rank)
+    lo, hi = qtype.storage_min, qtype.storage_max
+    # float32 rounds 2^31 - 1 to 2^31: the int32 bounds need float64
+    work = np.dtype(F32) if -2 ** 24 <= lo and hi <= 2 ** 24 else np.dtype(np.float64)
+    return QuantizePlan(scale, zp, work, work.type(lo), work.type(hi), np.dtype(qtype.np_dtype))
+
+
+def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str, plan: Optional[QuantizePlan] = None) -> np.ndarray:
     """Stored integers of float `x` in the storage dtype (`qtype.np_dtype`), computed in float32 as onnxruntime does
-    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate).  `params`:
-    type_params(qtype, x.ndim) where the caller has them."""
+    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate).  `plan`:
+    quantize_plan(qtype, x.ndim) where the caller has it."""
     x = np.asarray(x, dtype=F32)
-    scale, zp = type_params(qtype, x.ndim) if params is None else params
+    if plan is None:
+        plan = quantize_plan(qtype, x.ndim)
+    scale, zp = plan.scale, plan.zero_point
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = x / scale
         if isinstance(q, np.ndarray):  # of x's shape (the parameters broadcast against it): the rest in place
@@ -275,16 +296,16 @@ def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str,
                 np.rint(np.add(q, zp, out=q), out=q)
         else:  # a numpy scalar (a 0-d x)
             q = np.rint(q) + zp if rounding == ROUND_ADD else np.rint(q + zp)
-    lo, hi = qtype.storage_min, qtype.storage_max
-    # clipped in float32 where that holds the bounds exactly, else in float64 (float32 rounds 2^31 - 1 to 2^31);
-    # np.array: an array also for a 0-d x, whose arithmetic gives numpy scalars (no copy of an array of that dtype)
-    q = np.array(q, dtype=F32 if -2 ** 24 <= lo and hi <= 2 ** 24 else np.float64, copy=None)
-    nan = np.isnan(q)
-    if nan.any():
-        q[nan] = 0.0
-    np.minimum(q, hi, out=q)
-    np.maximum(q, lo, out=q)
-    return q.astype(qtype.np_dtype)
+        # np.array: an array also for a 0-d x (no copy of an array of that dtype)
+        q = np.array(q, dtype=plan.work, copy=None)
+        total = np.add.reduce(q, axis=None)  # NaN when an element is (or +inf meets -inf: then look closer)
+    if total != total:
+        nan = np.isnan(q)
+        if nan.any():
+            q[nan] = 0.0
+    np.minimum(q, plan.hi, out=q)
+    np.maximum(q, plan.lo, out=q)
+    return q.astype(plan.dtype)
 
 
 def same_params(a: np.ndarray, b: np.ndarray, shape: Tuple[int, ...]) -> bool:
