@@ -375,8 +375,10 @@ class OnnxImporter(TransformerImport):
         if q.value is None:
             t = self.quant_tensor_type(q.shape, q.qtype)
             if q.stored is not None:
-                # a copy: the IR constant must not share its array with the importer's state
-                q.value = const_op(self.module, np.array(q.stored, dtype=q.qtype.np_dtype), t, loc=q.loc)
+                # the IR constant takes the integers the quantizer computed; a constant's own array (the file's
+                # integers under a DequantizeLinear) it copies
+                stored = q.stored if q.private else np.array(q.stored, dtype=q.qtype.np_dtype)
+                q.value = const_op(self.module, stored, t, loc=q.loc)
             else:
                 x = self.float_value(q.source)
                 q.value = self.module.create("quant.qcast", [x], [t], {"rounding": q.rounding}, q.loc).result
@@ -758,7 +760,7 @@ class OnnxImporter(TransformerImport):
                 lo, hi = max(lo, int(np.ceil(s.bounds[0]))), min(hi, int(np.floor(s.bounds[1])))
             zp = P.check_zero_point(np.zeros((), np.int64) if zp is None else zp, lo, hi)
             qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
-            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array)  # the storage dtype already
+            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array, private=False)  # (in its dtype)
         view = self._view(s)
         if view is None or not view.is_raw or not isinstance(view.src, Quantized):
             raise self.error(f"DequantizeLinear input '{node.input[0]}' is not the output of a quantizer")

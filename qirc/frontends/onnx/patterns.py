@@ -77,6 +77,8 @@ class Quantized:
     stored: Optional[np.ndarray] = None
     value: Optional[Value] = None  # memo: the IR value once materialised
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
+    #: `stored` is this state's own array (computed for it, in the storage dtype): its qir.const may hold it
+    private: bool = True
 
 
 @dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
