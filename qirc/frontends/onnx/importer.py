@@ -103,8 +103,9 @@ class OnnxImporter(TransformerImport):
         self.float_memo: Dict[int, Value] = {}  # id(state) -> its float IR value
         self.node: Optional[onnx.NodeProto] = None  # the node being translated, for diagnostics
         # Quantization parameters are a few shared initializers (a model's quantizers reuse one zero point, a few
-        # scales and clip bounds): their checks and the quant types built from them are memoised by the identity
-        # of the arrays (kept alive in the entry, so an id is never reused while its entry exists).
+        # scales and clip bounds): their checks, the quant types built from them and the dequantizers' arithmetic
+        # are memoised by the identity of the arrays and types.  key -> (the objects whose id()s the key holds,
+        # kept alive so that an id is never reused while its entry exists; the value).
         self._memo: Dict[tuple, tuple] = {}
         self._float_types: Dict[Tuple[int, ...], TensorType] = {}  # shape -> tensor<shape x f32>
 
@@ -232,13 +233,6 @@ class OnnxImporter(TransformerImport):
     @property
     def loc(self) -> str:
         return self.g.label(self.node) if self.node is not None else ""
-
-    def memo(self, key: tuple, keep: tuple, compute: Callable):
-        """compute(), memoised under `key`, a tuple that may hold id()s of the arrays in `keep`."""
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = (keep, compute())
-        return hit[1]
 
     def quant_tensor_type(self, shape: Tuple[int, ...], qtype: UniformQuantType) -> TensorType:
         """TensorType(shape, qtype), memoised (quant types are a few shared objects)."""
@@ -590,13 +584,16 @@ class OnnxImporter(TransformerImport):
         if self.opset < 11:
             a = self.attrs(node)
             return float(a.get("min", -np.inf)), float(a.get("max", np.inf))
-        lo = self.const_input(node, 1, "Clip min", required=False)
-        hi = self.const_input(node, 2, "Clip max", required=False)
-        return (-np.inf if lo is None else self.first_value(lo), np.inf if hi is None else self.first_value(hi))
-
-    def first_value(self, array) -> float:
-        """float() of the first element of a constant (memoised: clip bounds are a few shared initializers)."""
-        return self.memo(("first", id(array)), (array,), lambda: float(np.asarray(array).reshape(-1)[0]))
+        # memoised by the tensor names (a tensor's state never changes; a model's clips share a few bounds)
+        inputs = node.input
+        key = ("clip bounds", inputs[1] if len(inputs) > 1 else "", inputs[2] if len(inputs) > 2 else "")
+        hit = self._memo.get(key)
+        if hit is None:
+            lo = self.const_input(node, 1, "Clip min", required=False)
+            hi = self.const_input(node, 2, "Clip max", required=False)
+            hit = self._memo[key] = ((), (-np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0]),
+                                          np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0])))
+        return hit[1]
 
     def _op_Clip(self, node):
         s = self.state(node.input[0])
