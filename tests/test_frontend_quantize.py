@@ -96,3 +96,36 @@ def test_imported_quantized_constants_are_the_stored_integers_in_their_storage_d
         np.testing.assert_array_equal(got, want)
     for got, want in zip(stored_biases, biases):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_quantized_weight_used_again_as_a_float_tensor_is_read_again_exactly():
+    """A large float weight is released once its quantizer has computed the stored integers (it is held by protobuf
+    anyway); a later float use of the same initializer reads it again: both constants are exact."""
+    from qirc import _onnx as onnx
+    from qirc._onnx import helper, numpy_helper
+
+    n = 2048  # above RELEASE_ELEMENTS
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((1, n)) * 0.3).astype(F32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(0.01, F32), "s"),
+             numpy_helper.from_array(np.array(0.0, F32), "z"), numpy_helper.from_array(np.array(-127.0, F32), "lo"),
+             numpy_helper.from_array(np.array(127.0, F32), "hi")]
+    nodes = [helper.make_node("Div", ["W", "s"], ["d"], name="q/Div"),
+             helper.make_node("Add", ["d", "z"], ["a"], name="q/Add"),
+             helper.make_node("Round", ["a"], ["r"], name="q/Round"),
+             helper.make_node("Clip", ["r", "lo", "hi"], ["c"], name="q/Clip"),
+             helper.make_node("Sub", ["c", "z"], ["u"], name="dq/Sub"),
+             helper.make_node("Mul", ["u", "s"], ["wq"], name="dq/Mul"),
+             helper.make_node("Add", ["x", "wq"], ["y1"], name="add_quantized"),
+             helper.make_node("Add", ["y1", "W"], ["y"], name="add_float")]
+    graph = helper.make_graph(nodes, "reuse", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    module = import_onnx(model)
+    consts = {str(op.result.type.element): op.attrs["value"] for op in module.walk("qir.const")}
+    stored = [v for t, v in consts.items() if t.startswith("!quant.uniform")]
+    floats = [v for t, v in consts.items() if t == "f32"]
+    assert len(stored) == 1 and len(floats) == 1
+    assert stored[0].dtype == np.int8
+    np.testing.assert_array_equal(stored[0], np.clip(np.rint(w / F32(0.01)), -127, 127).astype(np.int8))
+    np.testing.assert_array_equal(floats[0], w)

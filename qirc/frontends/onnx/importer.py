@@ -18,6 +18,7 @@ input is still dequantized, becomes `int.conv`/`int.gemm` on the activation's st
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -51,6 +52,8 @@ _CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be co
 #: Brevitas exports it, and with the output zero point of qonnx's newer reference; v1's five inputs rescale by the
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
+#: float initializers of more elements than this are released once quantized (`Const.release`)
+RELEASE_ELEMENTS = 1024
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
 FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf", "Tanh")
 
@@ -123,9 +126,20 @@ class OnnxImporter(TransformerImport):
             if shape is None:
                 raise dynamic_input_error(vi, self.g.filename)
             self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
-        for name, array in self.g.initializers.items():
-            self.env[name] = Const(array, self.g.low_bit.get(name))
-        fusions = self.fusions
+        fusions = self.fusions  # (found on the index's initializers: before the weights leave it)
+        # The large float initializers (weights) move into the state table, which holds them only until their
+        # quantizer has computed the stored integers (see Const.release): the index keeps no reference to them.
+        initializers = self.g.initializers
+        large = {name for name, array in initializers.items()
+                 if array.dtype.kind == "f" and array.size > RELEASE_ELEMENTS}
+        protos = {t.name: t for t in self.g.model.graph.initializer if t.name in large} if large else {}
+        for name, array in initializers.items():
+            proto = protos.get(name)
+            reload = None if proto is None else functools.partial(numpy_helper.to_array, proto)
+            self.env[name] = Const(array, self.g.low_bit.get(name), reload)
+        for name in protos:
+            del initializers[name]
+        del initializers, protos
         handlers: Dict[Tuple[str, str], Callable] = {}
         for node in self.g.nodes:
             self.node = node
@@ -646,7 +660,9 @@ class OnnxImporter(TransformerImport):
             hit = self._memo.get(key)
             if hit is None:
                 hit = self._memo[key] = (qtype, P.quantize_plan(qtype, rank))
-            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding, hit[1]))
+            stored = P.quantize(x.array, qtype, rounding, hit[1])
+            x.release()  # (the float weights are read again if anything else uses them)
+            return Quantized(qtype, shape, loc, rounding, stored=stored)
         return Quantized(qtype, shape, loc, rounding, source=x_name)
 
     def type_params(self, qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndarray]:

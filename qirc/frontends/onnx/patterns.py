@@ -21,7 +21,7 @@ computes it, so that a quantized constant holds exactly the integers onnxruntime
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -40,11 +40,32 @@ class QuantParamError(ValueError):
 
 
 # ----- abstract values ---------------------------------------------------------------------------------------------
-@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Const:
-    array: np.ndarray
-    #: integer bounds a Clip put on an integer constant (Brevitas QCDQ narrow-range weights: int8 -> Clip -> DQ)
-    bounds: Optional[Tuple[int, int]] = None
+    """A compile-time constant `array`; `bounds`: integer bounds a Clip put on an integer constant (Brevitas QCDQ
+    narrow-range weights: int8 -> Clip -> DQ).
+
+    `reload`: where the array can be read again (a large float initializer: from its TensorProto), so that a
+    quantizer that has computed the stored integers can `release` the float weights instead of holding them, beside
+    protobuf's copy, until the import ends; a later use reads them again."""
+
+    __slots__ = ("_array", "bounds", "reload")
+
+    def __init__(self, array: np.ndarray, bounds: Optional[Tuple[int, int]] = None,
+                 reload: Optional[Callable[[], np.ndarray]] = None):
+        self._array = array
+        self.bounds = bounds
+        self.reload = reload
+
+    @property
+    def array(self) -> np.ndarray:
+        array = self._array
+        if array is None:
+            array = self._array = self.reload()
+        return array
+
+    def release(self) -> None:
+        if self.reload is not None:
+            self._array = None
 
 
 @dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
