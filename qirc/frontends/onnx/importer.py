@@ -709,11 +709,11 @@ class OnnxImporter(TransformerImport):
         for s, other in ((a, b), (b, a)):
             view = self._view(s)
             if view is not None and isinstance(other, Const):
-                a, array = view.a, other.array
-                key = ("mul", id(a), id(array))  # (a decomposed dequantizer's Mul: a few shared arrays)
+                factor, array = view.a, other.array
+                key = ("mul", id(factor), id(array))  # (a decomposed dequantizer's Mul: a few shared arrays)
                 hit = self._memo.get(key)
                 if hit is None:
-                    hit = self._memo[key] = ((a, array), a * np.asarray(array, F32))
+                    hit = self._memo[key] = ((factor, array), factor * np.asarray(array, F32))
                 self.env[node.output[0]] = IntView(view.src, hit[1], view.b, self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Mul", node.input[:2]))
