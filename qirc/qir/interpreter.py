@@ -521,7 +521,7 @@ _FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it o
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
                 dilations: Sequence[int], group: int, dtype, bias: Optional[np.ndarray] = None,
-                int_result=False) -> np.ndarray:
+                int_result=False, store=None) -> np.ndarray:
     """Exact grouped N-d convolution (NCHW, zero padding) of integer arrays, computed in `dtype`.
 
     `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with
@@ -531,10 +531,12 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     layout for the float kernels), the patch matrix of a block of images is built image-major, cols[b, g, Cg*k, P],
     whose gather reads the padded input along its rows, and the weights multiply from the left, so every image's
     product lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
+
+    Every route hands its exact sums to `store` block by block (images n0..n1 as a [b, M, *out] array in `dtype`,
+    possibly a strided view); the default store (`_ConvStore`) writes them into the result as described above, and
+    the interpreter passes a store that requantizes each block while it is in cache (`_RequantStore`), in which case
+    `bias` and `int_result` are the store's business and the store's result is returned.
     """
-    if bias is not None and int_result is False:
-        raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
-    result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -547,38 +549,53 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     if min(out) < 1:
         raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
                          f"{list(padded)}")
+    if store is None:
+        if bias is not None and int_result is False:
+            raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
+        result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
+        store = _ConvStore((N, M) + out, dtype, result, bias)
     if _FLAT_CONV and group == 1 and n == 2 and any(k > 1 for k in kernel) and _flat_fits(padded, kernel, strides,
                                                                                           out):
-        return _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, bias, result)
+        _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, store)
+        return store.result()
     Mg = M // group
     wf = w.astype(dtype)
-    bias_shape = (1, M) + (1,) * n
     whole = Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads)
     # measured on MobileNetV2's depthwise layers (3x3 to 48x48 maps, strides 1 and 2): the flat route's long
     # contiguous copies and one batched product beat the windowed taps (whose innermost loops run along a few
     # outputs) by 1.2-2.6x, even where most of its grid is wasted (a 3x3 map padded to 5x5)
     if _FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and not whole:
-        return _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, bias, result)
+        _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, store)
+        return store.result()
     if whole:
         # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
         # (image, channel), exact in `dtype` like every route here
-        y = np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out)
-        if result is not None:
-            y = y.astype(result)
-            if bias is not None:
-                y += _bias_as(bias, y.dtype).reshape(bias_shape)
-        return y
-    if any(pads):
+        store(0, N, np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out))
+        return store.result()
+    pointwise = all(k == 1 for k in kernel)
+    if pointwise and any(s > 1 for s in strides):
+        # a 1x1 kernel reads one input position per output: the input sampled at the strides (and converted, in one
+        # pass) is the whole patch matrix, where the windowed gather below would copy it position by position
+        xp = np.zeros((N, C) + out, dtype=dtype) if any(pads) else np.empty((N, C) + out, dtype=dtype)
+        into, take = [slice(None), slice(None)], [slice(None), slice(None)]
+        for i in range(n):
+            first = -(-pads[i] // strides[i])  # the first output whose position lies inside the input
+            last = min(out[i] - 1, (x.shape[2 + i] - 1 + pads[i]) // strides[i])
+            into.append(slice(first, last + 1))
+            start = first * strides[i] - pads[i]
+            take.append(slice(start, start + (last - first) * strides[i] + 1, strides[i]))
+        if all(s.stop > s.start for s in into[2:]):
+            xp[tuple(into)] = x[tuple(take)]
+        strides = [1] * n
+    elif any(pads):
         xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
         xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
     else:
         xp = x.astype(dtype)
     if Cg == 1:
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
-        # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
+        # the accumulator stays in cache across the taps; each block goes to the store at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-        b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
         per_image = M * int(np.prod(out))
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
@@ -596,39 +613,56 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                 else:
                     np.multiply(xs, wd[..., k], out=scratch)
                     acc += scratch
-            if result is None:
-                y[start:stop] = acc
-            else:
-                np.copyto(y[start:stop], acc, casting="unsafe")  # exact integers: the cast is exact
-                if b64 is not None:
-                    y[start:stop] += b64
-        return y
+            store(start, stop, acc)
+        return store.result()
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
     block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
-    pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
     # [b, g, Cg, *out, *k] -> [b, g, Cg, *k, *out]
     perm = [0, 1, 2] + list(range(3 + n, 3 + 2 * n)) + list(range(3, 3 + n))
     for start in range(0, N, block):
         stop = min(N, start + block)
         b = stop - start
-        if pointwise:  # a 1x1 kernel with stride 1: the (padded) input is its own patch matrix
+        if pointwise:  # a 1x1 kernel (on the strided samples): the input is its own patch matrix
             cols = xp[start:stop].reshape(b, group, K, P)
         else:
             windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
             cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
             cols = cols.reshape(b, group, K, P)
-        target = y[start:stop].reshape(b, group, Mg, P)
-        if result is not None:
-            np.copyto(target, np.matmul(wm, cols), casting="unsafe")  # exact integers: the cast is exact
-            if b64 is not None:
-                y[start:stop] += b64
+        target = store.direct(start, stop)
+        if target is not None:
+            np.matmul(wm, cols, out=target.reshape(b, group, Mg, P))
         else:
-            np.matmul(wm, cols, out=target)
-    return y
+            store(start, stop, np.matmul(wm, cols).reshape((b, M) + out))
+    return store.result()
+
+
+class _ConvStore:
+    """int_conv_nd's default store: each block of exact sums (in the compute dtype) goes into the result y, as it is
+    when `result` is None, else cast (exact: they are integers within the caller's bound) to the integer dtype
+    `result` with the bias added, while the block is in cache."""
+
+    def __init__(self, shape, dtype, result, bias):
+        self.y = np.empty(shape, dtype=dtype if result is None else result)
+        self.cast = result is not None
+        self.bias = None if bias is None else _bias_as(bias, self.y.dtype).reshape((1, -1) + (1,) * (len(shape) - 2))
+
+    def direct(self, n0, n1):
+        """The slice of y a route may compute into itself (no cast, no bias), or None."""
+        return self.y[n0:n1] if not self.cast and self.bias is None else None
+
+    def __call__(self, n0, n1, block):
+        target = self.y[n0:n1]
+        if self.cast:
+            np.copyto(target, block, casting="unsafe")  # exact integers: the cast is exact
+        else:
+            target[...] = block
+        if self.bias is not None:
+            target += self.bias  # exact in y's dtype: the caller's bound covers the sums with the bias
+
+    def result(self):
+        return self.y
 
 
 def _bias_as(bias: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -688,14 +722,13 @@ def _flat_fits(padded, kernel, strides, out) -> bool:
     return 2 * out[0] * out[1] >= grid
 
 
-def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
-               result) -> np.ndarray:
+def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
     """A 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`), in the flat
     layout of `_flat_layout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
     classic im2col gathers short rows), and one matmul gives every output of the grid, of which the first Ho x Wo of
     each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
-    images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
-    NCHW result in one pass."""
+    images keep the patch matrix and the grid in cache; each block's valid outputs go to `store` as a [b, M, Ho, Wo]
+    view of the grid."""
     N, C = x.shape[:2]
     M = wf.shape[0]
     Ho, Wo = out
@@ -704,8 +737,6 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     T = len(taps)
     K = C * T
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
-    y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, M, 1, 1)
     images = max(1, _IM2COL_BLOCK // max(1, K * S))
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((M, images * S), dtype=dtype)
@@ -717,29 +748,21 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
         for t, (phase, off) in enumerate(taps):
             cols[:, t, :width] = X[:, phase, start + off:start + off + width]
         np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
-        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
-        np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
-        if b64 is not None:
-            y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
-    return y
+        store(n0, n1, grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
-def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
-                    result) -> np.ndarray:
+def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
     """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: for a block
     of whole images, each channel's patch rows are contiguous slices of X copied into cols[c, tap, :], and one
     batched product w[c, 1, taps] @ cols[c, taps, :] gives every channel's grid (numpy's per-tap multiply-adds
     would pass over the block twice per tap).  The first Ho x Wo of each image's grid are the valid outputs; they
-    are cast (and biased) into the NCHW result while in cache.  Exact in `dtype` for any summation order (the
-    caller's bound)."""
+    go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
     X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
     S = Hq * Wq
     T = len(taps)
     weights = wf.reshape(C, 1, T)
-    y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, C, 1, 1)
     images = max(1, (_IM2COL_BLOCK // 2) // max(1, C * S * T))  # cols of about 1 MB (float32)
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((C, 1, images * S), dtype=dtype)
@@ -751,14 +774,7 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
         for k, (phase, off) in enumerate(taps):
             cols[:, k, :width] = X[:, phase, start + off:start + off + width]
         np.matmul(weights, cols[:, :, :width], out=grid[:, :, :width])
-        valid = grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
-        if result is None:
-            y[n0:n1] = valid
-        else:
-            np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
-            if b64 is not None:
-                y[n0:n1] += b64
-    return y
+        store(n0, n1, grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
 def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
