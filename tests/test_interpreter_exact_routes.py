@@ -15,10 +15,11 @@ from qirc.qir.types import i8, i32, i64, tensor
 
 
 def test_exact_dtype_bounds():
-    assert exact_dtype((1 << 24) - 1) is np.float32
-    assert exact_dtype(1 << 24) is np.float64
-    assert exact_dtype((1 << 53) - 1) is np.float64
-    assert exact_dtype(1 << 53) is np.int64
+    # every integer of magnitude <= 2^24 (2^53) is a float32 (float64): a sum bounded by it is exact
+    assert exact_dtype(1 << 24) is np.float32
+    assert exact_dtype((1 << 24) + 1) is np.float64
+    assert exact_dtype(1 << 53) is np.float64
+    assert exact_dtype((1 << 53) + 1) is np.int64
 
 
 def _int64_conv(x, w, pads, strides, dilations, group):
