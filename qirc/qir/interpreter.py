@@ -61,6 +61,7 @@ _I64 = np.int64
 _EXACT_F32_LIMIT = 1 << 24
 _EXACT_F64_LIMIT = 1 << 53
 _REQUANT_BLOCK = 1 << 16  # int64 elements per block of int.requant_shift: 512 KB, cache-sized
+_FUSED_BLOCK = 1 << 17  # int32 elements per piece of a conv's sums requantized in the conv (_RequantStore): 512 KB
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -693,7 +694,9 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
+    # blocks sized by the larger of the patch matrix and the product (a 1x1 conv's few input channels would
+    # otherwise make one block of the whole batch, whose product no longer fits any cache)
+    block = max(1, _IM2COL_BLOCK // max(1, group * max(K, Mg) * P))
     # [b, g, Cg, *out, *k] -> [b, g, Cg, *k, *out]
     perm = [0, 1, 2] + list(range(3 + n, 3 + 2 * n)) + list(range(3, 3 + n))
     for start in range(0, N, block):
@@ -834,7 +837,7 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     K = C * T
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
     S = _FlatLayout((1, 1) + tuple(x.shape[2:]), pads, kernel, strides, dilations, out, dtype, 1).S
-    images = max(1, _IM2COL_BLOCK // max(1, K * S))
+    images = max(1, _IM2COL_BLOCK // max(1, max(K, M) * S))
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
     cols = np.empty((C, T, images * S), dtype=dtype)
@@ -1696,11 +1699,12 @@ def _int_requant_shift(op, args):
 
 class _RequantStore:
     """int_conv_nd's store for an int.conv whose only reader is an int.requant_shift (`_execute` fuses the pair):
-    each block of exact sums is cast to the conv's integer result dtype and requantized while it is in cache (the
-    conv's per-channel bias folded into the requant's offset), so the conv's int32 result never exists as a whole.
-    Same values, same checks as the two kernels: each block computes in int32 where the conv's bound, or else the
-    block's extremes, prove that x*mul + offset fits int32, otherwise in int64 with the scan that raises the
-    requant's overflow error."""
+    the blocks of exact sums are cast to the conv's integer result dtype into a cache-sized staging buffer (a few
+    small blocks of a depthwise conv are gathered first, so that the requant's dozen numpy calls run on enough
+    elements) and requantized there, the conv's per-channel bias folded into the requant's offset; the conv's
+    int32 result never exists as a whole.  Same values, same checks as the two kernels: each piece computes in
+    int32 where the conv's bound, or else the piece's extremes, prove that x*mul + offset fits int32, otherwise in
+    int64 with the scan that raises the requant's overflow error."""
 
     def __init__(self, requant: Operation, shape, acc_dtype, bias, acc_bound: int):
         self.acc_dtype = np.dtype(acc_dtype)  # the dtype the conv kernel would have produced
@@ -1714,20 +1718,37 @@ class _RequantStore:
             else:
                 self.bias = _bias_as(bias, self.acc_dtype).reshape(b.shape)
         self.spec = spec = _RequantSpec(requant, folded)
-        self.bias_max = 0 if folded is None else _abs_max(folded)
         self.y = np.empty(shape, dtype=spec.out_dtype())
         # acc_bound covers the sums with the bias: without it, the sums alone are within it too
         self.static = self.acc_dtype.itemsize <= 4 and spec.fits_int32(acc_bound)
         self.verify = _CHECK_OVERFLOW.get()
         self.tmin, self.tmax = _I32_MIN, _I32_MAX
+        per_image = max(1, int(np.prod(shape[1:])))
+        self.capacity = max(1, _FUSED_BLOCK // per_image)  # images per piece
+        self.staged = np.empty((min(self.capacity, shape[0]),) + tuple(shape[1:]), dtype=self.acc_dtype)
+        self.start = self.count = 0
 
     def direct(self, n0, n1):
         return None
 
     def __call__(self, n0, n1, block):
-        out = self.y[n0:n1]
-        acc = np.empty(block.shape, dtype=self.acc_dtype)
-        np.copyto(acc, block, casting="unsafe")  # exact integers within the conv's bound: the cast is exact
+        b = n1 - n0
+        if self.count and (self.count + b > self.capacity or n0 != self.start + self.count):
+            self._flush()
+        for i in range(0, b, self.capacity):
+            piece = block[i:i + self.capacity]
+            if not self.count:
+                self.start = n0 + i
+            # exact integers within the conv's bound: the cast is exact
+            np.copyto(self.staged[self.count:self.count + piece.shape[0]], piece, casting="unsafe")
+            self.count += piece.shape[0]
+            if self.count >= self.capacity:
+                self._flush()
+
+    def _flush(self):
+        acc = self.staged[:self.count]
+        out = self.y[self.start:self.start + self.count]
+        self.count = 0
         if self.bias is not None:
             acc += self.bias
         work = _I64
@@ -1740,6 +1761,8 @@ class _RequantStore:
             self.tmin, self.tmax = min(self.tmin, extremes[0]), max(self.tmax, extremes[1])
 
     def result(self):
+        if self.count:
+            self._flush()
         self.spec.overflow(self.tmin, self.tmax)
         return self.y
 
