@@ -1602,7 +1602,7 @@ class _RequantSpec:
         """mul and offset in `dtype`: numpy scalars when they are one value, else materialized at `shape` (numpy's
         integer loops take a broadcast per-channel operand at a third of the speed of a contiguous one).  The arrays
         are kept for the op's largest block; a smaller block of the same trailing shape takes their head."""
-        if not shape or int(np.prod(shape)) > _REQUANT_BLOCK:  # no batch axis, or an unblocked large x: broadcast
+        if not shape or int(np.prod(shape)) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
             key = (np.dtype(dtype), None)
             if key not in self._params:
                 self._params[key] = (0, self.mul.astype(dtype), self.offset.astype(dtype))
