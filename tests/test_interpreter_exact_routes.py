@@ -196,7 +196,9 @@ def test_corpus_integer_graph_batched_equals_per_sample(name):
     ((3, 6, 9, 8), (6, 2, 3, 2), [0, 1, 2, 0], [2, 1], [1, 2], 3),
     ((4, 4, 7, 7), (8, 1, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 4),   # depthwise, channel multiplier 2
     ((6, 8, 5, 4), (6, 4, 1, 1), [1, 0, 0, 2], [1, 1], [1, 1], 2),   # pointwise: the input is the patch matrix
-    ((3, 8, 5, 4), (6, 8, 1, 1), [0, 0, 0, 0], [2, 1], [1, 1], 1),   # 1x1 with a stride: not pointwise
+    ((3, 8, 5, 4), (6, 8, 1, 1), [0, 0, 0, 0], [2, 1], [1, 1], 1),   # 1x1 with a stride: the input sampled
+    ((3, 8, 6, 5), (6, 4, 1, 1), [1, 0, 2, 3], [2, 3], [1, 1], 2),   # sampled with pads (some samples in them)
+    ((2, 4, 3, 3), (4, 1, 1, 1), [2, 2, 2, 2], [3, 3], [1, 1], 4),   # depthwise 1x1 whose samples are all padding
 ])
 def test_int_conv_nd_int_result_with_bias_matches_int64_reference(dtype, shape, w_shape, pads, strides, dilations,
                                                                  group, monkeypatch):
@@ -361,6 +363,8 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise
     ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
     ((2, 2, 5, 6), (3, 2, 3, 3), [3, 0, 2, 4], [2, 3], [1, 1], 1),   # pads wider than the strides: empty phase rows
+    ((3, 3, 4, 4), (2, 3, 2, 2), [3, 3, 3, 2], [1, 1], [1, 1], 1),   # pads wider than the kernel: no shared padding
+    ((3, 2, 6, 5), (3, 2, 3, 3), [1, 0, 2, 2], [1, 1], [1, 1], 1),   # uneven pads shared between rows and images
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
                                                           group, monkeypatch):
