@@ -97,24 +97,50 @@ def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True
 def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: bool) -> Dict[Value, np.ndarray]:
     """Run every op in order.  Unless `keep_all`, a value is dropped once its last reader has run (the operands of
     qir.output stay): on a large batch the intermediate values would otherwise take gigabytes, and every new one
-    would be fresh memory that the kernel pays page faults for.  Unless `keep_all`, an int.conv whose only reader is
-    an int.requant_shift runs fused with it (`_conv_requant`: the same values and checks, the conv's int32 sums never
-    stored as a whole); the requant's result is then computed where the conv runs."""
+    would be fresh memory that the kernel pays page faults for.
+
+    Unless `keep_all`, two patterns whose intermediate values have no other reader run fused, block by block along
+    the batch axis while the intermediates are in cache, with the same values and the same checks as their kernels
+    (`run_values`, which keeps every value, runs them apart): an int.conv read only by an int.requant_shift
+    (`_conv_requant`, computed where the conv runs), and an int.requant_shift of an int.add / int.sub whose
+    operands may themselves be single-use int.requant_shifts (`_sum_requant`, a residual connection's requant-add-
+    requant, computed where the final requant runs)."""
     load_dialects()
     bound = _bind_inputs(module, inputs)
     values: Dict[Value, np.ndarray] = {}
     order = module.ops()
+    fusions: Dict[int, Operation] = {}  # position of an int.conv -> the int.requant_shift fused into it
+    groups: Dict[int, tuple] = {}  # position of a final requant -> (its int.add / int.sub, {operand: requant})
+    member_at: Dict[int, int] = {}  # position of a group member -> position of its group's final requant
+    if not keep_all:
+        index = {id(op): i for i, op in enumerate(order)}
+        for i, op in enumerate(order):
+            reader = _single_reader(op)
+            if op.name == "int.conv" and reader is not None and reader.name == "int.requant_shift" and len(
+                    reader.operands) == 1:
+                fusions[i] = reader
+        conv_fused = {id(r) for r in fusions.values()}
+        for i, op in enumerate(order):
+            if op.name != "int.requant_shift" or len(op.operands) != 1 or id(op) in conv_fused:
+                continue
+            add = op.operands[0].owner
+            if add.name not in ("int.add", "int.sub") or len(add.operands) != 2 or _single_reader(add) is not op:
+                continue
+            leaves = {}
+            for v in add.operands:
+                leaf = v.owner
+                if (leaf.name == "int.requant_shift" and len(leaf.operands) == 1 and _single_reader(leaf) is add
+                        and len(v.uses) == 1 and id(leaf) not in conv_fused and index[id(leaf)] not in groups):
+                    leaves[v] = leaf
+            groups[i] = (add, leaves)
+            for member in (add, *leaves.values()):
+                member_at[index[id(member)]] = i
     last_reader: Dict[Value, int] = {}
-    fusions: Dict[int, Operation] = {}
     if not keep_all:
         for i, op in enumerate(order):
             if op.name != "qir.output":
                 for v in op.operands:
-                    last_reader[v] = i
-            if op.name == "int.conv" and len(op.results) == 1 and len(op.results[0].uses) == 1:
-                (reader, _), = op.results[0].uses
-                if reader.name == "int.requant_shift" and len(reader.operands) == 1 and len(reader.results) == 1:
-                    fusions[i] = reader
+                    last_reader[v] = member_at.get(i, i)
         for op in order:
             if op.name == "qir.output":
                 last_reader.pop(op.operands[0], None)
@@ -131,44 +157,75 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     memo_token = _RUN_MEMO.set({})
     try:
         for position, op in enumerate(order):
-            if id(op) in done:
-                for value in dying.get(position, ()):
-                    values.pop(value, None)
-                continue
-            name = op.name
-            fn = KERNELS.get(name)
-            if fn is None:
-                raise op_error(InterpretError, op, f"the interpreter has no kernel for {name}")
-            args = [bound[id(op)]] if name == "qir.input" else [values[v] for v in op.operands]
-            if narrow and name not in NARROW_INPUTS:
-                args = [_widen(a) for a in args]
-            reader = fusions.get(position)
-            if reader is not None and KERNELS.get(reader.name) is _int_requant_shift and fn is _int_conv:
+            if id(op) in done or position in member_at:
+                pass
+            elif position in fusions and KERNELS.get("int.conv") is _int_conv and KERNELS.get(
+                    "int.requant_shift") is _int_requant_shift:
+                reader = fusions[position]
+                args = _kernel_args(op, values, bound, narrow)
                 try:
                     fused = _conv_requant(op, reader, args)
                 except QircError:
                     raise
                 except Exception:  # the two kernels on their own report the problem at the right op
                     fused = None
-                if fused is not None:
+                if fused is None:
+                    _run_op(op, args, values, narrow, check_overflow)
+                else:
                     _store_results(reader, [fused], [], values, narrow, check_overflow)
                     done.add(id(reader))
-                    for value in dying.get(position, ()):
-                        values.pop(value, None)
-                    continue
-            try:
-                results = fn(op, args)
-            except QircError:
-                raise
-            except Exception as e:  # a kernel failing on bad attributes or shapes is a located user error
-                raise op_error(InterpretError, op, f"{name} cannot be executed: {type(e).__name__}: {e}") from e
-            _store_results(op, results, args, values, narrow, check_overflow)
+            elif position in groups:
+                add, leaves = groups[position]
+                fused = None
+                if all(KERNELS.get(name) is fn for name, fn in (("int.requant_shift", _int_requant_shift),
+                                                                ("int.add", _int_add), ("int.sub", _int_sub))):
+                    try:
+                        fused = _sum_requant(op, add, leaves, values)
+                    except Exception:  # errors included: the ops apart report them where they occur
+                        fused = None
+                if fused is None:
+                    members = sorted(leaves.values(), key=lambda m: index[id(m)]) + [add, op]
+                    for member in members:
+                        _run_op(member, _kernel_args(member, values, bound, narrow), values, narrow, check_overflow)
+                else:
+                    _store_results(op, [fused], [], values, narrow, check_overflow)
+            else:
+                _run_op(op, _kernel_args(op, values, bound, narrow), values, narrow, check_overflow)
             for value in dying.get(position, ()):
                 values.pop(value, None)
     finally:
         _RUN_MEMO.reset(memo_token)
         _CHECK_OVERFLOW.reset(token)
     return values
+
+
+def _single_reader(op: Operation) -> Optional[Operation]:
+    """The one op reading `op`'s single result once, or None."""
+    if len(op.results) != 1 or len(op.results[0].uses) != 1:
+        return None
+    return op.results[0].uses[0][0]
+
+
+def _kernel_args(op: Operation, values: Dict[Value, np.ndarray], bound: Dict[int, np.ndarray],
+                 narrow: bool) -> List[np.ndarray]:
+    args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
+    if narrow and op.name not in NARROW_INPUTS:
+        args = [_widen(a) for a in args]
+    return args
+
+
+def _run_op(op: Operation, args: List[np.ndarray], values: Dict[Value, np.ndarray], narrow: bool,
+            check_overflow: bool) -> None:
+    fn = KERNELS.get(op.name)
+    if fn is None:
+        raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
+    try:
+        results = fn(op, args)
+    except QircError:
+        raise
+    except Exception as e:  # a kernel failing on bad attributes or shapes is a located user error
+        raise op_error(InterpretError, op, f"{op.name} cannot be executed: {type(e).__name__}: {e}") from e
+    _store_results(op, results, args, values, narrow, check_overflow)
 
 
 def _store_results(op: Operation, results, args, values: Dict[Value, np.ndarray], narrow: bool,
@@ -299,6 +356,9 @@ def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> boo
             value = int(op.attr("value"))
             ranges.append((value, value))
         return all(lo <= a and b <= hi for a, b in ranges)
+    if name in ("int.add", "int.sub") and len(op.operands) == 2:
+        r_lo, r_hi = _sum_range(op)
+        return r_lo is not None and lo <= r_lo and r_hi <= hi
     if name == "int.conv" and len(args) >= 2 and args[1].ndim >= 2:
         x_lo, x_hi = _type_range(op.operands[0].type)
         w = args[1]
@@ -307,6 +367,15 @@ def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> boo
             bound += _abs_max(args[2])
         return lo <= -bound and bound <= hi
     return False
+
+
+def _sum_range(op: Operation):
+    """The range of an int.add / int.sub result from its operands' declared ranges (checked by the runner), or
+    (None, None) when an operand is a constant (not checked) or a float."""
+    if any(v.owner.name == "qir.const" or v.type.is_float for v in op.operands):
+        return None, None
+    (a_lo, a_hi), (b_lo, b_hi) = (_type_range(v.type) for v in op.operands[:2])
+    return (a_lo + b_lo, a_hi + b_hi) if op.name == "int.add" else (a_lo - b_hi, a_hi - b_lo)
 
 
 def _range_name(element) -> str:
@@ -1485,6 +1554,89 @@ def _conv_requant(conv: Operation, requant: Operation, args: List[np.ndarray]) -
     return int_conv_nd(x, w, pads, strides, dilations, group, dtype, store=store)
 
 
+def _params_fit(spec: "_RequantSpec", shape: tuple) -> bool:
+    """Whether a requant's parameters broadcast to `shape` without growing it and without a batch extent."""
+    return np.broadcast_shapes(shape, spec.mul.shape, spec.offset.shape) == shape and not any(
+        p.ndim == len(shape) and p.shape[0] != 1 for p in (spec.mul, spec.offset))
+
+
+def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation],
+                 values: Dict[Value, np.ndarray]) -> Optional[np.ndarray]:
+    """The result of the int.requant_shift `root` of the int.add / int.sub `add`, whose operands in `leaves` are the
+    results of single-use int.requant_shifts (run here from their own operands), computed in cache-sized blocks of
+    images: each leaf requantized into an int32 (int64) scratch, the sum, the final requant into the result.  The
+    kernels' values and checks: every requant picks int32 where its input's dtype or bound (for the final one, the
+    operands' checked ranges) or else the block's extremes prove x*mul + offset fits int32, else int64 with the
+    scan; a scan that finds an overflow makes this return None (the caller then runs the ops apart, which report it
+    at the op that overflows).  None too where blocking does not apply (shapes that broadcast, parameters with a
+    batch extent) or, with the checks on, where the sum is not provably inside its type."""
+    check = _CHECK_OVERFLOW.get()
+    shape = tuple(root.results[0].type.shape)
+    if not shape or tuple(add.results[0].type.shape) != shape:
+        return None
+    if check and not _within_type(add, add.results[0].type, []):
+        return None
+    root_spec = _RequantSpec(root)
+    if not _params_fit(root_spec, shape):
+        return None
+    sources, seen = [], []
+    for v in add.operands:
+        leaf = leaves.get(v)
+        if leaf is None:
+            a = values[v]
+            if a.shape != shape:
+                return None
+            sources.append((None, a, False))
+            seen.append(a[:0])
+            continue
+        spec = _RequantSpec(leaf)
+        x = values[leaf.operands[0]]
+        if x.shape != shape or not _params_fit(spec, shape):
+            return None
+        if check and not _within_type(leaf, leaf.results[0].type, []):
+            return None
+        small = x.dtype.kind in "iu" and x.dtype.itemsize <= 4
+        sources.append((spec, x, small and x.size and spec.fits_int32(_known_abs_bound(leaf, x))))
+        seen.append(np.empty(0, dtype=spec.out_dtype()))  # the dtype the add would have been given
+    sign = 1 if add.name == "int.add" else -1
+    sum_dtype = _sum_dtype(add, seen, sign)
+    root_static = False
+    if check and sum_dtype.itemsize <= 4:
+        lo, hi = _sum_range(add)
+        root_static = root_spec.fits_int32(max(-lo, hi))
+    y = np.empty(shape, dtype=root_spec.out_dtype())
+    per_image = max(1, int(np.prod(shape[1:])))
+    step = max(1, _FUSED_BLOCK // per_image)
+    combine = np.add if sign > 0 else np.subtract
+    for n0 in range(0, shape[0], step):
+        block = slice(n0, n0 + step)
+        parts = []
+        for spec, x, static in sources:
+            xb = x[block]
+            if spec is None:
+                parts.append(xb)
+                continue
+            work = _I64
+            if static or (xb.dtype.kind in "iu" and xb.dtype.itemsize <= 4 and xb.size
+                          and spec.fits_int32(max(-int(xb.min()), int(xb.max())))):
+                work = np.int32
+            t = np.empty(xb.shape, dtype=work)
+            extremes = spec.apply(xb, t, None, check and work == _I64)
+            if extremes is not None and (extremes[0] < _I32_MIN or extremes[1] > _I32_MAX):
+                return None
+            parts.append(t)  # the leaf's result, lo..hi, in the work dtype
+        total = combine(parts[0], parts[1], dtype=sum_dtype)
+        work = _I64
+        if total.dtype.itemsize <= 4 and (root_static or (total.size and root_spec.fits_int32(
+                max(-int(total.min()), int(total.max()))))):
+            work = np.int32
+        t = total if total.dtype == work else np.empty(total.shape, dtype=work)
+        extremes = root_spec.apply(total, t, y[block], check and work == _I64)
+        if extremes is not None and (extremes[0] < _I32_MIN or extremes[1] > _I32_MAX):
+            return None
+    return y
+
+
 @kernel("int.gemm")
 def _int_gemm(op, args):
     a, b = args[0], args[1]
@@ -1623,10 +1775,11 @@ class _RequantSpec:
             offset = offset if offset.ndim == 0 else offset[:shape[0]]
         return mul, offset
 
-    def apply(self, x: np.ndarray, t: np.ndarray, out: np.ndarray, verify: bool):
+    def apply(self, x: np.ndarray, t: np.ndarray, out: Optional[np.ndarray], verify: bool):
         """out = requant(x) through the scratch t (out's shape, the work dtype; t may be x itself, which is then
-        overwritten); returns t's (min, max) before the division when `verify`, else None.  x broadcasts to out
-        along its batch axis only when the parameters have no batch extent of their own (the callers' blocks)."""
+        overwritten; with out None the result stays in t); returns t's (min, max) before the division when
+        `verify`, else None.  x broadcasts to out along its batch axis only when the parameters have no batch
+        extent of their own (the callers' blocks)."""
         mul, offset = self.params(t.dtype, t.shape)
         if t is not x:
             if x.dtype == t.dtype:
@@ -1644,7 +1797,8 @@ class _RequantSpec:
             np.floor_divide(t, self.div, out=t)
         # clip in place and narrow in a second pass: one clip into the narrow dtype goes through casting buffers
         _clip(t, self.lo, self.hi, out=t)
-        np.copyto(out, t, casting="unsafe")  # lo..hi fits the out dtype: exact
+        if out is not None:
+            np.copyto(out, t, casting="unsafe")  # lo..hi fits the out dtype: exact
         return extremes
 
     def overflow(self, tmin: int, tmax: int) -> None:
