@@ -112,7 +112,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     fusions: Dict[int, Operation] = {}  # position of an int.conv -> the int.requant_shift fused into it
     groups: Dict[int, tuple] = {}  # position of a final requant -> (its int.add / int.sub, {operand: requant})
     member_at: Dict[int, int] = {}  # position of a group member -> position of its group's final requant
-    if not keep_all:
+    if not keep_all and _FUSE:
         index = {id(op): i for i, op in enumerate(order)}
         for i, op in enumerate(order):
             reader = _single_reader(op)
@@ -662,6 +662,7 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
 _FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
+_FUSE = True  # run() fuses conv+requant and requant-add-requant (tests switch it off to compare)
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
