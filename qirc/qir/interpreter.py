@@ -612,7 +612,10 @@ def _row_abs_sum(w: np.ndarray) -> int:
     """The largest sum of |w| over one output channel (axis 0) of a weight array."""
     if w.size == 0:
         return 0
-    return int(np.abs(w.reshape(w.shape[0], -1).astype(_I64)).sum(axis=1).max())
+    rows = w.reshape(w.shape[0], -1)
+    # int32 holds the row sums of 8-bit weights (K * 2^8 < 2^31 for any K below 2^23) at half int64's traffic
+    wide = np.int32 if rows.dtype.kind in "iu" and rows.dtype.itemsize == 1 and rows.shape[1] < (1 << 23) else _I64
+    return int(np.abs(rows.astype(wide)).sum(axis=1, dtype=wide).max())
 
 
 def _weights_row_abs_sum(op: Operation, w: np.ndarray) -> int:
@@ -843,16 +846,12 @@ class _FlatLayout:
     def __init__(self, shape, pads, kernel, strides, dilations, out, dtype, images: int):
         N, C, H, W = shape
         sh, sw = strides
-        Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
         Ho, Wo = out
+        Hq, Wq = _flat_grid(shape, pads, strides, out, both=True)
         if sh == sw == 1:
-            Hq, Wq = H + max(pads[0], pads[2]), W + max(pads[1], pads[3])
-            if Ho > Hq or Wo > Wq:  # padding wider than the kernel's reach: outputs would spill into the next image
-                Hq, Wq = Hp, Wp
             self.places = [(0, pads[0], pads[1], slice(0, H), slice(0, W))]
         else:
             # each phase (a, b) straight from x: padded row i*sh + a is x's row i*sh + a - pad_top, likewise columns
-            Hq, Wq = -(-Hp // sh), -(-Wp // sw)
             self.places = []
             for a in range(sh):
                 i0 = max(0, -(-(pads[0] - a) // sh))  # the first phase row that holds a row of x
@@ -887,6 +886,20 @@ class _FlatLayout:
         return self.X
 
 
+def _flat_grid(shape, pads, strides, out, both: bool = False):
+    """The grid of one image in `_FlatLayout`: Hq * Wq (or (Hq, Wq) with `both`)."""
+    H, W = shape[2:]
+    sh, sw = strides
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    if sh == sw == 1:
+        Hq, Wq = H + max(pads[0], pads[2]), W + max(pads[1], pads[3])
+        if out[0] > Hq or out[1] > Wq:  # padding wider than the kernel's reach: outputs would spill into the next image
+            Hq, Wq = Hp, Wp
+    else:
+        Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+    return (Hq, Wq) if both else Hq * Wq
+
+
 def _flat_fits(padded, kernel, strides, out) -> bool:
     """Whether the flat layout's grid wastes at most half its positions (valid outputs / grid >= 1/2)."""
     grid = (-(-padded[0] // strides[0])) * (-(-padded[1] // strides[1]))
@@ -906,7 +919,7 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     T = int(np.prod(kernel))
     K = C * T
     wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
-    S = _FlatLayout((1, 1) + tuple(x.shape[2:]), pads, kernel, strides, dilations, out, dtype, 1).S
+    S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, _IM2COL_BLOCK // max(1, max(K, M) * S))
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
@@ -932,7 +945,7 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     Ho, Wo = out
     T = int(np.prod(kernel))
     weights = wf.reshape(C, 1, T)
-    S = _FlatLayout((1, 1) + tuple(x.shape[2:]), pads, kernel, strides, dilations, out, dtype, 1).S
+    S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, (_IM2COL_BLOCK // 2) // max(1, C * S * T))  # cols of about 1 MB (float32)
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
@@ -1739,9 +1752,10 @@ class _RequantSpec:
         self.lo, self.hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
         self.offset = add + self.div // 2
         self.scale = _abs_max(self.mul)
+        self.plain_extra = _abs_max(self.offset)  # max|offset| before a bias is folded in
         if bias is not None:
             self.offset = self.offset + bias * self.mul
-        self.extra = _abs_max(self.offset)
+        self.extra = self.plain_extra if bias is None else _abs_max(self.offset)
         # an arithmetic shift is floor division by 2^k
         self.shift = self.div.bit_length() - 1 if self.div & (self.div - 1) == 0 else None
         self._params: Dict[tuple, tuple] = {}
@@ -1863,16 +1877,15 @@ class _RequantStore:
 
     def __init__(self, requant: Operation, shape, acc_dtype, bias, acc_bound: int):
         self.acc_dtype = np.dtype(acc_dtype)  # the dtype the conv kernel would have produced
-        folded = None
         self.bias = None
+        spec = _RequantSpec(requant)
         if bias is not None:
             b = bias.astype(_I64).reshape((1, -1) + (1,) * (len(shape) - 2))
-            plain = _RequantSpec(requant)
-            if _abs_max(b) * plain.scale + plain.extra < (1 << 62):  # the folded offset stays far inside int64
-                folded = b
+            if _abs_max(b) * spec.scale + spec.plain_extra < (1 << 62):  # the folded offset stays inside int64
+                spec = _RequantSpec(requant, b)
             else:
                 self.bias = _bias_as(bias, self.acc_dtype).reshape(b.shape)
-        self.spec = spec = _RequantSpec(requant, folded)
+        self.spec = spec
         self.y = np.empty(shape, dtype=spec.out_dtype())
         # acc_bound covers the sums with the bias: without it, the sums alone are within it too
         self.static = self.acc_dtype.itemsize <= 4 and spec.fits_int32(acc_bound)
