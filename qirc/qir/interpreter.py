@@ -1766,9 +1766,20 @@ class _RequantSpec:
         return bound * self.scale + self.extra <= _I32_MAX
 
     def params(self, dtype: np.dtype, shape: tuple) -> tuple:
-        """mul and offset in `dtype`: numpy scalars when they are one value, else materialized at `shape` (numpy's
-        integer loops take a broadcast per-channel operand at a third of the speed of a contiguous one).  The arrays
-        are kept for the op's largest block; a smaller block of the same trailing shape takes their head."""
+        """mul and offset in `dtype`: numpy scalars when they are one value, else materialized (numpy's integer
+        loops take an operand broadcast along the inner axes, a per-channel parameter, at a third of the speed of a
+        contiguous one, but one broadcast along the outermost axis only at full speed): for one image of `shape`
+        when an image is large enough for numpy's inner loops, else for the whole block, kept for the op's largest
+        block (a smaller block of the same trailing shape takes their head)."""
+        if shape and int(np.prod(shape[1:])) >= 2048:
+            key = (np.dtype(dtype), tuple(shape[1:]))
+            cached = self._params.get(key)
+            if cached is None:
+                cached = self._params[key] = (0,) + tuple(
+                    p.astype(dtype).reshape(())[()] if p.size == 1 else
+                    np.ascontiguousarray(np.broadcast_to(p.astype(dtype), (1,) + tuple(shape[1:])))
+                    for p in (self.mul, self.offset))
+            return cached[1:]
         if not shape or int(np.prod(shape)) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
             key = (np.dtype(dtype), None)
             if key not in self._params:
