@@ -220,3 +220,78 @@ def test_run_of_a_real_network_equals_run_values():
     output_op(m, "y", v)
     xs = rng.integers(-128, 128, (3, 4, 10, 10))
     np.testing.assert_array_equal(run(m, {"x": xs})["y"], run_values(m, {"x": xs})[v])
+
+
+def _requant_op(m, v, mul, add, div, signed, loc, out=None):
+    return m.create("int.requant_shift", [v], [out or tensor(v.type.shape, i8 if signed else i32)],
+                    {"mul": np.asarray(mul), "add": np.asarray(add), "div": div, "signed": signed, "n_levels": 256},
+                    loc=loc).result
+
+
+@pytest.mark.parametrize("kind", ["int.add", "int.sub"])
+@pytest.mark.parametrize("leaves", [2, 1, 0])
+def test_fused_requant_of_a_sum_equals_the_ops_apart(kind, leaves, monkeypatch):
+    # requant(a' + b') with a' = requant(a), b' = requant(b) (leaves = 2), only a' (1) or neither (0) single-use
+    # requants: run() computes the chain in blocks of images, run_values() op by op; per-channel and per-tensor
+    # parameters, a divisor that is not a power of two
+    monkeypatch.setattr(interp, "_FUSED_BLOCK", 100)  # pieces of 2 images
+    rng = np.random.default_rng(4)
+    shape = (7, 3, 4, 4)
+    m = Module("sum")
+    a = input_op(m, "a", tensor(shape, i8))
+    b = input_op(m, "b", tensor(shape, i32))
+    ra = _requant_op(m, a, [2570702], [0], 1 << 22, True, "/ra") if leaves >= 1 else a
+    rb = _requant_op(m, b, rng.integers(1, 9, (1, 3, 1, 1)), rng.integers(-50, 50, (1, 3, 1, 1)), 3, True,
+                     "/rb") if leaves == 2 else _requant_op(m, b, [1], [0], 1, True, "/rb")
+    if leaves < 2:
+        output_op(m, "rb", rb)  # a second reader: rb is computed apart and read by the fused chain
+    s = m.create(kind, [ra, rb], [tensor(shape, i32)], loc="/s").result
+    y = _requant_op(m, s, rng.integers(1000, 5000, (1, 3, 1, 1)), [7], 1 << 10, False, "/y")
+    output_op(m, "y", y)
+    xa = rng.integers(-128, 128, shape)
+    xb = rng.integers(-1000, 1000, shape)
+    fused = run(m, {"a": xa, "b": xb})
+    apart = run_values(m, {"a": xa, "b": xb})
+    np.testing.assert_array_equal(fused["y"], apart[y])
+    monkeypatch.setattr(interp, "_FUSE", False)
+    np.testing.assert_array_equal(run(m, {"a": xa, "b": xb})["y"], fused["y"])
+
+
+def test_fused_requant_of_a_sum_reports_a_leaf_overflow_at_the_leaf():
+    # the second leaf's x*mul leaves int32 for one value: the error names that requant, as the ops apart do
+    shape = (3, 2, 2, 2)
+    m = Module("sum")
+    a = input_op(m, "a", tensor(shape, i8))
+    b = input_op(m, "b", tensor(shape, i32))
+    s = m.create("int.add", [_requant_op(m, a, [3], [0], 4, True, "/ra"),
+                             _requant_op(m, b, [1 << 12], [0], 1 << 12, True, "/rb")],
+                 [tensor(shape, i32)], loc="/s").result
+    output_op(m, "y", _requant_op(m, s, [1], [0], 1, True, "/y"))
+    xb = np.zeros(shape, dtype=np.int64)
+    xb[2, 1, 1, 1] = 1 << 20
+    for runner in (run, run_values):
+        with pytest.raises(OverflowError_, match=r"/rb.*int32 overflow in requant_shift.*reaches 4294969344"):
+            runner(m, {"a": np.zeros(shape, dtype=np.int64), "b": xb})
+
+
+def test_a_value_read_by_a_fused_chain_and_by_a_later_op_lives_until_the_chain_runs():
+    # x feeds the chain's first requant and another requant placed between it and the chain's end: x must stay
+    # alive until the chain (run where its last requant is) has read it
+    shape = (4, 2, 3, 3)
+    m = Module("live")
+    x = input_op(m, "x", tensor(shape, i8))
+    z = input_op(m, "z", tensor(shape, i8))
+    ra = _requant_op(m, x, [3], [1], 2, True, "/ra")
+    rz = _requant_op(m, z, [5], [0], 4, True, "/rz")
+    other = _requant_op(m, x, [7], [0], 8, True, "/other")
+    s = m.create("int.add", [ra, rz], [tensor(shape, i32)], loc="/s").result
+    y = _requant_op(m, s, [9], [0], 16, True, "/y")
+    output_op(m, "y", y)
+    output_op(m, "other", other)
+    order = [op.attrs.get("name") or op.loc for op in m.ops()]
+    assert order.index("/other") < order.index("/s")
+    rng = np.random.default_rng(5)
+    xs, zs = rng.integers(-128, 128, shape), rng.integers(-128, 128, shape)
+    got, apart = run(m, {"x": xs, "z": zs}), run_values(m, {"x": xs, "z": zs})
+    np.testing.assert_array_equal(got["y"], apart[y])
+    np.testing.assert_array_equal(got["other"], apart[other])

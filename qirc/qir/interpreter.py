@@ -139,8 +139,8 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     if not keep_all:
         for i, op in enumerate(order):
             if op.name != "qir.output":
-                for v in op.operands:
-                    last_reader[v] = member_at.get(i, i)
+                for v in op.operands:  # a group member reads its operands where its group runs
+                    last_reader[v] = max(last_reader.get(v, -1), member_at.get(i, i))
         for op in order:
             if op.name == "qir.output":
                 last_reader.pop(op.operands[0], None)
