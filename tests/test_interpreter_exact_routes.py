@@ -365,6 +365,12 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((2, 2, 5, 6), (3, 2, 3, 3), [3, 0, 2, 4], [2, 3], [1, 1], 1),   # pads wider than the strides: empty phase rows
     ((3, 3, 4, 4), (2, 3, 2, 2), [3, 3, 3, 2], [1, 1], [1, 1], 1),   # pads wider than the kernel: no shared padding
     ((3, 2, 6, 5), (3, 2, 3, 3), [1, 0, 2, 2], [1, 1], [1, 1], 1),   # uneven pads shared between rows and images
+    # enough input rows (C * kh >= 32) for the patch matrix per kernel column (one product per column, summed)
+    ((2, 11, 9, 8), (4, 11, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),
+    ((2, 12, 11, 10), (5, 12, 3, 3), [1, 0, 2, 1], [2, 2], [1, 1], 1),  # phase columns 0, 1, 0 (+1)
+    ((2, 16, 12, 13), (3, 16, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # a dilated column beyond the stride
+    ((2, 11, 13, 13), (4, 11, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),  # stride 3, dilation 2
+    ((3, 8, 12, 14), (2, 8, 4, 5), [2, 1, 1, 3], [1, 1], [1, 1], 1),  # a 4x5 kernel, uneven pads
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
                                                           group, monkeypatch):

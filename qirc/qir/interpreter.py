@@ -912,26 +912,58 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     classic im2col gathers short rows), and one matmul gives every output of the grid, of which the first Ho x Wo of
     each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
     images keep the layout, the patch matrix and the grid in cache; each block's valid outputs go to `store` as a
-    [b, M, Ho, Wo] view of the grid."""
+    [b, M, Ho, Wo] view of the grid.
+
+    Where a kernel row has several taps and there are enough rows (c, i) for an efficient product, the patch matrix
+    is built per kernel column instead: the taps (i, j) and (i, j') of one input row differ by a column shift, so
+    kh copies X2[c, i, :] (one per phase column for a stride) serve every j as the view X2[:, :, shift_j:], which
+    BLAS reads in place; the kw products w[:, :, :, j] @ view_j are added in `dtype`, exactly (each is a partial sum
+    of the same terms, bounded like the whole).  A 3x3 kernel copies its input 3 times (6 with a stride of 2)
+    instead of 9."""
     N, C = x.shape[:2]
     M = wf.shape[0]
     Ho, Wo = out
-    T = int(np.prod(kernel))
+    kh, kw = kernel
+    T = kh * kw
     K = C * T
-    wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
     S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, _IM2COL_BLOCK // max(1, max(K, M) * S))
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
-    cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((M, images * S), dtype=dtype)
+    (sh, sw), (dh, dw) = strides, dilations
+    by_column = kw > 1 and C * kh >= 32
+    if by_column:
+        # kernel column j reads phase column (j*dw) % sw, shifted by (j*dw) // sw
+        shift = {j: ((j * dw) % sw, (j * dw) // sw) for j in range(kw)}
+        extra = max(c for _, c in shift.values())
+        rows = {b: np.empty((C, kh, images * S + extra), dtype=dtype) for b, _ in shift.values()}
+        w_cols = [np.ascontiguousarray(wf[:, :, :, j].reshape(M, C * kh)) for j in range(kw)]
+        part = np.empty_like(grid)
+    else:
+        wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
+        cols = np.empty((C, T, images * S), dtype=dtype)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         X = layout.fill(x, n0, n1)
         width = layout.width(n1 - n0)
-        for t, (phase, off) in enumerate(layout.taps):
-            cols[:, t, :width] = X[:, phase, off:off + width]
-        np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
+        if by_column:
+            for b, X2 in rows.items():
+                for i in range(kh):
+                    phase, off = ((i * dh) % sh) * sw + b, ((i * dh) // sh) * Wq
+                    X2[:, i, :width + extra] = X[:, phase, off:off + width + extra]
+            for j in range(kw):
+                b, c = shift[j]
+                view = rows[b].reshape(C * kh, -1)[:, c:c + width]
+                if j == 0:
+                    np.matmul(w_cols[j], view, out=grid[:, :width])
+                else:
+                    np.matmul(w_cols[j], view, out=part[:, :width])
+                    grid[:, :width] += part[:, :width]  # exact: partial sums within the caller's bound
+        else:
+            for t, (phase, off) in enumerate(layout.taps):
+                cols[:, t, :width] = X[:, phase, off:off + width]
+            np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
         store(n0, n1, grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
