@@ -906,6 +906,31 @@ def _flat_fits(padded, kernel, strides, out) -> bool:
     return 2 * out[0] * out[1] >= grid
 
 
+class _ColumnRows:
+    """The patch rows of a flat-layout conv per kernel column: the taps (i, j) and (i, j') of one kernel row read
+    the same phase row shifted by a few columns, so kh copies rows[b][c, i, :] of X (one set per phase column b for
+    a stride) give every kernel column j as the view rows[b][:, :, shift_j:shift_j + width], which BLAS reads in
+    place (a row stride, no copy).  A 3x3 kernel copies its input 3 times (6 with a stride of 2) instead of 9."""
+
+    def __init__(self, C, kernel, strides, dilations, length, dtype):
+        (self.kh, kw), (self.sh, sw), (self.dh, dw) = kernel, strides, dilations
+        self.sw = sw
+        self.shift = [((j * dw) % sw, (j * dw) // sw) for j in range(kw)]  # (phase column, column shift) of j
+        self.extra = max(c for _, c in self.shift)
+        self.rows = {b: np.empty((C, self.kh, length + self.extra), dtype=dtype) for b, _ in self.shift}
+
+    def fill(self, X: np.ndarray, width: int, Wq: int) -> None:
+        for b, X2 in self.rows.items():
+            for i in range(self.kh):
+                phase, off = ((i * self.dh) % self.sh) * self.sw + b, ((i * self.dh) // self.sh) * Wq
+                X2[:, i, :width + self.extra] = X[:, phase, off:off + width + self.extra]
+
+    def view(self, j: int, width: int) -> np.ndarray:
+        """Kernel column j's patch rows [C, kh, width]."""
+        b, c = self.shift[j]
+        return self.rows[b][:, :, c:c + width]
+
+
 def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
     """A 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`), in the flat
     layout of `_FlatLayout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
@@ -915,11 +940,8 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     [b, M, Ho, Wo] view of the grid.
 
     Where a kernel row has several taps and there are enough rows (c, i) for an efficient product, the patch matrix
-    is built per kernel column instead: the taps (i, j) and (i, j') of one input row differ by a column shift, so
-    kh copies X2[c, i, :] (one per phase column for a stride) serve every j as the view X2[:, :, shift_j:], which
-    BLAS reads in place; the kw products w[:, :, :, j] @ view_j are added in `dtype`, exactly (each is a partial sum
-    of the same terms, bounded like the whole).  A 3x3 kernel copies its input 3 times (6 with a stride of 2)
-    instead of 9."""
+    is built per kernel column instead (`_ColumnRows`), and the kw products w[:, :, :, j] @ rows_j are added in
+    `dtype`, exactly (each is a partial sum of the same terms, bounded like the whole)."""
     N, C = x.shape[:2]
     M = wf.shape[0]
     Ho, Wo = out
@@ -931,13 +953,9 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
     grid = np.empty((M, images * S), dtype=dtype)
-    (sh, sw), (dh, dw) = strides, dilations
     by_column = kw > 1 and C * kh >= 32
     if by_column:
-        # kernel column j reads phase column (j*dw) % sw, shifted by (j*dw) // sw
-        shift = {j: ((j * dw) % sw, (j * dw) // sw) for j in range(kw)}
-        extra = max(c for _, c in shift.values())
-        rows = {b: np.empty((C, kh, images * S + extra), dtype=dtype) for b, _ in shift.values()}
+        rows = _ColumnRows(C, kernel, strides, dilations, images * S, dtype)
         w_cols = [np.ascontiguousarray(wf[:, :, :, j].reshape(M, C * kh)) for j in range(kw)]
         part = np.empty_like(grid)
     else:
@@ -948,13 +966,9 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
         X = layout.fill(x, n0, n1)
         width = layout.width(n1 - n0)
         if by_column:
-            for b, X2 in rows.items():
-                for i in range(kh):
-                    phase, off = ((i * dh) % sh) * sw + b, ((i * dh) // sh) * Wq
-                    X2[:, i, :width + extra] = X[:, phase, off:off + width + extra]
+            rows.fill(X, width, Wq)
             for j in range(kw):
-                b, c = shift[j]
-                view = rows[b].reshape(C * kh, -1)[:, c:c + width]
+                view = rows.view(j, width).reshape(C * kh, width)  # a view: the row stride is uniform
                 if j == 0:
                     np.matmul(w_cols[j], view, out=grid[:, :width])
                 else:
@@ -971,8 +985,9 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_FlatLayout`: for a block
     of whole images, each channel's patch rows are contiguous slices of X copied into cols[c, tap, :], and one
     batched product w[c, 1, taps] @ cols[c, taps, :] gives every channel's grid (numpy's per-tap multiply-adds
-    would pass over the block twice per tap).  The first Ho x Wo of each image's grid are the valid outputs; they
-    go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
+    would pass over the block twice per tap; rows per kernel column as in `_conv_flat` measured slower here: the
+    batched products over strided views are not BLAS calls).  The first Ho x Wo of each image's grid are the valid
+    outputs; they go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
     T = int(np.prod(kernel))
