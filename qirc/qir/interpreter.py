@@ -21,9 +21,15 @@ Kernels are registered per op name with `@kernel("int.conv")` into `KERNELS` and
 `qirc/qir/dialects` has a kernel.  Kernels accept any batch size N; the runner checks that every result has its
 declared shape.
 
-Integer conv/gemm/matmul run as im2col + a float32 (float64) BLAS matmul when a bound computed from the actual
-operands (max|a| * max|b| * K) proves every partial sum is an integer below 2^24 (2^53), so the float result is
-exact; otherwise as an exact int64 matmul.
+Integer conv/gemm/matmul run as a float32 (float64) BLAS matmul when a bound proves every product and partial sum
+is an integer of magnitude at most 2^24 (2^53), so the float result is exact whatever the summation order (for a
+conv: max|x| from x's checked type, or its values, times the largest row sum of |w|; for gemm/matmul max|a| * max|b|
+* K); otherwise as an exact int64 matmul.
+
+`run()` (not `run_values()`, which keeps every value) fuses two patterns whose intermediates have no other reader,
+block by block over the batch with the same values and checks as the kernels apart: an int.conv read only by an
+int.requant_shift (the conv's sums requantized while in cache, `_conv_requant`), and a requant of an int.add /
+int.sub of (single-use) requants, a residual connection (`_sum_requant`).  `_FUSE = False` turns that off.
 """
 from __future__ import annotations
 
