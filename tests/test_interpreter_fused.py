@@ -79,6 +79,19 @@ def _route_spy(monkeypatch):
     return seen
 
 
+def _store_spy(monkeypatch):
+    """Count the fused conv+requant pairs run() completes."""
+    done = []
+
+    class Spy(interp._RequantStore):
+        def result(self):
+            done.append(1)
+            return super().result()
+
+    monkeypatch.setattr(interp, "_RequantStore", Spy)
+    return done
+
+
 def _weights_with_row_abs_sum(total, k):
     """One output channel of k int8 weights summing to `total`: 127s, then the remainder."""
     w = np.full(k, 127, dtype=np.int64)
@@ -132,7 +145,9 @@ def test_fused_conv_requant_equals_the_two_kernels(pads, strides, kernel, mul_ki
     add = rng.integers(-500, 500, (1, 6, 1, 1)) if mul_kind == "channel" else np.array([-33])
     requant = {"mul": mul, "add": add, "div": div, "signed": signed}
     m = _conv_module(x.shape, w, bias, pads, strides, requant)
+    stores = _store_spy(monkeypatch)
     fused = run(m, {"x": x})["y"]
+    assert stores == [1]
     apart = run_values(m, {"x": x})[m.outputs[0].operands[0]]
     expected = _requant_reference(_reference_conv(x, w, bias, pads, strides), mul, add, div, signed)
     np.testing.assert_array_equal(fused, expected)
@@ -250,7 +265,11 @@ def test_fused_requant_of_a_sum_equals_the_ops_apart(kind, leaves, monkeypatch):
     output_op(m, "y", y)
     xa = rng.integers(-128, 128, shape)
     xb = rng.integers(-1000, 1000, shape)
+    chains = []
+    real = interp._sum_requant
+    monkeypatch.setattr(interp, "_sum_requant", lambda *a: chains.append(real(*a)) or chains[-1])
     fused = run(m, {"a": xa, "b": xb})
+    assert len(chains) == 1 and chains[0] is not None  # the chain did run fused
     apart = run_values(m, {"a": xa, "b": xb})
     np.testing.assert_array_equal(fused["y"], apart[y])
     monkeypatch.setattr(interp, "_FUSE", False)
@@ -295,3 +314,35 @@ def test_a_value_read_by_a_fused_chain_and_by_a_later_op_lives_until_the_chain_r
     got, apart = run(m, {"x": xs, "z": zs}), run_values(m, {"x": xs, "z": zs})
     np.testing.assert_array_equal(got["y"], apart[y])
     np.testing.assert_array_equal(got["other"], apart[other])
+
+
+@pytest.mark.parametrize("x_shape, w_shape, group, pads, strides", [
+    ((9, 6, 7, 7), (6, 1, 3, 3), 6, [1, 1, 1, 1], [1, 1]),      # depthwise, flat layout, staged pieces
+    ((9, 6, 9, 8), (6, 1, 3, 3), 6, [1, 0, 1, 1], [2, 2]),      # strided depthwise
+    ((5, 4, 6, 6), (8, 1, 3, 3), 4, [1, 1, 1, 1], [1, 1]),      # channel multiplier 2: windowed taps
+    ((5, 6, 5, 5), (6, 1, 5, 5), 6, [0, 0, 0, 0], [1, 1]),      # a kernel over the whole map: one einsum
+    ((6, 4, 11), (5, 4, 3), 1, [1, 1], [2]),                    # 1-d
+])
+def test_fused_conv_requant_other_conv_routes(x_shape, w_shape, group, pads, strides, monkeypatch):
+    monkeypatch.setattr(interp, "_FUSED_BLOCK", 90)
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 300)
+    rng = np.random.default_rng(6)
+    n = len(x_shape) - 2
+    m = Module("conv")
+    x = input_op(m, "x", tensor(x_shape, i8))
+    w = const_op(m, rng.integers(-127, 128, w_shape).astype(np.int8), tensor(w_shape, i8))
+    b = const_op(m, rng.integers(-999, 999, w_shape[0]).astype(np.int32), tensor((w_shape[0],), i32))
+    out = tuple((x_shape[2 + i] + pads[i] + pads[i + n] - w_shape[2 + i]) // strides[i] + 1 for i in range(n))
+    conv = m.create("int.conv", [x, w, b], [tensor((x_shape[0], w_shape[0]) + out, i32)],
+                    {"kernel_shape": list(w_shape[2:]), "pads": pads, "strides": strides, "dilations": [1] * n,
+                     "group": group}, loc="/conv")
+    param = (1, w_shape[0]) + (1,) * n
+    y = _requant_op(m, conv.result, rng.integers(1, 99, param), rng.integers(-99, 99, param), 1 << 9, True, "/rq")
+    output_op(m, "y", y)
+    xs = rng.integers(-128, 128, x_shape)
+    stores = _store_spy(monkeypatch)
+    fused = run(m, {"x": xs})["y"]
+    assert stores == [1]  # the pair did run fused
+    np.testing.assert_array_equal(fused, run_values(m, {"x": xs})[y])
+    monkeypatch.setattr(interp, "_FUSE", False)
+    np.testing.assert_array_equal(run(m, {"x": xs})["y"], fused)
