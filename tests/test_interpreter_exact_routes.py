@@ -417,3 +417,13 @@ def test_narrow_sums_are_exact_at_the_edges_of_their_types(kind):
     got = run(m, {"a": xa, "b": xb})["y"]
     assert got.dtype == np.int64
     assert got.tolist() == (xa + xb if kind == "int.add" else xa - xb).tolist()
+
+
+def test_requant_with_per_sample_parameters_on_large_maps():
+    # parameters with a batch extent of their own: one unblocked pass, parameters not reduced to one image
+    rng = np.random.default_rng(12)
+    x = rng.integers(-5000, 5000, (3, 4, 32, 32))
+    mul = rng.integers(1, 300, (3, 4, 1, 1))
+    add = rng.integers(-900, 900, (3, 1, 1, 1))
+    y = run(_requant_module(x.shape, mul, add, 256), {"x": x})["y"]
+    np.testing.assert_array_equal(y, np.clip(np.floor_divide(x * mul + add + 128, 256), -128, 127))

@@ -1824,7 +1824,8 @@ class _RequantSpec:
         contiguous one, but one broadcast along the outermost axis only at full speed): for one image of `shape`
         when an image is large enough for numpy's inner loops, else for the whole block, kept for the op's largest
         block (a smaller block of the same trailing shape takes their head)."""
-        if shape and int(np.prod(shape[1:])) >= 2048:
+        if shape and int(np.prod(shape[1:])) >= 2048 and all(
+                p.ndim < len(shape) or p.shape[0] == 1 for p in (self.mul, self.offset)):
             key = (np.dtype(dtype), tuple(shape[1:]))
             cached = self._params.get(key)
             if cached is None:
