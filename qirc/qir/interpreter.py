@@ -955,7 +955,7 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     T = kh * kw
     K = C * T
     S = _flat_grid(x.shape, pads, strides, out)
-    images = max(1, _IM2COL_BLOCK // max(1, max(K, M) * S))
+    images = max(1, min(N, _IM2COL_BLOCK // max(1, max(K, M) * S)))  # buffers for no more images than there are
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
     grid = np.empty((M, images * S), dtype=dtype)
@@ -999,7 +999,7 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     T = int(np.prod(kernel))
     weights = wf.reshape(C, 1, T)
     S = _flat_grid(x.shape, pads, strides, out)
-    images = max(1, (_IM2COL_BLOCK // 2) // max(1, C * S * T))  # cols of about 1 MB (float32)
+    images = max(1, min(N, (_IM2COL_BLOCK // 2) // max(1, C * S * T)))  # cols of about 1 MB (float32)
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
     cols = np.empty((C, T, images * S), dtype=dtype)
