@@ -286,9 +286,7 @@ def _main_parser() -> argparse.ArgumentParser:
                                                                    "placeholders")
     p.add_argument("--inputs", metavar="SAMPLES.npz",
                    help="an .npz of float input samples (first axis = sample) for the test vectors")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="static shape of a graph input with dynamic dims, e.g. x=1x3x32x32 (repeatable); a lone "
-                        "dynamic batch dim is bound to 1 without it")
+    _add_input_shape_argument(p)
     p.add_argument("--outputs", metavar="NAME[,NAME]",
                    help="compile only the subgraph computing these tensors (cut off a float Softmax or a head)")
     p.add_argument("-p", "--pipeline", "--passes", dest="pipeline", default=None,
@@ -301,8 +299,9 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="seed of the random test inputs (without --inputs)")
     p.add_argument("--strict", action="store_true",
-                   help="refuse a requant whose int32-safe form may be off by one output step or more (by default "
-                        "it is compiled, warned about on stderr and recorded in qirc.json)")
+                   help="refuse a requant, or an Add's common int32 scale, whose int32-safe form may be off by one "
+                        "output step or more (by default it is compiled, warned about on stderr and recorded in "
+                        "qirc.json)")
     p.add_argument("--layers", action="store_true", help="also write per-layer error figures into qirc.json "
                                                           "(accuracy.layers, as qirc report computes them; slower)")
     p.add_argument("--list-targets", action="store_true", help="list the compilation targets")
@@ -350,8 +349,16 @@ def _main(argv: List[str]) -> Optional[int]:
     return None
 
 
-def _onnx_options(args) -> dict:
-    """--input-shape / --outputs as import options, and notes (a bound batch dim) printed to stderr."""
+def _add_input_shape_argument(p: argparse.ArgumentParser) -> None:
+    """`--input-shape NAME=DIMS`, the same for qirc, qirc sim and qirc report (parsed by `_input_shapes`)."""
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="static shape of a graph input with dynamic dims, e.g. x=1x3x32x32 (repeatable); a lone "
+                        "dynamic batch dim is bound to 1 without it")
+
+
+def _input_shapes(args) -> Optional[dict]:
+    """The --input-shape options as {input name: shape}, or None when none is given (UsageError when malformed or
+    given twice)."""
     from .frontends.onnx.loader import parse_input_shape
     shapes = {}
     for text in args.input_shape:
@@ -359,12 +366,18 @@ def _onnx_options(args) -> dict:
         if name in shapes:
             raise UsageError(f"--input-shape: input '{name}' is given twice")
         shapes[name] = shape
+    return shapes or None
+
+
+def _onnx_options(args) -> dict:
+    """--input-shape / --outputs as import options, and notes (a bound batch dim) printed to stderr."""
+    shapes = _input_shapes(args)
     outputs = None
     if args.outputs is not None:
         outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
         if not outputs:
             raise UsageError("--outputs: give at least one tensor name")
-    return {"input_shapes": shapes or None, "outputs": outputs, "note": _print_note}
+    return {"input_shapes": shapes, "outputs": outputs, "note": _print_note}
 
 
 def _print_note(text: str) -> None:
@@ -391,9 +404,11 @@ def _sim(argv: List[str]) -> Optional[int]:
     p.add_argument("--inputs", metavar="IN.npz", required=True, help="npz of input samples")
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True,
                    help="npz of outputs to write (a new file or an earlier qirc sim output)")
+    _add_input_shape_argument(p)
     args = p.parse_args(argv)
     from .driver import simulate_file
-    summary = simulate_file(args.file, args.inputs, args.output)
+    summary = simulate_file(args.file, args.inputs, args.output, input_shapes=_input_shapes(args),
+                            note=lambda text: _print_error(f"qirc sim: note: {text}"))
     for note in summary.notes:
         _print_error(f"qirc sim: note: {note}")
     sys.stdout.write(summary.text())
@@ -450,12 +465,15 @@ def _report(argv: List[str]) -> Optional[int]:
     p.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the random samples")
     p.add_argument("-o", "--output", metavar="REPORT.html", required=True,
                    help="the HTML file to write (a new file or an earlier qirc report page)")
+    _add_input_shape_argument(p)
     args = p.parse_args(argv)
+    input_shapes = _input_shapes(args)
     from .outputs import check_output_file
     from .report.page import build_report, render_html, require_matplotlib
     check_output_file(args.output, "report")  # never overwrite a file qirc did not write
     require_matplotlib()  # fail before the work, not after it
-    data = build_report(args.model, args.target, inputs_npz=args.inputs, samples=args.samples, seed=args.seed)
+    data = build_report(args.model, args.target, inputs_npz=args.inputs, samples=args.samples, seed=args.seed,
+                        input_shapes=input_shapes, note=lambda text: _print_error(f"qirc report: note: {text}"))
     write_text_atomic(args.output, render_html(data))
     print(f"wrote {args.output} ({len(data.layers)} requantized tensors, {data.samples} sample(s))")
     return None

@@ -17,7 +17,9 @@ lowering and backends together.  Steps:
      (`accuracy.layers`, several more interpreter runs) only with `layers=True` (`qirc --layers`, `qirc report`);
      and, always, per requant of the lowered module its error bound and its mismatch against the exact requantizer
      on the samples (`qirc.lowering.precision`; `accuracy.requants`, one more batched run), with a warning for each
-     whose bound reaches one output step (`strict` refuses those in step 2 instead);
+     whose bound reaches one output step, and the common-scale choice of every rescaled Add (`accuracy.add_rescales`,
+     recorded by lower-to-int) with a warning for each whose bound reaches one output step (`strict` refuses both
+     in step 2 instead);
   5. write network.onnx, inputs.npz, outputs.npz and qirc.json into a temporary folder next to DIR and rename it into
      place: a failed run leaves no DIR and an existing DIR untouched until the new one is complete.  DIR must be new,
      empty or a previous qirc output (checked before step 1; qirc.outputs): qirc never removes a file it did not
@@ -45,7 +47,7 @@ from .backends.deeploy.targets import DeeployTarget, get_target
 from .frontends.deeploy import import_deeploy_onnx, is_deeploy_onnx
 from .frontends import load_model
 from .frontends.onnx import import_onnx
-from .lowering.precision import precision_warnings, requant_precision
+from .lowering.precision import add_rescale_warnings, precision_warnings, requant_precision
 from .qir.diagnostics import QircError, UsageError
 from .qir.ir import Module
 from .qir.passes import ModulePass, PassManager, parse_pipeline
@@ -183,8 +185,9 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     print_ir_after_all  dump the IR after every pass to `out` (stderr by default)
     dump_ir_dir       also write the IR after import and after every pass as NN-pass.qir files there
     dump_format       "qir" (text) or "dot" (Graphviz) for those files
-    strict            refuse a requant whose worst-case approximation error reaches one output step (LoweringError)
-                      instead of compiling it with a warning (summary.warnings) and its record in qirc.json
+    strict            refuse a requant (or an Add's common int32 scale) whose worst-case approximation error reaches
+                      one output step (LoweringError) instead of compiling it with a warning (summary.warnings) and
+                      its record in qirc.json (accuracy.requants, accuracy.add_rescales)
     seed, accuracy_samples  the random samples used when no inputs_npz is given
     layers            also compute the per-layer figures of `qirc.report.figures` into accuracy.layers, and for
                       a transformer the network's error with each kind of approximating kernel computed exactly
@@ -241,9 +244,13 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     approximations = approximation_report(quant_module, module, int_samples)
     if approximations:  # iSoftmax / iLayerNorm / iGELU against the float ops they replace
         accuracy["approximations"] = approximations
-    accuracy["requants"] = requant_precision(lowered, int_samples)
+    # (the Adds' records, from lower-to-int, are measured in the same run as the requants)
+    add_records = [dict(r) for r in getattr(passes[0], "add_rescales", None) or []]
+    accuracy["requants"] = requant_precision(lowered, int_samples, add_records=add_records)
+    accuracy["add_rescales"] = add_records
     warnings = [f"{os.fspath(model_path)}: {line}" if isinstance(model_path, (str, os.PathLike)) else line
-                for line in precision_warnings(accuracy["requants"], len(int_samples))]
+                for line in precision_warnings(accuracy["requants"], len(int_samples))
+                + add_rescale_warnings(accuracy["add_rescales"], len(int_samples))]
     io = vectors.io_description(module, input_names, output_names)
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
@@ -310,11 +317,17 @@ def _is_weight(const) -> bool:
     return False
 
 
-def load_any(path: str) -> Module:
-    """A model file as IR: qirc's own Deeploy output (integer IR), any quantized ONNX qirc imports, or .qir text."""
+def load_any(path: str, input_shapes: Optional[Dict[str, tuple]] = None, note=None) -> Module:
+    """A model file as IR: qirc's own Deeploy output (integer IR), any quantized ONNX qirc imports, or .qir text.
+
+    input_shapes, note: as for `compile_model` (`--input-shape`; a quantized ONNX model only: qirc's own output and
+    .qir files have static shapes, and a shape given for them is a UsageError)."""
     if str(path).endswith(".onnx") and os.path.isfile(path) and is_deeploy_onnx(path):
+        if input_shapes:
+            raise UsageError("--input-shape applies to a quantized source model, not to qirc's own network.onnx "
+                             "(its input shapes are static)")
         return import_deeploy_onnx(path)
-    return load_model(path)
+    return load_model(path, input_shapes=input_shapes, note=note)
 
 
 @dataclass
@@ -349,20 +362,23 @@ def _read_npz(path: str) -> Dict:
         raise QircError(f"not a readable .npz file ({type(e).__name__}: {e})", file=path) from None
 
 
-def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str) -> SimSummary:
+def simulate_file(model_path: str, inputs_npz: str, outputs_npz: str,
+                  input_shapes: Optional[Dict[str, tuple]] = None, note=None) -> SimSummary:
     """`qirc sim`: run the interpreter on `model_path` (any form `load_any` reads) for every sample of `inputs_npz`
     and write the outputs to `outputs_npz` (atomically), keyed by output name, stacked over the samples, each in
     the dtype outputs.npz uses for it (the storage type of a quantized output: int8, uint8, ...; float32 else).
 
     `inputs_npz` holds one array per model input, named like it (a one-input model also takes a single array of
     any name, as numpy.savez(f, x) writes it), each with a leading sample axis: [N, ...] where the model declares
-    [1, ...].  Integer arrays given to a float input are used as real numbers, and a note says so.
+    [1, ...].  Integer arrays given to a float input are used as real numbers, and a note says so.  input_shapes,
+    note: the model's dynamic input dims (`--input-shape`, as `compile_model` takes them; a lone dynamic batch dim
+    is bound to 1 without it, with a note through `note(text)`).
     """
     import numpy as np
 
     from .qir.batch import run_samples
     outputs.check_output_file(outputs_npz, "sim")
-    module = load_any(model_path)
+    module = load_any(model_path, input_shapes=input_shapes, note=note)
     names = module.input_names()
     arrays = _read_npz(inputs_npz)
     if set(arrays) == set(names):

@@ -100,6 +100,8 @@ def _target_rows(targets) -> List[Sequence[str]]:
                                   if t.signed_normalize else "int8 and uint8")),
         ("accumulators", cells(lambda t: "int32")),
         ("bare integer Conv (without a RequantShift after it)", cells(lambda t: _yes(not t.conv_needs_requant))),
+        ("Gemm without a RequantShift after it (int32 output)",
+         cells(lambda t: "as MatMul (int8 x int8) + Add of the bias" if t.gemm_needs_requant else "yes")),
         ("residual Add of two tensors", cells(lambda t: residual[t.residual_add])),
         ("average pooling", cells(lambda t: pools[t.sum_pool])),
         ("depthwise Conv", cells(depthwise)),

@@ -135,6 +135,33 @@ def test_qdq_conv1d_compiles_for_every_target(target, tmp_path):
     assert summary.accuracy["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6
 
 
+def conv1d_feature_model():
+    """A Conv1d whose rank-3 output [1, 8, 16] (int8) is the graph output: no head."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder("conv1d_features")
+    x = b.qdq(b.input("x", [1, 4, 16]), 1 / 32, 0, prefix="/in")
+    w = b.dequantize_linear(rng.integers(-127, 128, (8, 4, 3)).astype(np.int8), np.float32(0.01), prefix="/c1/w")
+    b.output(b.qdq(b.node("Conv", [x, w], name="/c1/Conv", pads=[1, 1]), 0.05, 0, prefix="/c1/out"), "y")
+    return b.build(opset=13)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_conv1d_output_of_rank_3_compiles_for_every_target(target, tmp_path, capsys):
+    """The Conv runs at rank 4 and its output is reshaped back to [N, C, L]; a graph may not end in that Reshape
+    (Deeploy leaves the buffer zero), so a RequantShift that only copies follows it (before: refused on every
+    target, "the graph ends in a reshape")."""
+    from qirc.cli import main
+    path = tmp_path / "conv1d.onnx"
+    onnx.save(conv1d_feature_model(), path)
+    assert main([str(path), "--target", target, "-o", str(tmp_path / "out")]) == 0
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    assert [n.op_type for n in emitted.graph.node][-2:] == ["Reshape", "RequantShift"]
+    assert [d.dim_value for d in emitted.graph.output[0].type.tensor_type.shape.dim] == [1, 8, 16]
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["outputs"][0]["shape"] == [1, 8, 16]
+    assert report["accuracy"]["outputs"][0]["max_error_steps"] <= 1.0 + 1e-3  # a rounding tie at most
+
+
 def token_net():
     rng = np.random.default_rng(1)
     b = QuantBuilder()

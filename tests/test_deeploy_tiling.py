@@ -234,3 +234,54 @@ def test_a_residual_add_of_a_constant_tensor_is_the_requantized_add_form():
     verify(m)
     model = written_exact(m)
     assert ops(model) == ["RequantShift", "RequantShift", "Add", "RequantShift"]
+
+
+def _dw_tile_feasible(model):
+    """PULPOpen's DWConvTileConstraint: every padded depthwise Conv needs output H and W of at least 1 + its pad."""
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.output)}
+    for n in model.graph.node:
+        attrs = {a.name: list(a.ints) if a.ints else a.i for a in n.attribute}
+        if n.op_type == "Conv" and attrs.get("group", 1) > 1:
+            _, _, h, w = shapes[n.output[0]]
+            assert min(h, w) >= 1 + max(attrs["pads"]), (n.name, h, w, attrs["pads"])
+
+
+@pytest.mark.parametrize("zp", [0, 3])
+def test_a_padded_conv1d_pads_with_spare_zero_rows_that_it_strides_over(zp):
+    """A Conv1d lifted to [N, C, 1, L] with its padding along L: the one-hot depthwise Conv that pads makes P spare
+    zero rows under the one row (Deeploy's tiler wants its output H >= 1 + P: the collapsed form, H = 1, generated
+    untiled code only) and the Conv strides over them (stride P + 1 along H).  zp 3: the border form, both of its
+    one-hot pads with spare rows.  Verified with Deeploy: Siracusa tiled and untiled code generated, Generic Errors: 0
+    on the foreign matrix's Conv1d network."""
+    rng = np.random.default_rng(4)
+    m = Module("conv1d")
+    x = input_op(m, "x", TensorType((1, 3, 1, 10), q(0.05, zp)))
+    padded = pad_op(m, x, [0, 2, 0, 2], zp, "/c/pad") if zp else x
+    c = conv(m, padded, rng.integers(-127, 128, (4, 3, 1, 5)), [0, 0, 0, 0] if zp else [0, 2, 0, 2], "/c")
+    output_op(m, "y", requant(m, c, c.type.shape, q(0.2), [25]))
+    verify(m)
+    model = written_exact(m)
+    assert "Pad" not in ops(model)
+    _dw_tile_feasible(model)
+    main = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("c")
+            and [a.i for a in n.attribute if a.name == "group"] == [1]][-1]
+    attrs = {a.name: list(a.ints) for a in main.attribute if a.ints}
+    assert attrs["kernel_shape"] == [1, 5] and attrs["pads"] == [0, 0, 0, 0] and attrs["strides"] == [3, 1]
+
+
+def test_a_padded_maxpool1d_strides_over_the_spare_zero_rows_too():
+    """MaxPool1d(3, stride 2, pad 1) lifted to [N, C, 1, L]: shift to uint8, the one-hot pad with a spare zero row,
+    the pool with stride 2 along H, the shift back (Siracusa tiled code generated, Generic Errors: 0; before, the
+    tiler refused the one-hot pad's one-row output)."""
+    m = Module("pool1d")
+    x = input_op(m, "x", TensorType((1, 2, 1, 9), q(0.05, 3)))
+    pool = m.create("int.maxpool", [x], [TensorType((1, 2, 1, 5), x.type.element)],
+                    {"kernel_shape": [1, 3], "pads": [0, 1, 0, 1], "strides": [1, 2]}, "/pool").result
+    output_op(m, "y", requant(m, pool, (1, 2, 1, 5), q(0.05, 3), [2], 0, div=2))
+    verify(m)
+    model = written_exact(m)
+    _dw_tile_feasible(model)
+    (node,) = [n for n in model.graph.node if n.op_type == "MaxPool"]
+    attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
+    assert attrs["kernel_shape"] == [1, 3] and attrs["pads"] == [0, 0, 0, 0] and attrs["strides"] == [2, 2]

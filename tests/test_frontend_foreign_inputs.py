@@ -162,6 +162,78 @@ def test_cli_input_shape_and_the_batch_note(tmp_path):
     assert run.returncode == 2 and "expected NAME=DIMS" in run.stderr
 
 
+def test_sim_takes_input_shape_with_the_main_commands_parsing_and_errors(tmp_path, capsys):
+    """`qirc sim --input-shape` binds a source model's dynamic dims like `qirc MODEL --input-shape`: the same
+    parsing, the same one-line errors and exit codes."""
+    from qirc.cli import main
+    path = tmp_path / "dyn.onnx"
+    model = _dynamic_model(["n", 3, "h", "w"])
+    onnx.save(model, str(path))
+    x = RNG.standard_normal((3, 3, 4, 4)).astype(np.float32)  # 3 samples of 3x4x4
+    np.savez(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.npz"
+    # without it: the import's error, which names the option
+    assert main(["sim", str(path), "--inputs", str(tmp_path / "in.npz"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dynamic shape ?x3x?x?" in err[0] and "--input-shape x=1x3xNxN" in err[0]
+    assert not out.exists()
+    assert main(["sim", str(path), "--inputs", str(tmp_path / "in.npz"), "-o", str(out),
+                 "--input-shape", "x=1x3x4x4"]) == 0
+    with np.load(out) as got:
+        assert got["y"].shape == (3, 5)
+        reference = np.concatenate([ort_run(model, {"x": x[i:i + 1]})["y"]
+                                    for i in range(3)])
+        np.testing.assert_allclose(got["y"], reference, atol=0.2001)  # within one output step
+    capsys.readouterr()
+    # malformed, twice, or a wrong rank: the main command's messages and codes
+    for args, code, text in ((["--input-shape", "x:1x3"], 2, "expected NAME=DIMS"),
+                             (["--input-shape", "x=1x3x4x4", "--input-shape", "x=1x3x4x4"], 2, "given twice"),
+                             (["--input-shape", "x=1x3x4"], 1, "input 'x' has rank 4")):
+        assert main(["sim", str(path), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o2.npz")]
+                    + args) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and text in err[0]
+        assert main([str(path), "--emit", "qir"] + args) == code  # the same from the main command
+        err_main = capsys.readouterr().err.strip().splitlines()
+        assert len(err_main) == 1 and text in err_main[0]
+    assert not (tmp_path / "o2.npz").exists()
+
+
+def test_sim_binds_a_lone_dynamic_batch_with_a_note_and_refuses_a_shape_for_its_own_output(tmp_path, capsys):
+    from qirc.cli import main
+    path = tmp_path / "dyn.onnx"
+    onnx.save(_dynamic_model(["batch", 3, 4, 4]), str(path))
+    np.savez(tmp_path / "in.npz", x=RNG.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    assert main(["sim", str(path), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "a.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("qirc sim: note: input 'x' has a dynamic batch dimension; compiled with batch 1")
+    compile_model(str(path), "deeploy-generic", str(tmp_path / "build"), input_shapes={"x": (1, 3, 4, 4)})
+    net = tmp_path / "build" / "network.onnx"
+    assert main(["sim", str(net), "--inputs", str(tmp_path / "build" / "inputs.npz"), "-o", str(tmp_path / "b.npz"),
+                 "--input-shape", "x=1x3x4x4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--input-shape applies to a quantized source model" in err[0]
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_report_takes_input_shape(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from qirc.cli import main
+    path = tmp_path / "dyn.onnx"
+    onnx.save(_dynamic_model(["n", 3, "h", "w"]), str(path))
+    page = tmp_path / "report.html"
+    assert main(["report", str(path), "--target", "deeploy-generic", "-o", str(page), "--samples", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--input-shape x=1x3xNxN" in err[0] and not page.exists()
+    assert main(["report", str(path), "--target", "deeploy-generic", "-o", str(page), "--samples", "2",
+                 "--input-shape", "x=1x3x4x4"]) == 0
+    assert "tensor" in capsys.readouterr().out and page.read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", str(path), "--target", "deeploy-generic", "-o", str(tmp_path / "r2.html"),
+                 "--input-shape", "x:1x3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected NAME=DIMS" in err[0] and not (tmp_path / "r2.html").exists()
+
+
 # ----- --outputs ---------------------------------------------------------------------------------------------------------
 def _model_with_float_softmax() -> onnx.ModelProto:
     b = GraphBuilder("softmax_head")

@@ -15,10 +15,11 @@ from qirc.qir.types import i8, i32, i64, tensor
 
 
 def test_exact_dtype_bounds():
-    assert exact_dtype((1 << 24) - 1) is np.float32
-    assert exact_dtype(1 << 24) is np.float64
-    assert exact_dtype((1 << 53) - 1) is np.float64
-    assert exact_dtype(1 << 53) is np.int64
+    # every integer of magnitude <= 2^24 (2^53) is a float32 (float64): a sum bounded by it is exact
+    assert exact_dtype(1 << 24) is np.float32
+    assert exact_dtype((1 << 24) + 1) is np.float64
+    assert exact_dtype(1 << 53) is np.float64
+    assert exact_dtype((1 << 53) + 1) is np.int64
 
 
 def _int64_conv(x, w, pads, strides, dilations, group):
@@ -195,7 +196,9 @@ def test_corpus_integer_graph_batched_equals_per_sample(name):
     ((3, 6, 9, 8), (6, 2, 3, 2), [0, 1, 2, 0], [2, 1], [1, 2], 3),
     ((4, 4, 7, 7), (8, 1, 3, 3), [1, 1, 1, 1], [2, 2], [1, 1], 4),   # depthwise, channel multiplier 2
     ((6, 8, 5, 4), (6, 4, 1, 1), [1, 0, 0, 2], [1, 1], [1, 1], 2),   # pointwise: the input is the patch matrix
-    ((3, 8, 5, 4), (6, 8, 1, 1), [0, 0, 0, 0], [2, 1], [1, 1], 1),   # 1x1 with a stride: not pointwise
+    ((3, 8, 5, 4), (6, 8, 1, 1), [0, 0, 0, 0], [2, 1], [1, 1], 1),   # 1x1 with a stride: the input sampled
+    ((3, 8, 6, 5), (6, 4, 1, 1), [1, 0, 2, 3], [2, 3], [1, 1], 2),   # sampled with pads (some samples in them)
+    ((2, 4, 3, 3), (4, 1, 1, 1), [2, 2, 2, 2], [3, 3], [1, 1], 4),   # depthwise 1x1 whose samples are all padding
 ])
 def test_int_conv_nd_int_result_with_bias_matches_int64_reference(dtype, shape, w_shape, pads, strides, dilations,
                                                                  group, monkeypatch):
@@ -360,6 +363,14 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((3, 5, 13, 11), (5, 1, 3, 3), [1, 0, 0, 1], [2, 2], [1, 1], 5),  # strided depthwise
     ((2, 3, 9, 9), (4, 3, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),   # stride 3, dilation 2
     ((2, 2, 5, 6), (3, 2, 3, 3), [3, 0, 2, 4], [2, 3], [1, 1], 1),   # pads wider than the strides: empty phase rows
+    ((3, 3, 4, 4), (2, 3, 2, 2), [3, 3, 3, 2], [1, 1], [1, 1], 1),   # pads wider than the kernel: no shared padding
+    ((3, 2, 6, 5), (3, 2, 3, 3), [1, 0, 2, 2], [1, 1], [1, 1], 1),   # uneven pads shared between rows and images
+    # enough input rows (C * kh >= 32) for the patch matrix per kernel column (one product per column, summed)
+    ((2, 11, 9, 8), (4, 11, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], 1),
+    ((2, 12, 11, 10), (5, 12, 3, 3), [1, 0, 2, 1], [2, 2], [1, 1], 1),  # phase columns 0, 1, 0 (+1)
+    ((2, 16, 12, 13), (3, 16, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # a dilated column beyond the stride
+    ((2, 11, 13, 13), (4, 11, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),  # stride 3, dilation 2
+    ((3, 8, 12, 14), (2, 8, 4, 5), [2, 1, 1, 3], [1, 1], [1, 1], 1),  # a 4x5 kernel, uneven pads
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
                                                           group, monkeypatch):
@@ -406,3 +417,13 @@ def test_narrow_sums_are_exact_at_the_edges_of_their_types(kind):
     got = run(m, {"a": xa, "b": xb})["y"]
     assert got.dtype == np.int64
     assert got.tolist() == (xa + xb if kind == "int.add" else xa - xb).tolist()
+
+
+def test_requant_with_per_sample_parameters_on_large_maps():
+    # parameters with a batch extent of their own: one unblocked pass, parameters not reduced to one image
+    rng = np.random.default_rng(12)
+    x = rng.integers(-5000, 5000, (3, 4, 32, 32))
+    mul = rng.integers(1, 300, (3, 4, 1, 1))
+    add = rng.integers(-900, 900, (3, 1, 1, 1))
+    y = run(_requant_module(x.shape, mul, add, 256), {"x": x})["y"]
+    np.testing.assert_array_equal(y, np.clip(np.floor_divide(x * mul + add + 128, 256), -128, 127))

@@ -99,3 +99,62 @@ def test_measured_mismatch_is_against_the_exact_requantizer():
     assert shifted["mismatch_max_steps"] >= 4 and shifted["mismatch_fraction"] > clean["mismatch_fraction"]
     # the inputs were read on a copy: the module keeps no probe outputs
     assert [op.attrs["name"] for op in module.outputs] == ["y"]
+
+
+def conv_plus_residual(cin: int, s_res: float, s_out: float) -> onnx.ModelProto:
+    """A Conv's int32 accumulator (no quantizer of its own: wide, about 2^24 over 256 input channels) added to an
+    int8 residual at scale `s_res`, then quantized: with an irrational scale ratio no int32 common scale keeps the
+    sum within one output step of the exact one."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("conv_plus_residual")
+    x = b.qdq(b.input("x", [1, cin, 4, 4]), 1 / 32, 0, prefix="/in")
+    w = b.dequantize_linear(rng.integers(-127, 128, (4, cin, 3, 3)).astype(np.int8), np.float32(0.003),
+                            prefix="/conv/w")
+    y = b.node("Conv", [x, w], name="/conv/Conv", pads=[1, 1, 1, 1])
+    r = b.qdq(b.input("r", [1, 4, 4, 4]), s_res, 0, prefix="/res")
+    b.output(b.qdq(b.node("Add", [y, r], name="/block/Add"), s_out, 0, prefix="/out"), "y")
+    return b.build(opset=13)
+
+
+def test_imprecise_add_common_scale_compiles_with_a_warning_and_a_record(tmp_path, capsys):
+    path = tmp_path / "add.onnx"
+    onnx.save(conv_plus_residual(256, np.pi / 100, 1 / 512), path)
+    out = tmp_path / "out"
+    assert main([str(path), "--target", "deeploy-generic", "-o", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1  # one line per affected node (the requant after the sum is within its bound)
+    line = err[0]
+    assert line.startswith(f"qirc: warning: {path}: node '/block/Add' (Add): the operands' scale ratio 335.103")
+    assert line.endswith("--strict refuses it")
+    report = json.loads((out / "qirc.json").read_text())
+    (rec,) = report["accuracy"]["add_rescales"]
+    assert rec["node"] == "/block/Add" and not rec["exact"] and rec["scale_ratio"] == pytest.approx(np.pi / 100 / 9.375e-5,
+                                                                                                   rel=1e-6)
+    assert rec["bound_steps"] >= 1.0 and f"up to {rec['bound_steps']:.3g} output steps" in line
+    assert rec["bound_steps"] == pytest.approx(rec["ratio_error_steps"] + rec["requant_error_steps"])
+    assert rec["output"]["scale"] == pytest.approx(1 / 512)
+    # measured on the samples: never beyond the ratio's bound
+    assert rec["values"] > 0 and 0 < rec["mismatch_max_steps"] <= rec["ratio_error_steps"] + 1e-9
+    assert all(r["bound_steps"] < 1.0 for r in report["accuracy"]["requants"])
+
+
+def test_strict_refuses_an_imprecise_add_common_scale_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "add.onnx"
+    onnx.save(conv_plus_residual(256, np.pi / 100, 1 / 512), path)
+    out = tmp_path / "out"
+    assert main([str(path), "--target", "deeploy-generic", "-o", str(out), "--strict"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"{path}: node '/block/Add' (onnx.Add)") and "refused under --strict" in err[0]
+    assert not out.exists()
+
+
+def test_exact_add_common_scale_is_recorded_without_a_warning(tmp_path, capsys):
+    path = tmp_path / "add.onnx"
+    onnx.save(conv_plus_residual(8, 0.003 / 32 * 4, 1 / 64), path)  # the residual at 4x the accumulator's scale
+    out = tmp_path / "out"
+    assert main([str(path), "--target", "deeploy-generic", "-o", str(out), "--strict"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    (rec,) = json.loads((out / "qirc.json").read_text())["accuracy"]["add_rescales"]
+    assert rec["exact"] and rec["multipliers"] == [1, 4] and rec["ratio_error_steps"] < 1e-6
+    assert rec["mismatch_max_steps"] is None or rec["mismatch_max_steps"] < 1e-3

@@ -86,8 +86,55 @@ def test_repeated_concat_operand_is_read_through_a_copy():
     output_op(m, "y", c)
     before = m.clone()
     legalize(m, "deeploy-generic")
-    assert [op.name for op in m.ops()] == ["qir.input", "int.reshape", "int.concat", "qir.output"]
+    assert [op.name for op in m.ops()] == ["qir.input", "int.reshape", "int.reshape", "int.concat", "qir.output"]
     cat = m.walk("int.concat")[0]
-    assert cat.operands[0] is not cat.operands[1]
+    assert cat.operands[0] is not cat.operands[1] and x not in cat.operands
     inputs = interpreter.random_inputs(before, 0)
     np.testing.assert_array_equal(interpreter.run(m, inputs)["y"], interpreter.run(before, inputs)["y"])
+
+
+def u8_weight_mlp(zero_point: int = 90) -> onnx.ModelProto:
+    """x (u8) -> Gemm -> ReLU -> Gemm with u8 weights at `zero_point` (the doubled input) -> u8 output: the last two
+    layers of onnxruntime's quantize_static MLP with weight_type=QUInt8."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder("u8_mlp")
+    x = b.qdq(b.input("x", [1, 16]), 1 / 32, 128, dtype=np.uint8, prefix="/in")
+    for i, (k, n) in enumerate(((16, 24), (24, 8))):
+        w = rng.integers(0, 256, (n, k)).astype(np.uint8)
+        wd = b.dequantize_linear(w, np.float32(0.004), np.uint8(zero_point), prefix=f"/fc{i}/w")
+        x = b.node("Gemm", [x, wd], name=f"/fc{i}/Gemm", transB=1)
+        x = b.qdq(b.node("Relu", [x], name=f"/fc{i}/Relu"), 0.02, 0, dtype=np.uint8, prefix=f"/fc{i}/out")
+    b.output(x, "y")
+    return b.build(opset=13)
+
+
+@pytest.mark.parametrize("target", ["deeploy-siracusa", "deeploy-generic"])
+def test_doubled_input_leaves_the_producing_requant_single(target, tmp_path):
+    """Deeploy's RQSSplitPass copies a RequantShift that feeds a Concat once per user; the Gemm before it then has two
+    users and is not merged into the RequantizedGemm Siracusa needs ("Did not find adequate mapping ... Gemm", found
+    on onnxruntime's QUInt8-weight MLP).  Every read of the doubled input goes through its own Reshape, so no
+    RequantShift output feeds a Concat and anything else (Siracusa tiled and untiled code generated, Generic Errors: 0
+    out of 10 on the MLP)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(u8_weight_mlp(), path)
+    assert main([str(path), "--target", target, "-o", str(tmp_path / "out")]) == 0
+    emitted = onnx.load(str(tmp_path / "out" / "network.onnx"))
+    users = {}
+    for n in emitted.graph.node:
+        for t in n.input:
+            users.setdefault(t, []).append(n.op_type)
+    producers = {o: n.op_type for n in emitted.graph.node for o in n.output}
+    concats = [n for n in emitted.graph.node if n.op_type == "Concat"]
+    assert len(concats) == 2  # both layers read their input twice
+    for concat in concats:
+        assert len(set(concat.input)) == 2 and [producers[t] for t in concat.input] == ["Reshape", "Reshape"]
+    for n in emitted.graph.node:
+        if n.op_type == "RequantShift" and "Concat" in [u for o in n.output for u in users.get(o, [])]:
+            raise AssertionError(f"{n.name} feeds a Concat directly")
+        if n.op_type == "Gemm":
+            assert users[n.output[0]] == ["RequantShift"]  # fusable: its requant is its only user
+    rq_users = [users[n.output[0]] for n in emitted.graph.node if n.op_type == "RequantShift"
+                and "Reshape" in users.get(n.output[0], [])]
+    assert rq_users == [["Reshape", "Reshape"]]
+    report = json.loads((tmp_path / "out" / "qirc.json").read_text())
+    assert report["accuracy"]["outputs"][0]["max_error_steps"] <= 1.0 + 1e-6

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,14 +61,17 @@ class AddRescale(ModulePass):
         rescale_adds(module, strict=self.strict)
 
 
-def rescale_adds(module: Module, ranges: Optional[RangeAnalysis] = None, strict: bool = False) -> int:
+def rescale_adds(module: Module, ranges: Optional[RangeAnalysis] = None, strict: bool = False,
+                 records: Optional[List[Dict]] = None) -> int:
+    """Rescale every Add/Sub (and Concat) of `module`; returns how many were lowered.  `records`, when given, gets
+    one `rescale_record` per Add/Sub whose common scale was judged against the quantizers after it."""
     ranges = ranges or RangeAnalysis()
     count = 0
     for op in module.ops():
         if op.module is not module:
             continue
         if op.name in ("onnx.Add", "onnx.Sub"):
-            count += _add(module, op, ranges, strict)
+            count += _add(module, op, ranges, strict, records)
         elif op.name == "onnx.Concat":
             count += _concat(module, op, ranges, strict)
     if count:
@@ -138,7 +141,29 @@ def _same_scale(s_a: float, r_a: int, s_b: float, r_b: int) -> bool:
     return abs(s_a / s_b - 1.0) * max(r_a, r_b, 1) < 1 / 16 and r_a + r_b < INT32_LIMIT
 
 
-def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False) -> int:
+def rescale_record(op: Operation, plan: "RescalePlan", ratio: float) -> Dict:
+    """What qirc.json records (accuracy.add_rescales) for an Add/Sub rescaled by `plan`:
+
+        node                 the Add/Sub's location
+        scale_ratio          s_large / s_small of its operands
+        multipliers          [m_a, m_b], the integer factors of the operands into the common scale
+        exact                the common scale is exact (a rational ratio)
+        ratio_error_steps    worst error of the approximate ratio, in output steps, over the sums that do not
+                             saturate the quantizers after it
+        requant_error_steps  the bound on the requant after the sum used to choose the multipliers
+        bound_steps          their sum: at one output step or more the Add is warned about (`--strict` refuses it)
+        output               the quantizer after the sum the steps are counted in (scale, zero_point, min, max:
+                             the finest scale when there are several)
+
+    (`precision.requant_precision(..., add_records=...)` adds what the chosen multipliers do on the samples.)
+    """
+    return {"node": op.loc, "op": op.name.split(".", 1)[1], "scale_ratio": ratio,
+            "multipliers": [plan.m_a, plan.m_b], "exact": plan.exact, "ratio_error_steps": plan.add_error_steps,
+            "requant_error_steps": plan.requant_error_steps, "bound_steps": plan.error_steps}
+
+
+def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False,
+         records: Optional[List[Dict]] = None) -> int:
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
     if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
         return 0
@@ -151,6 +176,12 @@ def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = Fa
         plan = choose_rescale(op, Operand(aq.scale, aq.zero_point, a_lo, a_hi),
                               Operand(bq.scale, bq.zero_point, b_lo, b_hi), sign, outputs, strict=strict)
         m_a, m_b, s_common = plan.m_a, plan.m_b, plan.s_common
+        if records is not None:
+            rec = rescale_record(op, plan, max(aq.scale, bq.scale) / min(aq.scale, bq.scale))
+            finest = min(outputs, key=lambda t: min(t.scales))
+            rec["output"] = {"scale": float(min(finest.scales)), "zero_point": int(finest.zero_points[0]),
+                             "min": int(finest.storage_min), "max": int(finest.storage_max)}
+            records.append(rec)
     else:
         r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
         r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))

@@ -1,7 +1,7 @@
 """`lower-to-int`: the whole lowering from the quant-level IR to an integer-only graph."""
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Optional
 
 from ..qir.ir import Module
 from ..qir.passes import ModulePass, register_pass
@@ -47,17 +47,22 @@ class LowerToInt(ModulePass):
     strict: bool = False
 
     def run(self, module: Module) -> None:
-        lower_to_int(module, signed=self.signed_normalize, strict=self.strict)
+        # (not an option: what the run found, read by the compile driver for qirc.json's accuracy.add_rescales)
+        self.add_rescales = []
+        lower_to_int(module, signed=self.signed_normalize, strict=self.strict, add_rescales=self.add_rescales)
 
 
-def lower_to_int(module: Module, signed: bool = False, strict: bool = False) -> None:
+def lower_to_int(module: Module, signed: bool = False, strict: bool = False,
+                 add_rescales: Optional[List[Dict]] = None) -> None:
+    """See LowerToInt; `add_rescales`, when given, gets the record of each Add/Sub's common scale
+    (`add_rescale.rescale_record`)."""
     fold_constants(module)
     check_transformer_inputs(module)
     quantize_before_moves(module)
     if signed:
         signed_normalize(module)
     for _ in range(16):
-        moved = lower_pools(module) + rescale_adds(module, strict=strict) + push_dequants(module) + \
+        moved = lower_pools(module) + rescale_adds(module, strict=strict, records=add_rescales) + push_dequants(module) + \
             fold_scales(module) + lower_transformer_ops(module)
         if not moved:
             break

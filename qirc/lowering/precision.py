@@ -14,6 +14,10 @@ compile driver writes them to qirc.json under `accuracy.requants`, in graph orde
                         the kernel rounds ties up, so a requant with bound 0 may still differ at exact ties)
     values              how many outputs were compared
 
+`add_rescale_warnings(records)` does the same for the Adds whose operands were rescaled to a common int32 scale
+(`accuracy.add_rescales`, recorded by lower-to-int: `add_rescale.rescale_record`) whose bound, the approximate scale
+ratio plus the requant after the sum, reaches one output step; `--strict` refuses those.
+
 `precision_warnings(records)` gives the one-line warning for each requant whose bound reaches one output step
 (`numerics.MAX_ERROR_STEPS`): those are compiled anyway (the most precise int32-safe form) unless strict precision
 refuses them.  Requants from or to a plain integer (the exact shift of a QONNX Trunc) have no exact twin and are
@@ -22,7 +26,7 @@ requant, such as HardSigmoid's alpha * x + beta: the types do not state it).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -37,11 +41,23 @@ def _recorded(module: Module):
             if op.operands[0].type.is_quant and op.results[0].type.is_quant]
 
 
-def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndarray]]) -> List[Dict]:
+def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndarray]],
+                      add_records: Optional[List[Dict]] = None) -> List[Dict]:
     """The records described in the module docstring; `int_samples`: the module's integer inputs, one dict (input
-    name -> stored integers) per sample.  `module` is left unchanged (the inputs are read on a copy)."""
+    name -> stored integers) per sample.  `module` is left unchanged (the inputs are read on a copy).
+
+    `add_records` (lower-to-int's `add_rescale.rescale_record`s, as the driver copies them into qirc.json's
+    accuracy.add_rescales), when given, get in place from the same run what the chosen multipliers do on the
+    samples:
+
+        mismatch_max_steps  the largest |sum read at the common scale - exact real sum of the operands|, in steps of
+                            the quantizer after it, over the sums within that quantizer's range (beyond it the
+                            output saturates whatever the error); None when the Add is not found in `module` (the
+                            int.add / int.sub at the record's node, whose operands are the operands times their
+                            multipliers)
+        values              how many sums were compared"""
     requants = _recorded(module)
-    if not requants:
+    if not requants and not add_records:
         return []
     ranges = RangeAnalysis()
     probe = module.clone()
@@ -50,7 +66,9 @@ def requant_precision(module: Module, int_samples: Sequence[Mapping[str, np.ndar
     for i, op in enumerate(probe_requants):
         names.append(f"__qirc_requant_input_{i}")
         output_op(probe, names[-1], op.operands[0])
+    entries = _add_probes(probe, add_records or [])
     runs = run_samples(probe, list(int_samples)) if int_samples else []
+    _add_measure(add_records or [], entries, runs)
     records = []
     for op, name in zip(requants, names):
         x_value, y_value = op.operands[0], op.results[0]
@@ -98,4 +116,84 @@ def precision_warnings(records: Sequence[Dict], samples: int) -> List[str]:
         lines.append(f"node '{rec['layer']}' (requant '{rec['node']}'): the most precise int32-safe requant "
                      f"(shift {rec['shift']}) may be off by up to {rec['bound_steps']:.3g} output steps over the "
                      f"reachable range{measured}; --strict refuses it")
+    return lines
+
+
+def _add_probes(probe: Module, records: Sequence[Dict]) -> List:
+    """Make the operands and the sum of each recorded Add outputs of `probe`; per record (op, terms, names), or None
+    when the Add is not found (its record gets mismatch_max_steps None)."""
+    entries = []
+    for k, rec in enumerate(records):
+        op = next((o for o in probe.walk() if o.name in ("int.add", "int.sub") and o.loc == rec["node"]
+                   and all(v.type.is_quant for v in o.operands) and o.results[0].type.is_quant), None)
+        terms = [] if op is None else [_operand_term(v) for v in op.operands]
+        if op is None or any(t is None for t in terms):
+            entries.append(None)
+            continue
+        names = []
+        for x, _m in terms:
+            names.append(f"__qirc_add_operand_{k}_{len(names)}")
+            output_op(probe, names[-1], x)
+        names.append(f"__qirc_add_sum_{k}")
+        output_op(probe, names[-1], op.results[0])
+        entries.append((op, terms, names))
+    return entries
+
+
+def _add_measure(records: Sequence[Dict], entries: Sequence, runs: Sequence[Mapping[str, np.ndarray]]) -> None:
+    """Fill each record's mismatch_max_steps and values from the probe's runs (see requant_precision)."""
+    for rec, entry in zip(records, entries):
+        if entry is None:
+            rec["mismatch_max_steps"], rec["values"] = None, 0
+            continue
+        op, terms, names = entry
+        out = rec["output"]
+        worst, count = 0.0, 0
+        sq = op.results[0].type.quant
+        for run in runs:
+            exact = 0.0
+            for i, ((x, _m), name) in enumerate(zip(terms, names)):
+                xq = x.type.quant
+                real = (np.asarray(run[name], np.float64) - xq.zero_point) * xq.scale
+                exact = exact + (real if i == 0 or op.name == "int.add" else -real)
+            approx = (np.asarray(run[names[-1]], np.float64) - sq.zero_point) * sq.scale
+            steps = exact / out["scale"] + out["zero_point"]
+            inside = (steps >= out["min"]) & (steps <= out["max"])
+            if np.any(inside):
+                worst = max(worst, float(np.max(np.abs(approx - exact)[inside])) / out["scale"])
+            count += int(np.count_nonzero(inside))
+        rec["mismatch_max_steps"], rec["values"] = (worst if count else None), count
+
+
+def _operand_term(v):
+    """(x, m) with v = x * m for an int.mul of a quantized x by a constant m, (v, 1) for a quantized v."""
+    op = v.owner
+    if op.name == "int.mul":
+        consts = [w for w in op.operands if w.owner.name == "qir.const"]
+        others = [w for w in op.operands if w.owner.name != "qir.const"]
+        if len(consts) == 1 and len(others) == 1 and others[0].type.is_quant:
+            return others[0], int(np.asarray(consts[0].owner.attrs["value"]).reshape(-1)[0])
+    return (v, 1) if v.type.is_quant else None
+
+
+def _measured(rec: Dict, samples: int) -> str:
+    if rec.get("mismatch_max_steps") is None:
+        return ""
+    return f"; on {samples} sample(s) at most {rec['mismatch_max_steps']:.3g} step(s)"
+
+
+def add_rescale_warnings(records: Sequence[Dict], samples: int = 0) -> List[str]:
+    """One line per Add/Sub whose common-scale bound (`add_rescale.rescale_record`: the approximate scale ratio plus
+    the requant after the sum, in output steps) reaches one output step: compiled with the cheapest multipliers
+    unless strict precision refuses it."""
+    lines = []
+    for rec in records:
+        if rec["bound_steps"] < MAX_ERROR_STEPS:
+            continue
+        m_a, m_b = rec["multipliers"]
+        lines.append(f"node '{rec['node']}' ({rec.get('op', 'Add')}): the operands' scale ratio {rec['scale_ratio']:.9g} has no int32 "
+                     f"common scale within one output step; the best ({max(m_a, m_b)}/{min(m_a, m_b)}) may be off "
+                     f"by up to {rec['bound_steps']:.3g} output steps ({rec['ratio_error_steps']:.3g} of the ratio, "
+                     f"{rec['requant_error_steps']:.3g} of the requant after the sum){_measured(rec, samples)}; "
+                     "--strict refuses it")
     return lines

@@ -21,9 +21,15 @@ Kernels are registered per op name with `@kernel("int.conv")` into `KERNELS` and
 `qirc/qir/dialects` has a kernel.  Kernels accept any batch size N; the runner checks that every result has its
 declared shape.
 
-Integer conv/gemm/matmul run as im2col + a float32 (float64) BLAS matmul when a bound computed from the actual
-operands (max|a| * max|b| * K) proves every partial sum is an integer below 2^24 (2^53), so the float result is
-exact; otherwise as an exact int64 matmul.
+Integer conv/gemm/matmul run as a float32 (float64) BLAS matmul when a bound proves every product and partial sum
+is an integer of magnitude at most 2^24 (2^53), so the float result is exact whatever the summation order (for a
+conv: max|x| from x's checked type, or its values, times the largest row sum of |w|; for gemm/matmul max|a| * max|b|
+* K); otherwise as an exact int64 matmul.
+
+`run()` (not `run_values()`, which keeps every value) fuses two patterns whose intermediates have no other reader,
+block by block over the batch with the same values and checks as the kernels apart: an int.conv read only by an
+int.requant_shift (the conv's sums requantized while in cache, `_conv_requant`), and a requant of an int.add /
+int.sub of (single-use) requants, a residual connection (`_sum_requant`).  `_FUSE = False` turns that off.
 """
 from __future__ import annotations
 
@@ -32,6 +38,14 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+try:  # np.clip's ufunc without np.clip's Python-level argument handling (microseconds a call, thousands of calls)
+    from numpy._core.umath import clip as _clip
+except ImportError:  # numpy < 2
+    try:
+        from numpy.core.umath import clip as _clip
+    except ImportError:
+        _clip = np.clip
 
 from .diagnostics import InterpretError, OverflowError_, QircError, op_error
 from .ir import Module, Operation, Value
@@ -44,12 +58,16 @@ KERNELS: Dict[str, Kernel] = {}
 
 # Whether the running interpreter checks int overflow; a context variable because kernels have a fixed signature.
 _CHECK_OVERFLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("qirc_check_overflow", default=True)
+# Facts the kernels of one run derive from values that do not change within it (a conv's weight row sums), keyed by
+# (id(op), what); None outside a run.
+_RUN_MEMO: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("qirc_run_memo", default=None)
 
 _F32 = np.float32
 _I64 = np.int64
 _EXACT_F32_LIMIT = 1 << 24
 _EXACT_F64_LIMIT = 1 << 53
 _REQUANT_BLOCK = 1 << 16  # int64 elements per block of int.requant_shift: 512 KB, cache-sized
+_FUSED_BLOCK = 1 << 17  # int32 elements per piece of a conv's sums requantized in the conv (_RequantStore): 512 KB
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -85,59 +103,152 @@ def run_values(module: Module, inputs: InputsArg, *, check_overflow: bool = True
 def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: bool) -> Dict[Value, np.ndarray]:
     """Run every op in order.  Unless `keep_all`, a value is dropped once its last reader has run (the operands of
     qir.output stay): on a large batch the intermediate values would otherwise take gigabytes, and every new one
-    would be fresh memory that the kernel pays page faults for."""
+    would be fresh memory that the kernel pays page faults for.
+
+    Unless `keep_all`, two patterns whose intermediate values have no other reader run fused, block by block along
+    the batch axis while the intermediates are in cache, with the same values and the same checks as their kernels
+    (`run_values`, which keeps every value, runs them apart): an int.conv read only by an int.requant_shift
+    (`_conv_requant`, computed where the conv runs), and an int.requant_shift of an int.add / int.sub whose
+    operands may themselves be single-use int.requant_shifts (`_sum_requant`, a residual connection's requant-add-
+    requant, computed where the final requant runs)."""
     load_dialects()
     bound = _bind_inputs(module, inputs)
     values: Dict[Value, np.ndarray] = {}
     order = module.ops()
+    fusions: Dict[int, Operation] = {}  # position of an int.conv -> the int.requant_shift fused into it
+    groups: Dict[int, tuple] = {}  # position of a final requant -> (its int.add / int.sub, {operand: requant})
+    member_at: Dict[int, int] = {}  # position of a group member -> position of its group's final requant
+    if not keep_all and _FUSE:
+        index = {id(op): i for i, op in enumerate(order)}
+        for i, op in enumerate(order):
+            reader = _single_reader(op)
+            if op.name == "int.conv" and reader is not None and reader.name == "int.requant_shift" and len(
+                    reader.operands) == 1:
+                fusions[i] = reader
+        conv_fused = {id(r) for r in fusions.values()}
+        for i, op in enumerate(order):
+            if op.name != "int.requant_shift" or len(op.operands) != 1 or id(op) in conv_fused:
+                continue
+            add = op.operands[0].owner
+            if add.name not in ("int.add", "int.sub") or len(add.operands) != 2 or _single_reader(add) is not op:
+                continue
+            leaves = {}
+            for v in add.operands:
+                leaf = v.owner
+                if (leaf.name == "int.requant_shift" and len(leaf.operands) == 1 and _single_reader(leaf) is add
+                        and len(v.uses) == 1 and id(leaf) not in conv_fused and index[id(leaf)] not in groups):
+                    leaves[v] = leaf
+            groups[i] = (add, leaves)
+            for member in (add, *leaves.values()):
+                member_at[index[id(member)]] = i
     last_reader: Dict[Value, int] = {}
     if not keep_all:
         for i, op in enumerate(order):
             if op.name != "qir.output":
-                for v in op.operands:
-                    last_reader[v] = i
+                for v in op.operands:  # a group member reads its operands where its group runs
+                    last_reader[v] = max(last_reader.get(v, -1), member_at.get(i, i))
         for op in order:
             if op.name == "qir.output":
                 last_reader.pop(op.operands[0], None)
     dying: Dict[int, List[Value]] = {}
     for v, i in last_reader.items():
         dying.setdefault(i, []).append(v)
+    done = set()  # ids of ops computed ahead, fused into the op that feeds them
     # With the overflow checks on, every integer value lies inside its type's range, so a kernel may hand back a
     # narrower integer array than int64 (a requantized tensor as int8: an eighth of the memory traffic of the ops
     # that follow) wherever that dtype holds the type's range; kernels not known to compute right on such arrays
     # get them widened to int64 first, and run() / run_values() return int64 as documented.
     narrow = check_overflow
     token = _CHECK_OVERFLOW.set(check_overflow)
+    memo_token = _RUN_MEMO.set({})
     try:
         for position, op in enumerate(order):
-            fn = KERNELS.get(op.name)
-            if fn is None:
-                raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
-            args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
-            if narrow and op.name not in NARROW_INPUTS:
-                args = [_widen(a) for a in args]
-            try:
-                results = fn(op, args)
-            except QircError:
-                raise
-            except Exception as e:  # a kernel failing on bad attributes or shapes is a located user error
-                raise op_error(InterpretError, op, f"{op.name} cannot be executed: {type(e).__name__}: {e}") from e
-            if len(results) != len(op.results):
-                raise op_error(InterpretError, op,
-                               f"{op.name} kernel produced {len(results)} results, the op declares {len(op.results)}")
-            for value, array in zip(op.results, results):
-                array = _as_runtime(array, value.type, narrow)
-                if array.shape != value.type.shape:
-                    raise op_error(InterpretError, op,
-                                   f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
-                if check_overflow and op.dialect == "int" and not _within_type(op, value.type, args):
-                    _check_storage_range(op, value.type, array)
-                values[value] = array
+            if id(op) in done or position in member_at:
+                pass
+            elif position in fusions and KERNELS.get("int.conv") is _int_conv and KERNELS.get(
+                    "int.requant_shift") is _int_requant_shift:
+                reader = fusions[position]
+                args = _kernel_args(op, values, bound, narrow)
+                try:
+                    fused = _conv_requant(op, reader, args)
+                except QircError:
+                    raise
+                except Exception:  # the two kernels on their own report the problem at the right op
+                    fused = None
+                if fused is None:
+                    _run_op(op, args, values, narrow, check_overflow)
+                else:
+                    _store_results(reader, [fused], [], values, narrow, check_overflow)
+                    done.add(id(reader))
+            elif position in groups:
+                add, leaves = groups[position]
+                fused = None
+                if all(KERNELS.get(name) is fn for name, fn in (("int.requant_shift", _int_requant_shift),
+                                                                ("int.add", _int_add), ("int.sub", _int_sub))):
+                    try:
+                        fused = _sum_requant(op, add, leaves, values)
+                    except Exception:  # errors included: the ops apart report them where they occur
+                        fused = None
+                if fused is None:
+                    members = sorted(leaves.values(), key=lambda m: index[id(m)]) + [add, op]
+                    for member in members:
+                        _run_op(member, _kernel_args(member, values, bound, narrow), values, narrow, check_overflow)
+                else:
+                    _store_results(op, [fused], [], values, narrow, check_overflow)
+            else:
+                _run_op(op, _kernel_args(op, values, bound, narrow), values, narrow, check_overflow)
             for value in dying.get(position, ()):
                 values.pop(value, None)
     finally:
+        _RUN_MEMO.reset(memo_token)
         _CHECK_OVERFLOW.reset(token)
     return values
+
+
+def _single_reader(op: Operation) -> Optional[Operation]:
+    """The one op reading `op`'s single result once, or None."""
+    if len(op.results) != 1 or len(op.results[0].uses) != 1:
+        return None
+    return op.results[0].uses[0][0]
+
+
+def _kernel_args(op: Operation, values: Dict[Value, np.ndarray], bound: Dict[int, np.ndarray],
+                 narrow: bool) -> List[np.ndarray]:
+    args = [bound[id(op)]] if op.name == "qir.input" else [values[v] for v in op.operands]
+    if narrow and op.name not in NARROW_INPUTS:
+        args = [_widen(a) for a in args]
+    return args
+
+
+def _run_op(op: Operation, args: List[np.ndarray], values: Dict[Value, np.ndarray], narrow: bool,
+            check_overflow: bool) -> None:
+    fn = KERNELS.get(op.name)
+    if fn is None:
+        raise op_error(InterpretError, op, f"the interpreter has no kernel for {op.name}")
+    try:
+        results = fn(op, args)
+    except QircError:
+        raise
+    except Exception as e:  # a kernel failing on bad attributes or shapes is a located user error
+        raise op_error(InterpretError, op, f"{op.name} cannot be executed: {type(e).__name__}: {e}") from e
+    _store_results(op, results, args, values, narrow, check_overflow)
+
+
+def _store_results(op: Operation, results, args, values: Dict[Value, np.ndarray], narrow: bool,
+                   check_overflow: bool) -> None:
+    """Check a kernel's results against `op`'s declared result types (count, shape, storage range) and keep them in
+    the runtime convention."""
+    if len(results) != len(op.results):
+        raise op_error(InterpretError, op,
+                       f"{op.name} kernel produced {len(results)} results, the op declares {len(op.results)}")
+    for value, array in zip(op.results, results):
+        array = _as_runtime(array, value.type, narrow)
+        if array.shape != value.type.shape:
+            raise op_error(InterpretError, op,
+                           f"result has shape {_fmt_shape(array.shape)} but its declared type is {value.type}")
+        if check_overflow and op.dialect == "int" and not _within_type(op, value.type, args):
+            _check_storage_range(op, value.type, array)
+        values[value] = array
 
 
 def _as_runtime(array, type: TensorType, narrow: bool = False) -> np.ndarray:
@@ -151,9 +262,21 @@ def _as_runtime(array, type: TensorType, narrow: bool = False) -> np.ndarray:
     return array.astype(_I64, copy=False)
 
 
+_LIMITS: Dict[np.dtype, tuple] = {}
+
+
+def _int_limits(dtype) -> tuple:
+    """(min, max) of an integer dtype, as Python ints (np.iinfo costs microseconds a call; the runner asks per op)."""
+    limits = _LIMITS.get(dtype)
+    if limits is None:
+        info = np.iinfo(dtype)
+        limits = _LIMITS[np.dtype(dtype)] = (int(info.min), int(info.max))
+    return limits
+
+
 def _holds(dtype: np.dtype, element) -> bool:
-    info = np.iinfo(dtype)
-    return info.min <= element.min and element.max <= info.max
+    lo, hi = _int_limits(dtype)
+    return lo <= element.min and element.max <= hi
 
 
 def _widen(array: np.ndarray) -> np.ndarray:
@@ -163,12 +286,15 @@ def _widen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+_NARROW_DTYPES = tuple(np.dtype(d) for d in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32))
+
+
 def narrowest_int(lo: int, hi: int) -> np.dtype:
     """The smallest numpy integer dtype holding lo..hi."""
-    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dtype)
+    for dtype in _NARROW_DTYPES:
+        low, high = _int_limits(dtype)
+        if low <= lo and hi <= high:
+            return dtype
     return np.dtype(_I64)
 
 
@@ -236,14 +362,26 @@ def _within_type(op: Operation, type: TensorType, args: List[np.ndarray]) -> boo
             value = int(op.attr("value"))
             ranges.append((value, value))
         return all(lo <= a and b <= hi for a, b in ranges)
+    if name in ("int.add", "int.sub") and len(op.operands) == 2:
+        r_lo, r_hi = _sum_range(op)
+        return r_lo is not None and lo <= r_lo and r_hi <= hi
     if name == "int.conv" and len(args) >= 2 and args[1].ndim >= 2:
         x_lo, x_hi = _type_range(op.operands[0].type)
         w = args[1]
-        bound = max(abs(x_lo), abs(x_hi)) * _row_abs_sum(w)
+        bound = max(abs(x_lo), abs(x_hi)) * _weights_row_abs_sum(op, w)
         if len(args) > 2 and args[2].size:
             bound += _abs_max(args[2])
         return lo <= -bound and bound <= hi
     return False
+
+
+def _sum_range(op: Operation):
+    """The range of an int.add / int.sub result from its operands' declared ranges (checked by the runner), or
+    (None, None) when an operand is a constant (not checked) or a float."""
+    if any(v.owner.name == "qir.const" or v.type.is_float for v in op.operands):
+        return None, None
+    (a_lo, a_hi), (b_lo, b_hi) = (_type_range(v.type) for v in op.operands[:2])
+    return (a_lo + b_lo, a_hi + b_hi) if op.name == "int.add" else (a_lo - b_hi, a_hi - b_lo)
 
 
 def _range_name(element) -> str:
@@ -469,9 +607,9 @@ def exact_dtype(bound: int):
     sum is below 2^24 (float32) or 2^53 (float64) BLAS computes the exact integer whatever its summation order;
     above that only int64 is exact.
     """
-    if bound < _EXACT_F32_LIMIT:
+    if bound <= _EXACT_F32_LIMIT:
         return _F32
-    if bound < _EXACT_F64_LIMIT:
+    if bound <= _EXACT_F64_LIMIT:
         return np.float64
     return _I64
 
@@ -480,20 +618,36 @@ def _row_abs_sum(w: np.ndarray) -> int:
     """The largest sum of |w| over one output channel (axis 0) of a weight array."""
     if w.size == 0:
         return 0
-    return int(np.abs(w.reshape(w.shape[0], -1).astype(_I64)).sum(axis=1).max())
+    rows = w.reshape(w.shape[0], -1)
+    # int32 holds the row sums of 8-bit weights (K * 2^8 < 2^31 for any K below 2^23) at half int64's traffic
+    wide = np.int32 if rows.dtype.kind in "iu" and rows.dtype.itemsize == 1 and rows.shape[1] < (1 << 23) else _I64
+    return int(np.abs(rows.astype(wide)).sum(axis=1, dtype=wide).max())
 
 
-def _partial_sum_bound(x_type: TensorType, x: np.ndarray, rows: np.ndarray) -> int:
+def _weights_row_abs_sum(op: Operation, w: np.ndarray) -> int:
+    """_row_abs_sum of the weights `w` of `op`, once per run: the conv kernel, the runner's range check and the
+    requant reading the conv's result all ask for it (its weights do not change within a run)."""
+    memo = _RUN_MEMO.get()
+    if memo is None:
+        return _row_abs_sum(w)
+    key = (id(op), "row_abs_sum")
+    if key not in memo:
+        memo[key] = _row_abs_sum(w)
+    return memo[key]
+
+
+def _partial_sum_bound(x_type: TensorType, x: np.ndarray, rows: np.ndarray, weights: Optional[int] = None) -> int:
     """A bound on |every partial sum| of the products x * w where each output sums one row of `rows` [M, K] (a
     constant weight matrix) against values of x: max|x| times the largest row sum of |w| (any partial sum is a subset
     of a row's terms).  max|x| comes from x's declared storage range, which costs nothing; only when that bound is
     too loose for float32 are the actual values of x scanned for a tighter one."""
-    weights = _row_abs_sum(rows)
+    if weights is None:
+        weights = _row_abs_sum(rows)
     # x's type bounds its values only where the runner checks them (check_overflow) or they were clipped
     element = x_type.element
     static = (max(abs(int(element.min)), abs(int(element.max)))
               if _CHECK_OVERFLOW.get() and not x_type.is_float else None)
-    if static is not None and static * weights < _EXACT_F32_LIMIT:
+    if static is not None and static * weights <= _EXACT_F32_LIMIT:
         return static * weights
     return _abs_max(x) * weights
 
@@ -517,11 +671,12 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
 _FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
+_FUSE = True  # run() fuses conv+requant and requant-add-requant (tests switch it off to compare)
 
 
 def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequence[int],
                 dilations: Sequence[int], group: int, dtype, bias: Optional[np.ndarray] = None,
-                int_result=False) -> np.ndarray:
+                int_result=False, store=None) -> np.ndarray:
     """Exact grouped N-d convolution (NCHW, zero padding) of integer arrays, computed in `dtype`.
 
     `dtype` must be exact for the operands (see `exact_dtype`); the result is in `dtype`, or int64 with
@@ -531,10 +686,12 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     layout for the float kernels), the patch matrix of a block of images is built image-major, cols[b, g, Cg*k, P],
     whose gather reads the padded input along its rows, and the weights multiply from the left, so every image's
     product lands in NCHW order with no transpose; the batch is processed in blocks of about `_IM2COL_BLOCK` elements.
+
+    Every route hands its exact sums to `store` block by block (images n0..n1 as a [b, M, *out] array in `dtype`,
+    possibly a strided view); the default store (`_ConvStore`) writes them into the result as described above, and
+    the interpreter passes a store that requantizes each block while it is in cache (`_RequantStore`), in which case
+    `bias` and `int_result` are the store's business and the store's result is returned.
     """
-    if bias is not None and int_result is False:
-        raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
-    result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     kernel = tuple(w.shape[2:])
@@ -547,38 +704,53 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     if min(out) < 1:
         raise ValueError(f"kernel {list(kernel)} with dilations {list(dilations)} does not fit the padded input "
                          f"{list(padded)}")
+    if store is None:
+        if bias is not None and int_result is False:
+            raise ValueError("int_conv_nd adds a bias only with an integer result (int_result)")
+        result = None if int_result is False else np.dtype(_I64) if int_result is True else np.dtype(int_result)
+        store = _ConvStore((N, M) + out, dtype, result, bias)
     if _FLAT_CONV and group == 1 and n == 2 and any(k > 1 for k in kernel) and _flat_fits(padded, kernel, strides,
                                                                                           out):
-        return _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, bias, result)
+        _conv_flat(x, w.astype(dtype), pads, kernel, strides, dilations, out, dtype, store)
+        return store.result()
     Mg = M // group
     wf = w.astype(dtype)
-    bias_shape = (1, M) + (1,) * n
     whole = Cg == 1 and Mg == 1 and all(o == 1 for o in out) and tuple(kernel) == padded and not any(pads)
     # measured on MobileNetV2's depthwise layers (3x3 to 48x48 maps, strides 1 and 2): the flat route's long
     # contiguous copies and one batched product beat the windowed taps (whose innermost loops run along a few
     # outputs) by 1.2-2.6x, even where most of its grid is wasted (a 3x3 map padded to 5x5)
     if _FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and not whole:
-        return _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, bias, result)
+        _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, store)
+        return store.result()
     if whole:
         # a depthwise kernel covering the whole input (a global average pool made a conv): one dot product per
         # (image, channel), exact in `dtype` like every route here
-        y = np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out)
-        if result is not None:
-            y = y.astype(result)
-            if bias is not None:
-                y += _bias_as(bias, y.dtype).reshape(bias_shape)
-        return y
-    if any(pads):
+        store(0, N, np.einsum("nck,ck->nc", x.reshape(N, C, -1).astype(dtype), wf.reshape(C, -1)).reshape((N, M) + out))
+        return store.result()
+    pointwise = all(k == 1 for k in kernel)
+    if pointwise and any(s > 1 for s in strides):
+        # a 1x1 kernel reads one input position per output: the input sampled at the strides (and converted, in one
+        # pass) is the whole patch matrix, where the windowed gather below would copy it position by position
+        xp = np.zeros((N, C) + out, dtype=dtype) if any(pads) else np.empty((N, C) + out, dtype=dtype)
+        into, take = [slice(None), slice(None)], [slice(None), slice(None)]
+        for i in range(n):
+            first = -(-pads[i] // strides[i])  # the first output whose position lies inside the input
+            last = min(out[i] - 1, (x.shape[2 + i] - 1 + pads[i]) // strides[i])
+            into.append(slice(first, last + 1))
+            start = first * strides[i] - pads[i]
+            take.append(slice(start, start + (last - first) * strides[i] + 1, strides[i]))
+        if all(s.stop > s.start for s in into[2:]):
+            xp[tuple(into)] = x[tuple(take)]
+        strides = [1] * n
+    elif any(pads):
         xp = np.zeros((N, C) + padded, dtype=dtype)  # pad and convert in one pass
         xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + x.shape[2 + i]) for i in range(n))] = x
     else:
         xp = x.astype(dtype)
     if Cg == 1:
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
-        # the accumulator stays in cache across the taps; each block is cast (and biased) into the result at once
+        # the accumulator stays in cache across the taps; each block goes to the store at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-        b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
         per_image = M * int(np.prod(out))
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
@@ -596,39 +768,58 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
                 else:
                     np.multiply(xs, wd[..., k], out=scratch)
                     acc += scratch
-            if result is None:
-                y[start:stop] = acc
-            else:
-                np.copyto(y[start:stop], acc, casting="unsafe")  # exact integers: the cast is exact
-                if b64 is not None:
-                    y[start:stop] += b64
-        return y
+            store(start, stop, acc)
+        return store.result()
     P = int(np.prod(out))
     K = Cg * int(np.prod(kernel))
     wm = wf.reshape(group, Mg, K)
-    y = np.empty((N, M) + out, dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(bias_shape)
-    block = max(1, _IM2COL_BLOCK // max(1, group * K * P))
-    pointwise = all(k == 1 for k in kernel) and all(st == 1 for st in strides)
+    # blocks sized by the larger of the patch matrix and the product (a 1x1 conv's few input channels would
+    # otherwise make one block of the whole batch, whose product no longer fits any cache)
+    block = max(1, _IM2COL_BLOCK // max(1, group * max(K, Mg) * P))
     # [b, g, Cg, *out, *k] -> [b, g, Cg, *k, *out]
     perm = [0, 1, 2] + list(range(3 + n, 3 + 2 * n)) + list(range(3, 3 + n))
     for start in range(0, N, block):
         stop = min(N, start + block)
         b = stop - start
-        if pointwise:  # a 1x1 kernel with stride 1: the (padded) input is its own patch matrix
+        if pointwise:  # a 1x1 kernel (on the strided samples): the input is its own patch matrix
             cols = xp[start:stop].reshape(b, group, K, P)
         else:
             windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
             cols = np.ascontiguousarray(windows.reshape((b, group, Cg) + out + kernel).transpose(perm))
             cols = cols.reshape(b, group, K, P)
-        target = y[start:stop].reshape(b, group, Mg, P)
-        if result is not None:
-            np.copyto(target, np.matmul(wm, cols), casting="unsafe")  # exact integers: the cast is exact
-            if b64 is not None:
-                y[start:stop] += b64
+        target = store.direct(start, stop)
+        if target is not None:
+            np.matmul(wm, cols, out=target.reshape(b, group, Mg, P))
         else:
-            np.matmul(wm, cols, out=target)
-    return y
+            store(start, stop, np.matmul(wm, cols).reshape((b, M) + out))
+    return store.result()
+
+
+class _ConvStore:
+    """int_conv_nd's default store: each block of exact sums (in the compute dtype) goes into the result y, as it is
+    when `result` is None, else cast (exact: they are integers within the caller's bound) to the integer dtype
+    `result` with the bias added, while the block is in cache."""
+
+    def __init__(self, shape, dtype, result, bias):
+        self.y = np.empty(shape, dtype=dtype if result is None else result)
+        self.cast = result is not None
+        self.bias = None if bias is None else _bias_as(bias, self.y.dtype).reshape((1, -1) + (1,) * (len(shape) - 2))
+
+    def direct(self, n0, n1):
+        """The slice of y a route may compute into itself (no cast, no bias), or None."""
+        return self.y[n0:n1] if not self.cast and self.bias is None else None
+
+    def __call__(self, n0, n1, block):
+        target = self.y[n0:n1]
+        if self.cast:
+            np.copyto(target, block, casting="unsafe")  # exact integers: the cast is exact
+        else:
+            target[...] = block
+        if self.bias is not None:
+            target += self.bias  # exact in y's dtype: the caller's bound covers the sums with the bias
+
+    def result(self):
+        return self.y
 
 
 def _bias_as(bias: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -643,43 +834,76 @@ def _bias_as(bias: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return bias.astype(_I64, copy=False)
 
 
-def _flat_layout(x: np.ndarray, pads, kernel, strides, dilations, dtype):
-    """`x` [N, C, H, W] zero-padded by `pads`, in `dtype`, laid out for the flat convolutions below.
+class _FlatLayout:
+    """A block of images of `x` [N, C, H, W] zero-padded by `pads`, in `dtype`, laid out for the flat convolutions
+    below, one block of at most `images` images at a time (the buffer stays in cache; its padding is zeroed once and
+    never written, so each block only copies its images in).
 
-    Channel-major and flattened, X[c, (n, h, w)], the tap (i, j) of the output at flat position p reads
-    X[c, p + i*dh*Wp + j*dw] (stride 1).  With strides (sh, sw) the padded image is first split into its sh x sw
-    phases (rows a::sh, columns b::sw, each Hq x Wq): tap (i, j) reads phase (i*dh % sh, j*dw % sw) at offset
-    (i*dh // sh) * Wq + (j*dw // sw), again one contiguous slice for every output.  Returns X [C, phases, N*Hq*Wq],
-    the (phase, offset) of every tap in (i, j) order, and (Hq, Wq); the valid outputs of image n are the first
-    Ho x Wo of its Hq x Wq grid."""
-    N, C, H, W = x.shape
+    Channel-major and flattened, X[c, (n, h, w)] with rows of Wq elements and images of Hq rows, the tap (i, j) of
+    the output at flat position p = n*Hq*Wq + h*Wq + w reads X[c, p + i*dh*Wq + j*dw] (stride 1).  Neighbouring rows
+    and images share their zero padding (a row's right padding is the next row's left padding: Wq = W + max(left,
+    right), likewise Hq), which shrinks the grid of outputs computed and thrown away (a 32x32 map padded by one:
+    33x33 instead of 34x34; 8x8: 9x9 instead of 10x10).  With strides (sh, sw) the padded image is first split into
+    its sh x sw phases (rows a::sh, columns b::sw, each Hq x Wq, padding not shared): tap (i, j) reads phase
+    (i*dh % sh, j*dw % sw) at offset (i*dh // sh) * Wq + (j*dw // sw), again one contiguous slice for every output.
+    `taps` holds the (phase, offset) of every tap in (i, j) order; the valid outputs of image n are the first
+    Ho x Wo of its Hq x Wq grid, and those of a block of b images lie in its first `width(b)` grid positions."""
+
+    def __init__(self, shape, pads, kernel, strides, dilations, out, dtype, images: int):
+        N, C, H, W = shape
+        sh, sw = strides
+        Ho, Wo = out
+        Hq, Wq = _flat_grid(shape, pads, strides, out, both=True)
+        if sh == sw == 1:
+            self.places = [(0, pads[0], pads[1], slice(0, H), slice(0, W))]
+        else:
+            # each phase (a, b) straight from x: padded row i*sh + a is x's row i*sh + a - pad_top, likewise columns
+            self.places = []
+            for a in range(sh):
+                i0 = max(0, -(-(pads[0] - a) // sh))  # the first phase row that holds a row of x
+                r0 = i0 * sh + a - pads[0]
+                for b in range(sw):
+                    j0 = max(0, -(-(pads[1] - b) // sw))
+                    c0 = j0 * sw + b - pads[1]
+                    if r0 < H and c0 < W:
+                        self.places.append((a * sw + b, i0, j0, slice(r0, H, sh), slice(c0, W, sw)))
+        self.taps = [(((i * dilations[0]) % sh) * sw + (j * dilations[1]) % sw,
+                      ((i * dilations[0]) // sh) * Wq + (j * dilations[1]) // sw)
+                     for i in range(kernel[0]) for j in range(kernel[1])]
+        self.Hq, self.Wq, self.S = Hq, Wq, Hq * Wq
+        self.out = (Ho, Wo)
+        self.C = C
+        tail = max(off for _, off in self.taps)
+        length = max(images * self.S, self.width(images) + tail)
+        self.X = np.zeros((C, sh * sw, length), dtype=dtype)
+
+    def width(self, b: int) -> int:
+        """Grid positions computed for a block of b images: up to the last valid output of its last image."""
+        Ho, Wo = self.out
+        return (b - 1) * self.S + (Ho - 1) * self.Wq + Wo
+
+    def fill(self, x: np.ndarray, n0: int, n1: int) -> np.ndarray:
+        """Copy (and convert) images n0..n1 of x into the buffer; returns it, X [C, phases, length]."""
+        b = n1 - n0
+        for phase, i0, j0, rows, cols in self.places:
+            block = x[n0:n1, :, rows, cols].transpose(1, 0, 2, 3)
+            grid = self.X[:, phase, :b * self.S].reshape(self.C, b, self.Hq, self.Wq)
+            grid[:, :, i0:i0 + block.shape[2], j0:j0 + block.shape[3]] = block
+        return self.X
+
+
+def _flat_grid(shape, pads, strides, out, both: bool = False):
+    """The grid of one image in `_FlatLayout`: Hq * Wq (or (Hq, Wq) with `both`)."""
+    H, W = shape[2:]
     sh, sw = strides
     Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
-    Hq, Wq = -(-Hp // sh), -(-Wp // sw)
-    full = (Hq * sh, Wq * sw)
-    if sh * sw == 1:
-        # pad, convert and go channel-major in one pass
-        X = (np.zeros if any(pads) or full != (Hp, Wp) else np.empty)((C, N) + full, dtype=dtype)
-        X[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x.transpose(1, 0, 2, 3)
+    if sh == sw == 1:
+        Hq, Wq = H + max(pads[0], pads[2]), W + max(pads[1], pads[3])
+        if out[0] > Hq or out[1] > Wq:  # padding wider than the kernel's reach: outputs would spill into the next image
+            Hq, Wq = Hp, Wp
     else:
-        # each phase (a, b) straight from x (padded row i*sh + a is x's row i*sh + a - pad_top, likewise columns):
-        # one pass that pads, converts and splits, where padding first and splitting after took two
-        X = np.zeros((C, sh, sw, N, Hq, Wq), dtype=dtype)
-        xt = x.transpose(1, 0, 2, 3)
-        for a in range(sh):
-            i0 = max(0, -(-(pads[0] - a) // sh))  # the first phase row that holds a row of x
-            r0 = i0 * sh + a - pads[0]
-            for b in range(sw):
-                j0 = max(0, -(-(pads[1] - b) // sw))
-                c0 = j0 * sw + b - pads[1]
-                if r0 < H and c0 < W:
-                    rows, cols = len(range(r0, H, sh)), len(range(c0, W, sw))
-                    X[:, a, b, :, i0:i0 + rows, j0:j0 + cols] = xt[:, :, r0::sh, c0::sw]
-    X = X.reshape(C, sh * sw, N * Hq * Wq)
-    taps = [(((i * dilations[0]) % sh) * sw + (j * dilations[1]) % sw,
-             ((i * dilations[0]) // sh) * Wq + (j * dilations[1]) // sw)
-            for i in range(kernel[0]) for j in range(kernel[1])]
-    return X, taps, (Hq, Wq)
+        Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+    return (Hq, Wq) if both else Hq * Wq
 
 
 def _flat_fits(padded, kernel, strides, out) -> bool:
@@ -688,77 +912,106 @@ def _flat_fits(padded, kernel, strides, out) -> bool:
     return 2 * out[0] * out[1] >= grid
 
 
-def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
-               result) -> np.ndarray:
+class _ColumnRows:
+    """The patch rows of a flat-layout conv per kernel column: the taps (i, j) and (i, j') of one kernel row read
+    the same phase row shifted by a few columns, so kh copies rows[b][c, i, :] of X (one set per phase column b for
+    a stride) give every kernel column j as the view rows[b][:, :, shift_j:shift_j + width], which BLAS reads in
+    place (a row stride, no copy).  A 3x3 kernel copies its input 3 times (6 with a stride of 2) instead of 9."""
+
+    def __init__(self, C, kernel, strides, dilations, length, dtype):
+        (self.kh, kw), (self.sh, sw), (self.dh, dw) = kernel, strides, dilations
+        self.sw = sw
+        self.shift = [((j * dw) % sw, (j * dw) // sw) for j in range(kw)]  # (phase column, column shift) of j
+        self.extra = max(c for _, c in self.shift)
+        self.rows = {b: np.empty((C, self.kh, length + self.extra), dtype=dtype) for b, _ in self.shift}
+
+    def fill(self, X: np.ndarray, width: int, Wq: int) -> None:
+        for b, X2 in self.rows.items():
+            for i in range(self.kh):
+                phase, off = ((i * self.dh) % self.sh) * self.sw + b, ((i * self.dh) // self.sh) * Wq
+                X2[:, i, :width + self.extra] = X[:, phase, off:off + width + self.extra]
+
+    def view(self, j: int, width: int) -> np.ndarray:
+        """Kernel column j's patch rows [C, kh, width]."""
+        b, c = self.shift[j]
+        return self.rows[b][:, :, c:c + width]
+
+
+def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
     """A 2-d convolution of `x` [N, C, H, W] zero-padded by `pads` by `wf` [M, C, kh, kw] (in `dtype`), in the flat
-    layout of `_flat_layout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
+    layout of `_FlatLayout`: every patch-matrix row is one contiguous slice of X (a long, fast copy, where the
     classic im2col gathers short rows), and one matmul gives every output of the grid, of which the first Ho x Wo of
     each image are the valid ones (the others, reading across a row or image edge, are never used).  Blocks of whole
-    images keep the patch matrix and the grid in cache; each block's valid outputs are cast (and biased) into the
-    NCHW result in one pass."""
+    images keep the layout, the patch matrix and the grid in cache; each block's valid outputs go to `store` as a
+    [b, M, Ho, Wo] view of the grid.
+
+    Where a kernel row has several taps and there are enough rows (c, i) for an efficient product, the patch matrix
+    is built per kernel column instead (`_ColumnRows`), and the kw products w[:, :, :, j] @ rows_j are added in
+    `dtype`, exactly (each is a partial sum of the same terms, bounded like the whole)."""
     N, C = x.shape[:2]
     M = wf.shape[0]
     Ho, Wo = out
-    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
-    S = Hq * Wq
-    T = len(taps)
+    kh, kw = kernel
+    T = kh * kw
     K = C * T
-    wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
-    y = np.empty((N, M, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, M, 1, 1)
-    images = max(1, _IM2COL_BLOCK // max(1, K * S))
-    cols = np.empty((C, T, images * S), dtype=dtype)
+    S = _flat_grid(x.shape, pads, strides, out)
+    images = max(1, min(N, _IM2COL_BLOCK // max(1, max(K, M) * S)))  # buffers for no more images than there are
+    layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
+    Hq, Wq = layout.Hq, layout.Wq
     grid = np.empty((M, images * S), dtype=dtype)
-    tail = max(off for _, off in taps)
+    by_column = kw > 1 and C * kh >= 32
+    if by_column:
+        rows = _ColumnRows(C, kernel, strides, dilations, images * S, dtype)
+        w_cols = [np.ascontiguousarray(wf[:, :, :, j].reshape(M, C * kh)) for j in range(kw)]
+        part = np.empty_like(grid)
+    else:
+        wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
+        cols = np.empty((C, T, images * S), dtype=dtype)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
-        width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
-        start = n0 * S
-        for t, (phase, off) in enumerate(taps):
-            cols[:, t, :width] = X[:, phase, start + off:start + off + width]
-        np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
-        valid = grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
-        np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
-        if b64 is not None:
-            y[n0:n1] += b64  # exact in y's dtype: the caller's bound covers the sums with the bias
-    return y
+        X = layout.fill(x, n0, n1)
+        width = layout.width(n1 - n0)
+        if by_column:
+            rows.fill(X, width, Wq)
+            for j in range(kw):
+                view = rows.view(j, width).reshape(C * kh, width)  # a view: the row stride is uniform
+                if j == 0:
+                    np.matmul(w_cols[j], view, out=grid[:, :width])
+                else:
+                    np.matmul(w_cols[j], view, out=part[:, :width])
+                    grid[:, :width] += part[:, :width]  # exact: partial sums within the caller's bound
+        else:
+            for t, (phase, off) in enumerate(layout.taps):
+                cols[:, t, :width] = X[:, phase, off:off + width]
+            np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
+        store(n0, n1, grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
-def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, bias,
-                    result) -> np.ndarray:
-    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_flat_layout`: for a block
+def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
+    """A 2-d depthwise convolution (one weight plane per channel) in the flat layout of `_FlatLayout`: for a block
     of whole images, each channel's patch rows are contiguous slices of X copied into cols[c, tap, :], and one
     batched product w[c, 1, taps] @ cols[c, taps, :] gives every channel's grid (numpy's per-tap multiply-adds
-    would pass over the block twice per tap).  The first Ho x Wo of each image's grid are the valid outputs; they
-    are cast (and biased) into the NCHW result while in cache.  Exact in `dtype` for any summation order (the
-    caller's bound)."""
+    would pass over the block twice per tap; rows per kernel column as in `_conv_flat` measured slower here: the
+    batched products over strided views are not BLAS calls).  The first Ho x Wo of each image's grid are the valid
+    outputs; they go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
-    X, taps, (Hq, Wq) = _flat_layout(x, pads, kernel, strides, dilations, dtype)
-    S = Hq * Wq
-    T = len(taps)
+    T = int(np.prod(kernel))
     weights = wf.reshape(C, 1, T)
-    y = np.empty((N, C, Ho, Wo), dtype=dtype if result is None else result)
-    b64 = None if bias is None else _bias_as(bias, y.dtype).reshape(1, C, 1, 1)
-    images = max(1, (_IM2COL_BLOCK // 2) // max(1, C * S * T))  # cols of about 1 MB (float32)
+    S = _flat_grid(x.shape, pads, strides, out)
+    images = max(1, min(N, (_IM2COL_BLOCK // 2) // max(1, C * S * T)))  # cols of about 1 MB (float32)
+    layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
+    Hq, Wq = layout.Hq, layout.Wq
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((C, 1, images * S), dtype=dtype)
-    tail = max(off for _, off in taps)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
-        width = (n1 - n0) * S - tail  # grid columns holding a valid output, and those between them
-        start = n0 * S
-        for k, (phase, off) in enumerate(taps):
-            cols[:, k, :width] = X[:, phase, start + off:start + off + width]
+        X = layout.fill(x, n0, n1)
+        width = layout.width(n1 - n0)
+        for k, (phase, off) in enumerate(layout.taps):
+            cols[:, k, :width] = X[:, phase, off:off + width]
         np.matmul(weights, cols[:, :, :width], out=grid[:, :, :width])
-        valid = grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3)
-        if result is None:
-            y[n0:n1] = valid
-        else:
-            np.copyto(y[n0:n1], valid, casting="unsafe")  # exact integers: the cast is exact
-            if b64 is not None:
-                y[n0:n1] += b64
-    return y
+        store(n0, n1, grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
 def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1324,22 +1577,131 @@ def _onnx_softmax(op, args):
 # =====================================================================================================================
 # int (exact int64)
 # =====================================================================================================================
-@kernel("int.conv")
-def _int_conv(op, args):
+def _conv_plan(op: Operation, args: List[np.ndarray]):
+    """The arguments of int_conv_nd for an int.conv, and the bound on |its results| the choice rests on:
+    (x, w, pads, strides, dilations, group, dtype, bias, result dtype, bound)."""
     x, w = args[0], args[1]
     pads, strides, dilations = _conv_geometry(op, x, w.shape[2:])
     group = int(op.attr("group"))
-    # every partial sum is bounded by max|x| * max|w| * (weights per output); below 2^24 / 2^53 float32 / float64
+    # every partial sum is bounded by max|x| * max|w| * (weights per output); up to 2^24 / 2^53 float32 / float64
     # BLAS is exact, and converting x and w (not the 9x larger im2col matrix) keeps the whole conv on that route
     x_type = op.operands[0].type if op.operands[0].owner.name != "qir.const" else TensorType(x.shape, ScalarType("i64"))
-    sums = _partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1))
+    sums = _partial_sum_bound(x_type, x, w.reshape(w.shape[0], -1), _weights_row_abs_sum(op, w))
     dtype = exact_dtype(sums)
     bias = args[2] if len(args) > 2 else None
+    bound = sums + (_abs_max(bias) if bias is not None else 0)
     # an int32 result (half the memory traffic of int64) where the sums provably fit it, so that no value wraps
-    result = np.dtype(_I64)
-    if _CHECK_OVERFLOW.get() and sums + (_abs_max(bias) if bias is not None else 0) <= _I32_MAX:
-        result = np.dtype(np.int32)
+    result = np.dtype(np.int32) if _CHECK_OVERFLOW.get() and bound <= _I32_MAX else np.dtype(_I64)
+    return x, w, pads, strides, dilations, group, dtype, bias, result, bound
+
+
+@kernel("int.conv")
+def _int_conv(op, args):
+    x, w, pads, strides, dilations, group, dtype, bias, result, _ = _conv_plan(op, args)
     return [int_conv_nd(x, w, pads, strides, dilations, group, dtype, bias=bias, int_result=result)]
+
+
+def _conv_requant(conv: Operation, requant: Operation, args: List[np.ndarray]) -> Optional[np.ndarray]:
+    """The result of `requant` (an int.requant_shift whose operand is the result of the int.conv `conv`, its only
+    reader) computed from the conv's operands `args` with the requant done block by block inside the conv
+    (`_RequantStore`), or None where the pair must run as two kernels: with the overflow checks on, when the conv's
+    result is not provably inside its type (the runner must scan it), or when the requant's parameters would reshape
+    the result or give it a batch extent of their own."""
+    x, w, pads, strides, dilations, group, dtype, bias, result, bound = _conv_plan(conv, args)
+    if _CHECK_OVERFLOW.get() and not _within_type(conv, conv.results[0].type, args):
+        return None
+    spec = _RequantSpec(requant)
+    shape = tuple(conv.results[0].type.shape)
+    if len(shape) < 3 or np.broadcast_shapes(shape, spec.mul.shape, spec.offset.shape) != shape or any(
+            p.ndim == len(shape) and p.shape[0] != 1 for p in (spec.mul, spec.offset)):
+        return None
+    if not _CHECK_OVERFLOW.get():
+        bound = np.iinfo(_I64).max  # unchecked values: nothing is proven, as in the two kernels
+    store = _RequantStore(requant, shape, result, bias, bound)
+    return int_conv_nd(x, w, pads, strides, dilations, group, dtype, store=store)
+
+
+def _params_fit(spec: "_RequantSpec", shape: tuple) -> bool:
+    """Whether a requant's parameters broadcast to `shape` without growing it and without a batch extent."""
+    return np.broadcast_shapes(shape, spec.mul.shape, spec.offset.shape) == shape and not any(
+        p.ndim == len(shape) and p.shape[0] != 1 for p in (spec.mul, spec.offset))
+
+
+def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation],
+                 values: Dict[Value, np.ndarray]) -> Optional[np.ndarray]:
+    """The result of the int.requant_shift `root` of the int.add / int.sub `add`, whose operands in `leaves` are the
+    results of single-use int.requant_shifts (run here from their own operands), computed in cache-sized blocks of
+    images: each leaf requantized into an int32 (int64) scratch, the sum, the final requant into the result.  The
+    kernels' values and checks: every requant picks int32 where its input's dtype or bound (for the final one, the
+    operands' checked ranges) or else the block's extremes prove x*mul + offset fits int32, else int64 with the
+    scan; a scan that finds an overflow makes this return None (the caller then runs the ops apart, which report it
+    at the op that overflows).  None too where blocking does not apply (shapes that broadcast, parameters with a
+    batch extent) or, with the checks on, where the sum is not provably inside its type."""
+    check = _CHECK_OVERFLOW.get()
+    shape = tuple(root.results[0].type.shape)
+    if not shape or tuple(add.results[0].type.shape) != shape:
+        return None
+    if check and not _within_type(add, add.results[0].type, []):
+        return None
+    root_spec = _RequantSpec(root)
+    if not _params_fit(root_spec, shape):
+        return None
+    sources, seen = [], []
+    for v in add.operands:
+        leaf = leaves.get(v)
+        if leaf is None:
+            a = values[v]
+            if a.shape != shape:
+                return None
+            sources.append((None, a, False))
+            seen.append(a[:0])
+            continue
+        spec = _RequantSpec(leaf)
+        x = values[leaf.operands[0]]
+        if x.shape != shape or not _params_fit(spec, shape):
+            return None
+        if check and not _within_type(leaf, leaf.results[0].type, []):
+            return None
+        small = x.dtype.kind in "iu" and x.dtype.itemsize <= 4
+        sources.append((spec, x, small and x.size and spec.fits_int32(_known_abs_bound(leaf, x))))
+        seen.append(np.empty(0, dtype=spec.out_dtype()))  # the dtype the add would have been given
+    sign = 1 if add.name == "int.add" else -1
+    sum_dtype = _sum_dtype(add, seen, sign)
+    root_static = False
+    if check and sum_dtype.itemsize <= 4:
+        lo, hi = _sum_range(add)
+        root_static = root_spec.fits_int32(max(-lo, hi))
+    y = np.empty(shape, dtype=root_spec.out_dtype())
+    per_image = max(1, int(np.prod(shape[1:])))
+    step = max(1, _FUSED_BLOCK // per_image)
+    combine = np.add if sign > 0 else np.subtract
+    for n0 in range(0, shape[0], step):
+        block = slice(n0, n0 + step)
+        parts = []
+        for spec, x, static in sources:
+            xb = x[block]
+            if spec is None:
+                parts.append(xb)
+                continue
+            work = _I64
+            if static or (xb.dtype.kind in "iu" and xb.dtype.itemsize <= 4 and xb.size
+                          and spec.fits_int32(max(-int(xb.min()), int(xb.max())))):
+                work = np.int32
+            t = np.empty(xb.shape, dtype=work)
+            extremes = spec.apply(xb, t, None, check and work == _I64)
+            if extremes is not None and (extremes[0] < _I32_MIN or extremes[1] > _I32_MAX):
+                return None
+            parts.append(t)  # the leaf's result, lo..hi, in the work dtype
+        total = combine(parts[0], parts[1], dtype=sum_dtype)
+        work = _I64
+        if total.dtype.itemsize <= 4 and (root_static or (total.size and root_spec.fits_int32(
+                max(-int(total.min()), int(total.max()))))):
+            work = np.int32
+        t = total if total.dtype == work else np.empty(total.shape, dtype=work)
+        extremes = root_spec.apply(total, t, y[block], check and work == _I64)
+        if extremes is not None and (extremes[0] < _I32_MIN or extremes[1] > _I32_MAX):
+            return None
+    return y
 
 
 @kernel("int.gemm")
@@ -1407,56 +1769,152 @@ def _known_abs_bound(op: Operation, x: np.ndarray) -> int:
     """A bound on max|x| for the first operand x of `op`, known without reading x: its dtype's, and, when the
     overflow checks are on and x is the result of an `int.conv` with constant weights and bias, max|conv input| (its
     checked type's range) times the largest row sum of |w| plus max|bias|, i.e. the bound `_int_conv` computed."""
-    info = np.iinfo(x.dtype)
-    bound = max(abs(int(info.min)), abs(int(info.max)))
+    bound = max(-_int_limits(x.dtype)[0], _int_limits(x.dtype)[1])
     conv = op.operands[0].owner
     if not _CHECK_OVERFLOW.get() or conv.name != "int.conv" or len(conv.operands) < 2:
         return bound
+    return min(bound, _conv_static_bound(conv))
+
+
+def _conv_static_bound(conv: Operation) -> int:
+    """max|conv input| (its checked type's range) times the largest row sum of |w| plus max|bias| for an int.conv
+    with constant weights and bias (a bound on |every result| when the overflow checks are on), else int64's max."""
     consts = [v.owner for v in conv.operands[1:]]
     x_type = conv.operands[0].type
     if x_type.is_float or conv.operands[0].owner.name == "qir.const" or any(c.name != "qir.const" for c in consts):
-        return bound
+        return np.iinfo(_I64).max
     element = x_type.element
     static = max(abs(int(element.min)), abs(int(element.max)))
     w = consts[0].attrs["value"]
     bias = _abs_max(np.asarray(consts[1].attrs["value"])) if len(consts) > 1 else 0
-    return min(bound, static * _row_abs_sum(w) + bias)
+    return static * _weights_row_abs_sum(conv, w) + bias
+
+
+class _RequantSpec:
+    """An int.requant_shift's parameters, read and checked once: y = clip(floor((x*mul + add + div//2) / div), lo, hi)
+    with lo..hi from `signed` and `n_levels` (Deeploy's RequantShift).  `bias` (fused conv, see `_RequantStore`)
+    folds a per-channel bias b of x in: (x + b)*mul + offset = x*mul + (b*mul + offset)."""
+
+    def __init__(self, op: Operation, bias: Optional[np.ndarray] = None):
+        self.op = op
+        self.mul = np.asarray(_required(op, "mul")).astype(_I64)
+        add = np.asarray(_required(op, "add")).astype(_I64)
+        self.div = int(_required(op, "div"))
+        if self.div < 1:
+            raise op_error(InterpretError, op, f"requant_shift needs div >= 1, got {self.div}")
+        self.lo, self.hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
+        self.offset = add + self.div // 2
+        self.scale = _abs_max(self.mul)
+        self.plain_extra = _abs_max(self.offset)  # max|offset| before a bias is folded in
+        if bias is not None:
+            self.offset = self.offset + bias * self.mul
+        self.extra = self.plain_extra if bias is None else _abs_max(self.offset)
+        # an arithmetic shift is floor division by 2^k
+        self.shift = self.div.bit_length() - 1 if self.div & (self.div - 1) == 0 else None
+        self._params: Dict[tuple, tuple] = {}
+
+    def fits_int32(self, bound: int) -> bool:
+        """Whether |x| <= bound proves that x*mul, and t = x*mul + offset, fit int32: then int32 arithmetic (twice
+        the SIMD width of int64) is exact and nothing needs the overflow scan."""
+        return bound * self.scale + self.extra <= _I32_MAX
+
+    def params(self, dtype: np.dtype, shape: tuple) -> tuple:
+        """mul and offset in `dtype`: numpy scalars when they are one value, else materialized (numpy's integer
+        loops take an operand broadcast along the inner axes, a per-channel parameter, at a third of the speed of a
+        contiguous one, but one broadcast along the outermost axis only at full speed): for one image of `shape`
+        when an image is large enough for numpy's inner loops, else for the whole block, kept for the op's largest
+        block (a smaller block of the same trailing shape takes their head)."""
+        if shape and int(np.prod(shape[1:])) >= 2048 and all(
+                p.ndim < len(shape) or p.shape[0] == 1 for p in (self.mul, self.offset)):
+            key = (np.dtype(dtype), tuple(shape[1:]))
+            cached = self._params.get(key)
+            if cached is None:
+                cached = self._params[key] = (0,) + tuple(
+                    p.astype(dtype).reshape(())[()] if p.size == 1 else
+                    np.ascontiguousarray(np.broadcast_to(p.astype(dtype), (1,) + tuple(shape[1:])))
+                    for p in (self.mul, self.offset))
+            return cached[1:]
+        if not shape or int(np.prod(shape)) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
+            key = (np.dtype(dtype), None)
+            if key not in self._params:
+                self._params[key] = (0, self.mul.astype(dtype), self.offset.astype(dtype))
+            return self._params[key][1:]
+        key = (np.dtype(dtype), tuple(shape[1:]))
+        cached = self._params.get(key)
+        if cached is None or cached[0] < shape[0]:
+            made = []
+            for p in (self.mul, self.offset):
+                if p.size == 1:
+                    made.append(p.astype(dtype).reshape(())[()])
+                else:
+                    made.append(np.ascontiguousarray(np.broadcast_to(p.astype(dtype), shape)))
+            cached = self._params[key] = (shape[0], made[0], made[1])
+        _, mul, offset = cached
+        if shape[0] != cached[0]:
+            mul = mul if mul.ndim == 0 else mul[:shape[0]]
+            offset = offset if offset.ndim == 0 else offset[:shape[0]]
+        return mul, offset
+
+    def apply(self, x: np.ndarray, t: np.ndarray, out: Optional[np.ndarray], verify: bool):
+        """out = requant(x) through the scratch t (out's shape, the work dtype; t may be x itself, which is then
+        overwritten; with out None the result stays in t); returns t's (min, max) before the division when
+        `verify`, else None.  x broadcasts to out along its batch axis only when the parameters have no batch
+        extent of their own (the callers' blocks)."""
+        mul, offset = self.params(t.dtype, t.shape)
+        if t is not x:
+            if x.dtype == t.dtype:
+                np.multiply(x, mul, out=t)
+            else:  # widen into the scratch first: a mixed-dtype multiply goes through numpy's slow casting buffers
+                np.copyto(t, x)
+                t *= mul
+        else:
+            t *= mul
+        t += offset
+        extremes = (int(t.min()), int(t.max())) if verify and t.size else None
+        if self.shift is not None:
+            np.right_shift(t, self.shift, out=t)
+        else:
+            np.floor_divide(t, self.div, out=t)
+        # clip in place and narrow in a second pass: one clip into the narrow dtype goes through casting buffers
+        _clip(t, self.lo, self.hi, out=t)
+        if out is not None:
+            np.copyto(out, t, casting="unsafe")  # lo..hi fits the out dtype: exact
+        return extremes
+
+    def overflow(self, tmin: int, tmax: int) -> None:
+        """Raise the located int32-overflow error if the scanned t left int32."""
+        if tmin < _I32_MIN or tmax > _I32_MAX:
+            reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
+            raise op_error(OverflowError_, self.op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
+                                                    f"{reach} (limit {limit})")
+
+    def out_dtype(self) -> np.dtype:
+        # the result is clipped to lo..hi: held in the narrowest dtype for that where the runner keeps narrow arrays
+        return narrowest_int(self.lo, self.hi) if _CHECK_OVERFLOW.get() else np.dtype(_I64)
 
 
 @kernel("int.requant_shift")
 def _int_requant_shift(op, args):
     x = args[0]
-    mul = np.asarray(_required(op, "mul")).astype(_I64)
-    add = np.asarray(_required(op, "add")).astype(_I64)
-    div = int(_required(op, "div"))
-    if div < 1:
-        raise op_error(InterpretError, op, f"requant_shift needs div >= 1, got {div}")
-    lo, hi = requant_bounds(bool(op.attr("signed")), int(op.attr("n_levels")))
-    offset = add + div // 2
-    shape = np.broadcast_shapes(x.shape, mul.shape, offset.shape)
+    spec = _RequantSpec(op)
+    shape = np.broadcast_shapes(x.shape, spec.mul.shape, spec.offset.shape)
     check = _CHECK_OVERFLOW.get()
-    # the result is clipped to lo..hi: held in the narrowest dtype for that where the runner keeps narrow arrays
-    y = np.empty(shape, dtype=narrowest_int(lo, hi) if check else _I64)
+    y = np.empty(shape, dtype=spec.out_dtype())
     # x's extremes bound t = x*mul + offset, and every intermediate, by max|x| * max|mul| + max|offset|: when that
-    # fits int32 nothing can overflow (no scan of t for the check) and int32 arithmetic, twice the SIMD width of
-    # int64, is exact; otherwise int64 with the check
+    # fits int32 nothing can overflow (no scan of t for the check) and int32 arithmetic is exact; otherwise int64
+    # with the check
     work = np.dtype(_I64)
     if x.size and x.dtype.kind in "iu" and x.dtype.itemsize <= 4:
         # max|x| from what is known without a scan (x's dtype; the weights of the conv that computed x), else from
         # x's extremes: either way a bound on |x|, and int32 only where it proves nothing overflows
-        scale, extra = _abs_max(mul), _abs_max(offset)
-        known = _known_abs_bound(op, x)
-        if known * scale + extra <= _I32_MAX:
+        if spec.fits_int32(_known_abs_bound(op, x)) or spec.fits_int32(max(abs(int(x.min())), abs(int(x.max())))):
             work = np.dtype(np.int32)
-        elif max(abs(int(x.min())), abs(int(x.max()))) * scale + extra <= _I32_MAX:
-            work = np.dtype(np.int32)
-    mul_w, offset_w = mul.astype(work), offset.astype(work)
     verify = check and work == _I64
     tmin, tmax = _I32_MIN, _I32_MAX
     # Blocks along the batch axis keep the passes below in cache (a batch of 256 feature maps is 32 MB of int64);
     # when x does not span the batch axis, or a parameter has a batch extent of its own, one block does it all.
     blocked = y.ndim > 0 and x.shape[:1] == shape[:1] and all(
-        p.ndim < y.ndim or p.shape[0] == 1 for p in (mul, offset))
+        p.ndim < y.ndim or p.shape[0] == 1 for p in (spec.mul, spec.offset))
     if blocked:
         step = max(1, _REQUANT_BLOCK // max(1, y.size // max(1, shape[0])))
         blocks = [slice(start, start + step) for start in range(0, shape[0], step)]
@@ -1466,25 +1924,80 @@ def _int_requant_shift(op, args):
         scratch = np.empty(shape, dtype=work)
     for block in blocks:
         out = y[block]
-        t = scratch[:out.shape[0]] if blocked else scratch
-        if x.dtype == work:
-            np.multiply(x[block], mul_w, out=t)
-        else:  # widen into the scratch first: a mixed-dtype multiply goes through numpy's slow casting buffers
-            np.copyto(t, x[block])
-            t *= mul_w
-        t += offset_w
-        if verify and t.size:
-            tmin, tmax = min(tmin, int(t.min())), max(tmax, int(t.max()))
-        if div & (div - 1) == 0:
-            np.right_shift(t, div.bit_length() - 1, out=t)  # arithmetic shift = floor division by 2^k
-        else:
-            np.floor_divide(t, div, out=t)
-        np.clip(t, lo, hi, out=out, casting="unsafe")  # lo..hi fits the out dtype: exact
-    if tmin < _I32_MIN or tmax > _I32_MAX:
-        reach, limit = (tmax, _I32_MAX) if tmax > _I32_MAX else (tmin, _I32_MIN)
-        raise op_error(OverflowError_, op, f"int32 overflow in requant_shift: x*mul + add + div/2 reaches "
-                                           f"{reach} (limit {limit})")
+        extremes = spec.apply(x[block], scratch[:out.shape[0]] if blocked else scratch, out, verify)
+        if extremes is not None:
+            tmin, tmax = min(tmin, extremes[0]), max(tmax, extremes[1])
+    spec.overflow(tmin, tmax)
     return [y]
+
+
+class _RequantStore:
+    """int_conv_nd's store for an int.conv whose only reader is an int.requant_shift (`_execute` fuses the pair):
+    the blocks of exact sums are cast to the conv's integer result dtype into a cache-sized staging buffer (a few
+    small blocks of a depthwise conv are gathered first, so that the requant's dozen numpy calls run on enough
+    elements) and requantized there, the conv's per-channel bias folded into the requant's offset; the conv's
+    int32 result never exists as a whole.  Same values, same checks as the two kernels: each piece computes in
+    int32 where the conv's bound, or else the piece's extremes, prove that x*mul + offset fits int32, otherwise in
+    int64 with the scan that raises the requant's overflow error."""
+
+    def __init__(self, requant: Operation, shape, acc_dtype, bias, acc_bound: int):
+        self.acc_dtype = np.dtype(acc_dtype)  # the dtype the conv kernel would have produced
+        self.bias = None
+        spec = _RequantSpec(requant)
+        if bias is not None:
+            b = bias.astype(_I64).reshape((1, -1) + (1,) * (len(shape) - 2))
+            if _abs_max(b) * spec.scale + spec.plain_extra < (1 << 62):  # the folded offset stays inside int64
+                spec = _RequantSpec(requant, b)
+            else:
+                self.bias = _bias_as(bias, self.acc_dtype).reshape(b.shape)
+        self.spec = spec
+        self.y = np.empty(shape, dtype=spec.out_dtype())
+        # acc_bound covers the sums with the bias: without it, the sums alone are within it too
+        self.static = self.acc_dtype.itemsize <= 4 and spec.fits_int32(acc_bound)
+        self.verify = _CHECK_OVERFLOW.get()
+        self.tmin, self.tmax = _I32_MIN, _I32_MAX
+        per_image = max(1, int(np.prod(shape[1:])))
+        self.capacity = max(1, _FUSED_BLOCK // per_image)  # images per piece
+        self.staged = np.empty((min(self.capacity, shape[0]),) + tuple(shape[1:]), dtype=self.acc_dtype)
+        self.start = self.count = 0
+
+    def direct(self, n0, n1):
+        return None
+
+    def __call__(self, n0, n1, block):
+        b = n1 - n0
+        if self.count and (self.count + b > self.capacity or n0 != self.start + self.count):
+            self._flush()
+        for i in range(0, b, self.capacity):
+            piece = block[i:i + self.capacity]
+            if not self.count:
+                self.start = n0 + i
+            # exact integers within the conv's bound: the cast is exact
+            np.copyto(self.staged[self.count:self.count + piece.shape[0]], piece, casting="unsafe")
+            self.count += piece.shape[0]
+            if self.count >= self.capacity:
+                self._flush()
+
+    def _flush(self):
+        acc = self.staged[:self.count]
+        out = self.y[self.start:self.start + self.count]
+        self.count = 0
+        if self.bias is not None:
+            acc += self.bias
+        work = _I64
+        if self.acc_dtype.itemsize <= 4 and acc.size and (
+                self.static or self.spec.fits_int32(max(-int(acc.min()), int(acc.max())))):
+            work = np.int32
+        t = acc if acc.dtype == work else np.empty(acc.shape, dtype=work)
+        extremes = self.spec.apply(acc, t, out, self.verify and work == _I64)
+        if extremes is not None:
+            self.tmin, self.tmax = min(self.tmin, extremes[0]), max(self.tmax, extremes[1])
+
+    def result(self):
+        if self.count:
+            self._flush()
+        self.spec.overflow(self.tmin, self.tmax)
+        return self.y
 
 
 @kernel("int.reduce_sum")

@@ -75,12 +75,14 @@ def worst_layer(layers: Sequence[Dict]) -> Optional[Dict]:
 
 
 def build_report(model_path: str, target: str, inputs_npz: Optional[str] = None, samples: int = 4,
-                 seed: int = 0, int_module: Optional[Module] = None) -> ReportData:
+                 seed: int = 0, int_module: Optional[Module] = None, input_shapes: Optional[Dict[str, tuple]] = None,
+                 note=None) -> ReportData:
     """Import the model, lower it for `target` the way `qirc MODEL --target T` does (the same pass pipeline), run
     both on the samples (`inputs_npz`, else `samples` seeded random ones) and collect the per-layer figures.
 
     `int_module` replaces the lowering (a graph lowered elsewhere, or tampered with in a test); `passes` then lists
-    what the driver would run.
+    what the driver would run.  `input_shapes`, `note`: the model's dynamic input dims (`--input-shape`, as
+    `compile_model` takes them).
     """
     from ..backends.deeploy import vectors
     from ..backends.deeploy.targets import get_target
@@ -95,7 +97,7 @@ def build_report(model_path: str, target: str, inputs_npz: Optional[str] = None,
     seconds: Dict[str, float] = {}
     t0 = time.perf_counter()
     tgt = get_target(target)
-    quant_module = load_model(model_path)
+    quant_module = load_model(model_path, input_shapes=input_shapes, note=note)
     passes = build_passes(tgt)
     seconds["import"] = time.perf_counter() - t0
     if int_module is None:

@@ -68,6 +68,10 @@ class DeeployTarget:
     onnx_ops           ONNX op types qirc may emit for it (RequantShift included)
     signed_normalize   the platform's kernels take int8 only: unsigned tensors are moved to int8 (zero point -128)
     conv_needs_requant a Conv must be followed by a RequantShift (its only user): no bare integer Conv kernel
+    gemm_needs_requant no bare integer Gemm kernel (PULPOpen maps an integer Gemm only fused with its RequantShift,
+                       CMSIS only RequantizedGemm): a Gemm that no requant follows (an int32 graph output, a
+                       QuantLinear without output quantizer) is written as MatMul (int8 x int8 -> int32, its input
+                       moved to int8 first when it is uint8) and an Add of its bias
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
     add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant fused with a Conv, Gemm or
@@ -123,6 +127,7 @@ class DeeployTarget:
     residual_add: str
     sum_pool: object
     add_before_mul: bool = False
+    gemm_needs_requant: bool = False
     gemm_scalar_mul: bool = False
     square_conv_pads: bool = False
     clip_form: str = "levels"
@@ -190,6 +195,7 @@ SIRACUSA = DeeployTarget(
     onnx_ops=(_COMMON - {"Pad"}) | {"Concat", "iSoftmax", "iGELU"},
     signed_normalize=False,
     conv_needs_requant=True,
+    gemm_needs_requant=True,
     residual_add="requantized-add",
     sum_pool="depthwise-conv",
     clip_form="shifted",
@@ -229,6 +235,7 @@ CORTEXM = DeeployTarget(
     onnx_ops=_COMMON | _TRANSFORMER,
     signed_normalize=True,
     conv_needs_requant=True,
+    gemm_needs_requant=True,
     residual_add="mul-add",
     sum_pool="ones-matmul",
     add_before_mul=True,

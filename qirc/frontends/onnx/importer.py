@@ -18,6 +18,7 @@ input is still dequantized, becomes `int.conv`/`int.gemm` on the activation's st
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -32,7 +33,7 @@ from ...qir.types import ScalarType, TensorType, UniformQuantType, f32, i32
 from . import patterns as P
 from .loader import (DEFAULT_DOMAINS, GraphIndex, bind_input_shapes, cut_outputs, default_opset,
                      dynamic_input_error, has_dynamic_input, index_graph, load_model_proto)
-from .qoperator import check_dynamic_quantization, is_qoperator, qoperator_to_qdq
+from .qoperator import check_dynamic_quantization, is_qoperator, op_kinds, qoperator_to_qdq
 from .patterns import (ADD_ROUND, ROUND_ADD, Accum, Const, FloatVal, IntView, QuantParamError, Quantized, Scaled)
 from .shape_folding import refine_shapes
 from .transformer_patterns import CONSTANT_PARAMETERS, TransformerImport, parameters_constant
@@ -51,6 +52,8 @@ _CONSTANTS_RULE = ("but it must be a constant: scales and zero points must be co
 #: Brevitas exports it, and with the output zero point of qonnx's newer reference; v1's five inputs rescale by the
 #: input scale and are not read)
 QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
+#: float initializers of more elements than this are released once quantized (`Const.release`)
+RELEASE_ELEMENTS = 1024
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
 FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf", "Tanh")
 
@@ -72,10 +75,12 @@ def import_onnx(path_or_model, name: Optional[str] = None,
     if outputs:
         cut_outputs(model, filename, outputs)
     bind_input_shapes(model, filename, input_shapes, note)
-    check_dynamic_quantization(model, filename)
-    if is_qoperator(model):
+    kinds = op_kinds(model)
+    check_dynamic_quantization(model, filename, kinds)
+    if is_qoperator(model, kinds):
         model = qoperator_to_qdq(model, filename)
-    index = index_graph(model, filename)
+        kinds = op_kinds(model)
+    index = index_graph(model, filename, kinds)
     refine_shapes(index)  # shapes behind constant shape arithmetic (shape_folding)
     if name is None:
         if isinstance(path_or_model, onnx.ModelProto):
@@ -100,6 +105,12 @@ class OnnxImporter(TransformerImport):
         self.env: Dict[str, State] = {}
         self.float_memo: Dict[int, Value] = {}  # id(state) -> its float IR value
         self.node: Optional[onnx.NodeProto] = None  # the node being translated, for diagnostics
+        # Quantization parameters are a few shared initializers (a model's quantizers reuse one zero point, a few
+        # scales and clip bounds): their checks, the quant types built from them and the dequantizers' arithmetic
+        # are memoised by the identity of the arrays and types.  key -> (the objects whose id()s the key holds,
+        # kept alive so that an id is never reused while its entry exists; the value).
+        self._memo: Dict[tuple, tuple] = {}
+        self._float_types: Dict[Tuple[int, ...], TensorType] = {}  # shape -> tensor<shape x f32>
 
     # ----- driver ------------------------------------------------------------------------------------------------
     def run(self) -> Module:
@@ -115,11 +126,29 @@ class OnnxImporter(TransformerImport):
             if shape is None:
                 raise dynamic_input_error(vi, self.g.filename)
             self.env[vi.name] = FloatVal(input_op(self.module, vi.name, TensorType(shape, f32)))
-        for name, array in self.g.initializers.items():
-            self.env[name] = Const(array, self.g.low_bit.get(name))
+        fusions = self.fusions  # (found on the index's initializers: before the weights leave it)
+        # The large float initializers (weights) move into the state table, which holds them only until their
+        # quantizer has computed the stored integers (see Const.release): the index keeps no reference to them.
+        initializers = self.g.initializers
+        large = {name for name, array in initializers.items()
+                 if array.dtype.kind == "f" and array.size > RELEASE_ELEMENTS}
+        protos = {t.name: t for t in self.g.model.graph.initializer if t.name in large} if large else {}
+        for name, array in initializers.items():
+            proto = protos.get(name)
+            reload = None if proto is None else functools.partial(numpy_helper.to_array, proto)
+            self.env[name] = Const(array, self.g.low_bit.get(name), reload)
+        for name in protos:
+            del initializers[name]
+        del initializers, protos
+        handlers: Dict[Tuple[str, str], Callable] = {}
         for node in self.g.nodes:
             self.node = node
-            handler = self._handler(node)
+            handler = self.fused_handler(node) if fusions else None
+            if handler is None:
+                key = (node.domain, node.op_type)
+                handler = handlers.get(key)
+                if handler is None:
+                    handler = handlers[key] = self._handler(node)
             try:
                 handler(node)
             except QuantParamError as err:
@@ -144,27 +173,28 @@ class OnnxImporter(TransformerImport):
 
     def _check_supported(self) -> None:
         """ONE error listing every unsupported op type with its nodes (fold-only ops count when not constant)."""
+        if self._all_kinds_supported():
+            return
         constant = set(self.g.initializers)
+        constant.add("")  # an omitted optional input: a node whose other inputs are constant folds
         unsupported: Dict[str, List[str]] = {}
         fusions = self.fusions
-        handled: Dict[str, bool] = {}  # "_op_Conv" -> whether this importer has that handler
+        handled: Dict[str, bool] = {}  # op type -> whether this importer has its `_op_` handler
         for node in self.g.nodes:
-            if id(node) in fusions:
+            if fusions and id(node) in fusions:
                 continue
             domain, op_type = node.domain, node.op_type
             if domain in QONNX_DOMAINS:
                 ok = hasattr(self, f"_qonnx_{op_type}") and \
                     len(node.input) in QONNX_INPUT_COUNTS.get(op_type, (len(node.input),))
             elif domain in DEFAULT_DOMAINS:
-                key = "_op_" + op_type
-                ok = handled.get(key)
+                ok = handled.get(op_type)
                 if ok is None:
-                    ok = handled[key] = hasattr(self, key)
-                inputs = node.input
-                all_const = all(not i or i in constant for i in inputs)
-                if op_type == "Constant" or op_type == "Shape" or (ok and all_const):
-                    constant.update(o for o in node.output if o)
-                if op_type in FOLD_ONLY_OPS and not all_const:
+                    ok = handled[op_type] = hasattr(self, "_op_" + op_type)
+                all_const = constant.issuperset(node.input)
+                if (ok and all_const) or op_type == "Constant" or op_type == "Shape":
+                    constant.update(node.output)
+                if not all_const and op_type in FOLD_ONLY_OPS:
                     ok = False
                 if op_type in CONSTANT_PARAMETERS and not parameters_constant(node, constant):
                     ok = False
@@ -176,9 +206,32 @@ class OnnxImporter(TransformerImport):
         if unsupported:
             raise FrontendError("unsupported ops: " + _listing(unsupported), file=self.g.filename)
 
+    def _all_kinds_supported(self) -> bool:
+        """Whether every node is supported whatever its inputs, as its op type says: every op type has a handler, and
+        none is supported only on constants, or only with some input counts (then no node needs looking at)."""
+        kinds = self.g.op_kinds
+        if kinds is None:
+            return False
+        for domain, op_type in kinds:
+            if domain in QONNX_DOMAINS:
+                if not hasattr(self, f"_qonnx_{op_type}") or op_type in QONNX_INPUT_COUNTS:
+                    return False
+            elif domain in DEFAULT_DOMAINS:
+                if not hasattr(self, "_op_" + op_type) or op_type in FOLD_ONLY_OPS or \
+                        op_type in CONSTANT_PARAMETERS:
+                    return False
+            else:
+                return False
+        return True
+
     def _check_quant_params_are_not_inputs(self) -> None:
         """A quantizer's scale or zero point fed by a graph input (of any element type): say that, before the input
         check would complain about the input's element type."""
+        kinds = self.g.op_kinds
+        if kinds is not None and not any(op_type in _PARAM_INPUTS and (domain in DEFAULT_DOMAINS or
+                                                                        domain in QONNX_DOMAINS)
+                                          for domain, op_type in kinds):
+            return
         real = {vi.name for vi in self.g.real_inputs}
         for node in self.g.nodes:
             params = _PARAM_INPUTS.get(node.op_type if node.domain in DEFAULT_DOMAINS or node.domain in QONNX_DOMAINS
@@ -194,6 +247,20 @@ class OnnxImporter(TransformerImport):
     @property
     def loc(self) -> str:
         return self.g.label(self.node) if self.node is not None else ""
+
+    def quant_tensor_type(self, shape: Tuple[int, ...], qtype: UniformQuantType) -> TensorType:
+        """TensorType(shape, qtype), memoised (quant types are a few shared objects)."""
+        key = ("tensor type", shape, id(qtype))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (qtype, TensorType(shape, qtype))
+        return hit[1]
+
+    def float_type(self, shape: Tuple[int, ...]) -> TensorType:
+        t = self._float_types.get(shape)
+        if t is None:
+            t = self._float_types[shape] = TensorType(shape, f32)
+        return t
 
     # ----- reading inputs and attributes ---------------------------------------------------------------------------
     def state(self, name: str) -> Optional[State]:
@@ -228,7 +295,7 @@ class OnnxImporter(TransformerImport):
         return self.g.shape(name, self.node)
 
     def out_type(self, node: onnx.NodeProto, i: int = 0) -> TensorType:
-        return TensorType(self.g.shape(node.output[i], node), f32)
+        return self.float_type(self.g.shape(node.output[i], node))
 
     # ----- materialisation ----------------------------------------------------------------------------------------
     def float_value(self, name: str) -> Value:
@@ -242,6 +309,8 @@ class OnnxImporter(TransformerImport):
         return value
 
     def _materialise_float(self, name: str, s: State) -> Value:
+        if isinstance(s, IntView):  # (the usual case first: an op's input after a dequantizer)
+            return self._dequantize(name, s)
         if isinstance(s, FloatVal):
             return s.value
         if isinstance(s, Const):
@@ -291,9 +360,15 @@ class OnnxImporter(TransformerImport):
             src.value.type = new_type
             return self.module.create("quant.dcast", [src.value], [TensorType(src.shape, f32)], {},
                                       view.loc or self.loc).result
-        scale, zp = P.type_params(src.qtype, len(src.shape))
-        if P.same_params(view.a, scale, src.shape) and P.same_params(view.b, zp, src.shape):
-            return self.module.create("quant.dcast", [self.quant_value(src)], [TensorType(src.shape, f32)], {},
+        scale, zp = self.type_params(src.qtype, len(src.shape))
+        a, b = view.a, view.b
+        key = ("same", id(a), id(b), id(scale), id(zp), src.shape)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = ((a, b, scale, zp), P.same_params(a, scale, src.shape) and
+                                     P.same_params(b, zp, src.shape))
+        if hit[1]:
+            return self.module.create("quant.dcast", [self.quant_value(src)], [self.float_type(src.shape)], {},
                                       view.loc or src.loc).result
         if view.is_raw and src.stored is not None:
             return self.float_const(src.stored.astype(F32), name)
@@ -306,9 +381,12 @@ class OnnxImporter(TransformerImport):
     def quant_value(self, q: Quantized) -> Value:
         """The IR value of a quantizer's result (quant.qcast, or qir.const of a quantized constant)."""
         if q.value is None:
-            t = TensorType(q.shape, q.qtype)
+            t = self.quant_tensor_type(q.shape, q.qtype)
             if q.stored is not None:
-                q.value = const_op(self.module, q.stored.astype(q.qtype.np_dtype), t, loc=q.loc)
+                # the IR constant takes the integers the quantizer computed; a constant's own array (the file's
+                # integers under a DequantizeLinear) it copies
+                stored = q.stored if q.private else np.array(q.stored, dtype=q.qtype.np_dtype)
+                q.value = const_op(self.module, stored, t, loc=q.loc)
             else:
                 x = self.float_value(q.source)
                 q.value = self.module.create("quant.qcast", [x], [t], {"rounding": q.rounding}, q.loc).result
@@ -326,7 +404,7 @@ class OnnxImporter(TransformerImport):
         return self.module.create(op_name, list(operands), [result_type], attrs or {}, loc).result
 
     def create_float(self, op_name, operands, shape, node=None, attrs=None) -> Value:
-        return self.create(op_name, operands, TensorType(shape, f32), attrs, node)
+        return self.create(op_name, operands, self.float_type(shape), attrs, node)
 
     def _scaled_const(self, s: Scaled) -> np.ndarray:
         x = np.asarray(self.env[s.x_name].array, F32)
@@ -489,15 +567,18 @@ class OnnxImporter(TransformerImport):
 
     # ----- decomposed quantizer steps ------------------------------------------------------------------------------
     def _op_Div(self, node):
-        x, d = self.state(node.input[0]), self.state(node.input[1])
-        if isinstance(d, Const) and np.issubdtype(d.array.dtype, np.floating) and \
-                not (isinstance(x, Const) and not np.issubdtype(x.array.dtype, np.floating)):
-            self.env[node.output[0]] = Scaled(node.input[0], np.asarray(d.array, F32), None, False, (node,))
+        env, x_name, d_name = self.env, node.input[0], node.input[1]
+        x, d = env.get(x_name) if x_name else None, env.get(d_name) if d_name else None
+        # (dtype.kind "f": np.issubdtype(dtype, np.floating) without its cost)
+        if isinstance(d, Const) and d.array.dtype.kind == "f" and \
+                not (isinstance(x, Const) and x.array.dtype.kind != "f"):
+            env[node.output[0]] = Scaled(x_name, np.asarray(d.array, F32), None, False, (node,))
             return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Div", node.input[:2]))
 
     def _op_Add(self, node):
-        a, b = self.state(node.input[0]), self.state(node.input[1])
+        env, a_name, b_name = self.env, node.input[0], node.input[1]
+        a, b = env.get(a_name) if a_name else None, env.get(b_name) if b_name else None
         for s, other in ((a, b), (b, a)):
             if isinstance(s, Scaled) and s.zero_point is None and not s.rounded and isinstance(other, Const):
                 zp = np.asarray(other.array, F32)
@@ -506,7 +587,8 @@ class OnnxImporter(TransformerImport):
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Add", node.input[:2]))
 
     def _op_Round(self, node):
-        s = self.state(node.input[0])
+        name = node.input[0]
+        s = self.env.get(name) if name else None
         if isinstance(s, Scaled) and not s.rounded:
             self.env[node.output[0]] = Scaled(s.x_name, s.scale, s.zero_point, True, s.nodes + (node,))
             return
@@ -516,17 +598,23 @@ class OnnxImporter(TransformerImport):
         if self.opset < 11:
             a = self.attrs(node)
             return float(a.get("min", -np.inf)), float(a.get("max", np.inf))
-        lo = self.const_input(node, 1, "Clip min", required=False)
-        hi = self.const_input(node, 2, "Clip max", required=False)
-        return (-np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0]),
-                np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0]))
+        # memoised by the tensor names (a tensor's state never changes; a model's clips share a few bounds)
+        inputs = node.input
+        key = ("clip bounds", inputs[1] if len(inputs) > 1 else "", inputs[2] if len(inputs) > 2 else "")
+        hit = self._memo.get(key)
+        if hit is None:
+            lo = self.const_input(node, 1, "Clip min", required=False)
+            hi = self.const_input(node, 2, "Clip max", required=False)
+            hit = self._memo[key] = ((), (-np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0]),
+                                          np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0])))
+        return hit[1]
 
     def _op_Clip(self, node):
         s = self.state(node.input[0])
         lo, hi = self._clip_bounds(node)
         if isinstance(s, Const):
             bounds = None
-            if np.issubdtype(s.array.dtype, np.integer):
+            if s.array.dtype.kind in "iu":  # np.issubdtype(dtype, np.integer)
                 old = s.bounds or (-np.inf, np.inf)
                 bounds = (max(old[0], lo), min(old[1], hi))
             self.env[node.output[0]] = Const(self._fold(node, [s.array]), bounds)
@@ -540,6 +628,12 @@ class OnnxImporter(TransformerImport):
             self.emit_float_op(node, "onnx.Clip", node.input[:1], {"min": lo, "max": hi})
 
     def _decomposed_quantizer(self, clip_node, s: Scaled, lo: float, hi: float) -> Quantized:
+        shape = self.shape(s.x_name)
+        # the quant type is a function of the bounds, the parameter arrays and the shape: memoised whole
+        key = ("decomposed", lo, hi, id(s.scale), id(s.zero_point), shape)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return self._quantizer(s.x_name, hit[1], ADD_ROUND, shape, self.g.label(clip_node))
         storage, lo_i, hi_i = P.storage_for_range(lo, hi)
         div_node = s.nodes[0]
         add_node = s.nodes[1] if s.zero_point is not None else div_node
@@ -551,18 +645,33 @@ class OnnxImporter(TransformerImport):
             zp = P.check_zero_point(np.zeros((), F32) if s.zero_point is None else s.zero_point, lo_i, hi_i)
         except QuantParamError as err:
             raise self.error(str(err), add_node) from None
-        shape = self.shape(s.x_name)
         try:
             qtype = P.make_quant_type(storage, lo_i, hi_i, scale, zp, shape)
         except QuantParamError as err:
             raise self.error(str(err), div_node) from None
+        self._memo[key] = ((s.scale, s.zero_point), qtype)
         return self._quantizer(s.x_name, qtype, ADD_ROUND, shape, self.g.label(clip_node))
 
     def _quantizer(self, x_name: str, qtype: UniformQuantType, rounding: str, shape, loc: str) -> Quantized:
         x = self.env[x_name]
         if isinstance(x, Const):
-            return Quantized(qtype, shape, loc, rounding, stored=P.quantize(x.array, qtype, rounding))
+            rank = x.array.ndim
+            key = ("quantize plan", id(qtype), rank)
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = (qtype, P.quantize_plan(qtype, rank))
+            stored = P.quantize(x.array, qtype, rounding, hit[1])
+            x.release()  # (the float weights are read again if anything else uses them)
+            return Quantized(qtype, shape, loc, rounding, stored=stored)
         return Quantized(qtype, shape, loc, rounding, source=x_name)
+
+    def type_params(self, qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndarray]:
+        """P.type_params, memoised per quant type (the types are memoised too: a few shared objects)."""
+        key = ("type_params", id(qtype), rank)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (qtype, P.type_params(qtype, rank))
+        return hit[1]
 
     def _narrow(self, q: Quantized, lo: float, hi: float) -> Quantized:
         qtype = P.narrowed(q.qtype, lo, hi)
@@ -572,26 +681,40 @@ class OnnxImporter(TransformerImport):
     # ----- decomposed dequantizer steps ----------------------------------------------------------------------------
     def _view(self, s: State) -> Optional[IntView]:
         if isinstance(s, Quantized):
-            return IntView(s)
+            return IntView(s, P.ONE, P.ZERO)
         if isinstance(s, IntView):
             return s
         return None
 
     def _op_Sub(self, node):
-        view, c = self._view(self.state(node.input[0])), self.state(node.input[1])
+        env, x_name, c_name = self.env, node.input[0], node.input[1]
+        view = self._view(env.get(x_name) if x_name else None)
+        c = env.get(c_name) if c_name else None
         if view is not None and isinstance(c, Const):
-            c = np.asarray(c.array, F32)
-            if np.all(view.a == 1) or not np.any(c):
-                self.env[node.output[0]] = IntView(view.src, view.a, view.b + c / view.a, self.loc)
+            a, b, array = view.a, view.b, c.array
+            key = ("sub", id(a), id(b), id(array))  # (a decomposed dequantizer's Sub: a few shared arrays)
+            hit = self._memo.get(key)
+            if hit is None:
+                c = np.asarray(array, F32)
+                new_b = b + c / a if a is P.ONE or (a == 1).all() or not c.any() else None
+                hit = self._memo[key] = ((a, b, array), new_b)
+            if hit[1] is not None:
+                self.env[node.output[0]] = IntView(view.src, a, hit[1], self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Sub", node.input[:2]))
 
     def _op_Mul(self, node):
-        a, b = self.state(node.input[0]), self.state(node.input[1])
+        env, a_name, b_name = self.env, node.input[0], node.input[1]
+        a, b = env.get(a_name) if a_name else None, env.get(b_name) if b_name else None
         for s, other in ((a, b), (b, a)):
             view = self._view(s)
             if view is not None and isinstance(other, Const):
-                self.env[node.output[0]] = IntView(view.src, view.a * np.asarray(other.array, F32), view.b, self.loc)
+                factor, array = view.a, other.array
+                key = ("mul", id(factor), id(array))  # (a decomposed dequantizer's Mul: a few shared arrays)
+                hit = self._memo.get(key)
+                if hit is None:
+                    hit = self._memo[key] = ((factor, array), factor * np.asarray(array, F32))
+                self.env[node.output[0]] = IntView(view.src, hit[1], view.b, self.loc)
                 return
         self.fold_or(node, lambda: self.emit_float_op(node, "onnx.Mul", node.input[:2]))
 
@@ -642,7 +765,7 @@ class OnnxImporter(TransformerImport):
         shape = self.shape(node.input[0])
         scale, zp, axis = self._qdq_params(node, shape)
         if isinstance(s, Const):
-            if not np.issubdtype(s.array.dtype, np.integer):
+            if s.array.dtype.kind not in "iu":  # np.issubdtype(dtype, np.integer)
                 raise self.error(f"DequantizeLinear of a {s.array.dtype} constant")
             storage = P.storage_for_dtype(s.array.dtype)
             lo, hi = storage.min, storage.max
@@ -650,7 +773,7 @@ class OnnxImporter(TransformerImport):
                 lo, hi = max(lo, int(np.ceil(s.bounds[0]))), min(hi, int(np.floor(s.bounds[1])))
             zp = P.check_zero_point(np.zeros((), np.int64) if zp is None else zp, lo, hi)
             qtype = P.make_quant_type(storage, lo, hi, scale, zp, shape, axis)
-            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array.astype(np.int64))
+            s = Quantized(qtype, shape, self.loc, ROUND_ADD, stored=s.array, private=False)  # (in its dtype)
         view = self._view(s)
         if view is None or not view.is_raw or not isinstance(view.src, Quantized):
             raise self.error(f"DequantizeLinear input '{node.input[0]}' is not the output of a quantizer")
@@ -730,7 +853,8 @@ class OnnxImporter(TransformerImport):
         out_type = P.make_quant_type(storage, lo, hi, out_scale, out_zp, shape)
         q = self._quantizer(node.input[0], grid, ADD_ROUND, shape, self.loc)
         if q.stored is not None:
-            t = Quantized(out_type, shape, self.loc, ADD_ROUND, stored=P.shift_round(q.stored, k, mode, lo, hi))
+            t = Quantized(out_type, shape, self.loc, ADD_ROUND,
+                          stored=P.shift_round(q.stored, k, mode, lo, hi).astype(out_type.np_dtype))
         else:
             t = Quantized(out_type, shape, self.loc, ADD_ROUND)
             t.value = self._shift_round(self.quant_value(q), k, mode, TensorType(shape, out_type))

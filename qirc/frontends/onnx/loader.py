@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -70,10 +70,13 @@ def _first_line(err: Exception) -> str:
 def _all_tensors(model: onnx.ModelProto):
     """Initializers and Constant-node tensors of the main graph (subgraphs are refused later)."""
     yield from model.graph.initializer
+    tensor = onnx.AttributeProto.TENSOR
     for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
+        attributes = node.attribute
+        if attributes:
+            for attr in attributes:
+                if attr.type == tensor:
+                    yield attr.t
 
 
 def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> None:
@@ -81,8 +84,9 @@ def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> No
     base = os.path.dirname(os.path.abspath(path))
     real_base = os.path.realpath(base)
     has_external = False
+    external = onnx.TensorProto.EXTERNAL
     for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != external:
             continue
         has_external = True
         info = {e.key: e.value for e in tensor.external_data}
@@ -135,21 +139,52 @@ class GraphIndex:
     filename: str
     nodes: List[onnx.NodeProto] = field(default_factory=list)  # topological order
     labels: Dict[int, str] = field(default_factory=dict)  # id(node) -> diagnostic name (filled in on first use)
-    positions: Dict[int, int] = field(default_factory=dict)  # id(node) -> its index in the file
     initializers: Dict[str, np.ndarray] = field(default_factory=dict)
     real_inputs: List[onnx.ValueInfoProto] = field(default_factory=list)
-    consumers: Dict[str, List[onnx.NodeProto]] = field(default_factory=dict)
+    #: the nodes in file order (`consumers` lists each tensor's readers in that order)
+    file_nodes: List[onnx.NodeProto] = field(default_factory=list)
     output_names: List[str] = field(default_factory=list)
     shapes: Dict[str, Optional[Tuple[int, ...]]] = field(default_factory=dict)
-    elem_types: Dict[str, int] = field(default_factory=dict)
     #: initializers stored as INT4 / UINT4 (held as int8 / uint8 arrays): name -> their integer range
     low_bit: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    _consumers: Optional[Dict[str, List[onnx.NodeProto]]] = None
+    #: every node output has a static type (set by `_infer_shapes` when the model's own types say so)
+    all_static: bool = False
+    #: the (domain, op type) pairs of the nodes (None: not known): checks that concern a few op types skip graphs
+    #: without them
+    op_kinds: Optional[Set[Tuple[str, str]]] = None
+    _positions: Optional[Dict[int, int]] = None
+
+    @property
+    def positions(self) -> Dict[int, int]:
+        """id(node) -> its index in the file; built on first use (only a node without a name or output needs it)."""
+        if self._positions is None:
+            self._positions = {id(node): i for i, node in enumerate(self.file_nodes)}
+        return self._positions
+
+    @property
+    def consumers(self) -> Dict[str, List[onnx.NodeProto]]:
+        """tensor name -> the nodes that read it, in file order (a node once per input it reads it at); built on
+        first use: most imports never ask (a large graph's dictionary of lists is time and memory)."""
+        if self._consumers is None:
+            consumers: Dict[str, List[onnx.NodeProto]] = {}
+            for node in self.file_nodes:
+                for name in node.input:
+                    if name:
+                        users = consumers.get(name)
+                        if users is None:
+                            consumers[name] = [node]
+                        else:
+                            users.append(node)
+            self._consumers = consumers
+        return self._consumers
 
     def label(self, node: onnx.NodeProto) -> str:
         key = id(node)
         label = self.labels.get(key)
         if label is None:
-            label = self.labels[key] = node_label(node, self.positions[key])
+            name = node.name
+            label = self.labels[key] = name if name else node_label(node, self.positions[key])
         return label
 
     def error(self, message: str, node: Optional[onnx.NodeProto] = None) -> FrontendError:
@@ -164,13 +199,15 @@ class GraphIndex:
         return shape
 
 
-def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
-    """Check the graph's structure, sort it and infer its shapes."""
+def index_graph(model: onnx.ModelProto, filename: str, kinds: Optional[Set[Tuple[str, str]]] = None) -> GraphIndex:
+    """Check the graph's structure, sort it and infer its shapes.  `kinds`: the (domain, op type) pairs of the
+    graph's nodes where the caller has them."""
     graph = model.graph
     index = GraphIndex(model, filename)
+    index.op_kinds = {(node.domain, node.op_type) for node in graph.node} if kinds is None else set(kinds)
     # one list of node wrappers, used everywhere: protobuf may hand out a new wrapper per iteration
     all_nodes = list(graph.node)
-    index.positions = {id(node): i for i, node in enumerate(all_nodes)}
+    index.file_nodes = all_nodes  # (labels need it from here on)
     subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     for node in all_nodes:
         if len(node.attribute) and any(attr.type in subgraph_types for attr in node.attribute):
@@ -178,6 +215,7 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
 
     producers: Dict[str, onnx.NodeProto] = {}
     defined: Dict[str, str] = {}
+    low_bit_types: Dict[np.dtype, Optional[tuple]] = {}  # dtype -> its LOW_BIT_TYPES entry (dtype.name is slow)
     for init in graph.initializer:
         if init.name in defined:
             raise FrontendError(f"duplicate initializer name '{init.name}'", file=filename)
@@ -187,9 +225,13 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
         except Exception as err:
             raise FrontendError(f"initializer '{init.name}' cannot be read ({_first_line(err)})",
                                 file=filename) from None
-        if array.dtype.name in LOW_BIT_TYPES:
+        dtype = array.dtype
+        low_bit = low_bit_types.get(dtype, False)
+        if low_bit is False:
+            low_bit = low_bit_types[dtype] = LOW_BIT_TYPES.get(dtype.name)
+        if low_bit is not None:
             # a 4-bit integer fits int8 / uint8 exactly; the range is kept for the quantizer that reads it
-            storage, lo, hi = LOW_BIT_TYPES[array.dtype.name]
+            storage, lo, hi = low_bit
             array = array.astype(storage)
             index.low_bit[init.name] = (lo, hi)
         index.initializers[init.name] = array
@@ -202,49 +244,35 @@ def index_graph(model: onnx.ModelProto, filename: str) -> GraphIndex:
             continue  # an input with an initializer is a constant (old exporters list weights as inputs)
         defined[inp.name] = "graph input"
         index.real_inputs.append(inp)
-    # the names each node reads and writes, read from protobuf once
-    node_inputs = [[name for name in node.input if name] for node in all_nodes]
-    node_outputs = [[name for name in node.output if name] for node in all_nodes]
-    for node, outs in zip(all_nodes, node_outputs):
-        for out in outs:
-            if out in defined or out in producers:
-                first = (index.label(producers[out]) if out in producers else defined[out])
-                raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
-            producers[out] = node
-
-    consumers = index.consumers
-    for node, ins in zip(all_nodes, node_inputs):
-        for name in ins:
-            if name not in producers and name not in defined:
-                raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
-            users = consumers.get(name)
-            if users is None:
-                consumers[name] = [node]
-            else:
-                users.append(node)
+    # One pass in file order: every output defined once (an error at the first duplicate), and the inputs that no
+    # earlier node produces and that are not defined otherwise (an omitted optional input is "").
+    later = []
+    for node in all_nodes:
+        for name in node.input:
+            if name and name not in producers and name not in defined:
+                later.append((node, name))
+        for out in node.output:
+            if out:
+                if out in defined or out in producers:
+                    first = (index.label(producers[out]) if out in producers else defined[out])
+                    raise index.error(f"tensor name '{out}' is defined twice (also by {first})", node)
+                producers[out] = node
+    # each of those is produced by a later node (or by its own: the file's order is not topological) or by none (an
+    # error at the first); without them Kahn's algorithm below, stable in file order, returns the file's order
+    in_order = True
+    for node, name in later:
+        if name not in producers:
+            raise index.error(f"input '{name}' is not produced by any node, initializer or graph input", node)
+        in_order = False
+    del later
     for out in graph.output:
         if out.name not in producers and out.name not in defined:
             raise FrontendError(f"graph output '{out.name}' is not produced by any node or input", file=filename)
         index.output_names.append(out.name)
 
-    if _in_order(node_inputs, node_outputs, producers):
-        # Kahn's algorithm below, stable in file order, returns the file's order whenever that is topological
-        index.nodes = all_nodes
-    else:
-        index.nodes = _topological_order(all_nodes, producers, index)
-    _infer_shapes(index, node_outputs)
+    index.nodes = all_nodes if in_order else _topological_order(all_nodes, producers, index)
+    _infer_shapes(index, producers)
     return index
-
-
-def _in_order(node_inputs, node_outputs, producers) -> bool:
-    """Whether every node comes after the producers of its inputs (no cycle, and the file order is topological)."""
-    done = set()
-    for ins, outs in zip(node_inputs, node_outputs):
-        for name in ins:
-            if name not in done and name in producers:
-                return False
-        done.update(outs)
-    return True
 
 
 def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodeProto]:
@@ -280,40 +308,40 @@ def _topological_order(nodes, producers, index: GraphIndex) -> List[onnx.NodePro
 SHAPE_DATA_ELEMENTS = 1024
 
 
-def _infer_shapes(index: GraphIndex, node_outputs: Optional[List[List[str]]] = None) -> None:
+def _infer_shapes(index: GraphIndex, produced: Optional[Dict[str, object]] = None) -> None:
     """Type every value: from the model's own value_info when it already gives every value a static tensor type,
     else with one onnx.shape_inference pass (custom quantizers seen as Identity) on a light copy of the model.
 
     onnx's shape inference (non-strict, as run here) keeps a declared type over an inferred one -- on a conflict it
     drops its own -- so on a fully typed model it can only return the declared types: skipping it returns the same
     types without serializing, inferring and re-reading the whole model (the largest step of a large import).
-    `node_outputs`: the non-empty output names of each node, where the caller has them."""
+    `produced`: the names of the node outputs (a set or dict), where the caller has them."""
     model = index.model
     graph = model.graph
-    shapes, elem_types = dict(index.shapes), dict(index.elem_types)
+    shapes = dict(index.shapes)
     static = set()
     complete = True
+    types: dict = {}
     for vis in (graph.input, graph.value_info, graph.output):
         for vi in vis:
-            if _record(index, vi):
-                static.add(vi.name)
-            elif vi.name not in index.initializers:
+            if not _record(index, vi, types, static) and vi.name not in index.initializers:
                 complete = False
     if complete:
-        if node_outputs is None:
-            node_outputs = [[o for o in node.output if o] for node in graph.node]
-        complete = all(o in static for outs in node_outputs for o in outs)
+        if produced is None:
+            produced = {o for node in graph.node for o in node.output if o}
+        complete = static.issuperset(produced)
+    index.all_static = complete
     if not complete:
-        index.shapes, index.elem_types = shapes, elem_types
+        index.shapes = shapes
         g = _inferred_graph(index)
         # (the light copy's extra inputs, its large initializers, come last: they are typed from the arrays below)
         for vi in list(g.input)[:len(graph.input)]:
-            _record(index, vi)
+            _record(index, vi, types)
         for vis in (g.value_info, g.output):
             for vi in vis:
-                _record(index, vi)
+                _record(index, vi, types)
     for name, array in index.initializers.items():
-        index.shapes[name] = tuple(int(d) for d in array.shape)
+        index.shapes[name] = array.shape  # (a tuple of Python ints)
 
 
 def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
@@ -362,26 +390,51 @@ def _inferred_graph(index: GraphIndex) -> onnx.GraphProto:
     return inferred.graph
 
 
-def _record(index: GraphIndex, vi: onnx.ValueInfoProto) -> bool:
-    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known)."""
+def _record(index: GraphIndex, vi: onnx.ValueInfoProto, types: Optional[dict] = None,
+            static: Optional[set] = None) -> bool:
+    """Record the type of `vi`; whether it is a static tensor type (element type and every dim known), and then
+    add its name to `static` where given.
+
+    `types`: a memo of what each serialized TypeProto reads as.  A graph has few distinct types (every activation
+    of a layer shape shares one): serializing a type is several times cheaper than walking its dims in protobuf,
+    and equal bytes read the same."""
     t = vi.type
-    if not t.HasField("tensor_type"):
-        return False
-    tt = t.tensor_type
+    if types is None:
+        read = _read_type(t)
+    else:
+        key = t.SerializeToString()
+        read = types.get(key)
+        if read is None:
+            read = types[key] = _read_type(t)
+    has_shape, elem_type, shape = read
+    if elem_type is None:
+        return False  # not a tensor type
     name = vi.name
-    elem_type = index.elem_types[name] = tt.elem_type
-    if not tt.HasField("shape"):
+    if not has_shape:
         index.shapes.setdefault(name, None)
         return False
-    dims = []
-    for d in tt.shape.dim:
-        value = d.dim_value
-        if value < 0 or (value == 0 and not d.HasField("dim_value")):
-            index.shapes[name] = None
-            return False
-        dims.append(value)
-    index.shapes[name] = tuple(dims)
-    return elem_type != 0
+    index.shapes[name] = shape
+    if shape is not None and elem_type != 0:
+        if static is not None:
+            static.add(name)
+        return True
+    return False
+
+
+def _read_type(t: onnx.TypeProto) -> Tuple[bool, Optional[int], Optional[Tuple[int, ...]]]:
+    """(has a shape, element type (None: not a tensor type), the static shape or None)."""
+    if not t.HasField("tensor_type"):
+        return False, None, None
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return False, tt.elem_type, None
+    dims = [d.dim_value for d in tt.shape.dim]
+    if dims and min(dims) <= 0:
+        for d in tt.shape.dim:  # a dim_param or an unset dim reads 0 (a stated dim of 0 stays)
+            value = d.dim_value
+            if value < 0 or (value == 0 and not d.HasField("dim_value")):
+                return True, tt.elem_type, None
+    return True, tt.elem_type, tuple(dims)
 
 
 # ----- what the user chooses on the command line: input shapes, the outputs to compile ------------------------------

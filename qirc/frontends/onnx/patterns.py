@@ -21,7 +21,7 @@ computes it, so that a quantized constant holds exactly the integers onnxruntime
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -40,19 +40,40 @@ class QuantParamError(ValueError):
 
 
 # ----- abstract values ---------------------------------------------------------------------------------------------
-@dataclass(eq=False)
 class Const:
-    array: np.ndarray
-    #: integer bounds a Clip put on an integer constant (Brevitas QCDQ narrow-range weights: int8 -> Clip -> DQ)
-    bounds: Optional[Tuple[int, int]] = None
+    """A compile-time constant `array`; `bounds`: integer bounds a Clip put on an integer constant (Brevitas QCDQ
+    narrow-range weights: int8 -> Clip -> DQ).
+
+    `reload`: where the array can be read again (a large float initializer: from its TensorProto), so that a
+    quantizer that has computed the stored integers can `release` the float weights instead of holding them, beside
+    protobuf's copy, until the import ends; a later use reads them again."""
+
+    __slots__ = ("_array", "bounds", "reload")
+
+    def __init__(self, array: np.ndarray, bounds: Optional[Tuple[int, int]] = None,
+                 reload: Optional[Callable[[], np.ndarray]] = None):
+        self._array = array
+        self.bounds = bounds
+        self.reload = reload
+
+    @property
+    def array(self) -> np.ndarray:
+        array = self._array
+        if array is None:
+            array = self._array = self.reload()
+        return array
+
+    def release(self) -> None:
+        if self.reload is not None:
+            self._array = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class FloatVal:
     value: Value
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Scaled:
     """Div(x, scale) [-> Add(zero_point)] [-> Round] of the tensor `x_name`; `nodes` are the ONNX nodes so far."""
 
@@ -63,7 +84,7 @@ class Scaled:
     nodes: Tuple = ()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Quantized:
     """Stored integers of type `qtype` quantizing `source` (a Const or FloatVal) with `rounding`, or a constant."""
 
@@ -72,12 +93,16 @@ class Quantized:
     loc: str
     rounding: str = ADD_ROUND
     source: Union[Const, FloatVal, None] = None
-    stored: Optional[np.ndarray] = None  # the integers of a quantized constant (int64)
+    #: the integers of a quantized constant, in the storage dtype (`qtype.np_dtype`: int8 weights take a byte per
+    #: element, not eight; arithmetic that needs more widens a copy)
+    stored: Optional[np.ndarray] = None
     value: Optional[Value] = None  # memo: the IR value once materialised
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
+    #: `stored` is this state's own array (computed for it, in the storage dtype): its qir.const may hold it
+    private: bool = True
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class Accum:
     """An int.conv / int.gemm result; the file's float tensor equals `x_scale * stored`."""
 
@@ -87,19 +112,37 @@ class Accum:
     dcast: Optional[tuple] = None  # memo: (a, b, value) of its quant.dcast
 
 
-@dataclass(eq=False)
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+#: the (a, b) of a view that is the stored integers themselves; shared, hence read-only
+ONE = _frozen(np.ones((), F32))
+ZERO = _frozen(np.zeros((), F32))
+
+
+@dataclass(eq=False, slots=True)  # (slots: a large graph holds tens of thousands)
 class IntView:
     """The float tensor a * (q - b), q the stored integers of `src`."""
 
     src: Union[Quantized, Accum]
-    a: np.ndarray = field(default_factory=lambda: np.ones((), F32))
-    b: np.ndarray = field(default_factory=lambda: np.zeros((), F32))
+    a: np.ndarray = field(default_factory=lambda: ONE)
+    b: np.ndarray = field(default_factory=lambda: ZERO)
     loc: str = ""  # the node that completed the dequantizer (its quant.dcast's location)
 
     @property
     def is_raw(self) -> bool:
         """True when the tensor is the stored integers themselves."""
-        return bool(np.all(self.a == 1) and np.all(self.b == 0))
+        a, b = self.a, self.b
+        if a is ONE and b is ZERO:
+            return True
+        return bool(_all(a == 1) and _all(b == 0))
+
+
+def _all(x) -> bool:
+    """np.all of a comparison's result, without np.all's dispatch for numpy scalars and arrays."""
+    return x.all() if isinstance(x, (np.ndarray, np.generic)) else np.all(x)
 
 
 # ----- storage ranges ------------------------------------------------------------------------------------------------
@@ -239,22 +282,64 @@ def type_params(qtype: UniformQuantType, rank: int) -> Tuple[np.ndarray, np.ndar
     return qtype.scales_for(rank).astype(F32), qtype.zero_points_for(rank).astype(F32)
 
 
-def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str) -> np.ndarray:
-    """Stored integers (int64) of float `x`, computed in float32 as onnxruntime does for that rounding order."""
+@dataclass(frozen=True)
+class QuantizePlan:
+    """What `quantize` needs of a quant type for tensors of one rank, computed once."""
+
+    scale: np.ndarray  # float32, broadcastable
+    zero_point: np.ndarray  # float32, broadcastable
+    work: np.dtype  # the float type the clip runs in: float32 where it holds the bounds exactly, else float64
+    lo: np.generic  # the storage bounds in `work`
+    hi: np.generic
+    dtype: np.dtype  # the storage dtype
+
+
+def quantize_plan(qtype: UniformQuantType, rank: int) -> QuantizePlan:
+    scale, zp = type_params(qtype, rank)
+    lo, hi = qtype.storage_min, qtype.storage_max
+    # float32 rounds 2^31 - 1 to 2^31: the int32 bounds need float64
+    work = np.dtype(F32) if -2 ** 24 <= lo and hi <= 2 ** 24 else np.dtype(np.float64)
+    return QuantizePlan(scale, zp, work, work.type(lo), work.type(hi), np.dtype(qtype.np_dtype))
+
+
+def quantize(x: np.ndarray, qtype: UniformQuantType, rounding: str, plan: Optional[QuantizePlan] = None) -> np.ndarray:
+    """Stored integers of float `x` in the storage dtype (`qtype.np_dtype`), computed in float32 as onnxruntime does
+    for that rounding order (NaN stores 0 or the range bound nearest to it, +-inf saturate).  `plan`:
+    quantize_plan(qtype, x.ndim) where the caller has it."""
     x = np.asarray(x, dtype=F32)
-    scale, zp = type_params(qtype, x.ndim)
+    if plan is None:
+        plan = quantize_plan(qtype, x.ndim)
+    scale, zp = plan.scale, plan.zero_point
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scaled = x / scale
-        q = np.rint(scaled) + zp if rounding == ROUND_ADD else np.rint(scaled + zp)
-    q = np.clip(np.nan_to_num(q.astype(np.float64), nan=0.0), qtype.storage_min, qtype.storage_max)
-    return q.astype(np.int64)
+        q = x / scale
+        if isinstance(q, np.ndarray):  # of x's shape (the parameters broadcast against it): the rest in place
+            if rounding == ROUND_ADD:
+                np.add(np.rint(q, out=q), zp, out=q)
+            else:
+                np.rint(np.add(q, zp, out=q), out=q)
+        else:  # a numpy scalar (a 0-d x)
+            q = np.rint(q) + zp if rounding == ROUND_ADD else np.rint(q + zp)
+        # np.array: an array also for a 0-d x (no copy of an array of that dtype)
+        q = np.array(q, dtype=plan.work, copy=None)
+        total = np.add.reduce(q, axis=None)  # NaN when an element is (or +inf meets -inf: then look closer)
+    if total != total:
+        nan = np.isnan(q)
+        if nan.any():
+            q[nan] = 0.0
+    np.minimum(q, plan.hi, out=q)
+    np.maximum(q, plan.lo, out=q)
+    return q.astype(plan.dtype)
 
 
 def same_params(a: np.ndarray, b: np.ndarray, shape: Tuple[int, ...]) -> bool:
     """True when two broadcast parameter arrays hold the same float32 numbers for a tensor of `shape`."""
+    a, b = np.asarray(a, F32), np.asarray(b, F32)
+    rank = len(shape)
+    if a.size == 1 and b.size == 1 and a.ndim <= rank and b.ndim <= rank:
+        # single values broadcast to any shape of at least their rank (an empty tensor holds no value to differ)
+        return 0 in shape or float(a.reshape(-1)[0]) == float(b.reshape(-1)[0])
     try:
-        return bool(np.array_equal(np.broadcast_to(np.asarray(a, F32), shape),
-                                   np.broadcast_to(np.asarray(b, F32), shape)))
+        return bool(np.array_equal(np.broadcast_to(a, shape), np.broadcast_to(b, shape)))
     except ValueError:
         return False
 

@@ -25,7 +25,7 @@ with one line.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -63,13 +63,25 @@ def _key(node: onnx.NodeProto) -> Tuple[str, str]:
     return ("" if node.domain in DEFAULT_DOMAINS else node.domain, node.op_type)
 
 
-def is_qoperator(model: onnx.ModelProto) -> bool:
-    """Whether the graph has a QOperator op this module rewrites."""
-    return any(_key(n) in _SIMPLE or _key(n) in _SPECIAL for n in model.graph.node)
+def op_kinds(model: onnx.ModelProto) -> Set[Tuple[str, str]]:
+    """The (domain, op type) pairs of the graph's nodes: one scan that the checks below share."""
+    return {(node.domain, node.op_type) for node in model.graph.node}
 
 
-def check_dynamic_quantization(model: onnx.ModelProto, filename: str) -> None:
-    """Refuse dynamically quantized models (the first such node) with one line saying why and what to do."""
+def is_qoperator(model: onnx.ModelProto, kinds: Optional[Set[Tuple[str, str]]] = None) -> bool:
+    """Whether the graph has a QOperator op this module rewrites (`kinds`: op_kinds(model) where known)."""
+    if kinds is None:
+        kinds = op_kinds(model)
+    return any(("" if domain in DEFAULT_DOMAINS else domain, op_type) in _SIMPLE or
+               ("" if domain in DEFAULT_DOMAINS else domain, op_type) in _SPECIAL for domain, op_type in kinds)
+
+
+def check_dynamic_quantization(model: onnx.ModelProto, filename: str,
+                               kinds: Optional[Set[Tuple[str, str]]] = None) -> None:
+    """Refuse dynamically quantized models (the first such node) with one line saying why and what to do
+    (`kinds`: op_kinds(model) where known)."""
+    if kinds is not None and not any(op_type in DYNAMIC_OPS for _, op_type in kinds):
+        return
     for i, node in enumerate(model.graph.node):
         if node.op_type in DYNAMIC_OPS:
             raise FrontendError(

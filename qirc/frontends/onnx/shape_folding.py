@@ -30,6 +30,8 @@ def _unknown(index: GraphIndex) -> int:
 
 def refine_shapes(index: GraphIndex, rounds: int = 4) -> None:
     """Fill in `index.shapes` that depend on constant shape arithmetic (see the module docstring)."""
+    if index.all_static:
+        return  # the model's types are complete (nothing to count on a large graph)
     missing = _unknown(index)
     for _ in range(rounds):
         if not missing:

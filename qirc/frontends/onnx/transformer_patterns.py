@@ -246,11 +246,21 @@ def _match_gelu_tanh(g: _Graph, tanh: onnx.NodeProto) -> Optional[Fusion]:
     return Fusion("onnx.Gelu", inner + [tanh] + tail, x, [], {"approximate": "tanh"})
 
 
+#: the op types a chain is recognised from
+_CHAIN_HEADS = ("ReduceMean", "Erf", "Tanh")
+
+
 def find_fusions(index, opset: int) -> Dict[int, Fusion]:
     """{id(node): its Fusion} for every node of every LayerNorm and GELU chain in the graph."""
+    kinds = getattr(index, "op_kinds", None)
+    if kinds is not None and not any(op_type in _CHAIN_HEADS for _, op_type in kinds):
+        return {}  # (most models: no scan, no index of producers)
+    heads = [node for node in index.nodes if node.op_type in _CHAIN_HEADS]
+    if not heads:
+        return {}
     g = _Graph(index)
     found: Dict[int, Fusion] = {}
-    for node in index.nodes:
+    for node in heads:
         if id(node) in found or node.domain not in ("", "ai.onnx"):
             continue
         fusion = None

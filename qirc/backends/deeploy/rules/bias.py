@@ -48,7 +48,9 @@ def fold_biases(module: Module, target: DeeployTarget) -> None:
             continue
         if target.conv_needs_requant:
             raise fail(conv, target, "int.conv is not followed by a requant_shift: the platform has no bare integer "
-                                     "Conv")
+                                     "Conv (an int32 result); give the layer an output quantizer (Brevitas "
+                                     "output_quant=Int8ActPerTensorFloat, or a QuantizeLinear after it) or compile "
+                                     "for deeploy-generic")
         # a bare integer Conv (Generic): the bias becomes an explicit Add of an int32 constant
         bias = int_const(module, per_channel, conv.loc + "/bias", i32)
         acc = conv.result

@@ -35,14 +35,17 @@ def sub_to_add(module: Module, target: DeeployTarget) -> None:
 
 @rule("distinct-concat-operands")
 def distinct_concat_operands(module: Module, target: DeeployTarget) -> None:
-    """int.concat reading one tensor more than once -> each repeat read through an int.reshape to the same shape
-    (Deeploy's Concat code declares one pointer per input name: a repeated name does not compile, found on Generic
-    with the doubled input of weights with zero points)."""
+    """int.concat reading one tensor more than once -> every read of it through its own int.reshape to the same
+    shape (Deeploy's Concat code declares one pointer per input name: a repeated name does not compile, found on
+    Generic with the doubled input of weights with zero points).  The first read gets its reshape too: Deeploy's
+    RQSSplitPass gives each user of a RequantShift that feeds a Concat its own copy of the RequantShift, and a Gemm or
+    Conv with two RequantShift users is then no longer merged into a RequantizedGemm / RequantizedConv, which
+    Siracusa needs ("no adequate mapping ... Gemm"); with only Reshapes reading it, the requant stays single."""
     for op in module.walk("int.concat"):
-        seen = set()
-        for i, v in enumerate(list(op.operands)):
-            if id(v) in seen:
+        operands = list(op.operands)
+        repeated = {id(v) for v in operands if sum(w is v for w in operands) > 1}
+        for i, v in enumerate(operands):
+            if id(v) in repeated:
                 copy = module.create("int.reshape", [v], [v.type], {"shape": list(v.type.shape)},
                                      f"{op.loc}/copy{i}")
                 module.set_operand(op, i, copy.result)
-            seen.add(id(v))

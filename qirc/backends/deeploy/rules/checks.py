@@ -123,7 +123,9 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
                 user = sole_user(op.result)
                 if user is None or user.name != "int.requant_shift":
                     raise fail(op, target, "int.conv must be followed by a requant_shift (its only user): the "
-                                           "platform has no bare integer Conv")
+                                           "platform has no bare integer Conv (an int32 result); give the layer an "
+                                           "output quantizer (Brevitas output_quant=Int8ActPerTensorFloat, or a "
+                                           "QuantizeLinear after it) or compile for deeploy-generic")
         elif op.name == "int.concat" and not target.accepts("Concat"):
             # concat-as-pads rewrites every concat of computed tensors on such a platform
             raise fail(op, target, "the platform has no Concat")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....qir.ir import Module, Operation, const_op
-from ....qir.types import TensorType, i32
+from ....qir.types import ScalarType, TensorType, i32
 from ..targets import DeeployTarget
 from .common import const_value, fail, fits_int32, int_const, move_zero_points, sole_user
 from .rule import rule
@@ -29,6 +29,79 @@ def gemm_forms(module: Module, target: DeeployTarget) -> None:
             zero = int_const(module, np.zeros((n_out,), np.int64), op.loc + "/bias", i32)
             module.set_operands(op, list(op.operands) + [zero])
     module.erase_dead()
+
+
+@rule("bare-gemm-as-matmul", when="gemm_needs_requant")
+def bare_gemm_as_matmul(module: Module, target: DeeployTarget) -> None:
+    """int.gemm(A, B, c) that no requant follows (an int32 graph output: a last Linear layer without an output
+    quantizer) -> int.matmul(A, B^T) (int8 x int8 -> int32) -> int.add(c) on a platform with no bare integer Gemm;
+    a uint8 A (of such a Gemm, or of a bare int.matmul with a constant B) is first moved to int8 by a RequantShift
+    that subtracts 128 (mul = div = 1 before requant-div-min), with 128 * sum(B) added to c.
+
+    PULPOpen maps an integer Gemm only fused with its RequantShift and CMSIS only RequantizedGemm ("Did not find
+    adequate mapping ... GEMMLayer" on Siracusa, "No mapping found for node ... Gemm" on QEMU-ARM), while both map
+    MatMul int8 x int8 -> int32 (only int8) and Add int32 + int32 -> int32 (Siracusa tiled and untiled code
+    generated, QEMU-ARM code generated).  Exact: the same sums, and sum((a - 128) b) + 128 sum(b) = sum(a b)."""
+    for op in module.walk():
+        if op.name not in ("int.gemm", "int.matmul"):
+            continue
+        user = sole_user(op.result)
+        if user is not None and user.name == "int.requant_shift":
+            continue  # fused with its requant
+        a, b = op.operands[0], op.operands[1]
+        bv = const_value(b)
+        if op.name == "int.matmul" and (bv is None or bv.ndim != 2 or a.type.storage.signed):
+            continue
+        if bv is None or (op.name == "int.gemm" and int(op.attr("transA"))) or a.type.rank != 2 \
+                or not b.type.storage.signed:
+            raise fail(op, target, "int.gemm without a requant after it (an int32 result) has a Deeploy form here "
+                                   "only with constant int8 weights and an untransposed 2-D input: give the layer "
+                                   "an output quantizer")
+        transposed = op.name == "int.gemm" and int(op.attr("transB"))
+        if transposed:
+            bv = bv.T
+        bias = np.zeros((bv.shape[1],), np.int64)
+        if len(op.operands) > 2:
+            c = const_value(op.operands[2])
+            if c is None:
+                raise fail(op, target, "int.gemm with a computed bias has no Deeploy form")
+            bias = bias + np.broadcast_to(c.astype(np.int64).reshape(-1), bias.shape)
+        if not a.type.storage.signed:
+            a = _to_int8(module, a, op.loc + "/int8")
+            bias = bias + 128 * bv.astype(np.int64).sum(axis=0)
+        if not fits_int32(bias):
+            raise fail(op, target, "the bias of the product, with its input moved to int8, does not fit int32")
+        m, n = op.result.type.shape
+        b_elem = b.type.element
+        if b.type.is_quant and b_elem.is_per_axis and transposed:
+            b_elem = b_elem.with_(axis=1 - b_elem.axis % 2)  # the output channel axis moves from 0 to 1
+        bt = b if not transposed else const_op(module, np.ascontiguousarray(bv), TensorType(bv.shape, b_elem),
+                                                b.owner.loc)
+        out = op.result
+        if not np.any(bias):
+            mm = module.create("int.matmul", [a, bt], [out.type], {}, op.loc, [out.name])
+            module.replace_op(op, [mm.result])
+            continue
+        mm = module.create("int.matmul", [a, bt], [TensorType((m, n), i32)], {}, op.loc)
+        # the bias in full (Deeploy's integer Add does not broadcast a [1, N] operand over rows)
+        c_full = int_const(module, np.broadcast_to(bias, (m, n)), op.loc + "/bias", i32)
+        add = module.create("int.add", [mm.result, c_full], [out.type], {}, op.loc + "/bias_add", [out.name])
+        module.replace_op(op, [add.result])
+    module.erase_dead()
+
+
+def _to_int8(module: Module, x, loc: str):
+    """x (uint8) - 128 as int8: a RequantShift with mul = div = 1 and add = -128 (the zero points move by -128)."""
+    element = x.type.element
+    if x.type.is_quant:
+        element = element.with_(storage=ScalarType("i8"), storage_min=element.storage_min - 128,
+                                storage_max=element.storage_max - 128,
+                                zero_points=tuple(int(z) - 128 for z in element.zero_points))
+    else:
+        element = ScalarType("i8")
+    return module.create("int.requant_shift", [x], [TensorType(x.type.shape, element)],
+                         {"mul": np.array([1], np.int64), "add": np.array([-128], np.int64), "div": 1,
+                          "signed": True, "n_levels": 256}, loc).result
 
 
 @rule("gemm-requant-add-to-bias", when=("add_before_mul", "gemm_scalar_mul"))

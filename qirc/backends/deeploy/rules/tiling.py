@@ -33,23 +33,47 @@ def _unit_requant(module: Module, x: Value, offset: int, signed: bool, result_ty
                           "signed": signed, "n_levels": 256}, loc).result
 
 
+def spare_axes(shape: Sequence[int], pads: Sequence[int]) -> List[int]:
+    """The axes (2 = H, 3 = W) along which `one_hot_pad(..., spare=True)` of a (N, C, H, W) tensor by pads [top,
+    left, bottom, right] leaves spare zero rows (columns): those where the padded size is 1 (a singleton axis, as
+    rank3-to-rank4 makes of a Conv1d's [N, C, L]) while the padding along the other axis is not 0."""
+    t, l, b, r = (int(p) for p in pads)
+    p = max(t, l, b, r)
+    return [axis for axis, size in ((2, shape[2] + t + b), (3, shape[3] + l + r)) if size == 1 and p >= 1]
+
+
 def one_hot_pad(module: Module, x: Value, pads: Sequence[int], loc: str, target: DeeployTarget,
-                scale: int = 1, offset: int = 0, result_type: TensorType = None) -> Value:
+                scale: int = 1, offset: int = 0, result_type: TensorType = None, spare: bool = False) -> Value:
     """`x` (N, C, H, W, 8-bit) zero-padded by [top, left, bottom, right] as a depthwise Conv with equal pads and a
     one-hot kernel, then an identity requant (fused into one RequantizedConv, pulp_nn_depthwise).
 
     With P = max(pads) on every side and a kernel of (2P - top - bottom + 1) x (2P - left - right + 1) whose only 1 sits
     at (P - top, P - left), output[i, j] = x_P[i + P - top, j + P - left] = x[i - top, j - left], or 0 outside x:
     exactly the padded tensor, of size (H + top + bottom) x (W + left + right).  The requant may instead compute
-    scale * that + offset (into `result_type`), still exactly."""
+    scale * that + offset (into `result_type`, whose shape is then the padded one), still exactly.
+
+    spare: along an axis whose padded size is 1 (`spare_axes`: a Conv1d's singleton axis, the padding being along
+    the other) the kernel is P + 1 long with its 1 at P, so that the output is the padded tensor followed by P spare
+    rows of zeros (P + 1 in all): Deeploy's tiler wants every output dim of a padded depthwise Conv to be at least
+    1 + P (PULPOpen's DWConvTileConstraint), which a collapsed singleton axis never is.  The reader of the result
+    must then skip the spare rows (a Conv with kernel 1 along that axis and stride P + 1 there)."""
     t, l, b, r = (int(p) for p in pads)
     n, c, h, w = x.type.shape
     p = max(t, l, b, r)
     kh, kw = 2 * p - t - b + 1, 2 * p - l - r + 1
+    row, col = p - t, p - l
+    out_h, out_w = h + t + b, w + l + r
+    for axis in (spare_axes(x.type.shape, pads) if spare else []):
+        if axis == 2:
+            kh, row, out_h = p + 1, p, p + 1
+        else:
+            kw, col, out_w = p + 1, p, p + 1
     kernel = np.zeros((c, 1, kh, kw), np.int8)
-    kernel[:, 0, p - t, p - l] = 1
+    kernel[:, 0, row, col] = 1
     weights = const_op(module, kernel, TensorType(kernel.shape, _I8), loc)
-    shape = (n, c, h + t + b, w + l + r)
+    shape = (n, c, out_h, out_w)
+    if result_type is not None:
+        result_type = result_type.with_shape(shape)
     acc = module.create("int.conv", [x, weights], [TensorType(shape, i32)],
                         {"kernel_shape": [kh, kw], "pads": [p] * 4, "strides": [1, 1], "dilations": [1, 1],
                          "group": c}, loc).result
@@ -139,13 +163,18 @@ def _pad_into_convs(module: Module, pad: Operation, convs: List[Operation], targ
 def _pad_into_maxpools(module: Module, pad: Operation, pools: List[Operation], target: DeeployTarget) -> None:
     """int.pad(x, storage min) -> MaxPool  becomes  shift to uint8 (x - min) -> one-hot-kernel zero padding ->
     MaxPool -> shift back (+ min): max commutes with adding a constant, and the padding (the storage minimum, which
-    never wins) is 0 after the shift."""
+    never wins) is 0 after the shift.  A MaxPool1d's pad keeps spare zero rows that the pool strides over, as
+    equal-conv-pads does for a Conv1d."""
     x, v = pad.operands[0], int(pad.attr("value"))
     shifted = _shift_out(module, x, v, pools[0], target, "int.maxpool") if v else x
-    padded = one_hot_pad(module, shifted, _spatial(pad), pad.loc, target)
+    axes = spare_axes(x.type.shape, _spatial(pad))
+    spare = all(_skips_spare_rows(pool, axes) for pool in pools)
+    padded = one_hot_pad(module, shifted, _spatial(pad), pad.loc, target, spare=spare)
     for pool in pools:
         module.set_operand(pool, 0, padded)
         pool.attrs["pads"] = [0] * len(pool.attr("pads") or [0, 0, 0, 0])
+        if spare:
+            _stride_over_spare_rows(pool, axes, padded.type.shape)
         out = pool.result
         if v:
             out_type = out.type
@@ -195,18 +224,26 @@ def border_padding(module: Module, target: DeeployTarget) -> None:
         spatial = _spatial(pad)
         out = pad.result
         loc = pad.loc or "pad"
+        users = [u for u, _ in out.uses]
+        axes = spare_axes(x.type.shape, spatial)
+        spare = bool(users) and all(u.name == "int.conv" and u.operands[0] is out and _skips_spare_rows(u, axes)
+                                    for u in users)
         u = max(target.clip_requant_unit, target.requant_div_min)
         ones = module.create("int.requant_shift", [x], [TensorType(x.type.shape, _I8)],
                              {"mul": np.array([0], np.int64), "add": np.array([u], np.int64), "div": u,
                               "signed": True, "n_levels": 256}, loc + "/ones").result
         border_type = TensorType(out.type.shape, _I8 if v <= 127 else ScalarType("u8"))
         border = one_hot_pad(module, ones, spatial, loc + "/border", target, scale=-v, offset=v,
-                             result_type=border_type)
-        inside = one_hot_pad(module, x, spatial, loc + "/inside", target)
-        total = module.create("int.add", [inside, border], [TensorType(out.type.shape, i32)], {}, loc + "/add").result
-        padded = _unit_requant(module, total, 0, storage(out).signed, out.type, loc, target)
+                             result_type=border_type, spare=spare)
+        inside = one_hot_pad(module, x, spatial, loc + "/inside", target, spare=spare)
+        shape = inside.type.shape
+        total = module.create("int.add", [inside, border], [TensorType(shape, i32)], {}, loc + "/add").result
+        padded = _unit_requant(module, total, 0, storage(out).signed, out.type.with_shape(shape), loc, target)
         module.replace_all_uses(out, padded)
         module.erase(pad)
+        if spare:
+            for conv in users:
+                _stride_over_spare_rows(conv, axes, shape)
     module.erase_dead()
 
 
@@ -216,7 +253,9 @@ def equal_conv_pads(module: Module, target: DeeployTarget) -> None:
     depthwise Conv in front (`one_hot_pad`): PULP's Conv parsers take only equal pads, and the tiled flow no Pad.
 
     Exact: both pad with stored zeros, which is what the Conv's own padding is (a zero point has been shifted out by
-    zero-padding)."""
+    zero-padding).  A Conv1d (lifted to [N, C, 1, L], its padding along L only) gets P spare zero rows under its one
+    row and strides over them (`one_hot_pad`'s `spare`): the tiler takes a padded depthwise Conv only when each of
+    its output dims is at least 1 + P."""
     for conv in list(module.walk("int.conv")):
         pads = [int(p) for p in conv.attr("pads") or []]
         if len(set(pads)) <= 1:
@@ -226,8 +265,34 @@ def equal_conv_pads(module: Module, target: DeeployTarget) -> None:
             raise fail(conv, target, f"int.conv with pads {pads} on a tensor that is not NCHW has no form on this "
                                      "platform (its Conv parsers take equal pads only)")
         q = min(pads)
-        module.set_operand(conv, 0, one_hot_pad(module, x, [p - q for p in pads], conv.loc + "/pad", target))
+        rest = [p - q for p in pads]
+        axes = spare_axes(x.type.shape, rest)
+        spare = _skips_spare_rows(conv, axes)
+        padded = one_hot_pad(module, x, rest, conv.loc + "/pad", target, spare=spare)
+        module.set_operand(conv, 0, padded)
         conv.attrs["pads"] = [q] * 4
+        if spare:
+            _stride_over_spare_rows(conv, axes, padded.type.shape)
+
+
+def _skips_spare_rows(conv: Operation, axes: Sequence[int]) -> bool:
+    """Whether `conv` (a Conv or MaxPool) can read a padded input with spare rows along `axes` by striding over
+    them: kernel 1 and no own padding along each (the Conv1d lifted to [N, C, 1, L]); False when there are none."""
+    if not axes:
+        return False
+    kernel = [int(k) for k in conv.attr("kernel_shape")]
+    pads = [int(p) for p in conv.attr("pads") or [0, 0, 0, 0]]
+    return all(kernel[axis - 2] == 1 and pads[axis - 2] == 0 and pads[axis] == 0 for axis in axes)
+
+
+def _stride_over_spare_rows(conv: Operation, axes: Sequence[int], padded_shape: Sequence[int]) -> None:
+    """Give `conv` a stride of the padded size along each of `axes`, where its input, padded by
+    `one_hot_pad(..., spare=True)`, holds one row followed by spare rows of zeros: it reads row 0 only, as before
+    (its output has one row there either way)."""
+    strides = [int(v) for v in conv.attr("strides") or [1, 1]]
+    for axis in axes:
+        strides[axis - 2] = int(padded_shape[axis])
+    conv.attrs["strides"] = strides
 
 
 def _feeds_requantized_add(rqs: Operation) -> bool:
