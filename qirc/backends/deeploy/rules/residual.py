@@ -162,14 +162,16 @@ def _requantized_add(module: Module, add: Operation, rqs: Operation, target: Dee
 _STACK_WEIGHT = 127
 
 
-#: the most copies of the operands the stacked form joins (a coefficient above 127 is split over copies)
-_STACK_COPIES = 8
+#: the most copies of the operands the stacked form joins (a coefficient above 127 is split over copies), and the
+#: most bytes the joined tensor may take (it lives in L2 next to the operands: fewer copies for large tensors)
+_STACK_COPIES = 10
+_STACK_BYTES = 128 * 1024
 
 
-def _stack_candidates(c_1: int, c_2: int, count: int = 8) -> List[Tuple[int, int]]:
+def _stack_candidates(c_1: int, c_2: int, copies: int, count: int = 8) -> List[Tuple[int, int]]:
     """Coefficients (a_1, a_2) for the weighted sum a_1 x1 + a_2 x2: (c_1, c_2) themselves when they can be split
-    into at most _STACK_COPIES int8 weights, then the `count` pairs, the larger one in 64..127, whose ratio is
-    closest to c_1 : c_2."""
+    into at most `copies` int8 weights, then the `count` pairs, the larger one in 64..127, whose ratio is closest to
+    c_1 : c_2."""
     c_max, c_min = max(c_1, c_2), min(c_1, c_2)
     pairs = {}
     for big in range(_STACK_WEIGHT, 63, -1):
@@ -179,7 +181,7 @@ def _stack_candidates(c_1: int, c_2: int, count: int = 8) -> List[Tuple[int, int
                 pairs[(big, small)] = err
     best = sorted(pairs, key=lambda p: (pairs[p], -p[0]))[:count]
     out = [(big, small) if c_1 >= c_2 else (small, big) for big, small in best]
-    if len(_split(c_1)) + len(_split(c_2)) <= _STACK_COPIES and (c_1, c_2) not in out:
+    if len(_split(c_1)) + len(_split(c_2)) <= copies and (c_1, c_2) not in out:
         out.insert(0, (c_1, c_2))
     return out
 
@@ -199,9 +201,10 @@ def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target
     stacked form: copies of x1 and x2 joined along H (two-input int.concats, [N, C, k H, W]), a depthwise Conv with
     a ((k - 1) H + 1) x 1 kernel holding one int8 tap every H rows (out[h] = sum_j w_j copy_j[h], exact int32), and
     the requant, fused by Deeploy into one RequantizedConv (pulp_nn_depthwise).  When the rescale constants c_1, c_2
-    split into at most _STACK_COPIES int8 taps the sum is exactly c_1 x1 + c_2 x2 and the graph computes what the
-    exact int32 form computes; otherwise one copy each with weights of ratio close to c_1 : c_2.  The candidate that
-    differs from the exact requant on the fewest of the 65536 operand pairs is kept.  RequantizedAdd, whose operands
+    split into at most _STACK_COPIES int8 taps (fewer when the joined tensor would exceed _STACK_BYTES) the sum is
+    exactly c_1 x1 + c_2 x2 and the graph computes what the exact int32 form computes; otherwise one copy each with
+    weights of ratio close to c_1 : c_2.  The candidate that differs from the exact requant on the fewest of the
+    65536 operand pairs is kept.  RequantizedAdd, whose operands
     are clipped to 8 bits before they are summed, can do no better than rounding the smaller-scale operand to the
     larger one's step, and a single flip at a rounding tie is amplified by the layers after it.  Returns False
     (nothing changed) where the form does not apply."""
@@ -231,7 +234,8 @@ def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target
         return False
     exact = _requant(c1 * g1 + c2 * g2 + (d1 + d2), mul_i, radd_i, div, lo, hi)
     best = None
-    for w1, w2 in _stack_candidates(c1, c2):
+    copies = max(2, min(_STACK_COPIES, _STACK_BYTES // int(np.prod(x1.type.shape))))
+    for w1, w2 in _stack_candidates(c1, c2, copies):
         w_max = max(w1, w2)
         p_max = int(np.abs(w1 * g1 + w2 * g2).max())
         # out = floor((S mul + radd + div/2) / div) with S = c1 x1 + c2 x2 + d ~ (c_max / w_max) P + d for
