@@ -83,8 +83,8 @@ def _target_rows(targets) -> List[Sequence[str]]:
              None: "refused"}
     residual = {"mul-add": "Mul, Mul -> Add -> RequantShift (exact)",
                 "requantized-add": "Concat(a, b copies) -> depthwise Conv -> RequantShift (int32 sum; different "
-                                   "scales, one signedness), else RequantShift(a), RequantShift(b) -> Add -> RequantShift "
-                                   "(8-bit operands)"}
+                                   "scales, one signedness), else RequantShift(a), RequantShift(b) -> Add -> "
+                                   "RequantShift (8-bit operands)"}
 
     def depthwise(t):
         if t.depthwise_conv:
