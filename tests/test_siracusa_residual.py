@@ -152,3 +152,17 @@ def test_equal_scales_stay_one_exact_requantized_add(signed):
     assert ops == ["RequantShift", "RequantShift", "Add", "RequantShift"]
     for s, b in zip(samples, before):
         np.testing.assert_array_equal(interpreter.run(m, s)["y"], b)
+
+
+def test_a_tiny_scale_ratio_keeps_a_nonzero_weight():
+    # c_b / c_a = 1 / 500: no one-copy pair of int8 weights has that ratio (w_b would round to 0); the exact split
+    # is 125 on each of four copies of a and 1 on b
+    m, exact = residual(False, False, scales=(0.05, 0.0001), unit=0.0001)
+    samples = _samples(m, 3)
+    legalize(m, "deeploy-siracusa")
+    model, ops, inits = _emitted(m)
+    assert ops[-2:] == ["Conv", "RequantShift"]
+    w = inits[[n for n in model.graph.node if n.op_type == "Conv"][0].input[1]]
+    assert list(w[0, 0, ::SHAPE[2], 0]) == [125, 125, 125, 125, 1]
+    for s in samples:
+        assert np.abs(interpreter.run(m, s)["y"].astype(int) - exact(s["a"], s["b"])).max() <= 1

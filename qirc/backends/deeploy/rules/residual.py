@@ -177,7 +177,7 @@ def _stack_candidates(c_1: int, c_2: int, copies: int, count: int = 8) -> List[T
     for big in range(_STACK_WEIGHT, 63, -1):
         for small in {round(Fraction(big * c_min, c_max)), int(Fraction(big * c_min, c_max))}:
             err = abs(Fraction(small, big) - Fraction(c_min, c_max))
-            if (big, small) not in pairs and 0 <= small <= _STACK_WEIGHT:
+            if (big, small) not in pairs and 1 <= small <= _STACK_WEIGHT:
                 pairs[(big, small)] = err
     best = sorted(pairs, key=lambda p: (pairs[p], -p[0]))[:count]
     out = [(big, small) if c_1 >= c_2 else (small, big) for big, small in best]
@@ -193,6 +193,7 @@ def _split(a: int) -> List[int]:
 
 
 def _requant(p: np.ndarray, mul: int, add: int, div: int, lo: int, hi: int) -> np.ndarray:
+    """RequantShift on int64: clip(floor((p * mul + add + div / 2) / div), lo, hi)."""
     return np.clip(np.floor_divide(p * mul + add + div // 2, div), lo, hi)
 
 
@@ -209,7 +210,7 @@ def _stacked_add(module: Module, add: Operation, rqs: Operation, sources, target
     larger one's step, and a single flip at a rounding tie is amplified by the layers after it.  Returns False
     (nothing changed) where the form does not apply."""
     (x1, c1, d1), (x2, c2, d2) = sources
-    if c1 == c2 or x1 is x2 or x1.type.rank != 4 or x1.type.shape != x2.type.shape \
+    if min(c1, c2) <= 0 or c1 == c2 or x1 is x2 or x1.type.rank != 4 or x1.type.shape != x2.type.shape \
             or storage(x1).signed != storage(x2).signed or storage(x1).width != 8 or storage(x2).width != 8:
         return False
     mul = np.asarray(rqs.attrs["mul"], np.int64)
