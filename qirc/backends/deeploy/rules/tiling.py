@@ -18,6 +18,7 @@ from ....qir.types import ScalarType, TensorType, i32
 from ..targets import DeeployTarget
 from .clips import full_type, keeps_uint8, requant_range, shifted_type, value_range
 from .common import FUSING, const_value, fail, int_const, is_8bit, sole_user, storage
+from .harness import debug_pass_keeps
 from .rule import rule
 
 _I8 = ScalarType("i8")
@@ -209,16 +210,31 @@ def zero_padding(module: Module, target: DeeployTarget) -> None:
     module.erase_dead()
 
 
+def _ones_params(lo: int, hi: int) -> dict:
+    """RequantShift parameters that map every x in [lo, hi] to 1, with add a multiple of mul that DeeployTest's debug
+    pass leaves alone (a mul of 0, the obvious form, has its add zeroed by the pass: round(add / 1e-3) * 0).
+
+    With D a power of two at least 2 (hi - lo + 1) and D - lo <= a <= 3D/2 - hi - 1, D <= x + a and x + a + D/2 < 2D,
+    so floor((x + a [+ D/2]) / D) = 1 with or without the rounding term; (mul, add, div) = (m, m a, m D) for the
+    smallest power of two m whose k = a the pass keeps (|a| below about 500 m)."""
+    d = 1 << max(1, (2 * (hi - lo + 1) - 1).bit_length())
+    a = (d - lo + (3 * d // 2 - hi - 1)) // 2
+    m = 1
+    while not debug_pass_keeps(m, m * a):
+        m *= 2
+    return {"mul": np.array([m], np.int64), "add": np.array([m * a], np.int64), "div": m * d}
+
+
 @rule("border-padding", when="not pad_node")
 def border_padding(module: Module, target: DeeployTarget) -> None:
     """An int.pad(x, v) that zero-padding left (x - v fits no 8-bit type) becomes the sum, in one RequantizedAdd, of
     x zero-padded and a border tensor that holds v on the border and 0 inside, both made by one-hot depthwise Convs:
-    ones = RequantShift(x; mul 0, add 1); border = v - v * one_hot_pad(ones); padded = one_hot_pad(x) + border.
+    ones = RequantShift(x) = 1 (`_ones_params`); border = v - v * one_hot_pad(ones); padded = one_hot_pad(x) + border.
 
     Exact: inside, x + 0; on the border, 0 + v; every term is 8-bit, so pulp_nn_add's clips change nothing.  Its
     cost is three depthwise Convs and an Add per padded tensor; a zero point that can be shifted out is cheaper
-    (zero-padding).  The ones requant's add is not a multiple of its mul (0), so DeeployTest's debug pass changes
-    it (qirc.json lists it): the tiled flow does not insert that pass."""
+    (zero-padding).  The ones requant reads x with a nonzero mul and a wide div (not mul 0: DeeployTest's debug
+    pass zeroes the add of a mul-0 requant, which made the ones zeros and the border v everywhere)."""
     for pad in list(module.walk("int.pad")):
         x, v = pad.operands[0], int(pad.attr("value"))
         spatial = _spatial(pad)
@@ -228,10 +244,8 @@ def border_padding(module: Module, target: DeeployTarget) -> None:
         axes = spare_axes(x.type.shape, spatial)
         spare = bool(users) and all(u.name == "int.conv" and u.operands[0] is out and _skips_spare_rows(u, axes)
                                     for u in users)
-        u = max(target.clip_requant_unit, target.requant_div_min)
         ones = module.create("int.requant_shift", [x], [TensorType(x.type.shape, _I8)],
-                             {"mul": np.array([0], np.int64), "add": np.array([u], np.int64), "div": u,
-                              "signed": True, "n_levels": 256}, loc + "/ones").result
+                             dict(_ones_params(*value_range(x)), signed=True, n_levels=256), loc + "/ones").result
         border_type = TensorType(out.type.shape, _I8 if v <= 127 else ScalarType("u8"))
         border = one_hot_pad(module, ones, spatial, loc + "/border", target, scale=-v, offset=v,
                              result_type=border_type, spare=spare)
