@@ -389,6 +389,25 @@ def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_
     np.testing.assert_array_equal(narrow, expected + bias.reshape(-1, 1, 1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, w_shape, pads, strides", [
+    ((3, 3, 10, 9), (4, 3, 3, 3), [1, 1, 1, 1], [1, 1]),
+    ((3, 2, 11, 10), (5, 2, 3, 2), [1, 0, 2, 1], [2, 2]),
+])
+def test_flat_conv_products_in_column_chunks_are_exact(dtype, shape, w_shape, pads, strides, monkeypatch):
+    # few input rows (C * kh < 32): the product of the patch matrix runs in column chunks (here 7 columns, so that
+    # chunks end inside rows, images and blocks); every chunk's sums are exact and land in their columns
+    monkeypatch.setattr(interp, "_SMALL_GEMM", w_shape[0] * int(np.prod(w_shape[1:])) * 7)
+    monkeypatch.setattr(interp, "_SMALL_GEMM_MIN_WIDTH", 1)
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 600)
+    rng = np.random.default_rng(12)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-127, 128, w_shape)
+    expected = _int64_conv(x, w, pads, strides, [1, 1], 1)
+    y = int_conv_nd(x, w, pads, strides, [1, 1], 1, dtype)
+    np.testing.assert_array_equal(y.astype(np.int64), expected)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_depthwise_kernel_over_the_whole_input_is_exact(dtype):
     rng = np.random.default_rng(11)
