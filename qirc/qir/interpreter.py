@@ -934,13 +934,17 @@ class _ColumnRows:
         self.M = M
         shift = [((j * dw) % self.sw, (j * dw) // self.sw) for j in range(kw)]  # (phase column, column shift) of j
         self.extra = max(c for _, c in shift)
-        self.rows, self.stacks, self.products = {}, [], {}
-        for b in sorted({b for b, _ in shift}):
-            columns = [j for j in range(kw) if shift[j][0] == b]
-            self.rows[b] = np.empty((C, self.kh, length + self.extra), dtype=dtype)
+        self.rows, self.stacks = {}, []
+        row = _aligned(length + self.extra)
+        groups = [[j for j in range(kw) if shift[j][0] == b] for b in sorted({b for b, _ in shift})]
+        for columns in groups:
+            b = shift[columns[0]][0]
+            if b not in self.rows:
+                self.rows[b] = np.empty((C, self.kh, row), dtype=dtype)
             weights = np.concatenate([wf[:, :, :, j].reshape(M, C * self.kh) for j in columns])
             self.stacks.append((b, np.ascontiguousarray(weights), [shift[j][1] for j in columns]))
-            self.products[b] = np.empty((len(columns) * M, length + self.extra), dtype=dtype)
+        rows = max(len(shifts) for _, _, shifts in self.stacks) * M
+        self.product = np.empty((rows, row), dtype=dtype)
 
     def fill(self, X: np.ndarray, width: int, Wq: int) -> None:
         for b, X2 in self.rows.items():
@@ -952,15 +956,34 @@ class _ColumnRows:
         """grid[:, :width] = the conv's sums over the filled rows (exact in their dtype: every partial sum is a
         subset of one output's terms, within the caller's bound)."""
         M, span = self.M, width + self.extra
-        parts = []
+        target = grid[:, :width]
+        first = True
         for b, weights, shifts in self.stacks:
-            rows = self.rows[b][:, :, :span]
-            product = self.products[b][:, :span]
-            np.matmul(weights, rows.reshape(-1, span), out=product)  # a view: the row stride is uniform
-            parts.extend(product[k * M:(k + 1) * M, c:c + width] for k, c in enumerate(shifts))
-        np.add(parts[0], parts[1], out=grid[:, :width])
-        for part in parts[2:]:
-            grid[:, :width] += part
+            if len(shifts) == 1:  # one column: its rows read in place at its shift, the product lands aligned
+                c = shifts[0]
+                rows = self.rows[b][:, :, c:c + width].reshape(-1, width)  # a view: the row stride is uniform
+                if first:
+                    np.matmul(weights, rows, out=target)
+                else:
+                    part = self.product[:M, :width]
+                    np.matmul(weights, rows, out=part)
+                    target += part
+            else:
+                product = self.product[:, :span]
+                np.matmul(weights, self.rows[b][:, :, :span].reshape(-1, span), out=product)
+                parts = [product[k * M:(k + 1) * M, c:c + width] for k, c in enumerate(shifts)]
+                if first:
+                    np.add(parts[0], parts[1], out=target)
+                    parts = parts[2:]
+                for part in parts:
+                    target += part
+            first = False
+
+
+def _aligned(length: int) -> int:
+    """A row length for buffers whose rows BLAS and numpy stream through: a multiple of 16 elements, so that every
+    row starts 64-byte aligned (rows at odd offsets measured up to 10% slower in the products and adds)."""
+    return -(-length // 16) * 16
 
 
 def _small_gemm_width(M: int, K: int) -> int:
@@ -995,13 +1018,14 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     images = max(1, min(N, _IM2COL_BLOCK // max(1, max(K, M) * S)))  # buffers for no more images than there are
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
-    grid = np.empty((M, images * S), dtype=dtype)
+    row = _aligned(images * S)
+    grid = np.empty((M, row), dtype=dtype)
     by_column = kw > 1 and C * kh >= 32
     if by_column:
         rows = _ColumnRows(wf, strides, dilations, images * S, dtype)
     else:
         wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
-        cols = np.empty((C, T, images * S), dtype=dtype)
+        cols = np.empty((C, T, row), dtype=dtype)
         chunk = _small_gemm_width(M, K)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
