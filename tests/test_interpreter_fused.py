@@ -284,6 +284,7 @@ def test_requant_of_a_sum_of_byte_operands_runs_as_a_table(kind, leaves, leaf_mu
     # every result up in a table of the 65,536 byte pairs.  With leaf_mul = 2^25 some table entries (|a| >= 64)
     # would leave int32, so the chain runs in blocks, where the actual values (|a| <= 60) do not
     monkeypatch.setattr(interp, "_FUSED_BLOCK", 100)  # pieces of 2 images
+    monkeypatch.setattr(interp, "_SUM_TABLE_MIN", 0)  # a table for any size
     rng = np.random.default_rng(7)
     shape = (7, 3, 4, 4)
     m = Module("bytes")

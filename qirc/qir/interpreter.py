@@ -673,6 +673,9 @@ _IM2COL_BLOCK = 1 << 19
 _FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
 _SMALL_GEMM = 100 ** 3  # OpenBLAS's bound on M * N * K for its unpacked small-matrix sgemm kernels
 _SMALL_GEMM_MIN_WIDTH = 1024  # narrower chunks cost more in calls than packing would (tests lower both)
+# results from which a requant of a sum of byte operands is worth its table (_sum_table, about 0.15 ms: a few
+# passes over its 65,536 entries; a lookup saves about 1 ns a result)
+_SUM_TABLE_MIN = 8 * 65536
 _FUSE = True  # run() fuses conv+requant and requant-add-requant (tests switch it off to compare)
 
 
@@ -1731,7 +1734,7 @@ def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation]
     y = np.empty(shape, dtype=root_spec.out_dtype())
     per_image = max(1, int(np.prod(shape[1:])))
     step = max(1, _FUSED_BLOCK // per_image)
-    table = _sum_table(sources, root_spec, sign, check)
+    table = _sum_table(sources, root_spec, sign, check) if y.size >= _SUM_TABLE_MIN else None
     if table is not None:
         # each result is the table's entry at the operands' two bytes: three passes instead of a dozen
         index = np.empty(min(step, shape[0]) * per_image, dtype=np.uint16)
@@ -1795,8 +1798,11 @@ def _sum_table(sources, root_spec: "_RequantSpec", sign: int, check: bool) -> Op
                 return None
         maps.append(values)
     sums = (maps[0][:, None] + sign * maps[1][None, :]).reshape(-1)
-    results = _requant_values(root_spec, sums, check)
-    return None if results is None else results.astype(root_spec.out_dtype())
+    low, high = int(sums.min()), int(sums.max())
+    # the final requant of each possible sum (a few hundred), then looked up per pair; its x*mul + offset is
+    # linear in the sum, so its extremes, the ones checked, are those of sums that occur
+    results = _requant_values(root_spec, np.arange(low, high + 1, dtype=_I64), check)
+    return None if results is None else np.take(results.astype(root_spec.out_dtype()), sums - low)
 
 
 def _requant_values(spec: "_RequantSpec", x: np.ndarray, check: bool) -> Optional[np.ndarray]:
