@@ -112,7 +112,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     operands may themselves be single-use int.requant_shifts (`_sum_requant`, a residual connection's requant-add-
     requant, computed where the final requant runs)."""
     load_dialects()
-    bound = _bind_inputs(module, inputs)
+    bound = _bind_inputs(module, inputs, narrow=check_overflow and not keep_all)
     values: Dict[Value, np.ndarray] = {}
     order = module.ops()
     fusions: Dict[int, Operation] = {}  # position of an int.conv -> the int.requant_shift fused into it
@@ -324,9 +324,9 @@ def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> 
 # Kernels that compute right on integer operands of any numpy integer dtype (they widen wherever arithmetic could
 # overflow the operand's dtype); with the overflow checks on, the runner passes them narrow arrays as they are.  Any
 # other kernel (a new one included) gets int64 operands.
-NARROW_INPUTS = frozenset(("qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub", "int.mul",
-                           "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool", "int.reshape",
-                           "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
+NARROW_INPUTS = frozenset(("qir.input", "qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub",
+                           "int.mul", "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool",
+                           "int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
 
 # ops whose results are some of their operands' values (plus an int.pad's fill value)
 _VALUE_PRESERVING = frozenset(("int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
@@ -392,8 +392,9 @@ def _range_name(element) -> str:
     return str(element)
 
 
-def _bind_inputs(module: Module, inputs: InputsArg) -> Dict[int, np.ndarray]:
-    """Match the given arrays to the module's qir.input ops and check them; {id(input op): array}."""
+def _bind_inputs(module: Module, inputs: InputsArg, narrow: bool = False) -> Dict[int, np.ndarray]:
+    """Match the given arrays to the module's qir.input ops and check them; {id(input op): array}, integer inputs
+    as int64 or, with `narrow`, in the narrowest dtype holding their type's range (a copy either way)."""
     input_ops = module.inputs
     names = [op.attrs["name"] for op in input_ops]
     listing = ", ".join(f"'{n}'" for n in names) or "none"
@@ -410,10 +411,10 @@ def _bind_inputs(module: Module, inputs: InputsArg) -> Dict[int, np.ndarray]:
         given = list(inputs)
         if len(given) != len(names):
             raise InterpretError(f"expected {len(names)} inputs ({listing}), got {len(given)}")
-    return {id(op): _check_input(op, a) for op, a in zip(input_ops, given)}
+    return {id(op): _check_input(op, a, narrow) for op, a in zip(input_ops, given)}
 
 
-def _check_input(op: Operation, array) -> np.ndarray:
+def _check_input(op: Operation, array, narrow: bool = False) -> np.ndarray:
     name = op.attrs["name"]
     type = op.results[0].type
     try:
@@ -432,12 +433,13 @@ def _check_input(op: Operation, array) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise op_error(InterpretError, op, f"input '{name}' of integer type {type} holds non-integer values")
-    ints = array.astype(_I64)
     lo, hi = type.element.min, type.element.max
-    if ints.size and (ints.min() < lo or ints.max() > hi):
-        raise op_error(InterpretError, op, f"input '{name}' has values {int(ints.min())}..{int(ints.max())} outside "
-                                           f"the storage range {lo}..{hi} of {type}")
-    return ints
+    # the range check on the given array (integers, or floats just checked to hold integers), then one copy: the
+    # run reads a narrow input at a fraction of int64's memory traffic
+    if array.size and (array.min() < lo or array.max() > hi):
+        raise op_error(InterpretError, op, f"input '{name}' has values {int(array.min())}..{int(array.max())} "
+                                           f"outside the storage range {lo}..{hi} of {type}")
+    return array.astype(narrowest_int(lo, hi) if narrow else _I64)
 
 
 # =====================================================================================================================
