@@ -47,6 +47,11 @@ def real_const(value: Value) -> Optional[np.ndarray]:
 
 def close(a, b, rtol: float = SCALE_RTOL) -> bool:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size == 1 and b.size:
+        b_lo, b_hi = b.min(), b.max()
+        if b_lo == b_hi:  # one value against one value (a per-tensor scale against equal channels): floats suffice
+            x, y = float(a.reshape(-1)[0]), float(b_lo)
+            return abs(x - y) <= rtol * max(abs(x), abs(y))
     return bool(np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b))))
 
 
@@ -72,6 +77,9 @@ def acc_type(shape: Sequence[int], scales, zero_points=None, axis: Optional[int]
              storage: ScalarType = i32) -> TensorType:
     """An int32 accumulator type: per tensor when `axis` is None (or all scales equal), else per axis."""
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if zero_points is None and scales.size and (axis is None or scales.min() == scales.max()):
+        # the common case without arrays of zero points (the same type as below)
+        return TensorType(shape, UniformQuantType.per_tensor(storage, float(scales[0]), 0))
     zps = np.zeros(scales.shape, np.int64) if zero_points is None else \
         np.broadcast_to(np.asarray(zero_points, dtype=np.int64).reshape(-1), scales.shape)
     if axis is None or (np.all(scales == scales[0]) and np.all(zps == zps[0])):
@@ -107,10 +115,14 @@ def emit_requant(module: Module, ranges: RangeAnalysis, x: Value, out: TensorTyp
         lo = hi = min(max(lo, ot.storage_min), ot.storage_max)
     signed, n_levels, _ = requant_form(ot.storage_min, ot.storage_max)
     form_lo, form_hi = form_bounds(signed, n_levels)
-    multiplier = gain * xt.scales_for(rank) / ot.scales_for(rank)
+    if xt.is_per_axis or ot.is_per_axis:
+        multiplier, z_in, z_out = (gain * xt.scales_for(rank) / ot.scales_for(rank), xt.zero_points_for(rank),
+                                   ot.zero_points_for(rank))
+    else:  # the same float64 arithmetic on scalars
+        multiplier, z_in, z_out = gain * xt.scale / ot.scale, xt.zero_point, ot.zero_point
     acc_lo, acc_hi = ranges.range_of(x)
     anchor = op_for_errors or x.owner
-    params = choose_requant(multiplier, xt.zero_points_for(rank), ot.zero_points_for(rank), acc_lo, acc_hi,
+    params = choose_requant(multiplier, z_in, z_out, acc_lo, acc_hi,
                             form_lo, form_hi, op=_Located(loc, anchor), strict=strict, fold_offset=_foldable_offset(x),
                             offset_steps=offset / ot.scale if offset else 0.0)
     needs_clip = (lo, hi) != (form_lo, form_hi)

@@ -71,8 +71,9 @@ def _weights(module: Module, op: Operation, w_value: Value, channel_axis: int):
     if wq.is_per_axis and wq.axis % w.ndim != channel_axis:
         raise fail(op, f"weights are quantized per axis {wq.axis}, but the output channel axis is {channel_axis}")
     scales = np.asarray(wq.scales, dtype=np.float64)
+    int8 = w.dtype == np.int8  # stored as int8: every value is in range without looking
     w = w.astype(np.int64)
-    if not any(z != 0 for z in wq.zero_points) and (not w.size or (w.min() >= -128 and w.max() <= 127)):
+    if not any(z != 0 for z in wq.zero_points) and (int8 or not w.size or (w.min() >= -128 and w.max() <= 127)):
         return source, w, None, scales
     return _zero_point_free(module, op, source, w, channel_axis) + (scales,)
 
@@ -145,7 +146,7 @@ def _bias(op: Operation, b_value: Optional[Value], acc_scales: np.ndarray, n: in
     if source is not None and const_array(source) is not None and beta == 1.0:
         bq = source.type.quant
         q = const_array(source).astype(np.int64)
-        if not bq.is_per_axis and bq.zero_point == 0 and close(np.full(acc_scales.shape, bq.scale), acc_scales):
+        if not bq.is_per_axis and bq.zero_point == 0 and close(bq.scale, acc_scales):
             return q
     real = real_const(b_value)
     if real is None:

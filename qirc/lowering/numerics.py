@@ -68,52 +68,136 @@ def choose_requant(multiplier, zero_in, zero_out, acc_lo, acc_hi, out_lo: int, o
     m = np.asarray(multiplier, dtype=np.float64)
     z_in = np.asarray(zero_in, dtype=np.int64)
     z_out = np.asarray(zero_out, dtype=np.int64)
-    if not np.all(np.isfinite(m)) or np.any(m <= 0):
+    if not ((m > 0) & (m < np.inf)).all():  # NaN fails both
         raise _error(op, f"requantization multiplier must be positive and finite, got {_fmt(m)}")
+    if m.size == 1 and z_in.size == 1 and z_out.size == 1:
+        params = _choose_per_tensor(float(m.reshape(-1)[0]), int(z_in.reshape(-1)[0]), int(z_out.reshape(-1)[0]),
+                                    acc_lo, acc_hi, out_lo, out_hi, max_shift, strict, fold_offset, offset_steps,
+                                    max_error_steps)
+        if params is not None:
+            return params
     param_shape = np.broadcast_shapes(m.shape, z_in.shape, z_out.shape)
-    m_b = np.broadcast_to(m, param_shape)
-    z_in_b = np.broadcast_to(z_in, param_shape)
-    z_out_b = np.broadcast_to(z_out, param_shape)
+    # the multiplier carries the parameters' shape (mul and add get it); the zero points broadcast against it
+    m_b = m if m.shape == param_shape else np.broadcast_to(m, param_shape)
     lo = np.asarray(acc_lo, dtype=np.int64)
     hi = np.asarray(acc_hi, dtype=np.int64)
     x_abs = np.maximum(np.abs(lo), np.abs(hi))
-    dist = np.maximum(np.abs(lo - z_in_b), np.abs(hi - z_in_b)).astype(np.float64)
+    dist = np.maximum(np.abs(lo - z_in), np.abs(hi - z_in)).astype(np.float64)
 
     # no shift above k_top can fit int32 (the products below grow like M * 2^k): start the search there
-    growth = float(np.max(np.maximum(x_abs * m_b, dist * m_b + np.abs(z_out_b) + 1.0)))
+    growth = float(np.maximum(x_abs * m_b, dist * m_b + np.abs(z_out) + 1.0).max())
     k_top = max_shift if growth <= 0 else min(max_shift, max(0, int(np.floor(31 - np.log2(growth))) + 2))
-    for k in range(k_top, -1, -1):
-        scale = float(1 << k)
-        mul = np.rint(m_b * scale).astype(np.int64)
-        if np.any(mul >= INT32_LIMIT):
-            continue
-        add = z_out_b * (1 << k) - z_in_b * mul
-        if offset_steps:
-            add = add + np.int64(np.rint(float(offset_steps) * (1 << k)))
-        half = (1 << k) // 2
-        t_lo = lo * mul + add
-        t_hi = hi * mul + add
-        worst = np.maximum(np.abs(t_lo), np.abs(t_hi)) + half
-        if np.any(worst >= INT32_LIMIT) or np.any(x_abs * mul >= INT32_LIMIT) or \
-                np.any(np.abs(add) + half >= INT32_LIMIT):
-            continue
-        if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
-            continue
-        errors = requant_error_bounds(m_b, mul, k, z_in_b, z_out_b, lo, hi, out_lo, out_hi)
-        error = float(np.max(errors)) if errors.size else 0.0
-        if offset_steps:
-            error += 0.5 / (1 << k)
-        if strict and error >= max_error_steps:
-            where, at = _worst(errors, lo, hi, m_b, mul)
-            raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that keeps "
-                             f"the int32 intermediate in range (k={k}, mul={at[3]}) the multiplier {at[2]:.6g} "
-                             f"is approximated with an error of up to {error:.3g} output steps (accumulator range "
-                             f"[{at[0]}, {at[1]}]{where}); refused under --strict (without it the requant is compiled "
-                             f"and its error recorded in qirc.json)")
-        return RequantParams(_param_array(mul), _param_array(add), k, error)
+    # the shifts are tried from k_top down and the first that fits wins; the int32 conditions are evaluated for a
+    # few shifts at once (`_int32_safe_shifts`), usually the first block holds the answer
+    for block_top in range(k_top, -1, -_SHIFT_BLOCK):
+        ks = range(block_top, max(block_top - _SHIFT_BLOCK, -1), -1)
+        for k, mul, add, half in _int32_safe_shifts(ks, m_b, z_in, z_out, lo, hi, x_abs, offset_steps):
+            if fold_offset is not None and not _folded_fits(fold_offset, lo, hi, mul, add, half):
+                continue
+            errors = requant_error_bounds(m_b, mul, k, z_in, z_out, lo, hi, out_lo, out_hi)
+            error = float(errors.max()) if errors.size else 0.0
+            if offset_steps:
+                error += 0.5 / (1 << k)
+            if strict and error >= max_error_steps:
+                where, at = _worst(errors, lo, hi, m_b, mul)
+                raise _error(op, f"requantization cannot be both exact and in range: with the largest shift that "
+                                 f"keeps the int32 intermediate in range (k={k}, mul={at[3]}) the multiplier "
+                                 f"{at[2]:.6g} is approximated with an error of up to {error:.3g} output steps "
+                                 f"(accumulator range [{at[0]}, {at[1]}]{where}); refused under --strict (without it "
+                                 f"the requant is compiled and its error recorded in qirc.json)")
+            return RequantParams(_param_array(mul), _param_array(add), k, error)
     where, at = _worst(x_abs * m_b, lo, hi, m_b)
     raise _error(op, f"requantization overflows int32 for every shift: multiplier {at[2]:.6g} with accumulator "
                      f"range [{at[0]}, {at[1]}]{where}")
+
+
+#: magnitudes below which the per-tensor search's Python integers and numpy's int64 agree (no product overflows)
+_SMALL = 1 << 31
+_EXACT = 1 << 62
+
+
+def _choose_per_tensor(m: float, z_in: int, z_out: int, acc_lo, acc_hi, out_lo: int, out_hi: int, max_shift: int,
+                       strict: bool, fold_offset, offset_steps: float, max_error_steps: float
+                       ) -> Optional[RequantParams]:
+    """choose_requant for one multiplier and one pair of zero points (the common case), in Python integers: every
+    condition is then monotone in x (mul >= 0), so over a per-channel range only its extremes matter (the largest
+    |x * mul + add| is at the smallest or largest x; the same for the folded offset and the error bound, whose
+    float rounding is monotone too).  The same result as the array search, found without arrays; None where that
+    equivalence is not certain (magnitudes near int64's, an error to word under strict): the caller then searches
+    with arrays."""
+    lo = np.asarray(acc_lo, dtype=np.int64)
+    hi = np.asarray(acc_hi, dtype=np.int64)
+    if not lo.size or not hi.size:
+        return None
+    x_min, x_max = int(min(lo.min(), hi.min())), int(max(lo.max(), hi.max()))
+    folded = None
+    if fold_offset is not None:
+        b = np.asarray(fold_offset, dtype=np.int64)
+        if not b.size:
+            return None
+        b_min, b_max = int(b.min()), int(b.max())
+        if max(-b_min, b_max) >= _SMALL:
+            return None
+        folded = int(max(np.abs(lo - b).max(), np.abs(hi - b).max()))
+    x_abs = max(-x_min, x_max)
+    if x_abs >= _SMALL or max(abs(z_in), abs(z_out)) >= _SMALL:
+        return None
+    dist = max(abs(x_min - z_in), abs(x_max - z_in))
+    growth = max(float(x_abs) * m, float(dist) * m + float(abs(z_out)) + 1.0)
+    k_top = max_shift if growth <= 0 else min(max_shift, max(0, int(np.floor(31 - np.log2(growth))) + 2))
+    if not m * float(1 << k_top) < _EXACT or not abs(offset_steps) * float(1 << k_top) < _EXACT:
+        return None
+    for k in range(k_top, -1, -1):
+        power = 1 << k
+        mul = round(m * float(power))  # ties to even, as np.rint
+        if mul >= INT32_LIMIT or x_abs * mul >= INT32_LIMIT:
+            continue
+        add = z_out * power - z_in * mul
+        if offset_steps:
+            add += round(float(offset_steps) * power)
+        half = power // 2
+        if abs(add) + half >= INT32_LIMIT or \
+                max(abs(x_min * mul + add), abs(x_max * mul + add)) + half >= INT32_LIMIT:
+            continue
+        if folded is not None and (max(abs(add + b_min * mul), abs(add + b_max * mul)) + half >= INT32_LIMIT or
+                                   folded * mul >= INT32_LIMIT):
+            continue
+        span = max(float(out_hi) - float(z_out), float(z_out) - float(out_lo)) + 1.0
+        deviation = abs(float(mul) / float(power) - m)
+        error = min(float(dist), span / m) * deviation
+        if offset_steps:
+            error += 0.5 / power
+        if strict and error >= max_error_steps:
+            return None  # the array search words the refusal
+        return RequantParams(np.array([mul], np.int64), np.array([add], np.int64), k, error)
+    return None
+
+
+#: shifts whose int32 conditions are evaluated together (k_top is at most 2 above the shift that fits)
+_SHIFT_BLOCK = 4
+
+
+def _int32_safe_shifts(ks: range, m, z_in, z_out, lo, hi, x_abs, offset_steps: float):
+    """[(k, mul, add, half)] for the shifts k of `ks` (in that order) with mul = round(m * 2^k) < 2^31,
+    add = z_out * 2^k - z_in * mul (+ round(offset_steps * 2^k)), |add| + 2^k / 2 < 2^31 and, for every x in
+    [lo, hi], |x| * mul < 2^31 and |x * mul + add| + 2^k / 2 < 2^31: the int32 conditions of choose_requant, all
+    shifts at once along a leading axis (elementwise the same int64 and float64 arithmetic as one shift at a time,
+    so the same results).  mul and add have m's shape."""
+    shifts = np.array(list(ks), dtype=np.int64)
+    lead = (len(shifts),) + (1,) * max(m.ndim, lo.ndim, hi.ndim, z_in.ndim, z_out.ndim)
+    powers = (np.int64(1) << shifts).reshape(lead)
+    scales = powers.astype(np.float64)  # 2^k exactly
+    mul = np.rint(m * scales).astype(np.int64)
+    add = z_out * powers - z_in * mul
+    if offset_steps:
+        add = add + np.rint(float(offset_steps) * scales).astype(np.int64)
+    half = powers // 2
+    bad = (mul >= INT32_LIMIT) | (x_abs * mul >= INT32_LIMIT) | (np.abs(add) + half >= INT32_LIMIT) | \
+        (np.maximum(np.abs(lo * mul + add), np.abs(hi * mul + add)) + half >= INT32_LIMIT)
+    rejected = bad.any(axis=tuple(range(1, bad.ndim)))
+    shape = m.shape
+    return [(int(k), mul[i].reshape(shape), add[i].reshape(shape), (1 << int(k)) // 2)
+            for i, k in enumerate(shifts) if not rejected[i]]
 
 
 def _worst(badness, lo, hi, m, mul=None):

@@ -106,11 +106,25 @@ def _const_array(value: Value, user) -> np.ndarray:
 
 def _linear_bound(w: np.ndarray, x_lo: np.ndarray, x_hi: np.ndarray, sum_axes) -> Interval:
     """Bounds of sum(w * x) over sum_axes for x in [x_lo, x_hi] (broadcast against w)."""
+    if np.ndim(x_lo) == 0 and np.ndim(x_hi) == 0:
+        return _uniform_linear_bound(w, int(x_lo), int(x_hi), sum_axes)
     pos = np.maximum(w, 0)
     neg = np.minimum(w, 0)
     hi = (pos * x_hi + neg * x_lo).sum(axis=sum_axes)
     lo = (pos * x_lo + neg * x_hi).sum(axis=sum_axes)
     return lo, hi
+
+
+def _uniform_linear_bound(w: np.ndarray, x_lo: int, x_hi: int, sum_axes) -> Interval:
+    """_linear_bound for one range [x_lo, x_hi] of every x: x_hi * sum(w > 0) + x_lo * sum(w < 0) and the reverse,
+    the same integers as summing the products (int64 cannot overflow below the bound checked; else the products)."""
+    pos = np.maximum(w, 0)
+    if w.size and int(np.abs(w).max()) * w.size * max(abs(x_lo), abs(x_hi)) >= 1 << 62:
+        neg = np.minimum(w, 0)
+        return (pos * x_lo + neg * x_hi).sum(axis=sum_axes), (pos * x_hi + neg * x_lo).sum(axis=sum_axes)
+    pos_sum = pos.sum(axis=sum_axes)
+    neg_sum = w.sum(axis=sum_axes) - pos_sum
+    return pos_sum * x_lo + neg_sum * x_hi, pos_sum * x_hi + neg_sum * x_lo
 
 
 # ----- rules ----------------------------------------------------------------------------------------------------------
@@ -121,16 +135,24 @@ def _conv(ra: RangeAnalysis, op) -> Interval:
     group = int(op.attr("group") or 1)
     c_in = x.type.shape[1]
     x_lo, x_hi = ra.range_of(x)
-    lo_c = _per_channel(x_lo, 1, c_in, np.min)
-    hi_c = _per_channel(x_hi, 1, c_in, np.max)
-    if any(int(p) != 0 for p in (op.attr("pads") or [])):
-        lo_c, hi_c = np.minimum(lo_c, 0), np.maximum(hi_c, 0)
-    out_per_group = c_out // group
-    in_index = (np.arange(c_out) // out_per_group)[:, None] * c_per_group + np.arange(c_per_group)[None, :]
-    extra = (1,) * (w.ndim - 2)
-    lo_w = lo_c[in_index].reshape((c_out, c_per_group) + extra)
-    hi_w = hi_c[in_index].reshape((c_out, c_per_group) + extra)
-    lo, hi = _linear_bound(w, lo_w, hi_w, tuple(range(1, w.ndim)))
+    padded = any(int(p) != 0 for p in (op.attr("pads") or []))
+    if x_lo.ndim == 0 and x_hi.ndim == 0 and c_in == c_per_group * group:
+        # one range for every input channel (an activation's storage range): each window sees it
+        a, b = int(x_lo), int(x_hi)
+        if padded:
+            a, b = min(a, 0), max(b, 0)
+        lo, hi = _uniform_linear_bound(w, a, b, tuple(range(1, w.ndim)))
+    else:
+        lo_c = _per_channel(x_lo, 1, c_in, np.min)
+        hi_c = _per_channel(x_hi, 1, c_in, np.max)
+        if padded:
+            lo_c, hi_c = np.minimum(lo_c, 0), np.maximum(hi_c, 0)
+        out_per_group = c_out // group
+        in_index = (np.arange(c_out) // out_per_group)[:, None] * c_per_group + np.arange(c_per_group)[None, :]
+        extra = (1,) * (w.ndim - 2)
+        lo_w = lo_c[in_index].reshape((c_out, c_per_group) + extra)
+        hi_w = hi_c[in_index].reshape((c_out, c_per_group) + extra)
+        lo, hi = _linear_bound(w, lo_w, hi_w, tuple(range(1, w.ndim)))
     if len(op.operands) > 2:
         b = _const_array(op.operands[2], op).reshape(-1)
         lo, hi = lo + b, hi + b
@@ -146,9 +168,12 @@ def _gemm(ra: RangeAnalysis, op) -> Interval:
     k = b.shape[0]
     a_lo, a_hi = ra.range_of(a)
     k_axis = 0 if op.attr("transA") else 1
-    lo_k = _per_channel(a_lo, k_axis, k, np.min) if np.ndim(a_lo) else np.full(k, a_lo, dtype=np.int64)
-    hi_k = _per_channel(a_hi, k_axis, k, np.max) if np.ndim(a_hi) else np.full(k, a_hi, dtype=np.int64)
-    lo, hi = _linear_bound(b, lo_k[:, None], hi_k[:, None], 0)
+    if np.ndim(a_lo) == 0 and np.ndim(a_hi) == 0:  # one range for the whole input
+        lo, hi = _uniform_linear_bound(b, int(a_lo), int(a_hi), 0)
+    else:
+        lo_k = _per_channel(a_lo, k_axis, k, np.min) if np.ndim(a_lo) else np.full(k, a_lo, dtype=np.int64)
+        hi_k = _per_channel(a_hi, k_axis, k, np.max) if np.ndim(a_hi) else np.full(k, a_hi, dtype=np.int64)
+        lo, hi = _linear_bound(b, lo_k[:, None], hi_k[:, None], 0)
     if len(op.operands) > 2:
         c_value = op.operands[2]
         if c_value.owner.name == "qir.const":

@@ -47,23 +47,40 @@ class AttrDef:
     def check(self, value) -> Optional[str]:
         """Return a problem description if `value` is not of this kind, else None."""
         k = self.kind
-        ok = {
-            "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool),
-            "float": lambda v: isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool),
-            "bool": lambda v: isinstance(v, (bool, np.bool_)),
-            "str": lambda v: isinstance(v, str),
-            "ints": lambda v: isinstance(v, (list, tuple)) and all(
-                isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v),
-            "floats": lambda v: isinstance(v, (list, tuple)) and all(
-                isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool) for x in v),
-            "dense": lambda v: isinstance(v, np.ndarray),
-            "type": lambda v: v.__class__.__name__ in ("TensorType", "ScalarType", "UniformQuantType"),
-        }[k](value)
-        if not ok:
+        if not _KIND_CHECKS[k](value):
             return f"expected {k}, got {type(value).__name__}"
         if self.choices is not None and value not in self.choices:
             return f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
         return None
+
+
+def _is_int(v) -> bool:
+    return type(v) is int or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+
+
+def _is_float(v) -> bool:
+    return type(v) is float or (isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, bool))
+
+
+def _is_ints(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(type(x) is int or _is_int(x) for x in v)
+
+
+def _is_floats(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(_is_float(x) for x in v)
+
+
+#: attribute kind -> whether a value is of that kind (the verifier asks this of every attribute of every op)
+_KIND_CHECKS: Dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": _is_float,
+    "bool": lambda v: isinstance(v, (bool, np.bool_)),
+    "str": lambda v: isinstance(v, str),
+    "ints": _is_ints,
+    "floats": _is_floats,
+    "dense": lambda v: isinstance(v, np.ndarray),
+    "type": lambda v: v.__class__.__name__ in ("TensorType", "ScalarType", "UniformQuantType"),
+}
 
 
 def int_(default=REQUIRED, doc="", choices=None):

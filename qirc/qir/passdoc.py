@@ -143,8 +143,8 @@ qirc-opt model.qir -p 'lower-to-int{{signed-normalize=1}}' --validate-each
 
 A pipeline is a comma-separated list of pass names; options go in braces after the name, `name{{key=value,...}}`
 (bools as `0`/`1`/`true`/`false`, strings optionally quoted).  The pass manager verifies the module before the first
-pass and after every pass, and `--validate-each` interprets the module before and after each pass on the same random
-inputs (translation validation).  From Python:
+pass and after every pass (after a pass, the ops it created or changed: `qirc/qir/verifier.py`), and `--validate-each`
+interprets the module before and after each pass on the same random inputs (translation validation).  From Python:
 
 ```python
 from qirc.qir.passes import PassManager, parse_pipeline

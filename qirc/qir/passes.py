@@ -460,7 +460,10 @@ class PassTiming:
 class PassManager:
     """Runs passes over a module in place.
 
-    verify_each        verify before the first pass and after every pass ("after pass 'P': ..." on failure)
+    verify_each        verify before the first pass and after every pass ("after pass 'P': ..." on failure):
+                       incrementally, only the ops changed since they last passed (`verifier.verify`); the
+                       error is the one a full verification reports
+    verify_full        verify every op each time instead (slower; also sees attribute arrays changed in place)
     print_ir_*         dump the IR to `out` before / after each pass, with MLIR-style header lines
     time_passes        print a table of seconds per pass (and for verification) to `out` at the end
     validate_each      interpret the module before and after each pass on seeded random inputs and print the
@@ -470,9 +473,10 @@ class PassManager:
     def __init__(self, passes: Sequence[ModulePass], verify_each: bool = True, print_ir_before_all: bool = False,
                  print_ir_after_all: bool = False, time_passes: bool = False, validate_each: bool = False,
                  validate_seed: int = 0, validate_samples: int = 3, out: Optional[TextIO] = None,
-                 elide_constants: bool = False):
+                 elide_constants: bool = False, verify_full: bool = False):
         self.passes = list(passes)
         self.verify_each = verify_each
+        self.verify_full = verify_full
         self.print_ir_before_all = print_ir_before_all
         self.print_ir_after_all = print_ir_after_all
         self.time_passes = time_passes
@@ -500,7 +504,7 @@ class PassManager:
         from .verifier import verify
         t0 = time.perf_counter()
         try:
-            verify(module)
+            verify(module, incremental=not self.verify_full)
         except VerifyError as e:
             raise (_with_context(e, context) if context else e) from None
         finally:

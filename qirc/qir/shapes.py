@@ -47,6 +47,10 @@ def _prod(dims) -> int:
 # ----- elementwise and broadcasting ------------------------------------------------------------------------------
 def broadcast(*shapes: Sequence[int]) -> Shape:
     """numpy (multidirectional) broadcasting of shapes; raises ShapeProblem when they do not broadcast."""
+    if len(shapes) == 2:  # the common case (verifier, shape rules), without the sets below; a conflict falls through
+        out = _broadcast2(shapes[0], shapes[1])
+        if out is not None:
+            return out
     rank = max((len(s) for s in shapes), default=0)
     out = []
     for k in range(rank):
@@ -55,6 +59,21 @@ def broadcast(*shapes: Sequence[int]) -> Shape:
         if len(dims) > 1:
             raise ShapeProblem("shapes " + ", ".join(fmt(s) for s in shapes) + " do not broadcast")
         out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _broadcast2(a: Sequence[int], b: Sequence[int]):
+    """broadcast(a, b), or None where the dims conflict (broadcast then words the problem)."""
+    if len(a) < len(b):
+        a, b = b, a
+    out = list(a)
+    offset = len(a) - len(b)
+    for i, d in enumerate(b):
+        e = out[offset + i]
+        if d != e and d != 1:
+            if e != 1:
+                return None
+            out[offset + i] = d
     return tuple(out)
 
 

@@ -12,29 +12,88 @@ Checked, in this order:
   module     qir.input names unique, qir.output names unique, at least one qir.output
 
 The shape and element rules live with the op declarations (`qirc/qir/shapes.py`, attached in the dialect modules).
+
+Incremental verification (`verify(module, incremental=True)`, what the pass manager runs between passes): every rule
+of one op reads only that op: its name, operands (the Values and their types), result types and attributes.  After
+an op passes, the verifier keeps a snapshot of exactly those objects (`snapshot(op)`, in `Operation.verified`); an
+incremental run checks again only the ops whose snapshot no longer holds, identity for identity: ops created or
+re-added since, ops whose operands were set (through the Module or directly), whose attributes were set, added or
+removed, whose result type was replaced, and the users of a value whose type was replaced.  The module-wide rules
+(links of those ops, cycles, input/output names) run every time.  Like `Module.clone`, it treats attribute values
+(numpy arrays, lists) and types as immutable: an attribute changed in place, without assigning it, is not seen
+until a full verification (`verify(module)`).  The first changed op in topological order is the first that fails,
+so an incremental run reports the same error a full one would.
 """
 from __future__ import annotations
 
 import difflib
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .diagnostics import VerifyError
 from .ir import Module, Operation
-from .ops import OPS, OpDef, load_dialects
+from .ops import _KIND_CHECKS, OPS, OpDef, load_dialects
 from .shapes import ShapeProblem, fmt
 from .types import ScalarType, TensorType, UniformQuantType
 
 
-def verify(module: Module) -> None:
-    """Raise VerifyError (located at the offending op) if `module` breaks an IR rule; return None otherwise."""
+def verify(module: Module, incremental: bool = False) -> None:
+    """Raise VerifyError (located at the offending op) if `module` breaks an IR rule; return None otherwise.
+
+    incremental: check only the ops changed since they last passed (see the module docstring); a full verification
+    (the default) checks every op.  Both record what passed, for the next incremental run."""
     load_dialects()
-    _verify_structure(module)
-    for op in module.ops():
-        verify_op(op)
+    if incremental:
+        changed = {op: None for op in module._ops if not _unchanged(op)}
+        _verify_structure(module, changed)
+        if changed:
+            for op in module.ops():
+                if op in changed:
+                    verify_op(op)
+                    op.verified = snapshot(op)
+    else:
+        _verify_structure(module)
+        for op in module.ops():
+            verify_op(op)
+            op.verified = snapshot(op)
     _verify_io(module)
+
+
+def snapshot(op: Operation) -> tuple:
+    """Everything the rules of one op read, as the objects themselves: its name, operand Values, their types, result
+    types, attribute names and values (with the counts, so that the flat tuple is unambiguous)."""
+    operands, attrs = op.operands, op.attrs
+    return (op.name, len(operands), len(op.results), len(attrs), *operands, *[v.type for v in operands],
+            *[r.type for r in op.results], *attrs, *attrs.values())
+
+
+def _unchanged(op: Operation) -> bool:
+    """Whether `op.verified` still holds: snapshot(op) would have the very same objects (identity: a replaced object
+    counts as changed).  Compared in place, without building the new snapshot (most ops have not changed)."""
+    old = op.verified
+    if old is None:
+        return False
+    operands, results, attrs = op.operands, op.results, op.attrs
+    n_operands, n_attrs = len(operands), len(attrs)
+    if old[0] is not op.name or old[1] != n_operands or old[2] != len(results) or old[3] != n_attrs:
+        return False
+    i = 4
+    for v in operands:
+        if old[i] is not v or old[i + n_operands] is not v.type:
+            return False
+        i += 1
+    i += n_operands
+    for r in results:
+        if old[i] is not r.type:
+            return False
+        i += 1
+    for key, value in attrs.items():
+        if old[i] is not key or old[i + n_attrs] is not value:
+            return False
+        i += 1
+    return True
 
 
 def _error(op: Operation, message: str) -> VerifyError:
@@ -49,11 +108,15 @@ def _describe(op: Operation) -> str:
 
 
 # ----- structure -------------------------------------------------------------------------------------------------
-def _verify_structure(module: Module) -> None:
+def _verify_structure(module: Module, ops=None) -> None:
+    """Links of `ops` (default: every op; an incremental run passes the changed ones: an op's links change only
+    with its operands), then cycles in the whole graph."""
     # the common case, a sound graph, needs no order: check every op as it comes, and only when one fails look
     # again in creation order, so that the error names the earliest broken op whatever the dict order
-    if not all(_linked(module, op) for op in module._ops):
-        for op in sorted(module.graph.nodes, key=lambda o: o.seq):
+    if ops is None:
+        ops = module._ops
+    if not all(_linked(module, op) for op in ops):
+        for op in sorted(ops, key=lambda o: o.seq):
             _check_linked(module, op)
     cycle = module.find_cycle()
     if cycle:
@@ -68,8 +131,9 @@ def _linked(module: Module, op: Operation) -> bool:
     ops, edges = module._ops, module._edges
     for i, v in enumerate(op.operands):
         owner = v.owner
-        if owner is None or owner.module is not module or owner not in ops or edges.get((op, i)) is not v \
-                or (op, i) not in v.uses:
+        edge = (op, i)
+        if owner is None or owner.module is not module or owner not in ops or edges.get(edge) is not v \
+                or edge not in v.uses:
             return False
     return True
 
@@ -110,9 +174,17 @@ def verify_op(op: Operation) -> None:
         close = difflib.get_close_matches(op.name, list(OPS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise _error(op, f"unknown op '{op.name}'{hint}")
-    _verify_operands(op, opdef)
-    _verify_attrs(op, opdef)
-    _verify_results(op, opdef)
+    plan = _PLANS.get(op.name)
+    if plan is None or plan.opdef is not opdef:
+        plan = _PLANS[op.name] = _Plan(opdef)
+    # each check first asks the common question quickly; only when that fails does the full check run, which
+    # finds the problem and words the error (the same checks in the same order as without the shortcuts)
+    if not plan.operands_ok(op):
+        _verify_operands(op, opdef)
+    if not plan.attrs_ok(op):
+        _verify_attrs(op, opdef)
+    if not plan.results_ok(op):
+        _verify_results(op, opdef)
     if op.name == "qir.const":
         _verify_const(op)
     _verify_shapes(op, opdef)
@@ -123,6 +195,56 @@ def verify_op(op: Operation) -> None:
             raise _error(op, f"cannot check the element types: {e}") from None
         if problems:
             raise _error(op, "; ".join(problems))
+
+
+class _Plan:
+    """What the verifier needs of one op declaration, computed once: operand counts, attribute kinds, required
+    attributes, result count."""
+
+    __slots__ = ("opdef", "min_operands", "max_operands", "attr_checks", "required", "n_results")
+
+    def __init__(self, opdef: OpDef):
+        self.opdef = opdef
+        required = sum(1 for o in opdef.operands if not o.optional and not o.variadic)
+        variadic = any(o.variadic for o in opdef.operands)
+        self.min_operands = required
+        self.max_operands = math.inf if variadic else len(opdef.operands)
+        # name -> (kind predicate, choices); the full check (AttrDef.check) words the problem
+        self.attr_checks = {name: (_KIND_CHECKS[a.kind], a.choices) for name, a in opdef.attrs.items()}
+        self.required = tuple(name for name, a in opdef.attrs.items() if a.required)
+        self.n_results = None if opdef.variadic_results else len(opdef.results)
+
+    def operands_ok(self, op: Operation) -> bool:
+        if not self.min_operands <= len(op.operands) <= self.max_operands:
+            return False
+        for v in op.operands:
+            if type(v.type) is not TensorType:
+                return False
+        return True
+
+    def attrs_ok(self, op: Operation) -> bool:
+        attrs, checks = op.attrs, self.attr_checks
+        for name, value in attrs.items():
+            check = checks.get(name)
+            if check is None or not check[0](value) or (check[1] is not None and value not in check[1]):
+                return False
+        for name in self.required:
+            if name not in attrs:
+                return False
+        return True
+
+    def results_ok(self, op: Operation) -> bool:
+        results = op.results
+        if self.n_results is not None and len(results) != self.n_results:
+            return False
+        for r in results:
+            t = r.type
+            if type(t) is not TensorType or (t.shape and min(t.shape) < 0) or quant_type_problem(t) is not None:
+                return False
+        return True
+
+
+_PLANS: Dict[str, _Plan] = {}
 
 
 def _verify_operands(op: Operation, opdef: OpDef) -> None:
@@ -175,23 +297,27 @@ def quant_type_problem(t: TensorType) -> Optional[str]:
         return None
     if not isinstance(e, UniformQuantType):
         return f"unknown element type {e!r}"
-    if e.storage.is_float:
-        return f"storage type {e.storage} must be an integer type"
+    storage = e.storage
+    if storage.is_float:
+        return f"storage type {storage} must be an integer type"
     if not e.expressed.is_float:
         return f"expressed type {e.expressed} must be a float type"
-    if e.storage_min > e.storage_max:
-        return f"storage_min {e.storage_min} is greater than storage_max {e.storage_max}"
-    if e.storage_min < e.storage.min or e.storage_max > e.storage.max:
-        return (f"storage range {e.storage_min}..{e.storage_max} exceeds the range "
-                f"{e.storage.min}..{e.storage.max} of {e.storage}")
-    if not e.scales or len(e.scales) != len(e.zero_points):
-        return f"{len(e.scales)} scale(s) but {len(e.zero_points)} zero point(s)"
-    for s in e.scales:
-        if not (math.isfinite(s) and s > 0):
+    lo, hi = e.storage_min, e.storage_max
+    if lo > hi:
+        return f"storage_min {lo} is greater than storage_max {hi}"
+    storage_lo, storage_hi = _storage_bounds(storage)
+    if lo < storage_lo or hi > storage_hi:
+        return f"storage range {lo}..{hi} exceeds the range {storage_lo}..{storage_hi} of {storage}"
+    scales, zero_points = e.scales, e.zero_points
+    if not scales or len(scales) != len(zero_points):
+        return f"{len(scales)} scale(s) but {len(zero_points)} zero point(s)"
+    for s in scales:
+        if not 0 < s < math.inf:  # also false for NaN
             return f"scale {s!r} must be positive and finite"
-    for z in e.zero_points:
-        if not e.storage_min <= z <= e.storage_max:
-            return f"zero point {z} is outside the storage range {e.storage_min}..{e.storage_max}"
+    if not lo <= min(zero_points) or not max(zero_points) <= hi:
+        for z in zero_points:
+            if not lo <= z <= hi:
+                return f"zero point {z} is outside the storage range {lo}..{hi}"
     if e.is_per_axis:
         if not 0 <= e.axis < t.rank:
             return f"quantization axis {e.axis} is out of range for rank {t.rank}"
@@ -203,6 +329,30 @@ def quant_type_problem(t: TensorType) -> Optional[str]:
     return None
 
 
+_BOUNDS: Dict[str, Tuple[int, int]] = {}
+
+
+def _storage_bounds(storage: ScalarType) -> Tuple[int, int]:
+    """(min, max) of an integer storage type (asked for every quantized result type; keyed by name, whose hash
+    is cached, unlike the dataclass's)."""
+    bounds = _BOUNDS.get(storage.name)
+    if bounds is None:
+        bounds = _BOUNDS[storage.name] = (storage.min, storage.max)
+    return bounds
+
+
+_DTYPE_BOUNDS: Dict[np.dtype, Tuple[int, int]] = {}
+
+
+def _dtype_bounds(dtype: np.dtype) -> Tuple[int, int]:
+    """(min, max) of an integer numpy dtype."""
+    bounds = _DTYPE_BOUNDS.get(dtype)
+    if bounds is None:
+        info = np.iinfo(dtype)
+        bounds = _DTYPE_BOUNDS[dtype] = (int(info.min), int(info.max))
+    return bounds
+
+
 def _verify_const(op: Operation) -> None:
     value, t = op.attrs["value"], op.results[0].type
     if tuple(value.shape) != t.shape:
@@ -212,6 +362,10 @@ def _verify_const(op: Operation) -> None:
         raise _error(op, f"value dtype {value.dtype} does not match the storage type {t.storage} of {t} "
                          f"(expected {dtype})")
     if t.is_int and value.size and value.dtype != np.bool_:
+        element = t.element
+        dtype_min, dtype_max = _dtype_bounds(dtype)
+        if dtype_min >= element.min and dtype_max <= element.max:
+            return  # the dtype cannot hold a value outside the storage range (an i8 const of i8 storage)
         lo, hi = int(value.min()), int(value.max())
         if lo < t.element.min or hi > t.element.max:
             raise _error(op, f"values {lo}..{hi} exceed the storage range {t.element.min}..{t.element.max} of {t}")

@@ -36,7 +36,8 @@ locations, sanitised to C identifiers (Deeploy generates C from them) and made u
 from __future__ import annotations
 
 import re
-from typing import Dict, List
+import sys
+from typing import Dict, List, Optional
 
 import numpy as np
 from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -71,9 +72,14 @@ def onnx_elem_type(t: TensorType) -> int:
         raise BackendError(f"no ONNX element type for {t}") from None
 
 
+_NON_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]+")
+
+
 def sanitize(name: str) -> str:
     """A C identifier made from a location or tensor name ("/conv1/Conv" -> "conv1_Conv")."""
-    s = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+    if name.isascii() and name.isidentifier() and name[0] != "_" and name[-1] != "_":
+        return name  # already one (most names: made from sanitised ones); what the lines below leave as it is
+    s = _NON_IDENTIFIER.sub("_", name).strip("_")
     if not s:
         return ""
     return s if not s[0].isdigit() else "n" + s
@@ -99,10 +105,108 @@ class _Names:
                 return cand
 
 
-def _tensor_attr(name: str, value: int, rank0: bool = False) -> onnx.AttributeProto:
+# The protobufs are built in place, inside the model (`container.add()`), with the fields onnx.helper's make_node /
+# make_attribute / make_tensor_value_info / numpy_helper.from_array set (the same messages, byte for byte), instead
+# of building each message on its own and copying it into its parent: make_graph and make_model copy every node,
+# initializer and value_info once more each, most of the emission time of a large model.
+_A = onnx.AttributeProto
+_TENSOR_CODES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+                 np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16,
+                 np.dtype(np.int32): TensorProto.INT32, np.dtype(np.uint32): TensorProto.UINT32,
+                 np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint64): TensorProto.UINT64,
+                 np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+                 np.dtype(np.bool_): TensorProto.BOOL}
+
+
+def _fill_tensor(tensor: onnx.TensorProto, array: np.ndarray, name: str) -> None:
+    """`tensor` becomes numpy_helper.from_array(array, name)."""
+    code = _TENSOR_CODES.get(array.dtype)
+    if code is None:
+        tensor.CopyFrom(numpy_helper.from_array(array, name))
+        return
+    tensor.dims.extend(array.shape)
+    if name:
+        tensor.name = name
+    if sys.byteorder == "big":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    tensor.raw_data = array.tobytes()
+    tensor.data_type = code
+
+
+def _add_attribute(node: onnx.NodeProto, key: str, value) -> None:
+    """node.attribute.append(helper.make_attribute(key, value)), built in place for the kinds emission writes
+    (an integer, a float, a string, a non-empty list of Python ints); anything else through the helper."""
+    if isinstance(value, (int, np.integer)):
+        a = node.attribute.add()
+        a.name = key
+        a.i = int(value)
+        a.type = _A.INT
+    elif isinstance(value, (float, np.floating)):
+        a = node.attribute.add()
+        a.name = key
+        a.f = float(value)
+        a.type = _A.FLOAT
+    elif isinstance(value, str):
+        a = node.attribute.add()
+        a.name = key
+        a.s = value.encode("utf-8")
+        a.type = _A.STRING
+    elif type(value) is list and value and all(type(v) is int for v in value):
+        a = node.attribute.add()
+        a.name = key
+        a.ints.extend(value)
+        a.type = _A.INTS
+    else:
+        node.attribute.append(helper.make_attribute(key, value))
+
+
+def _add_node(container, op_type: str, inputs: List[str], outputs: List[str], name: Optional[str] = None,
+              domain: Optional[str] = None, **attrs) -> onnx.NodeProto:
+    """container.add() made helper.make_node(op_type, inputs, outputs, name, domain=domain, **attrs)."""
+    node = container.add()
+    node.op_type = op_type
+    node.input.extend(inputs)
+    node.output.extend(outputs)
+    if name:
+        node.name = name
+    if domain is not None:
+        node.domain = domain
+    for key in sorted(attrs):  # make_node's order
+        value = attrs[key]
+        if value is not None:
+            _add_attribute(node, key, value)
+    return node
+
+
+def _add_value_info(container, name: str, elem_type: int, shape) -> None:
+    """container.add() made helper.make_tensor_value_info(name, elem_type, shape)."""
+    info = container.add()
+    info.name = name
+    tensor_type = info.type.tensor_type
+    tensor_type.elem_type = elem_type
+    dims = tensor_type.shape.dim
+    dims.extend([])  # a rank-0 tensor has an empty shape, not none (as make_tensor_value_info)
+    for d in shape:
+        dims.add().dim_value = d
+
+
+#: (name, value, rank0) -> the attribute: the few values of div, signed and n_levels repeat on every requant
+_TENSOR_ATTRS: Dict[tuple, onnx.AttributeProto] = {}
+
+
+def _add_tensor_attr(node: onnx.NodeProto, name: str, value: int, rank0: bool = False) -> None:
     """A size-1 int64 TENSOR attribute: shape [1], or rank 0 where the platform computes with it as a scalar."""
-    array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
-    return helper.make_attribute(name, numpy_helper.from_array(array, name))
+    key = (name, value, rank0)
+    attr = _TENSOR_ATTRS.get(key)
+    if attr is None:
+        array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
+        attr = onnx.AttributeProto()
+        attr.name = name
+        _fill_tensor(attr.t, array, name)
+        attr.type = _A.TENSOR
+        if len(_TENSOR_ATTRS) < 4096:
+            _TENSOR_ATTRS[key] = attr
+    node.attribute.append(attr)  # a copy
 
 
 class _Emitter:
@@ -111,9 +215,12 @@ class _Emitter:
         self.target = target
         self.names = _Names()
         self.tensor_of: Dict[int, str] = {}  # id(Value) -> tensor name
-        self.nodes: List[onnx.NodeProto] = []
-        self.initializers: List[onnx.TensorProto] = []
-        self.value_info: List[onnx.ValueInfoProto] = []
+        self.model = onnx.ModelProto()
+        self.graph = self.model.graph  # nodes, initializers and value_info are added to it in place
+        self.nodes = self.graph.node
+        self.initializers = self.graph.initializer
+        self.initializer_named: Dict[str, onnx.TensorProto] = {}
+        self.value_info = self.graph.value_info
         self.channels_last: set = set()  # id(Value) of depthwise conv results written NHWC
 
     def fail(self, op: Operation, message: str) -> BackendError:
@@ -121,7 +228,9 @@ class _Emitter:
 
     def initializer(self, array: np.ndarray, name_hint: str, dtype) -> str:
         name = self.names.fresh(name_hint, "const")
-        self.initializers.append(numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), name))
+        tensor = self.initializers.add()
+        _fill_tensor(tensor, np.array(array, dtype=dtype, order="C"), name)
+        self.initializer_named[name] = tensor
         return name
 
     def const_input(self, v: Value, hint: str, dtype=None) -> str:
@@ -147,12 +256,11 @@ class _Emitter:
                 raise self.fail(out, "a graph output must be computed by its own op (it is an input, a constant or "
                                      "another output)")
             outputs_by_value[id(v)] = out.attrs["name"]
-        graph_inputs = []
+        graph = self.graph
         for inp in module.inputs:
             name = self.names.fresh(inp.attrs["name"], "input")
             self.tensor_of[id(inp.result)] = name
-            graph_inputs.append(helper.make_tensor_value_info(name, onnx_elem_type(inp.result.type),
-                                                              list(inp.result.type.shape)))
+            _add_value_info(graph.input, name, onnx_elem_type(inp.result.type), inp.result.type.shape)
         output_names = {}
         for out in module.outputs:
             output_names[id(out.operands[0])] = self.names.fresh(out.attrs["name"], "output")
@@ -166,29 +274,33 @@ class _Emitter:
                 raise self.fail(op, f"the platform does not map {op_type}")
             node_name = self.names.fresh(op.loc or op.name.replace(".", "_"), op.name.replace(".", "_"))
             r = op.result
+            # each method below adds its node(s) to the graph, in order
             if self.is_channels_last_conv(op):
                 self.channels_last.add(id(r))
-                self.nodes.extend(self.channels_last_conv(op, node_name))
+                self.channels_last_conv(op, node_name)
                 continue
             if id(r) in output_names:
                 out_name = output_names[id(r)]
             else:
                 out_name = self.names.fresh(f"{node_name}_out", "t")
-                self.value_info.append(helper.make_tensor_value_info(out_name, onnx_elem_type(r.type),
-                                                                     list(r.type.shape)))
+                _add_value_info(self.value_info, out_name, onnx_elem_type(r.type), r.type.shape)
             self.tensor_of[id(r)] = out_name
             if op.name == "int.requant_shift" and id(op.operands[0]) in self.channels_last:
-                self.nodes.extend(self.channels_last_requant(op, node_name, out_name))
+                self.channels_last_requant(op, node_name, out_name)
                 continue
-            self.nodes.append(self.node(op, op_type, node_name, out_name))
-        graph = helper.make_graph(
-            self.nodes, sanitize(module.name) or "network", graph_inputs,
-            [helper.make_tensor_value_info(output_names[id(o.operands[0])], onnx_elem_type(o.operands[0].type),
-                                           list(o.operands[0].type.shape)) for o in module.outputs],
-            initializer=self.initializers, value_info=self.value_info)
-        model = helper.make_model(graph, producer_name="qirc",
-                                  opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(RQS_DOMAIN, 1)])
+            self.node(op, op_type, node_name, out_name)
+        # the fields helper.make_graph / make_model / make_opsetid set
+        graph.name = sanitize(module.name) or "network"
+        for o in module.outputs:
+            v = o.operands[0]
+            _add_value_info(graph.output, output_names[id(v)], onnx_elem_type(v.type), v.type.shape)
+        model = self.model
         model.ir_version = IR_VERSION
+        for domain, version in (("", OPSET), (RQS_DOMAIN, 1)):
+            opset = model.opset_import.add()
+            opset.domain = domain
+            opset.version = version
+        model.producer_name = "qirc"
         return model
 
     def is_channels_last_conv(self, op: Operation) -> bool:
@@ -199,45 +311,45 @@ class _Emitter:
         """A fresh tensor name typed like `v` with its NCHW shape permuted to NHWC."""
         name = self.names.fresh(hint, "t")
         shape = [v.type.shape[i] for i in NCHW_TO_NHWC]
-        self.value_info.append(helper.make_tensor_value_info(name, onnx_elem_type(v.type), shape))
+        _add_value_info(self.value_info, name, onnx_elem_type(v.type), shape)
         return name
 
-    def channels_last_conv(self, op: Operation, name: str) -> List[onnx.NodeProto]:
+    def channels_last_conv(self, op: Operation, name: str) -> None:
         """Transpose NCHW -> NHWC, then the depthwise Conv on the NHWC tensor, saying so with channels_first = 0
         (Deeploy's layout lowering then leaves it and its weights alone).  The attribute is not ONNX's, so the
         Conv is in Deeploy's domain, where onnx.checker validates no schema; Deeploy matches it by op type."""
         x = op.operands[0]
         x_nhwc = self.nhwc_tensor(f"{name}_in_nhwc", x)
-        transpose = helper.make_node("Transpose", [self.operand(op, 0, name, "input")], [x_nhwc],
-                                     self.names.fresh(f"{name}_to_nhwc", "transpose"), perm=NCHW_TO_NHWC)
+        _add_node(self.nodes, "Transpose", [self.operand(op, 0, name, "input")], [x_nhwc],
+                  self.names.fresh(f"{name}_to_nhwc", "transpose"), perm=NCHW_TO_NHWC)
         out = self.nhwc_tensor(f"{name}_out", op.result)
         self.tensor_of[id(op.result)] = out
         conv = self.node(op, "Conv", name, out)
         conv.input[0] = x_nhwc
         conv.domain = RQS_DOMAIN
-        conv.attribute.append(helper.make_attribute("channels_first", 0))
-        return [transpose, conv]
+        _add_attribute(conv, "channels_first", 0)
 
-    def channels_last_requant(self, op: Operation, name: str, out: str) -> List[onnx.NodeProto]:
+    def channels_last_requant(self, op: Operation, name: str, out: str) -> None:
         """The requant of a channels-last depthwise Conv, on its NHWC accumulators (per-channel mul/add shaped
         [1, 1, 1, C]), then Transpose NHWC -> NCHW into the requant's own tensor `out`."""
         y_nhwc = self.nhwc_tensor(f"{name}_out_nhwc", op.result)
         node = self.node(op, "RequantShift", name, y_nhwc)
         for i in (1, 2):
-            t = next(t for t in self.initializers if t.name == node.input[i])
+            t = self.initializer_named[node.input[i]]
             array = numpy_helper.to_array(t)
             if array.size > 1:
                 t.CopyFrom(numpy_helper.from_array(array.reshape(1, 1, 1, -1), t.name))
-        back = helper.make_node("Transpose", [y_nhwc], [out], self.names.fresh(f"{name}_to_nchw", "transpose"),
-                                perm=NHWC_TO_NCHW)
-        return [node, back]
+        _add_node(self.nodes, "Transpose", [y_nhwc], [out], self.names.fresh(f"{name}_to_nchw", "transpose"),
+                  perm=NHWC_TO_NCHW)
 
     def node(self, op: Operation, op_type: str, name: str, out: str) -> onnx.NodeProto:
+        """Add the node of `op` (writing `out`) to the graph; returns it."""
         a = op.attr
+        add_node = self._add_node
         if op.name == "int.conv":
             w = op.operands[1].type.shape
             n_spatial = len(w) - 2
-            return helper.make_node(
+            return add_node(
                 "Conv", [self.operand(op, 0, name, "input"), self.operand(op, 1, name, "weight")], [out], name,
                 kernel_shape=list(w[2:]), pads=list(a("pads") or [0] * (2 * n_spatial)),
                 strides=list(a("strides") or [1] * n_spatial), dilations=list(a("dilations") or [1] * n_spatial),
@@ -245,73 +357,77 @@ class _Emitter:
         if op.name == "int.gemm":
             ins = [self.operand(op, 0, name, "A"), self.operand(op, 1, name, "B"),
                    self.operand(op, 2, name, "C", np.int32)]
-            return helper.make_node("Gemm", ins, [out], name, alpha=1.0, beta=1.0, transA=int(a("transA")),
+            return add_node("Gemm", ins, [out], name, alpha=1.0, beta=1.0, transA=int(a("transA")),
                                     transB=int(a("transB")))
         if op.name == "int.matmul":
             # 8-bit operands (legalize checks it): a constant keeps its int8 storage (the global pool's ones)
             ins = [self.operand(op, i, name, f"in{i}") for i in range(2)]
-            return helper.make_node(op_type, ins, [out], name)
+            return add_node(op_type, ins, [out], name)
         if op.name in ("int.add", "int.mul"):
             ins = [self.operand(op, i, name, f"in{i}", np.int32) for i in range(2)]
-            return helper.make_node(op_type, ins, [out], name)
+            return add_node(op_type, ins, [out], name)
         if op.name == "int.requant_shift":
             mul = self.initializer(np.asarray(a("mul")), f"{name}_mul", np.int32)
             add = self.initializer(np.asarray(a("add")), f"{name}_add", np.int32)
-            node = helper.make_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
+            node = add_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
                                     domain=RQS_DOMAIN)
             # CMSIS's Gemm/MatMul-requant merge derives the multiplier's shape from div's: rank 0 keeps it the
             # scalar that its fully-connected kernel binding asserts
             rank0 = self.target.gemm_scalar_mul
-            node.attribute.extend([_tensor_attr("div", int(a("div")), rank0),
-                                   _tensor_attr("signed", int(bool(a("signed"))), rank0),
-                                   _tensor_attr("n_levels_out", int(a("n_levels")), rank0)])
+            _add_tensor_attr(node, "div", int(a("div")), rank0)
+            _add_tensor_attr(node, "signed", int(bool(a("signed"))), rank0)
+            _add_tensor_attr(node, "n_levels_out", int(a("n_levels")), rank0)
             return node
         if op.name == "int.maxpool":
             k = list(a("kernel_shape"))
-            return helper.make_node("MaxPool", [self.operand(op, 0, name, "input")], [out], name, kernel_shape=k,
+            return add_node("MaxPool", [self.operand(op, 0, name, "input")], [out], name, kernel_shape=k,
                                     pads=list(a("pads") or [0] * (2 * len(k))),
                                     strides=list(a("strides") or [1] * len(k)), ceil_mode=0)
         if op.name == "int.pad":
-            return helper.make_node("Pad", [self.operand(op, 0, name, "input")], [out], name, mode="constant",
+            return add_node("Pad", [self.operand(op, 0, name, "input")], [out], name, mode="constant",
                                     pads=list(a("pads")), value=float(a("value")))
         if op.name == "int.reshape":
             shape = self.initializer(np.asarray(list(op.result.type.shape), np.int64), f"{name}_shape", np.int64)
-            return helper.make_node("Reshape", [self.operand(op, 0, name, "input"), shape], [out], name)
+            return add_node("Reshape", [self.operand(op, 0, name, "input"), shape], [out], name)
         if op.name == "int.transpose":
-            return helper.make_node("Transpose", [self.operand(op, 0, name, "input")], [out], name,
+            return add_node("Transpose", [self.operand(op, 0, name, "input")], [out], name,
                                     perm=list(a("perm")))
         if op.name == "int.concat":
             ins = [self.operand(op, i, name, f"in{i}") for i in range(len(op.operands))]
-            return helper.make_node("Concat", ins, [out], name, axis=int(a("axis")))
+            return add_node("Concat", ins, [out], name, axis=int(a("axis")))
         if op.name == "int.gather":
             indices = [int(i) for i in a("indices")]
             if len(indices) != 1:
                 raise self.fail(op, f"Gather of {len(indices)} indices has no Deeploy form (one constant index)")
             index = np.asarray(indices[0] if a("scalar") else indices, np.int64)
-            return helper.make_node("Gather", [self.operand(op, 0, name, "input"),
+            return add_node("Gather", [self.operand(op, 0, name, "input"),
                                                self.initializer(index, f"{name}_index", np.int64)], [out], name,
                                     axis=int(a("axis")))
         if op.name == "int.slice":
             params = [self.initializer(np.asarray(list(a(k)), np.int64), f"{name}_{k}", np.int64)
                       for k in ("starts", "ends", "axes", "steps")]
-            return helper.make_node("Slice", [self.operand(op, 0, name, "input")] + params, [out], name)
+            return add_node("Slice", [self.operand(op, 0, name, "input")] + params, [out], name)
         # Deeploy's integer transformer kernels (DESIGN.md section 7): not ONNX ops, so in Deeploy's domain (ignored
         # by Deeploy, keeps onnx.checker from looking for a schema); attribute types as its parsers read them
         if op.name == "int.isoftmax":
-            node = helper.make_node("iSoftmax", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN)
-            node.attribute.extend(_tensor_attr(k, int(a(k))) for k in ("coeffA", "coeffB", "coeffC", "log2",
-                                                                         "n_levels"))
+            node = add_node("iSoftmax", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN)
+            for k in ("coeffA", "coeffB", "coeffC", "log2", "n_levels"):
+                _add_tensor_attr(node, k, int(a(k)))
             return node
         if op.name == "int.ilayernorm":
             ins = [self.operand(op, 0, name, "input"), self.operand(op, 1, name, "weight", np.int32),
                    self.operand(op, 2, name, "bias", np.int32)]
-            node = helper.make_node("iLayerNorm", ins, [out], name, domain=RQS_DOMAIN)
-            node.attribute.extend([_tensor_attr("D", int(a("D"))), _tensor_attr("n_levels", int(a("n_levels")))])
+            node = add_node("iLayerNorm", ins, [out], name, domain=RQS_DOMAIN)
+            _add_tensor_attr(node, "D", int(a("D")))
+            _add_tensor_attr(node, "n_levels", int(a("n_levels")))
             return node
         if op.name == "int.igelu":
-            return helper.make_node("iGELU", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN,
+            return add_node("iGELU", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN,
                                     b=int(a("b")), one=int(a("one")))
         raise self.fail(op, f"{op.name} cannot be emitted")
+
+    def _add_node(self, op_type: str, inputs: List[str], outputs: List[str], name: str, **attrs) -> onnx.NodeProto:
+        return _add_node(self.nodes, op_type, inputs, outputs, name, **attrs)
 
 
 def emit_onnx(module: Module, target) -> onnx.ModelProto:
