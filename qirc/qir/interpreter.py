@@ -34,6 +34,7 @@ int.sub of (single-use) requants, a residual connection (`_sum_requant`).  `_FUS
 from __future__ import annotations
 
 import contextvars
+import math
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -758,7 +759,7 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
         # the accumulator stays in cache across the taps; each block goes to the store at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        per_image = M * int(np.prod(out))
+        per_image = M * math.prod(out)
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
         for start in range(0, N, images):
@@ -1058,7 +1059,7 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     outputs; they go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
-    T = int(np.prod(kernel))
+    T = math.prod(kernel)
     weights = wf.reshape(C, 1, T)
     S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, min(N, (_IM2COL_BLOCK // 2) // max(1, C * S * T)))  # cols of about 1 MB (float32)
@@ -1734,7 +1735,7 @@ def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation]
         lo, hi = _sum_range(add)
         root_static = root_spec.fits_int32(max(-lo, hi))
     y = np.empty(shape, dtype=root_spec.out_dtype())
-    per_image = max(1, int(np.prod(shape[1:])))
+    per_image = max(1, math.prod(shape[1:]))
     step = max(1, _FUSED_BLOCK // per_image)
     table = _sum_table(sources, root_spec, sign, check) if y.size >= _SUM_TABLE_MIN else None
     if table is not None:
@@ -1936,7 +1937,7 @@ class _RequantSpec:
         contiguous one, but one broadcast along the outermost axis only at full speed): for one image of `shape`
         when an image is large enough for numpy's inner loops, else for the whole block, kept for the op's largest
         block (a smaller block of the same trailing shape takes their head)."""
-        if shape and int(np.prod(shape[1:])) >= 2048 and all(
+        if shape and math.prod(shape[1:]) >= 2048 and all(
                 p.ndim < len(shape) or p.shape[0] == 1 for p in (self.mul, self.offset)):
             key = (np.dtype(dtype), tuple(shape[1:]))
             cached = self._params.get(key)
@@ -1946,7 +1947,7 @@ class _RequantSpec:
                     np.ascontiguousarray(np.broadcast_to(p.astype(dtype), (1,) + tuple(shape[1:])))
                     for p in (self.mul, self.offset))
             return cached[1:]
-        if not shape or int(np.prod(shape)) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
+        if not shape or math.prod(shape) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
             key = (np.dtype(dtype), None)
             if key not in self._params:
                 self._params[key] = (0, self.mul.astype(dtype), self.offset.astype(dtype))
@@ -2068,7 +2069,7 @@ class _RequantStore:
         self.static = self.acc_dtype.itemsize <= 4 and spec.fits_int32(acc_bound)
         self.verify = _CHECK_OVERFLOW.get()
         self.tmin, self.tmax = _I32_MIN, _I32_MAX
-        per_image = max(1, int(np.prod(shape[1:])))
+        per_image = max(1, math.prod(shape[1:]))
         self.capacity = max(1, _FUSED_BLOCK // per_image)  # images per piece
         self.staged = np.empty((min(self.capacity, shape[0]),) + tuple(shape[1:]), dtype=self.acc_dtype)
         self.start = self.count = 0
