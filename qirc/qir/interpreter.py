@@ -29,7 +29,8 @@ conv: max|x| from x's checked type, or its values, times the largest row sum of 
 `run()` (not `run_values()`, which keeps every value) fuses two patterns whose intermediates have no other reader,
 block by block over the batch with the same values and checks as the kernels apart: an int.conv read only by an
 int.requant_shift (the conv's sums requantized while in cache, `_conv_requant`), and a requant of an int.add /
-int.sub of (single-use) requants, a residual connection (`_sum_requant`).  `_FUSE = False` turns that off.
+int.sub of (single-use) requants, a residual connection (`_sum_requant`; a table of its 65,536 results where both
+operands are held in one byte and the parameters are per tensor).  `_FUSE = False` turns that off.
 """
 from __future__ import annotations
 
