@@ -82,7 +82,9 @@ def _target_rows(targets) -> List[Sequence[str]]:
              "ones-matmul": "global pools only (all-ones MatMul + RequantShift); windowed ones refused",
              None: "refused"}
     residual = {"mul-add": "Mul, Mul -> Add -> RequantShift (exact)",
-                "requantized-add": "RequantShift(a), RequantShift(b) -> Add -> RequantShift (8-bit operands)"}
+                "requantized-add": "Concat(a, b copies) -> depthwise Conv -> RequantShift (int32 sum; different "
+                                   "scales, one signedness), else RequantShift(a), RequantShift(b) -> Add -> "
+                                   "RequantShift (8-bit operands)"}
 
     def depthwise(t):
         if t.depthwise_conv:

@@ -606,7 +606,7 @@ CAUSES: List[Tuple[str, str, str]] = [
     ("pad-overflow", "backend", "accumulator overflow"),
     # compiled, but the final output misses the step bound (the status of such a cell, which cause_of returns; the
     # text is what `evaluate` reports for it): int4_relu4 on cortex-m (CMSIS rounds add to a multiple of mul, a 4-bit
-    # step amplifies a flip), ResNet-18 per tensor on Siracusa (RequantizedAdd rounds the smaller operand)
+    # step amplifies a flip)
     ("inaccurate", "backend", "final output "),
 ]
 

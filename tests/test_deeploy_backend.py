@@ -50,16 +50,20 @@ def conv_rqs(m, x, w, b, mul, loc, out_type, group=1):
     return m.create("int.requant_shift", [c], [TensorType(shape, out_type)], rqs_attrs(mul), loc + "/rqs").result
 
 
-def small_cnn(seed=0, residual_scales=(5, 4), pool="reduce_sum"):
+def small_cnn(seed=0, residual_scales=(5, 4), pool="reduce_sum", unsigned_branch=False):
     """input -> conv(+bias) -> rqs -> depthwise conv -> rqs -> residual add (int.mul by constants) -> rqs ->
-    maxpool -> global sum pool -> rqs -> flatten -> gemm(+bias) -> rqs -> output."""
+    maxpool -> global sum pool -> rqs -> flatten -> gemm(+bias) -> rqs -> output (`unsigned_branch`: the depthwise
+    conv's requant onto uint8)."""
     rng = np.random.default_rng(seed)
     m = Module("small_cnn")
     x = input_op(m, "input:0", TensorType((1, 3, 8, 8), q8(0.02)))
     mul1 = rng.integers(100, 200, (1, 8, 1, 1))
     r1 = conv_rqs(m, x, rng.integers(-127, 128, (8, 3, 3, 3)), rng.integers(-500, 500, (8,)), mul1, "/conv1/Conv",
                   q8(0.05))
-    r2 = conv_rqs(m, r1, rng.integers(-127, 128, (8, 1, 3, 3)), None, [300], "/dw/Conv", q8(0.04), group=8)
+    r2 = conv_rqs(m, r1, rng.integers(-127, 128, (8, 1, 3, 3)), None, [300], "/dw/Conv",
+                  q8(0.04, signed=not unsigned_branch), group=8)
+    if unsigned_branch:
+        r2.owner.attrs["signed"] = False
     shape = (1, 8, 8, 8)
     if residual_scales is not None:
         ca, cb = (const_op(m, np.array([c], np.int32), TensorType((1,), i32), f"/add/c{i}")
@@ -162,7 +166,8 @@ def test_sum_pool_becomes_a_depthwise_all_ones_conv(pool):
 
 def _emulate_pulp_rqadd(model: onnx.ModelProto, add_node: onnx.NodeProto, values: dict) -> np.ndarray:
     """What Siracusa computes for RQS(a), RQS(b) -> Add -> RQS after PULPAddRequantMergePass: pulp_nn_add_i8_i8_i8,
-    out = clips8(((clips8((a*m1 + a1 + d1/2) >> s1) + clips8((b*m2 + ...) >> s2)) * mo + ao + do/2) >> so)."""
+    out = clips8(((clips8((a*m1 + a1 + d1/2) >> s1) + clips8((b*m2 + ...) >> s2)) * mo + ao + do/2) >> so), each
+    operand clipped to the 8-bit range of its input's signedness (clip8 0..255 for a uint8 one)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     by_out = {n.output[0]: n for n in model.graph.node}
     consumer = [n for n in model.graph.node if add_node.output[0] in n.input][0]
@@ -179,13 +184,16 @@ def _emulate_pulp_rqadd(model: onnx.ModelProto, add_node: onnx.NodeProto, values
     for name in add_node.input:
         n = by_out[name]
         mul, add, shift = params(n)
-        rq.append(clips8((values[n.input[0]] * mul + add) >> shift))
+        signed = {x.name: int(numpy_helper.to_array(x.t).reshape(-1)[0]) for x in n.attribute}["signed"]
+        rq.append(np.clip((values[n.input[0]] * mul + add) >> shift, *((-128, 127) if signed else (0, 255))))
     mul, add, shift = params(consumer)
     return clips8(((rq[0] + rq[1]) * mul + add) >> shift)
 
 
 def test_siracusa_residual_add_is_the_form_its_fused_kernel_computes():
-    m = small_cnn(residual_scales=(5, 4))
+    # operands of different signedness (a Concat takes one element type): the RequantizedAdd form; the same
+    # signedness takes the exact stacked form (tests/test_siracusa_residual.py)
+    m = small_cnn(residual_scales=(5, 4), unsigned_branch=True)
     exact = run_samples(m, range(6))
     legalize(m, "deeploy-siracusa")
     model = emit_onnx(m, "deeploy-siracusa")

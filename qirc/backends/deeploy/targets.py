@@ -207,7 +207,9 @@ SIRACUSA = DeeployTarget(
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "Add followed by RequantShift is always fused into RequantizedAdd (pulp_nn_add), which takes 8-bit "
-        "operands only and clips each requantized operand to 8 bits: residual adds are written as "
+        "operands only and clips each requantized operand to 8 bits: residual adds of two rank-4 tensors of one "
+        "signedness at different scales are written as Concat of operand copies along H -> depthwise Conv (one "
+        "int8 tap per copy) -> RequantShift (the int32 sum, fused into RequantizedConv), the others as "
         "RequantShift(a), RequantShift(b) -> Add -> RequantShift, all per tensor",
         "a unity RequantShift (mul == div, add == 0) after Reshape/Transpose/Concat is removed by Deeploy, even "
         "when it clips, and its RequantShift kernel's rounding term is undefined for div = 1: a requant that only "
