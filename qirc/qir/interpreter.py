@@ -763,16 +763,17 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         per_image = M * math.prod(out)
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
+        used = _used_taps(wd)  # taps with a nonzero weight
         for start in range(0, N, images):
             stop = min(N, start + images)
             windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
             acc = np.empty((stop - start, M) + out, dtype=dtype)
             scratch = np.empty_like(acc)
-            for k, tap in enumerate(taps):
-                xs = windows[(Ellipsis,) + tap]
+            for i, k in enumerate(used):
+                xs = windows[(Ellipsis,) + taps[k]]
                 if Mg > 1:
                     xs = np.repeat(xs, Mg, axis=1)
-                if k == 0:
+                if i == 0:
                     np.multiply(xs, wd[..., 0], out=acc)
                 else:
                     np.multiply(xs, wd[..., k], out=scratch)
@@ -1062,20 +1063,32 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     Ho, Wo = out
     T = math.prod(kernel)
     weights = wf.reshape(C, 1, T)
+    used = _used_taps(weights)
+    weights = np.ascontiguousarray(weights[:, :, used])
+    T = len(used)
     S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, min(N, (_IM2COL_BLOCK // 2) // max(1, C * S * T)))  # cols of about 1 MB (float32)
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
+    taps = [layout.taps[k] for k in used]
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((C, 1, images * S), dtype=dtype)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         X = layout.fill(x, n0, n1)
         width = layout.width(n1 - n0)
-        for k, (phase, off) in enumerate(layout.taps):
+        for k, (phase, off) in enumerate(taps):
             cols[:, k, :width] = X[:, phase, off:off + width]
         np.matmul(weights, cols[:, :, :width], out=grid[:, :, :width])
         store(n0, n1, grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
+
+
+def _used_taps(weights: np.ndarray) -> List[int]:
+    """The kernel taps (last axis of `weights`) that are nonzero in some channel, at least one: a tap whose weight
+    is zero everywhere adds exact zeros, so it is left out (the stacked form of a Siracusa residual add is a
+    depthwise conv whose tall kernel over stacked operand copies has 4 nonzero taps of 49)."""
+    used = np.flatnonzero(np.any(weights.reshape(-1, weights.shape[-1]) != 0, axis=0)).tolist()
+    return used or [0]
 
 
 def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
