@@ -410,11 +410,20 @@ def test_flat_conv_products_in_column_chunks_are_exact(dtype, shape, w_shape, pa
 
 @pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.int64])
-def test_depthwise_taps_zero_in_every_channel_are_left_out_exactly(flat, dtype, monkeypatch):
+@pytest.mark.parametrize("pads, strides, dilations, sparse", [
+    ([1, 0, 1, 0], [1, 1], [1, 1], False),  # padded: the flat or windowed route over the used taps
+    ([0, 0, 0, 0], [1, 1], [1, 1], True),   # unpadded, 3 of 9 taps: the taps as views of x (_depthwise_sparse)
+    ([0, 0, 0, 0], [2, 1], [1, 2], True),
+])
+def test_depthwise_taps_zero_in_every_channel_are_left_out_exactly(flat, dtype, pads, strides, dilations, sparse,
+                                                                    monkeypatch):
     # a tall kernel over stacked copies with 3 nonzero taps of 9 (Siracusa's stacked residual add), one of them zero
     # in one channel only, so that it stays; and all-zero weights (one tap kept, zeros out)
     monkeypatch.setattr(interp, "_FLAT_CONV", flat)
     monkeypatch.setattr(interp, "_IM2COL_BLOCK", 400)  # several blocks of images
+    sparse_runs = []
+    real = interp._depthwise_sparse
+    monkeypatch.setattr(interp, "_depthwise_sparse", lambda *a: sparse_runs.append(1) or real(*a))
     rng = np.random.default_rng(13)
     x = rng.integers(-128, 128, (5, 4, 20, 6)).astype(np.int8)
     w = np.zeros((4, 1, 9, 1), dtype=np.int64)
@@ -422,10 +431,11 @@ def test_depthwise_taps_zero_in_every_channel_are_left_out_exactly(flat, dtype, 
     w[1, 0, 4, 0] = 0
     assert interp._used_taps(w.reshape(4, 1, 9)) == [0, 4, 8]
     for weights in (w, np.zeros_like(w)):
-        expected = _int64_conv(x, weights, [1, 0, 1, 0], [1, 1], [1, 1], 4)
-        y = int_conv_nd(x, weights, [1, 0, 1, 0], [1, 1], [1, 1], 4, dtype)
+        expected = _int64_conv(x, weights, pads, strides, dilations, 4)
+        y = int_conv_nd(x, weights, pads, strides, dilations, 4, dtype)
         np.testing.assert_array_equal(y.astype(np.int64), expected)
-    assert np.any(expected == 0) and not np.all(_int64_conv(x, w, [1, 0, 1, 0], [1, 1], [1, 1], 4) == 0)
+        assert weights is not w or not np.all(expected == 0)
+    assert len(sparse_runs) == (2 if sparse else 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
