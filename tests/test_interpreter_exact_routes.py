@@ -389,6 +389,55 @@ def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_
     np.testing.assert_array_equal(narrow, expected + bias.reshape(-1, 1, 1))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, w_shape, pads, strides", [
+    ((3, 3, 10, 9), (4, 3, 3, 3), [1, 1, 1, 1], [1, 1]),
+    ((3, 2, 11, 10), (5, 2, 3, 2), [1, 0, 2, 1], [2, 2]),
+])
+def test_flat_conv_products_in_column_chunks_are_exact(dtype, shape, w_shape, pads, strides, monkeypatch):
+    # few input rows (C * kh < 32): the product of the patch matrix runs in column chunks (here 7 columns, so that
+    # chunks end inside rows, images and blocks); every chunk's sums are exact and land in their columns
+    monkeypatch.setattr(interp, "_SMALL_GEMM", w_shape[0] * int(np.prod(w_shape[1:])) * 7)
+    monkeypatch.setattr(interp, "_SMALL_GEMM_MIN_WIDTH", 1)
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 600)
+    rng = np.random.default_rng(12)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-127, 128, w_shape)
+    expected = _int64_conv(x, w, pads, strides, [1, 1], 1)
+    y = int_conv_nd(x, w, pads, strides, [1, 1], 1, dtype)
+    np.testing.assert_array_equal(y.astype(np.int64), expected)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+@pytest.mark.parametrize("pads, strides, dilations, sparse", [
+    ([1, 0, 1, 0], [1, 1], [1, 1], False),  # padded: the flat or windowed route over the used taps
+    ([0, 0, 0, 0], [1, 1], [1, 1], True),   # unpadded, 3 of 9 taps: the taps as views of x (_depthwise_sparse)
+    ([0, 0, 0, 0], [2, 1], [1, 2], True),
+])
+def test_depthwise_taps_zero_in_every_channel_are_left_out_exactly(flat, dtype, pads, strides, dilations, sparse,
+                                                                    monkeypatch):
+    # a tall kernel over stacked copies with 3 nonzero taps of 9 (Siracusa's stacked residual add), one of them zero
+    # in one channel only, so that it stays; and all-zero weights (one tap kept, zeros out)
+    monkeypatch.setattr(interp, "_FLAT_CONV", flat)
+    monkeypatch.setattr(interp, "_IM2COL_BLOCK", 400)  # several blocks of images
+    sparse_runs = []
+    real = interp._depthwise_sparse
+    monkeypatch.setattr(interp, "_depthwise_sparse", lambda *a: sparse_runs.append(1) or real(*a))
+    rng = np.random.default_rng(13)
+    x = rng.integers(-128, 128, (5, 4, 20, 6)).astype(np.int8)
+    w = np.zeros((4, 1, 9, 1), dtype=np.int64)
+    w[:, 0, [0, 4, 8], 0] = rng.integers(1, 128, (4, 3))
+    w[1, 0, 4, 0] = 0
+    assert interp._used_taps(w.reshape(4, 1, 9)) == [0, 4, 8]
+    for weights in (w, np.zeros_like(w)):
+        expected = _int64_conv(x, weights, pads, strides, dilations, 4)
+        y = int_conv_nd(x, weights, pads, strides, dilations, 4, dtype)
+        np.testing.assert_array_equal(y.astype(np.int64), expected)
+        assert weights is not w or not np.all(expected == 0)
+    assert len(sparse_runs) == (2 if sparse else 0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_depthwise_kernel_over_the_whole_input_is_exact(dtype):
     rng = np.random.default_rng(11)

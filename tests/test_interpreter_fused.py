@@ -11,7 +11,7 @@ import qirc.qir.interpreter as interp
 from qirc.qir.diagnostics import OverflowError_
 from qirc.qir.interpreter import run, run_values
 from qirc.qir.ir import Module, const_op, input_op, output_op
-from qirc.qir.types import i8, i32, i64, tensor
+from qirc.qir.types import i8, i32, i64, tensor, u8
 
 
 def _reference_conv(x, w, bias=None, pads=(0, 0, 0, 0), strides=(1, 1)):
@@ -272,6 +272,42 @@ def test_fused_requant_of_a_sum_equals_the_ops_apart(kind, leaves, monkeypatch):
     assert len(chains) == 1 and chains[0] is not None  # the chain did run fused
     apart = run_values(m, {"a": xa, "b": xb})
     np.testing.assert_array_equal(fused["y"], apart[y])
+    monkeypatch.setattr(interp, "_FUSE", False)
+    np.testing.assert_array_equal(run(m, {"a": xa, "b": xb})["y"], fused["y"])
+
+
+@pytest.mark.parametrize("kind", ["int.add", "int.sub"])
+@pytest.mark.parametrize("leaves", [2, 1, 0])
+@pytest.mark.parametrize("leaf_mul, table", [(2570702, True), (1 << 25, False)])
+def test_requant_of_a_sum_of_byte_operands_runs_as_a_table(kind, leaves, leaf_mul, table, monkeypatch):
+    # operands held in one byte (int8 and uint8 results of earlier requants) with per-tensor parameters: run() looks
+    # every result up in a table of the 65,536 byte pairs.  With leaf_mul = 2^25 some table entries (|a| >= 64)
+    # would leave int32, so the chain runs in blocks, where the actual values (|a| <= 60) do not
+    monkeypatch.setattr(interp, "_FUSED_BLOCK", 100)  # pieces of 2 images
+    monkeypatch.setattr(interp, "_SUM_TABLE_MIN", 0)  # a table for any size
+    rng = np.random.default_rng(7)
+    shape = (7, 3, 4, 4)
+    m = Module("bytes")
+    a = _requant_op(m, input_op(m, "a", tensor(shape, i8)), [1], [0], 1, True, "/pa")  # kept as int8
+    b = _requant_op(m, input_op(m, "b", tensor(shape, i8)), [1], [0], 1, False, "/pb",
+                    out=tensor(shape, u8))  # 0..255 as uint8
+    output_op(m, "a8", a)  # second readers: computed apart, so that the chain reads them as they are kept
+    output_op(m, "b8", b)
+    ra = _requant_op(m, a, [leaf_mul], [-3], 1 << 22, True, "/ra") if leaves >= 1 else a
+    rb = _requant_op(m, b, [3], [5], 7, True, "/rb") if leaves == 2 else b
+    s = m.create(kind, [ra, rb], [tensor(shape, i32)], loc="/s").result
+    y = _requant_op(m, s, [4045190], [11], 1 << 22, False, "/y", out=tensor(shape, u8))
+    output_op(m, "y", y)
+    xa = rng.integers(-60, 61, shape)
+    xb = rng.integers(-128, 128, shape)
+    tables = []
+    real = interp._sum_table
+    monkeypatch.setattr(interp, "_sum_table", lambda *a: tables.append(real(*a)) or tables[-1])
+    fused = run(m, {"a": xa, "b": xb})
+    assert len(tables) == 1 and (tables[0] is not None) == (table or leaves == 0)
+    apart = run_values(m, {"a": xa, "b": xb})
+    np.testing.assert_array_equal(fused["y"], apart[y])
+    assert 0 < np.mean(fused["y"] > 0) < 1 and np.mean(fused["y"] < 255) > 0.5  # not all clipped
     monkeypatch.setattr(interp, "_FUSE", False)
     np.testing.assert_array_equal(run(m, {"a": xa, "b": xb})["y"], fused["y"])
 

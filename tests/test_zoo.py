@@ -295,7 +295,8 @@ def _reference_model(name):
 
 
 def _output_scale(model):
-    layer = model.output if hasattr(model, "output") else model.head.fc
+    layer = model.output if hasattr(model, "output") else model.head
+    layer = getattr(layer, "fc", layer)  # the CNNs' head wraps its QuantLinear; the transformers' head is one
     return float(layer.output_quant.scale().detach())
 
 

@@ -165,7 +165,8 @@ def _conv(module: Module, op: Operation) -> bool:
     group = int(op.attr("group") or 1)
     if split is not None and group != 1:
         raise fail(op, f"a grouped Conv (group {group}) with weights whose values minus zero point do not fit int8 "
-                       "has no exact integer form here (the correction needs each group's input twice); quantize "
+                       "cannot be lowered exactly for any Deeploy target (qirc's weight-zero-point correction reads the "
+                       "input twice, which only an ungrouped Conv allows); quantize "
                        "the weights symmetrically (onnxruntime: WeightSymmetric=True or QInt8 weights)")
     if split is not None:
         w_value, w = _split_weight(module, dcast_source(op.operands[1]).type, w, 1, op.loc)

@@ -29,11 +29,13 @@ conv: max|x| from x's checked type, or its values, times the largest row sum of 
 `run()` (not `run_values()`, which keeps every value) fuses two patterns whose intermediates have no other reader,
 block by block over the batch with the same values and checks as the kernels apart: an int.conv read only by an
 int.requant_shift (the conv's sums requantized while in cache, `_conv_requant`), and a requant of an int.add /
-int.sub of (single-use) requants, a residual connection (`_sum_requant`).  `_FUSE = False` turns that off.
+int.sub of (single-use) requants, a residual connection (`_sum_requant`; a table of its 65,536 results where both
+operands are held in one byte and the parameters are per tensor).  `_FUSE = False` turns that off.
 """
 from __future__ import annotations
 
 import contextvars
+import math
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -112,7 +114,7 @@ def _execute(module: Module, inputs: InputsArg, check_overflow: bool, keep_all: 
     operands may themselves be single-use int.requant_shifts (`_sum_requant`, a residual connection's requant-add-
     requant, computed where the final requant runs)."""
     load_dialects()
-    bound = _bind_inputs(module, inputs)
+    bound = _bind_inputs(module, inputs, narrow=check_overflow and not keep_all)
     values: Dict[Value, np.ndarray] = {}
     order = module.ops()
     fusions: Dict[int, Operation] = {}  # position of an int.conv -> the int.requant_shift fused into it
@@ -324,9 +326,9 @@ def _check_storage_range(op: Operation, type: TensorType, array: np.ndarray) -> 
 # Kernels that compute right on integer operands of any numpy integer dtype (they widen wherever arithmetic could
 # overflow the operand's dtype); with the overflow checks on, the runner passes them narrow arrays as they are.  Any
 # other kernel (a new one included) gets int64 operands.
-NARROW_INPUTS = frozenset(("qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub", "int.mul",
-                           "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool", "int.reshape",
-                           "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
+NARROW_INPUTS = frozenset(("qir.input", "qir.output", "int.conv", "int.requant_shift", "int.pad", "int.add", "int.sub",
+                           "int.mul", "int.clip", "int.gemm", "int.matmul", "int.reduce_sum", "int.sumpool",
+                           "int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze", "int.concat"))
 
 # ops whose results are some of their operands' values (plus an int.pad's fill value)
 _VALUE_PRESERVING = frozenset(("int.reshape", "int.flatten", "int.transpose", "int.squeeze", "int.unsqueeze",
@@ -392,8 +394,9 @@ def _range_name(element) -> str:
     return str(element)
 
 
-def _bind_inputs(module: Module, inputs: InputsArg) -> Dict[int, np.ndarray]:
-    """Match the given arrays to the module's qir.input ops and check them; {id(input op): array}."""
+def _bind_inputs(module: Module, inputs: InputsArg, narrow: bool = False) -> Dict[int, np.ndarray]:
+    """Match the given arrays to the module's qir.input ops and check them; {id(input op): array}, integer inputs
+    as int64 or, with `narrow`, in the narrowest dtype holding their type's range (a copy either way)."""
     input_ops = module.inputs
     names = [op.attrs["name"] for op in input_ops]
     listing = ", ".join(f"'{n}'" for n in names) or "none"
@@ -410,10 +413,10 @@ def _bind_inputs(module: Module, inputs: InputsArg) -> Dict[int, np.ndarray]:
         given = list(inputs)
         if len(given) != len(names):
             raise InterpretError(f"expected {len(names)} inputs ({listing}), got {len(given)}")
-    return {id(op): _check_input(op, a) for op, a in zip(input_ops, given)}
+    return {id(op): _check_input(op, a, narrow) for op, a in zip(input_ops, given)}
 
 
-def _check_input(op: Operation, array) -> np.ndarray:
+def _check_input(op: Operation, array, narrow: bool = False) -> np.ndarray:
     name = op.attrs["name"]
     type = op.results[0].type
     try:
@@ -432,12 +435,13 @@ def _check_input(op: Operation, array) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise op_error(InterpretError, op, f"input '{name}' of integer type {type} holds non-integer values")
-    ints = array.astype(_I64)
     lo, hi = type.element.min, type.element.max
-    if ints.size and (ints.min() < lo or ints.max() > hi):
-        raise op_error(InterpretError, op, f"input '{name}' has values {int(ints.min())}..{int(ints.max())} outside "
-                                           f"the storage range {lo}..{hi} of {type}")
-    return ints
+    # the range check on the given array (integers, or floats just checked to hold integers), then one copy: the
+    # run reads a narrow input at a fraction of int64's memory traffic
+    if array.size and (array.min() < lo or array.max() > hi):
+        raise op_error(InterpretError, op, f"input '{name}' has values {int(array.min())}..{int(array.max())} "
+                                           f"outside the storage range {lo}..{hi} of {type}")
+    return array.astype(narrowest_int(lo, hi) if narrow else _I64)
 
 
 # =====================================================================================================================
@@ -671,6 +675,11 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # between its gather and the matmul that reads it, and a batch of 256 images never builds one 300 MB matrix.
 _IM2COL_BLOCK = 1 << 19
 _FLAT_CONV = True  # 2-d convolutions through the flat layout (tests switch it off to compare the routes)
+_SMALL_GEMM = 100 ** 3  # OpenBLAS's bound on M * N * K for its unpacked small-matrix sgemm kernels
+_SMALL_GEMM_MIN_WIDTH = 1024  # narrower chunks cost more in calls than packing would (tests lower both)
+# results from which a requant of a sum of byte operands is worth its table (_sum_table, about 0.15 ms: a few
+# passes over its 65,536 entries; a lookup saves about 1 ns a result)
+_SUM_TABLE_MIN = 8 * 65536
 _FUSE = True  # run() fuses conv+requant and requant-add-requant (tests switch it off to compare)
 
 
@@ -719,6 +728,13 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
     # measured on MobileNetV2's depthwise layers (3x3 to 48x48 maps, strides 1 and 2): the flat route's long
     # contiguous copies and one batched product beat the windowed taps (whose innermost loops run along a few
     # outputs) by 1.2-2.6x, even where most of its grid is wasted (a 3x3 map padded to 5x5)
+    if Cg == 1 and Mg == 1 and not whole and not any(pads) and 2 * len(_used_taps(wf.reshape(M, 1, -1))) <= math.prod(
+            kernel):
+        # at most half the taps used (Siracusa's stacked residual add: 4 of 49) and no padding: each used tap is a
+        # strided view of x itself, multiplied in and added up per block of images; no layout of the (mostly
+        # unread) input, no grid positions thrown away (1.4x faster than the flat route on those convs)
+        _depthwise_sparse(x, wf, kernel, strides, dilations, out, dtype, store)
+        return store.result()
     if _FLAT_CONV and Cg == 1 and Mg == 1 and n == 2 and not whole:
         _depthwise_flat(x, wf, pads, kernel, strides, dilations, out, dtype, store)
         return store.result()
@@ -751,19 +767,20 @@ def int_conv_nd(x: np.ndarray, w: np.ndarray, pads: Sequence[int], strides: Sequ
         # depthwise (channel multiplier Mg): a multiply-add per kernel tap, over blocks of images small enough that
         # the accumulator stays in cache across the taps; each block goes to the store at once
         wd = wf.reshape((M,) + (1,) * n + (-1,))
-        per_image = M * int(np.prod(out))
+        per_image = M * math.prod(out)
         images = max(1, (_IM2COL_BLOCK // 8) // max(1, per_image))
         taps = list(np.ndindex(*kernel))
+        used = _used_taps(wd)  # taps with a nonzero weight
         for start in range(0, N, images):
             stop = min(N, start + images)
             windows = _window_view(xp[start:stop], kernel, strides, dilations, out)
             acc = np.empty((stop - start, M) + out, dtype=dtype)
             scratch = np.empty_like(acc)
-            for k, tap in enumerate(taps):
-                xs = windows[(Ellipsis,) + tap]
+            for i, k in enumerate(used):
+                xs = windows[(Ellipsis,) + taps[k]]
                 if Mg > 1:
                     xs = np.repeat(xs, Mg, axis=1)
-                if k == 0:
+                if i == 0:
                     np.multiply(xs, wd[..., 0], out=acc)
                 else:
                     np.multiply(xs, wd[..., k], out=scratch)
@@ -915,15 +932,34 @@ def _flat_fits(padded, kernel, strides, out) -> bool:
 class _ColumnRows:
     """The patch rows of a flat-layout conv per kernel column: the taps (i, j) and (i, j') of one kernel row read
     the same phase row shifted by a few columns, so kh copies rows[b][c, i, :] of X (one set per phase column b for
-    a stride) give every kernel column j as the view rows[b][:, :, shift_j:shift_j + width], which BLAS reads in
-    place (a row stride, no copy).  A 3x3 kernel copies its input 3 times (6 with a stride of 2) instead of 9."""
+    a stride) serve every kernel column j, whose patch rows are rows[b][:, :, shift_j:shift_j + width].  A 3x3
+    kernel copies its input 3 times (6 with a stride of 2) instead of 9.
 
-    def __init__(self, C, kernel, strides, dilations, length, dtype):
-        (self.kh, kw), (self.sh, sw), (self.dh, dw) = kernel, strides, dilations
-        self.sw = sw
-        self.shift = [((j * dw) % sw, (j * dw) // sw) for j in range(kw)]  # (phase column, column shift) of j
-        self.extra = max(c for _, c in self.shift)
-        self.rows = {b: np.empty((C, self.kh, length + self.extra), dtype=dtype) for b, _ in self.shift}
+    Rather than one product per kernel column over those shifted views (BLAS would pack the same rows once per
+    column), the weights of the columns that share a phase column b are stacked, W_b [len(columns) * M, C * kh], and
+    one product P_b = W_b @ rows[b] gives every column's outputs at every unshifted position; column j's
+    contribution to the output at p is then P_b[its rows, p + shift_j], and `sum_into` adds those shifted slices.
+    Fewer, taller products (a 16-channel 3x3 conv: one 48-row product instead of three 16-row ones) measured
+    1.15-1.25x faster on ResNet8's layers."""
+
+    def __init__(self, wf, strides, dilations, length, dtype):
+        M, C, self.kh, kw = wf.shape
+        (self.sh, self.sw), self.dh = strides, dilations[0]
+        dw = dilations[1]
+        self.M = M
+        shift = [((j * dw) % self.sw, (j * dw) // self.sw) for j in range(kw)]  # (phase column, column shift) of j
+        self.extra = max(c for _, c in shift)
+        self.rows, self.stacks = {}, []
+        row = _aligned(length + self.extra)
+        groups = [[j for j in range(kw) if shift[j][0] == b] for b in sorted({b for b, _ in shift})]
+        for columns in groups:
+            b = shift[columns[0]][0]
+            if b not in self.rows:
+                self.rows[b] = np.empty((C, self.kh, row), dtype=dtype)
+            weights = np.concatenate([wf[:, :, :, j].reshape(M, C * self.kh) for j in columns])
+            self.stacks.append((b, np.ascontiguousarray(weights), [shift[j][1] for j in columns]))
+        rows = max(len(shifts) for _, _, shifts in self.stacks) * M
+        self.product = np.empty((rows, row), dtype=dtype)
 
     def fill(self, X: np.ndarray, width: int, Wq: int) -> None:
         for b, X2 in self.rows.items():
@@ -931,10 +967,47 @@ class _ColumnRows:
                 phase, off = ((i * self.dh) % self.sh) * self.sw + b, ((i * self.dh) // self.sh) * Wq
                 X2[:, i, :width + self.extra] = X[:, phase, off:off + width + self.extra]
 
-    def view(self, j: int, width: int) -> np.ndarray:
-        """Kernel column j's patch rows [C, kh, width]."""
-        b, c = self.shift[j]
-        return self.rows[b][:, :, c:c + width]
+    def sum_into(self, grid: np.ndarray, width: int) -> None:
+        """grid[:, :width] = the conv's sums over the filled rows (exact in their dtype: every partial sum is a
+        subset of one output's terms, within the caller's bound)."""
+        M, span = self.M, width + self.extra
+        target = grid[:, :width]
+        first = True
+        for b, weights, shifts in self.stacks:
+            if len(shifts) == 1:  # one column: its rows read in place at its shift, the product lands aligned
+                c = shifts[0]
+                rows = self.rows[b][:, :, c:c + width].reshape(-1, width)  # a view: the row stride is uniform
+                if first:
+                    np.matmul(weights, rows, out=target)
+                else:
+                    part = self.product[:M, :width]
+                    np.matmul(weights, rows, out=part)
+                    target += part
+            else:
+                product = self.product[:, :span]
+                np.matmul(weights, self.rows[b][:, :, :span].reshape(-1, span), out=product)
+                parts = [product[k * M:(k + 1) * M, c:c + width] for k, c in enumerate(shifts)]
+                if first:
+                    np.add(parts[0], parts[1], out=target)
+                    parts = parts[2:]
+                for part in parts:
+                    target += part
+            first = False
+
+
+def _aligned(length: int) -> int:
+    """A row length for buffers whose rows BLAS and numpy stream through: a multiple of 16 elements, so that every
+    row starts 64-byte aligned (rows at odd offsets measured up to 10% slower in the products and adds)."""
+    return -(-length // 16) * 16
+
+
+def _small_gemm_width(M: int, K: int) -> int:
+    """Columns per product of an [M, K] weight matrix with a patch matrix of many columns: OpenBLAS multiplies
+    without packing its operands when M * K * columns <= 100^3 (its "small matrix" kernels), which measured
+    1.3-1.5x faster per multiply-add for a conv's few rows (K of 9-27 for 3 input channels); a product is split
+    into such chunks where they still span at least 1,024 columns, else left whole."""
+    width = _SMALL_GEMM // max(1, M * K)
+    return width if width >= _SMALL_GEMM_MIN_WIDTH else 1 << 62
 
 
 def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, out, dtype, store) -> None:
@@ -945,9 +1018,11 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     images keep the layout, the patch matrix and the grid in cache; each block's valid outputs go to `store` as a
     [b, M, Ho, Wo] view of the grid.
 
-    Where a kernel row has several taps and there are enough rows (c, i) for an efficient product, the patch matrix
-    is built per kernel column instead (`_ColumnRows`), and the kw products w[:, :, :, j] @ rows_j are added in
-    `dtype`, exactly (each is a partial sum of the same terms, bounded like the whole)."""
+    Where a kernel row has several taps and there are enough rows (c, i) for an efficient product, the patch rows
+    are copied per kernel row only (`_ColumnRows`): one product of the stacked per-column weights, whose kw
+    shifted slices are added in `dtype`, exactly (each is a partial sum of the same terms, bounded like the whole).
+    Otherwise a product with few weight rows runs in column chunks small enough for OpenBLAS's unpacked kernels
+    (`_small_gemm_width`)."""
     N, C = x.shape[:2]
     M = wf.shape[0]
     Ho, Wo = out
@@ -958,32 +1033,29 @@ def _conv_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilations, 
     images = max(1, min(N, _IM2COL_BLOCK // max(1, max(K, M) * S)))  # buffers for no more images than there are
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
-    grid = np.empty((M, images * S), dtype=dtype)
+    row = _aligned(images * S)
+    grid = np.empty((M, row), dtype=dtype)
     by_column = kw > 1 and C * kh >= 32
     if by_column:
-        rows = _ColumnRows(C, kernel, strides, dilations, images * S, dtype)
-        w_cols = [np.ascontiguousarray(wf[:, :, :, j].reshape(M, C * kh)) for j in range(kw)]
-        part = np.empty_like(grid)
+        rows = _ColumnRows(wf, strides, dilations, images * S, dtype)
     else:
         wm = wf.reshape(M, K)  # rows ordered (c, tap), as the patch matrix below
-        cols = np.empty((C, T, images * S), dtype=dtype)
+        cols = np.empty((C, T, row), dtype=dtype)
+        chunk = _small_gemm_width(M, K)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         X = layout.fill(x, n0, n1)
         width = layout.width(n1 - n0)
         if by_column:
             rows.fill(X, width, Wq)
-            for j in range(kw):
-                view = rows.view(j, width).reshape(C * kh, width)  # a view: the row stride is uniform
-                if j == 0:
-                    np.matmul(w_cols[j], view, out=grid[:, :width])
-                else:
-                    np.matmul(w_cols[j], view, out=part[:, :width])
-                    grid[:, :width] += part[:, :width]  # exact: partial sums within the caller's bound
+            rows.sum_into(grid, width)
         else:
             for t, (phase, off) in enumerate(layout.taps):
                 cols[:, t, :width] = X[:, phase, off:off + width]
-            np.matmul(wm, cols.reshape(K, -1)[:, :width], out=grid[:, :width])
+            patches = cols.reshape(K, -1)
+            for a in range(0, width, chunk):
+                b = min(width, a + chunk)
+                np.matmul(wm, patches[:, a:b], out=grid[:, a:b])
         store(n0, n1, grid[:, :(n1 - n0) * S].reshape(M, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
 
 
@@ -996,22 +1068,58 @@ def _depthwise_flat(x: np.ndarray, wf: np.ndarray, pads, kernel, strides, dilati
     outputs; they go to `store` while in cache.  Exact in `dtype` for any summation order (the caller's bound)."""
     N, C = x.shape[:2]
     Ho, Wo = out
-    T = int(np.prod(kernel))
+    T = math.prod(kernel)
     weights = wf.reshape(C, 1, T)
+    used = _used_taps(weights)
+    weights = np.ascontiguousarray(weights[:, :, used])
+    T = len(used)
     S = _flat_grid(x.shape, pads, strides, out)
     images = max(1, min(N, (_IM2COL_BLOCK // 2) // max(1, C * S * T)))  # cols of about 1 MB (float32)
     layout = _FlatLayout(x.shape, pads, kernel, strides, dilations, out, dtype, images)
     Hq, Wq = layout.Hq, layout.Wq
+    taps = [layout.taps[k] for k in used]
     cols = np.empty((C, T, images * S), dtype=dtype)
     grid = np.empty((C, 1, images * S), dtype=dtype)
     for n0 in range(0, N, images):
         n1 = min(N, n0 + images)
         X = layout.fill(x, n0, n1)
         width = layout.width(n1 - n0)
-        for k, (phase, off) in enumerate(layout.taps):
+        for k, (phase, off) in enumerate(taps):
             cols[:, k, :width] = X[:, phase, off:off + width]
         np.matmul(weights, cols[:, :, :width], out=grid[:, :, :width])
         store(n0, n1, grid[:, 0, :(n1 - n0) * S].reshape(C, n1 - n0, Hq, Wq)[:, :, :Ho, :Wo].transpose(1, 0, 2, 3))
+
+
+def _depthwise_sparse(x: np.ndarray, wf: np.ndarray, kernel, strides, dilations, out, dtype, store) -> None:
+    """A depthwise convolution (one weight plane per channel, no padding) over its used taps only (`_used_taps`):
+    per block of images, acc = sum over used taps of w[:, tap] * (the tap's strided view of x), computed in `dtype`
+    (x converted as it is read; exact for any order within the caller's bound); each block goes to `store`."""
+    N, C = x.shape[:2]
+    n = len(kernel)
+    wd = wf.reshape((C,) + (1,) * n + (-1,))
+    taps = list(np.ndindex(*kernel))
+    used = _used_taps(wf.reshape(C, 1, -1))
+    images = max(1, (_IM2COL_BLOCK // 8) // max(1, C * math.prod(out)))
+    acc = np.empty((min(images, N), C) + tuple(out), dtype=dtype)
+    scratch = np.empty_like(acc) if len(used) > 1 else None
+    for start in range(0, N, images):
+        stop = min(N, start + images)
+        windows = _window_view(x[start:stop], kernel, strides, dilations, out)
+        block = acc[:stop - start]
+        for i, k in enumerate(used):
+            target = block if i == 0 else scratch[:stop - start]
+            np.multiply(windows[(Ellipsis,) + taps[k]], wd[..., k], out=target, dtype=dtype, casting="unsafe")
+            if i:
+                block += target
+        store(start, stop, block)
+
+
+def _used_taps(weights: np.ndarray) -> List[int]:
+    """The kernel taps (last axis of `weights`) that are nonzero in some channel, at least one: a tap whose weight
+    is zero everywhere adds exact zeros, so it is left out (the stacked form of a Siracusa residual add is a
+    depthwise conv whose tall kernel over stacked operand copies has 4 nonzero taps of 49)."""
+    used = np.flatnonzero(np.any(weights.reshape(-1, weights.shape[-1]) != 0, axis=0)).tolist()
+    return used or [0]
 
 
 def _f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1672,8 +1780,21 @@ def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation]
         lo, hi = _sum_range(add)
         root_static = root_spec.fits_int32(max(-lo, hi))
     y = np.empty(shape, dtype=root_spec.out_dtype())
-    per_image = max(1, int(np.prod(shape[1:])))
+    per_image = max(1, math.prod(shape[1:]))
     step = max(1, _FUSED_BLOCK // per_image)
+    table = _sum_table(sources, root_spec, sign, check) if y.size >= _SUM_TABLE_MIN else None
+    if table is not None:
+        # each result is the table's entry at the operands' two bytes: three passes instead of a dozen
+        index = np.empty(min(step, shape[0]) * per_image, dtype=np.uint16)
+        (_, a, _), (_, b, _) = sources
+        for n0 in range(0, shape[0], step):
+            block = slice(n0, n0 + step)
+            out = y[block].reshape(-1)
+            k = index[:out.size]
+            np.left_shift(a[block].view(np.uint8).reshape(-1), 8, out=k, dtype=np.uint16)
+            np.bitwise_or(k, b[block].view(np.uint8).reshape(-1), out=k)
+            np.take(table, k, out=out, mode="clip")  # every index is in range: "clip" only spares numpy a buffer
+        return y
     combine = np.add if sign > 0 else np.subtract
     for n0 in range(0, shape[0], step):
         block = slice(n0, n0 + step)
@@ -1702,6 +1823,43 @@ def _sum_requant(root: Operation, add: Operation, leaves: Dict[Value, Operation]
         if extremes is not None and (extremes[0] < _I32_MIN or extremes[1] > _I32_MAX):
             return None
     return y
+
+
+def _sum_table(sources, root_spec: "_RequantSpec", sign: int, check: bool) -> Optional[np.ndarray]:
+    """`_sum_requant`'s whole chain as a table of its 65,536 results, where both operands are held in one byte each
+    (int8 / uint8, e.g. requantized activations) and every requant has one multiplier and one offset: entry
+    (byte of a) * 256 + (byte of b) is root(leaf_a(a) + sign * leaf_b(b)), computed by the kernels' formula in
+    int64 (a source without a leaf requant adds its value).  None where that does not apply, or where with the
+    checks on some entry's x*mul + offset leaves int32 (the blocks then find out whether actual values do)."""
+    if len(sources) != 2 or any(p.size != 1 for p in (root_spec.mul, root_spec.offset)):
+        return None
+    maps = []
+    for spec, x, _ in sources:
+        if x.dtype.kind not in "iu" or x.dtype.itemsize != 1:
+            return None
+        values = np.arange(256, dtype=np.uint8).view(x.dtype).astype(_I64)  # the value of each byte
+        if spec is not None:
+            if spec.mul.size != 1 or spec.offset.size != 1:
+                return None
+            values = _requant_values(spec, values, check)
+            if values is None:
+                return None
+        maps.append(values)
+    sums = (maps[0][:, None] + sign * maps[1][None, :]).reshape(-1)
+    low, high = int(sums.min()), int(sums.max())
+    # the final requant of each possible sum (a few hundred), then looked up per pair; its x*mul + offset is
+    # linear in the sum, so its extremes, the ones checked, are those of sums that occur
+    results = _requant_values(root_spec, np.arange(low, high + 1, dtype=_I64), check)
+    return None if results is None else np.take(results.astype(root_spec.out_dtype()), sums - low)
+
+
+def _requant_values(spec: "_RequantSpec", x: np.ndarray, check: bool) -> Optional[np.ndarray]:
+    """The requant of the int64 values x, as `_RequantSpec.apply` computes it with one multiplier and offset (its
+    arithmetic shift is this floor division); None when `check` and some x*mul + offset leaves int32."""
+    t = x * spec.mul.astype(_I64).reshape(()) + spec.offset.astype(_I64).reshape(())
+    if check and (int(t.min()) < _I32_MIN or int(t.max()) > _I32_MAX):
+        return None
+    return np.clip(np.floor_divide(t, spec.div), spec.lo, spec.hi)
 
 
 @kernel("int.gemm")
@@ -1824,7 +1982,7 @@ class _RequantSpec:
         contiguous one, but one broadcast along the outermost axis only at full speed): for one image of `shape`
         when an image is large enough for numpy's inner loops, else for the whole block, kept for the op's largest
         block (a smaller block of the same trailing shape takes their head)."""
-        if shape and int(np.prod(shape[1:])) >= 2048 and all(
+        if shape and math.prod(shape[1:]) >= 2048 and all(
                 p.ndim < len(shape) or p.shape[0] == 1 for p in (self.mul, self.offset)):
             key = (np.dtype(dtype), tuple(shape[1:]))
             cached = self._params.get(key)
@@ -1834,7 +1992,7 @@ class _RequantSpec:
                     np.ascontiguousarray(np.broadcast_to(p.astype(dtype), (1,) + tuple(shape[1:])))
                     for p in (self.mul, self.offset))
             return cached[1:]
-        if not shape or int(np.prod(shape)) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
+        if not shape or math.prod(shape) > 2 * max(_REQUANT_BLOCK, _FUSED_BLOCK):  # unblocked large x
             key = (np.dtype(dtype), None)
             if key not in self._params:
                 self._params[key] = (0, self.mul.astype(dtype), self.offset.astype(dtype))
@@ -1956,7 +2114,7 @@ class _RequantStore:
         self.static = self.acc_dtype.itemsize <= 4 and spec.fits_int32(acc_bound)
         self.verify = _CHECK_OVERFLOW.get()
         self.tmin, self.tmax = _I32_MIN, _I32_MAX
-        per_image = max(1, int(np.prod(shape[1:])))
+        per_image = max(1, math.prod(shape[1:]))
         self.capacity = max(1, _FUSED_BLOCK // per_image)  # images per piece
         self.staged = np.empty((min(self.capacity, shape[0]),) + tuple(shape[1:]), dtype=self.acc_dtype)
         self.start = self.count = 0
