@@ -405,10 +405,18 @@ class numpy_helper:  # noqa: N801  (a namespace standing in for onnx.numpy_helpe
     @staticmethod
     def from_array(array: np.ndarray, name: Optional[str] = None):
         _load()
+        tensor = _pb.TensorProto()
+        numpy_helper.fill(tensor, array, name)
+        return tensor
+
+    @staticmethod
+    def fill(tensor, array: np.ndarray, name: Optional[str] = None) -> None:
+        """An empty TensorProto `tensor` becomes from_array(array, name), in place (emission fills the tensors
+        already inside its model: no copy of each)."""
         code = _FROM_NUMPY.get(array.dtype)
         if code is None:
-            return _real_onnx().numpy_helper.from_array(array, name)
-        tensor = _pb.TensorProto()
+            tensor.CopyFrom(_real_onnx().numpy_helper.from_array(array, name))
+            return
         tensor.dims.extend(array.shape)
         if name:
             tensor.name = name
@@ -416,7 +424,6 @@ class numpy_helper:  # noqa: N801  (a namespace standing in for onnx.numpy_helpe
             array = array.astype(array.dtype.newbyteorder("<"))
         tensor.raw_data = array.tobytes()
         tensor.data_type = code
-        return tensor
 
 
 class checker:  # noqa: N801

@@ -36,7 +36,6 @@ locations, sanitised to C identifiers (Deeploy generates C from them) and made u
 from __future__ import annotations
 
 import re
-import sys
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -110,27 +109,6 @@ class _Names:
 # of building each message on its own and copying it into its parent: make_graph and make_model copy every node,
 # initializer and value_info once more each, most of the emission time of a large model.
 _A = onnx.AttributeProto
-_TENSOR_CODES = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
-                 np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16,
-                 np.dtype(np.int32): TensorProto.INT32, np.dtype(np.uint32): TensorProto.UINT32,
-                 np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint64): TensorProto.UINT64,
-                 np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
-                 np.dtype(np.bool_): TensorProto.BOOL}
-
-
-def _fill_tensor(tensor: onnx.TensorProto, array: np.ndarray, name: str) -> None:
-    """`tensor` becomes numpy_helper.from_array(array, name)."""
-    code = _TENSOR_CODES.get(array.dtype)
-    if code is None:
-        tensor.CopyFrom(numpy_helper.from_array(array, name))
-        return
-    tensor.dims.extend(array.shape)
-    if name:
-        tensor.name = name
-    if sys.byteorder == "big":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    tensor.raw_data = array.tobytes()
-    tensor.data_type = code
 
 
 def _add_attribute(node: onnx.NodeProto, key: str, value) -> None:
@@ -202,7 +180,7 @@ def _add_tensor_attr(node: onnx.NodeProto, name: str, value: int, rank0: bool = 
         array = np.array(value, np.int64) if rank0 else np.array([value], np.int64)
         attr = onnx.AttributeProto()
         attr.name = name
-        _fill_tensor(attr.t, array, name)
+        numpy_helper.fill(attr.t, array, name)
         attr.type = _A.TENSOR
         if len(_TENSOR_ATTRS) < 4096:
             _TENSOR_ATTRS[key] = attr
@@ -229,7 +207,7 @@ class _Emitter:
     def initializer(self, array: np.ndarray, name_hint: str, dtype) -> str:
         name = self.names.fresh(name_hint, "const")
         tensor = self.initializers.add()
-        _fill_tensor(tensor, np.array(array, dtype=dtype, order="C"), name)
+        numpy_helper.fill(tensor, np.array(array, dtype=dtype, order="C"), name)
         self.initializer_named[name] = tensor
         return name
 
