@@ -371,6 +371,9 @@ def test_requant_routes_agree_with_the_formula_on_unclipped_values(div, x_dtype,
     ((2, 16, 12, 13), (3, 16, 3, 2), [0, 2, 1, 0], [2, 3], [1, 2], 1),  # a dilated column beyond the stride
     ((2, 11, 13, 13), (4, 11, 3, 3), [1, 1, 1, 1], [3, 3], [2, 2], 1),  # stride 3, dilation 2
     ((3, 8, 12, 14), (2, 8, 4, 5), [2, 1, 1, 3], [1, 1], [1, 1], 1),  # a 4x5 kernel, uneven pads
+    # a 7x7 stem with stride 2: phase column 0 holds kernel columns 0, 2, 4, 6 and phase column 1 only 1, 3, 5
+    # (a doubled 3-channel input, as a Siracusa weight-zero-point stem: C * kh = 42)
+    ((2, 6, 17, 16), (5, 6, 7, 7), [3, 3, 3, 3], [2, 2], [1, 1], 1),
 ])
 def test_flat_and_windowed_convs_agree_with_the_reference(flat, dtype, shape, w_shape, pads, strides, dilations,
                                                           group, monkeypatch):

@@ -984,7 +984,7 @@ class _ColumnRows:
                     np.matmul(weights, rows, out=part)
                     target += part
             else:
-                product = self.product[:, :span]
+                product = self.product[:len(shifts) * M, :span]  # phase columns may hold fewer kernel columns
                 np.matmul(weights, self.rows[b][:, :, :span].reshape(-1, span), out=product)
                 parts = [product[k * M:(k + 1) * M, c:c + width] for k, c in enumerate(shifts)]
                 if first:
