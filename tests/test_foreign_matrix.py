@@ -12,12 +12,10 @@ Cells that qirc cannot compile yet are listed in tests/foreign_known_failures.py
 of foreign_models.py): such a cell must fail with that cause (xfail); once it passes the test fails until its entry
 is removed.  Every refusal must be a one-line QircError naming the model file.
 
-The default run keeps a representative subset (`FAST`); the rest is marked slow, and the large networks run in two
-variants only unless QIRC_FOREIGN_FULL=1.  `python tests/foreign_matrix.py` prints the whole table.
+The default run keeps a representative subset (`FAST`); the rest, every variant of every model, is marked slow
+(`-m slow`: about 2-4 minutes on two cores).  `python tests/foreign_matrix.py` prints the whole table.
 """
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -34,20 +32,13 @@ FAST = {"mlp/pt-u8s8", "cnn/pc-s8s8", "conv1d-gap/pt-s8s8", "concat/pc-u8s8", "c
         "linear_nobias/brevitas-qdq", "int4_relu4/brevitas-qonnx"}
 
 
-#: The large networks (ResNet-18, the MobileNets) run in these variants only, unless QIRC_FOREIGN_FULL=1: every
-#: variant of them costs minutes, `python tests/foreign_matrix.py` prints them all.
-LARGE_VARIANTS = ("pt-u8s8", "pc-s8s8")
-
-
 def _case(spec, target):
     marks = [] if spec.key in FAST else [pytest.mark.slow]
     return pytest.param(spec, target, marks=marks, id=f"{spec.key}@{target[len('deeploy-'):]}")
 
 
 SPECS = fm.all_specs()
-_FULL = os.environ.get("QIRC_FOREIGN_FULL") == "1"
-CASES = [_case(spec, target) for spec in SPECS for target in fm.TARGETS
-         if _FULL or spec.small or spec.variant in LARGE_VARIANTS]
+CASES = [_case(spec, target) for spec in SPECS for target in fm.TARGETS]
 
 
 @pytest.fixture(scope="session")
