@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import numbers
 import os
 import sys
 import types
@@ -214,7 +215,15 @@ class helper:  # noqa: N801  (a namespace standing in for onnx.helper)
                   doc_string: Optional[str] = None, domain: Optional[str] = None, overload: Optional[str] = None,
                   **kwargs: Any):
         _load()
-        node = _pb.NodeProto()
+        return helper.fill_node(_pb.NodeProto(), op_type, inputs, outputs, name, doc_string, domain, overload,
+                                **kwargs)
+
+    @staticmethod
+    def fill_node(node, op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: Optional[str] = None,
+                  doc_string: Optional[str] = None, domain: Optional[str] = None, overload: Optional[str] = None,
+                  **kwargs: Any):
+        """An empty NodeProto `node` (say `graph.node.add()`) becomes make_node(...), in place: emission builds a
+        large graph's nodes inside it instead of copying each one in."""
         node.op_type = op_type
         node.input.extend(inputs)
         node.output.extend(outputs)
@@ -226,14 +235,37 @@ class helper:  # noqa: N801  (a namespace standing in for onnx.helper)
             node.domain = domain
         if overload is not None:
             node.overload = overload
-        if kwargs:
-            node.attribute.extend(helper.make_attribute(key, value) for key, value in sorted(kwargs.items())
-                                  if value is not None)
+        for key in sorted(kwargs):  # make_node's order
+            value = kwargs[key]
+            if value is not None:
+                helper.add_attribute(node, key, value)
         return node
 
     @staticmethod
+    def add_attribute(node, key: str, value: Any) -> None:
+        """node.attribute.append(make_attribute(key, value)), built in place for the common kinds (an integer, a
+        real, a string, a non-empty list of Python ints); any other value through make_attribute."""
+        A = _pb.AttributeProto
+        if isinstance(value, numbers.Integral):
+            attr = node.attribute.add()
+            attr.i, attr.type = int(value), A.INT
+        elif isinstance(value, numbers.Real):
+            attr = node.attribute.add()
+            attr.f, attr.type = float(value), A.FLOAT
+        elif isinstance(value, str):
+            attr = node.attribute.add()
+            attr.s, attr.type = value.encode("utf-8"), A.STRING
+        elif type(value) is list and value and all(type(v) is int for v in value):
+            attr = node.attribute.add()
+            attr.ints.extend(value)
+            attr.type = A.INTS
+        else:
+            node.attribute.append(helper.make_attribute(key, value))
+            return
+        attr.name = key
+
+    @staticmethod
     def make_attribute(key: str, value: Any, doc_string: Optional[str] = None, attr_type: Optional[int] = None):
-        import numbers
         _load()
         A = _pb.AttributeProto
         attr = A()

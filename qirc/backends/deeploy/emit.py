@@ -36,7 +36,7 @@ locations, sanitised to C identifiers (Deeploy generates C from them) and made u
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from ... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -104,56 +104,12 @@ class _Names:
                 return cand
 
 
-# The protobufs are built in place, inside the model (`container.add()`), with the fields onnx.helper's make_node /
-# make_attribute / make_tensor_value_info / numpy_helper.from_array set (the same messages, byte for byte), instead
+# The protobufs are built in place, inside the model (`container.add()`, qirc._onnx's helper.fill_node and
+# numpy_helper.fill), with the fields onnx.helper's make_node / make_attribute / make_tensor_value_info /
+# numpy_helper.from_array set (the same messages, byte for byte), instead
 # of building each message on its own and copying it into its parent: make_graph and make_model copy every node,
 # initializer and value_info once more each, most of the emission time of a large model.
 _A = onnx.AttributeProto
-
-
-def _add_attribute(node: onnx.NodeProto, key: str, value) -> None:
-    """node.attribute.append(helper.make_attribute(key, value)), built in place for the kinds emission writes
-    (an integer, a float, a string, a non-empty list of Python ints); anything else through the helper."""
-    if isinstance(value, (int, np.integer)):
-        a = node.attribute.add()
-        a.name = key
-        a.i = int(value)
-        a.type = _A.INT
-    elif isinstance(value, (float, np.floating)):
-        a = node.attribute.add()
-        a.name = key
-        a.f = float(value)
-        a.type = _A.FLOAT
-    elif isinstance(value, str):
-        a = node.attribute.add()
-        a.name = key
-        a.s = value.encode("utf-8")
-        a.type = _A.STRING
-    elif type(value) is list and value and all(type(v) is int for v in value):
-        a = node.attribute.add()
-        a.name = key
-        a.ints.extend(value)
-        a.type = _A.INTS
-    else:
-        node.attribute.append(helper.make_attribute(key, value))
-
-
-def _add_node(container, op_type: str, inputs: List[str], outputs: List[str], name: Optional[str] = None,
-              domain: Optional[str] = None, **attrs) -> onnx.NodeProto:
-    """container.add() made helper.make_node(op_type, inputs, outputs, name, domain=domain, **attrs)."""
-    node = container.add()
-    node.op_type = op_type
-    node.input.extend(inputs)
-    node.output.extend(outputs)
-    if name:
-        node.name = name
-    if domain is not None:
-        node.domain = domain
-    for key in sorted(attrs):  # make_node's order
-        value = attrs[key]
-        if value is not None:
-            _add_attribute(node, key, value)
-    return node
 
 
 def _add_value_info(container, name: str, elem_type: int, shape) -> None:
@@ -298,14 +254,14 @@ class _Emitter:
         Conv is in Deeploy's domain, where onnx.checker validates no schema; Deeploy matches it by op type."""
         x = op.operands[0]
         x_nhwc = self.nhwc_tensor(f"{name}_in_nhwc", x)
-        _add_node(self.nodes, "Transpose", [self.operand(op, 0, name, "input")], [x_nhwc],
-                  self.names.fresh(f"{name}_to_nhwc", "transpose"), perm=NCHW_TO_NHWC)
+        self._add_node("Transpose", [self.operand(op, 0, name, "input")], [x_nhwc],
+                       self.names.fresh(f"{name}_to_nhwc", "transpose"), perm=NCHW_TO_NHWC)
         out = self.nhwc_tensor(f"{name}_out", op.result)
         self.tensor_of[id(op.result)] = out
         conv = self.node(op, "Conv", name, out)
         conv.input[0] = x_nhwc
         conv.domain = RQS_DOMAIN
-        _add_attribute(conv, "channels_first", 0)
+        helper.add_attribute(conv, "channels_first", 0)
 
     def channels_last_requant(self, op: Operation, name: str, out: str) -> None:
         """The requant of a channels-last depthwise Conv, on its NHWC accumulators (per-channel mul/add shaped
@@ -317,8 +273,8 @@ class _Emitter:
             array = numpy_helper.to_array(t)
             if array.size > 1:
                 t.CopyFrom(numpy_helper.from_array(array.reshape(1, 1, 1, -1), t.name))
-        _add_node(self.nodes, "Transpose", [y_nhwc], [out], self.names.fresh(f"{name}_to_nchw", "transpose"),
-                  perm=NHWC_TO_NCHW)
+        self._add_node("Transpose", [y_nhwc], [out], self.names.fresh(f"{name}_to_nchw", "transpose"),
+                       perm=NHWC_TO_NCHW)
 
     def node(self, op: Operation, op_type: str, name: str, out: str) -> onnx.NodeProto:
         """Add the node of `op` (writing `out`) to the graph; returns it."""
@@ -405,7 +361,7 @@ class _Emitter:
         raise self.fail(op, f"{op.name} cannot be emitted")
 
     def _add_node(self, op_type: str, inputs: List[str], outputs: List[str], name: str, **attrs) -> onnx.NodeProto:
-        return _add_node(self.nodes, op_type, inputs, outputs, name, **attrs)
+        return helper.fill_node(self.nodes.add(), op_type, inputs, outputs, name, **attrs)
 
 
 def emit_onnx(module: Module, target) -> onnx.ModelProto:
