@@ -773,7 +773,8 @@ def test_conv_padding_a_shifted_tensor_with_zeros_is_refused():
                             "(the padding needs an explicit int.pad with the zero point) (target deeploy-generic)")
 
 
-def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
+def _padded_sum_pool_of_a_shifted_tensor():
+    """x (int8, zero point -128) -> 3x3 sum pool padded by 1 -> requant: the padding must add stored zeros."""
     m = Module("avg")
     x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
     s = m.create("int.sumpool", [x], [TensorType((1, 2, 4, 4), i32)],
@@ -781,6 +782,11 @@ def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
     r = m.create("int.requant_shift", [s], [TensorType((1, 2, 4, 4), q8(0.1, -128))], rqs_attrs([7282], 0, 1 << 16),
                  "/avg/rqs").result
     output_op(m, "y", r)
+    return m
+
+
+def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
+    m = _padded_sum_pool_of_a_shifted_tensor()
     before = run_samples(m)
     legalize(m, "deeploy-generic")
     model = emit_onnx(m, "deeploy-generic")
@@ -792,13 +798,7 @@ def test_padded_sum_pool_of_a_shifted_tensor_pads_zeros_explicitly():
 
 def test_padded_sum_pool_on_siracusa_pads_zeros_in_the_conv():
     # Siracusa's tiled flow has no Pad: the sum pool's stored zeros are the depthwise Conv's own padding
-    m = Module("avg")
-    x = input_op(m, "x", TensorType((1, 2, 4, 4), q8(0.1, -128)))
-    s = m.create("int.sumpool", [x], [TensorType((1, 2, 4, 4), i32)],
-                 {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1]}, "/avg/AveragePool").result
-    r = m.create("int.requant_shift", [s], [TensorType((1, 2, 4, 4), q8(0.1, -128))], rqs_attrs([7282], 0, 1 << 16),
-                 "/avg/rqs").result
-    output_op(m, "y", r)
+    m = _padded_sum_pool_of_a_shifted_tensor()
     model = _assert_written_file_exact(m, "deeploy-siracusa")
     assert [n.op_type for n in model.graph.node] == ["Conv", "RequantShift"]
     assert [list(a.ints) for a in model.graph.node[0].attribute if a.name == "pads"] == [[1, 1, 1, 1]]
