@@ -20,7 +20,7 @@ from qirc.qir.passes import parse_pipeline
 from qirc.qir.types import TensorType, UniformQuantType, f32, i8, i32, u8
 from qirc.qir.verifier import verify
 
-from test_deeploy_structure import assert_deeploy_structure
+from test_deeploy_structure import assert_deeploy_structure, assert_written_graph_exact
 
 TARGET_NAMES = ["deeploy-generic", "deeploy-siracusa", "deeploy-cortexm"]
 
@@ -807,18 +807,7 @@ def test_padded_sum_pool_on_siracusa_pads_zeros_in_the_conv():
 # ----- clips that do not follow a single-use requant, and CMSIS requant gains --------------------------------------
 def _assert_written_file_exact(m, target, seeds=range(4)):
     """Legalise and emit `m` for `target`; the written graph, read back, computes exactly what `m` computed before."""
-    samples = [interpreter.random_inputs(m, s) for s in seeds]
-    before = [interpreter.run(m, inputs) for inputs in samples]
-    legalize(m, target)
-    verify(m)
-    model = emit_onnx(m, target)
-    assert_deeploy_structure(model, target)
-    device = import_deeploy_onnx(model)
-    for inputs, expected in zip(samples, before):
-        got = interpreter.run(device, list(inputs.values()))
-        for name, value in expected.items():
-            np.testing.assert_array_equal(value, got[name])
-    return model
+    return assert_written_graph_exact(m, target, seeds)
 
 
 def _requants(model):

@@ -390,3 +390,27 @@ def test_examples_compile_to_the_tiled_siracusa_forms(name, tmp_path):
 def assert_deeploy_structure_with(model, target, debug_pass_changes):
     problems = deeploy_structure_problems(model, target, debug_pass_changes=debug_pass_changes)
     assert not problems, "\n".join(problems)
+
+
+def assert_written_graph_exact(m, target, seeds, check=None):
+    """Legalise `m` for `target`, verify and emit it; `check(model)` the written graph (default: the structure
+    checker); read back, it must compute exactly what `m` computed before on the seeded random inputs.  Returns the
+    ONNX model."""
+    from qirc.backends.deeploy.emit import emit_onnx
+    from qirc.backends.deeploy.legalize import legalize
+    from qirc.frontends.deeploy import import_deeploy_onnx
+    from qirc.qir import interpreter
+    from qirc.qir.verifier import verify
+
+    samples = [interpreter.random_inputs(m, s) for s in seeds]
+    before = [interpreter.run(m, inputs) for inputs in samples]
+    legalize(m, target)
+    verify(m)
+    model = emit_onnx(m, target)
+    (check or (lambda written: assert_deeploy_structure(written, target)))(model)
+    device = import_deeploy_onnx(model)
+    for inputs, expected in zip(samples, before):
+        got = interpreter.run(device, list(inputs.values()))
+        for name, value in expected.items():
+            np.testing.assert_array_equal(value, got[name])
+    return model

@@ -7,17 +7,14 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from qirc.backends.deeploy.emit import emit_onnx
-from qirc.backends.deeploy.legalize import legalize
 from qirc.backends.deeploy.rules.harness import debug_pass_changes
 from qirc.frontends.deeploy import import_deeploy_onnx
 from qirc.qir import interpreter
-from qirc.qir.diagnostics import BackendError
 from qirc.qir.ir import Module, const_op, input_op, output_op, pad_op
 from qirc.qir.types import TensorType, UniformQuantType, i8, i32, u8
 from qirc.qir.verifier import verify
 
-from test_deeploy_structure import assert_deeploy_structure_with
+from test_deeploy_structure import assert_deeploy_structure_with, assert_written_graph_exact
 
 SIRACUSA = "deeploy-siracusa"
 
@@ -47,20 +44,12 @@ def conv(m, x, w, pads, loc, group=1, bias=None):
 def written_exact(m, seeds=range(6)):
     """Legalise `m` for Siracusa and emit it; the written graph, read back, computes what `m` computed before, and
     passes the structure checker (with the debug-pass list qirc.json would carry).  Returns the ONNX model."""
-    samples = [interpreter.random_inputs(m, s) for s in seeds]
-    before = [interpreter.run(m, inputs) for inputs in samples]
-    legalize(m, SIRACUSA)
-    verify(m)
-    model = emit_onnx(m, SIRACUSA)
-    assert_deeploy_structure_with(model, SIRACUSA, debug_pass_changes(model))
-    assert not [n.name for n in model.graph.node if n.op_type == "RequantShift" and any(
-        a.name == "div" and int(numpy_helper.to_array(a.t).reshape(-1)[0]) < 2 for a in n.attribute)]
-    device = import_deeploy_onnx(model)
-    for inputs, expected in zip(samples, before):
-        got = interpreter.run(device, list(inputs.values()))
-        for name, value in expected.items():
-            np.testing.assert_array_equal(value, got[name])
-    return model
+    def check(model):
+        assert_deeploy_structure_with(model, SIRACUSA, debug_pass_changes(model))
+        assert not [n.name for n in model.graph.node if n.op_type == "RequantShift" and any(
+            a.name == "div" and int(numpy_helper.to_array(a.t).reshape(-1)[0]) < 2 for a in n.attribute)]
+
+    return assert_written_graph_exact(m, SIRACUSA, seeds, check)
 
 
 def ops(model):
