@@ -79,21 +79,25 @@ def check_transformer_inputs(module: Module) -> None:
     """Refuse what the integer kernels cannot compute at all, before other passes fail on it less clearly."""
     for op in module.ops():
         if op.name == "onnx.Softmax":
-            rank = op.operands[0].type.rank
-            axis = int(op.attr("axis"))
-            if (axis + rank if axis < 0 else axis) != rank - 1:
+            axis, rank, last = _axis(op)
+            if not last:
                 raise fail(op, f"softmax over axis {axis} of a rank-{rank} tensor: Deeploy's iSoftmax normalises "
                                f"the last axis only (transpose the scores so that the keys are last)")
             _refuse_mask(op)
         elif op.name == "onnx.LayerNormalization":
-            rank = op.operands[0].type.rank
-            axis = int(op.attr("axis"))
-            if (axis + rank if axis < 0 else axis) != rank - 1:
+            axis, rank, last = _axis(op)
+            if not last:
                 raise fail(op, f"LayerNorm over the axes from {axis} of a rank-{rank} tensor: Deeploy's iLayerNorm "
                                f"normalises the last axis only")
         elif op.name == "onnx.Gelu" and op.attr("approximate") != "none":
             raise fail(op, f"GELU with approximate = '{op.attr('approximate')}': Deeploy's iGELU approximates the "
                            f"erf form (approximate = 'none')")
+
+
+def _axis(op: Operation):
+    """(the op's axis attribute, its input's rank, whether that axis is the last one)."""
+    axis, rank = int(op.attr("axis")), op.operands[0].type.rank
+    return axis, rank, (axis + rank if axis < 0 else axis) == rank - 1
 
 
 def _refuse_mask(softmax: Operation) -> None:
