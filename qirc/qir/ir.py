@@ -3,7 +3,8 @@
 A `Module` owns its operations; the edges of its graph run from the op that defines a value to each op that uses it
 (edge key = operand index).  `Value.uses` lists them per value, so that a pass walks users and producers without a
 graph library; `Module.graph` is a small read-only view (nodes, edges by key) for the verifier.  All mutation goes
-through Module methods, which keep operands, uses and edges consistent.
+through Module methods, which keep operands and uses consistent (an edge is an operand whose value lists the use:
+no third structure to keep in step).
 
 The order of ops is `Module.ops()`: the lexicographically smallest topological order by creation sequence (`Kahn`'s
 algorithm taking the ready op of smallest `seq` first, ties by insertion order), so printing and emission are stable.
@@ -28,6 +29,7 @@ from .types import TensorType
 
 _seq = itertools.count()
 _by_seq = operator.attrgetter("seq")
+_kahn_runs = itertools.count(1)  # each Kahn run marks the ops it sorts with its own number (Operation.kahn_run)
 
 
 class Value:
@@ -62,7 +64,8 @@ class Value:
 class Operation:
     """One op: `name` (e.g. `int.conv`), operand Values, result Values, attributes, and a location string."""
 
-    __slots__ = ("name", "operands", "results", "attrs", "loc", "seq", "module", "verified", "__weakref__")
+    __slots__ = ("name", "operands", "results", "attrs", "loc", "seq", "module", "verified", "kahn_run", "kahn_wait",
+                 "__weakref__")
 
     def __init__(self, name: str, operands: Sequence[Value] = (), result_types: Sequence[TensorType] = (),
                  attrs: Optional[Dict[str, Any]] = None, loc: str = "", result_names: Sequence[Optional[str]] = ()):
@@ -77,6 +80,10 @@ class Operation:
         # what the verifier last found well-formed about this op (`verifier.snapshot`), or None: an incremental
         # verification skips an op whose snapshot still holds
         self.verified: Optional[tuple] = None
+        # Module._kahn's bookkeeping, kept on the op rather than in dicts keyed by ops: the sort then touches only
+        # the ops and values it walks (a large module's dicts miss the caches on every look-up)
+        self.kahn_run = 0
+        self.kahn_wait = 0
 
     @property
     def opdef(self) -> OpDef:
@@ -126,8 +133,11 @@ class _GraphView:
         return len(self._module._ops)
 
     def get_edge_data(self, producer: "Operation", user: "Operation", key: int) -> Optional[Dict[str, "Value"]]:
-        value = self._module._edges.get((user, key))
-        if value is None or value.owner is not producer:
+        """The edge exists when `user` reads a value of `producer` as operand `key` and that value lists the use."""
+        if user not in self._module._ops or not 0 <= key < len(user.operands):
+            return None
+        value = user.operands[key]
+        if value.owner is not producer or (user, key) not in value.uses:
             return None
         return {"value": value}
 
@@ -138,7 +148,6 @@ class Module:
     def __init__(self, name: str = "module"):
         self.name = name
         self._ops: Dict[Operation, int] = {}  # op -> insertion number (the tie-break of equal seqs)
-        self._edges: Dict[Tuple[Operation, int], Value] = {}  # (user, operand index) -> value
         self._inserted = itertools.count()
         self._max_seq = float("-inf")
         # the order: `_order` was the exact order when last computed, except from position `_dirty` on; ops added
@@ -194,12 +203,10 @@ class Module:
         if v.owner.module is not self:
             raise ValueError(f"operand {i} of {op.name} ({op.loc}) is not defined in this module")
         v.uses.append((op, i))
-        self._edges[(op, i)] = v
 
     def _unlink(self, op: Operation, i: int) -> None:
         v = op.operands[i]
         v.uses.remove((op, i))
-        del self._edges[(op, i)]
         self._maybe_dead[v.owner] = None
 
     def _ready_step(self, op: Operation) -> int:
@@ -314,9 +321,14 @@ class Module:
         comes up (a pass rewrites a few edges at a time), so the ops are walked in key order and only those that
         are not ready when their turn comes wait in a heap until their last producer is placed; the op taken
         next is the smaller of the heap's top and the next ready op of the walk: the same order as a heap of
-        every op, for a fraction of the heap operations."""
+        every op, for a fraction of the heap operations.
+
+        Each op of `rest` carries this run's number (`kahn_run`: "in rest") and its count of producers in `rest`
+        not yet placed (`kahn_wait`, negated once the walk has gone past it while it waited)."""
         inserted = self._ops
-        members = set(rest)
+        run = next(_kahn_runs)
+        for op in rest:
+            op.kahn_run = run
         walk = sorted(rest, key=_by_seq)
         previous = None
         for op in walk:  # equal seqs (rare) stay in list order; the key breaks them by insertion number
@@ -324,31 +336,33 @@ class Module:
                 walk = sorted(rest, key=lambda o: (o.seq, inserted[o]))
                 break
             previous = op.seq
-        waiting: Dict[Operation, int] = {}
         ascending = True  # every edge runs from a smaller key to a larger one: then the walk is Kahn's order
         for op in walk:
             n = 0
             seq = op.seq
             for v in op.operands:
                 owner = v.owner
-                if owner in members:
+                if owner.kahn_run == run:
                     n += 1
                     if owner.seq > seq or (owner.seq == seq and inserted[owner] >= inserted[op]):
                         ascending = False
-            if n:
-                waiting[op] = n
+            op.kahn_wait = n
         if ascending:
             done.extend(walk)
             return done
         size = len(walk)
-        passed: set = set()  # ops the walk went by while they were waiting: they join the heap once ready
         heap: List[Tuple[Any, int, Operation]] = []
         out = done
-        append, pop, push, get = out.append, heapq.heappop, heapq.heappush, waiting.get
+        placed = len(out)
+        append, pop, push = out.append, heapq.heappop, heapq.heappush
         i = 0
         while True:
-            while i < size and walk[i] in waiting:
-                passed.add(walk[i])
+            while i < size:
+                nxt = walk[i]
+                wait = nxt.kahn_wait
+                if wait <= 0:
+                    break
+                nxt.kahn_wait = -wait  # passed while waiting: it joins the heap once ready
                 i += 1
             if heap:
                 top = heap[0]
@@ -369,18 +383,18 @@ class Module:
             append(op)
             for r in op.results:
                 for user, _ in r.uses:
-                    n = get(user)
-                    if n is not None:
-                        if n == 1:
-                            del waiting[user]
-                            if user in passed:
+                    if user.kahn_run == run:
+                        wait = user.kahn_wait
+                        if wait > 0:
+                            user.kahn_wait = wait - 1
+                        elif wait < 0:
+                            user.kahn_wait = wait = wait + 1
+                            if not wait:
                                 push(heap, (user.seq, inserted[user], user))
-                        else:
-                            waiting[user] = n - 1
-        if waiting:
+        if len(out) - placed != size:
             self._order = None
-            raise ValueError(f"the ops of module @{self.name} form a cycle (through "
-                             f"{', '.join(sorted({o.name for o in waiting}))})")
+            stuck = {o.name for o in walk if o.kahn_wait}
+            raise ValueError(f"the ops of module @{self.name} form a cycle (through {', '.join(sorted(stuck))})")
         return out
 
     def __iter__(self) -> Iterator[Operation]:

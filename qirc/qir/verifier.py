@@ -2,8 +2,8 @@
 first op that breaks one (its location and op name lead the message).
 
 Checked, in this order:
-  structure  every operand's defining op belongs to the module and the graph edges agree with the operand lists
-             (no dangling value); the graph has no cycle
+  structure  every operand's defining op belongs to the module and the operand's value lists the use (no dangling
+             value, no operand set behind the Module's back); the graph has no cycle
   each op    the op is declared; operand count; attribute names, kinds and required attributes; result count;
              result types are tensors with well-formed quant parameters (positive finite scales, zero points inside
              the storage range, storage_min <= storage_max inside the storage type, a per-axis axis inside the rank
@@ -128,12 +128,10 @@ def _linked(module: Module, op: Operation) -> bool:
     """Whether `op` belongs to `module` and each operand is linked (what _check_linked checks, without messages)."""
     if op.module is not module:
         return False
-    ops, edges = module._ops, module._edges
+    ops = module._ops
     for i, v in enumerate(op.operands):
         owner = v.owner
-        edge = (op, i)
-        if owner is None or owner.module is not module or owner not in ops or edges.get(edge) is not v \
-                or edge not in v.uses:
+        if owner is None or owner.module is not module or owner not in ops or (op, i) not in v.uses:
             return False
     return True
 
