@@ -76,11 +76,13 @@ class CompileSummary:
         """A few lines for the terminal."""
         lines = [f"wrote {self.out_dir} ({self.target}: {self.nodes} nodes, "
                  + ", ".join(f"{k} {v}" for k, v in sorted(self.op_counts.items())) + ")"]
+        described = {o["name"]: o for o in self.outputs}
         for rec in self.accuracy.get("outputs", []):
             if rec.get("max_error_steps") is None:
                 continue
             agree = rec.get("argmax_agreement")
-            lines.append(f"  output '{rec['name']}': max error {rec['max_error_steps']:.3g} step(s), mean "
+            lines.append(f"  output '{rec['name']}': max error {rec['max_error_steps']:.3g} "
+                         f"{_step_unit(described.get(rec['name']))}, mean "
                          f"{rec['mean_error_steps']:.3g}" + ("" if agree is None else f", argmax agreement "
                                                              f"{100 * agree:.1f}%")
                          + f" over {self.accuracy['samples']} sample(s)")
@@ -89,6 +91,15 @@ class CompileSummary:
             lines.append(f"  {rec['kernel']} '{rec['node']}' vs the float op: mean error {rec['mean_error_steps']:.3g}, "
                          f"max {rec['max_error_steps']:.3g} output step(s){wrapped}")
         return "\n".join(lines) + "\n"
+
+
+def _step_unit(output: Optional[Dict]) -> str:
+    """What one step of an output is: an 8-bit output's quantization step, or for an int32 output (a last layer
+    without an output quantizer) the accumulator's far finer one, named with its scale so that a count in the
+    hundreds is not read as hundreds of output levels."""
+    if output and output.get("dtype") == "int32" and isinstance(output.get("scale"), float):
+        return f"int32 accumulator step(s) of {output['scale']:.3g}"
+    return "step(s)"
 
 
 def lowering_pipeline(target: DeeployTarget, strict: bool = False) -> str:

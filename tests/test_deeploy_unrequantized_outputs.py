@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from onnx_builders import GraphBuilder, ort_run
+from real_models import example
 from qirc.cli import main
 from qirc.frontends.deeploy import import_deeploy_onnx
 from qirc.qir import interpreter
@@ -101,3 +102,16 @@ def test_unrequantized_conv_output_is_refused_with_what_to_change(tmp_path, caps
     assert len(err) == 1
     assert "/head/Conv" in err[0] and "deeploy-siracusa" in err[0] and "output quantizer" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_int32_output_error_is_printed_in_accumulator_steps(tmp_path, capsys):
+    """An int32 output's error is counted in steps of its accumulator scale, far finer than an 8-bit output's: the
+    summary line says so, with the scale, while an 8-bit output keeps plain output steps."""
+    path = tmp_path / "m.onnx"
+    onnx.save(last_linear_model("gemm"), path)
+    assert main([str(path), "--target", "deeploy-generic", "-o", str(tmp_path / "out")]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("output 'y'")]
+    assert f"int32 accumulator step(s) of {H_SCALE * W_SCALE:.3g}, mean" in line
+    assert main([str(example("resnet8")), "--target", "deeploy-generic", "-o", str(tmp_path / "r8")]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("output ")]
+    assert " step(s), mean " in line and "accumulator" not in line
