@@ -5,8 +5,11 @@ It rewrites every RequantShift's add as `np.round(add / (mul + 1e-3)) * mul` (fl
 when add is a multiple k * mul of mul AND |k| * 1e-3 / (mul + 1e-3) < 1/2, i.e. |k| below about 500 * mul.  The
 lowering makes add a multiple of mul whenever the output zero point is 0; the rule here scales (mul, add, div) by
 2^j where a small mul puts k beyond that bound, so that the graph computes the same with and without the pass.
-Requants that no exact form protects (add not a multiple of mul: an output zero point that is not 0) are listed in
-qirc.json by `debug_pass_report` (docs/targets.md says how to run DeeployTest without the pass).
+Requants that no exact form protects are listed in qirc.json by `debug_pass_report`: an add that is not a multiple of
+mul (an output zero point that is not 0), and a multiple beyond the bound where 2^j * mul times the worst-case |x|
+could overflow int32 (a ReLU output too, zero point 0, when a large constant term of its sum puts k far out; the pass
+then moves its add by a few mul, a fraction of an output step).  docs/targets.md says how to run DeeployTest without
+the pass.
 """
 from __future__ import annotations
 
@@ -114,6 +117,9 @@ def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> Optional
     note = ("DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass; it changes none of the "
             "requants") if not changed else (
         "DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass, which changes the add of these "
-        "requants (not a multiple of mul: an output zero point that is not 0), so its run may differ from "
-        "outputs.npz: run the tiled flow (testMVP.py), or see docs/targets.md for running without the pass")
+        "requants: an add that is not a multiple of mul (an output zero point that is not 0), or a multiple k * mul "
+        "with |k| beyond about 500 * mul that int32 left no room to rescale (a ReLU output too, when its sum has a "
+        "large constant term; the add moves by a fraction of an output step). Its run may differ from outputs.npz "
+        "where a value lies that near a rounding tie: run the tiled flow (testMVP.py), or see docs/targets.md for "
+        "running without the pass")
     return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}
