@@ -229,30 +229,63 @@ def test_a_multiple_add_far_beyond_the_debug_pass_bound_is_rescaled():
     assert mul[0] > 3 and add[0] == 5000 * mul[0]
 
 
-def test_a_zero_point_0_requant_the_pass_changes_is_listed_when_int32_forbids_the_rescale():
-    # A ReLU output (uint8, zero point 0) behind a Conv whose worst-case sum |x| <= 72 * 127 * 255 = 2.3M is too large
-    # to rescale: its add 409600 = k * mul (mul 1) needs mul >= 2^10 to be kept by the pass (|k| < ~500 * mul), and
-    # 2^10 * 2.3M overflows int32.  So it stays, the pass makes it round(409600 / 1.001) = 409191 (-0.1 output step),
-    # and qirc.json must list it although its add is a multiple of mul (ResNet-18's layers.3/relu: 2 channels).
+def _relu_behind_a_large_sum():
+    """u8 x -> 1x1 Conv of 72 channels (weights +-127: worst-case |sum| 72 * 127 * 255 = 2.3M) -> a ReLU's requant
+    (uint8, zero point 0) with add 409600 = k * mul, mul 1, div 2^12 -> an int8 copy."""
     rng = np.random.default_rng(5)
     m = Module("relu_far")
     x = input_op(m, "x", TensorType((1, 72, 4, 4), q(0.05, signed=False)))
     c = conv(m, x, rng.choice([-127, 127], (4, 72, 1, 1)), [0, 0, 0, 0], "/c")
-    y = requant(m, c, (1, 4, 4, 4), q(0.1, signed=False), [1], 409600, div=1 << 12, signed=False,
-                loc="/relu")
+    y = requant(m, c, (1, 4, 4, 4), q(0.1, signed=False), [1], 409600, div=1 << 12, signed=False, loc="/relu")
     output_op(m, "y", requant(m, y, (1, 4, 4, 4), q(0.1), [2], 0, div=2, loc="/out"))
     verify(m)
+    return m
+
+
+def _pass_moves_outputs(model, samples):
+    """The outputs of `model` with DeeployTest's debug pass applied minus those without, over `samples`."""
+    device, with_pass = import_deeploy_onnx(model), import_deeploy_onnx(_with_debug_pass(model))
+    return np.concatenate([(interpreter.run(with_pass, list(inputs.values()))["y"].astype(int)
+                            - interpreter.run(device, list(inputs.values()))["y"]).ravel() for inputs in samples])
+
+
+def test_a_zero_point_0_requant_the_pass_changes_is_listed_when_int32_forbids_the_rescale():
+    # The ReLU's add needs mul >= 2^10 to be kept by the pass (|k| < ~500 * mul), and 2^10 * 2.3M overflows int32.
+    # So it stays, the pass makes it round(409600 / 1.001) = 409191 (-0.1 output step), and qirc.json must list it
+    # although its add is a multiple of mul (ResNet-18's layers.3/relu: 2 channels).
+    m = _relu_behind_a_large_sum()
     samples = [interpreter.random_inputs(m, s) for s in range(4)]
-    expected = [interpreter.run(m, inputs)["y"] for inputs in samples]
     model = written_exact(m)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     relu = next(n for n in model.graph.node if n.op_type == "RequantShift" and n.name.startswith("relu"))
     assert inits[relu.input[2]].reshape(-1).tolist() == [409600] and inits[relu.input[1]].max() == 1  # not scaled
     assert debug_pass_changes(model) == [relu.name]  # the /out requant (mul 2, add 0) is kept
     # the pass really changes results: the outputs whose real value lies within 0.1 step above a rounding tie drop by 1
-    with_pass = import_deeploy_onnx(_with_debug_pass(model))
-    diffs = np.concatenate([(interpreter.run(with_pass, list(inputs.values()))["y"].astype(int) - want).ravel()
-                            for inputs, want in zip(samples, expected)])
+    diffs = _pass_moves_outputs(model, samples)
+    assert set(diffs.tolist()) == {0, -1} and 0 < np.mean(diffs != 0) < 0.3
+
+
+def test_a_cortexm_folder_lists_the_requants_the_pass_changes_when_run_on_generic():
+    # CMSIS's harness does not insert the pass, but Generic's does when the folder is run there; the graph states the
+    # CMSIS merge's add round(409600 / (1 + 1e-3)) * 1 = 409191, a multiple that the pass moves again (to 408782)
+    from qirc.backends.deeploy.emit import emit_onnx
+    from qirc.backends.deeploy.legalize import legalize
+    from qirc.backends.deeploy.rules.harness import debug_pass_report
+    from qirc.backends.deeploy.targets import get_target
+
+    m = _relu_behind_a_large_sum()
+    samples = [interpreter.random_inputs(m, s) for s in range(4)]
+    legalize(m, "deeploy-cortexm")
+    verify(m)
+    model = emit_onnx(m, "deeploy-cortexm")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    relu = next(n for n in model.graph.node if n.op_type == "RequantShift" and n.name.startswith("relu"))
+    assert inits[relu.input[2]].reshape(-1).tolist() == [409191]
+    report = debug_pass_report(model, get_target("deeploy-cortexm"))
+    assert report["changed_requants"] == [relu.name]
+    assert "does not insert this debug pass on the CMSIS platform" in report["note"]
+    assert_deeploy_structure_with(model, "deeploy-cortexm", report["changed_requants"])
+    diffs = _pass_moves_outputs(model, samples)
     assert set(diffs.tolist()) == {0, -1} and 0 < np.mean(diffs != 0) < 0.3
 
 

@@ -108,18 +108,30 @@ def debug_pass_changes(model: onnx.ModelProto) -> List[str]:
     return changed
 
 
-def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> Optional[dict]:
-    """qirc.json's account of DeeployTest's debug pass for `model`, or None where the harness does not insert it
-    (CMSIS, whose kernels add before multiplying: there the graph already states round(add / mul) * mul)."""
-    if target.add_before_mul:
-        return None
+_CHANGED_WHY = (
+    "an add that is not a multiple of mul (an output zero point that is not 0), or a multiple k * mul with |k| beyond "
+    "about 500 * mul that int32 left no room to rescale (a ReLU output too, when its sum has a large constant term; "
+    "the add moves by a fraction of an output step)")
+
+
+def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> dict:
+    """qirc.json's account of DeeployTest's debug pass for `model`.  CMSIS's harness does not insert it, but running
+    a cortex-m folder on Generic (the host check of docs/targets.md) does, so the requants it changes are listed there
+    too: the graph states round(add / mul) * mul, which the pass keeps only for |k| below about 500 * mul."""
     changed = debug_pass_changes(model)
+    if target.add_before_mul:
+        where = ("DeeployTest's untiled harness (generateNetwork.py) does not insert this debug pass on the CMSIS "
+                 "platform this folder is for, but does on the others (e.g. when this folder is run on Generic)")
+        note = f"{where}; it changes none of the requants" if not changed else (
+            f"{where}, where it changes the add of these requants: an add that is not a multiple of mul (a standalone "
+            "requant with an output zero point that is not 0), or a multiple k * mul with |k| beyond about 500 * mul "
+            "(as stated for CMSIS's Conv/Gemm merge, not rescaled on this target; the add moves by a fraction of an "
+            "output step). That run may differ from outputs.npz where a value lies that near a rounding tie: see "
+            "docs/targets.md for running without the pass")
+        return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}
     note = ("DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass; it changes none of the "
             "requants") if not changed else (
         "DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass, which changes the add of these "
-        "requants: an add that is not a multiple of mul (an output zero point that is not 0), or a multiple k * mul "
-        "with |k| beyond about 500 * mul that int32 left no room to rescale (a ReLU output too, when its sum has a "
-        "large constant term; the add moves by a fraction of an output step). Its run may differ from outputs.npz "
-        "where a value lies that near a rounding tie: run the tiled flow (testMVP.py), or see docs/targets.md for "
-        "running without the pass")
+        f"requants: {_CHANGED_WHY}. Its run may differ from outputs.npz where a value lies that near a rounding tie: "
+        "run the tiled flow (testMVP.py), or see docs/targets.md for running without the pass")
     return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}
