@@ -9,6 +9,10 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 - a 4-bit Brevitas QuantReLU feeding a QuantLinear without an output quantizer (an int32 result): Siracusa and
   Cortex-M write that Gemm as MatMul int8 x int8 + Add, moving the uint8 input to int8 with a RequantShift whose
   result type kept the 4-bit range while its clip is the full int8 range ("does not fit the result storage").
+- `relu(conv_a(x)) * 0.5 + 4.0 * conv_b(x)` quantized by onnxruntime (QDQ around each Mul, its constant a
+  dequantized uint8 scalar): the Mul by a constant was left a float op ("op onnx.Mul could not be lowered to
+  integer arithmetic: no integer lowering for this op with these operand types"); requant-fusion now takes it as
+  the gain of the requant onto the product's quantizer.
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -90,6 +94,39 @@ def pad_model(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 def test_torch_exported_pad_compiles_and_matches_onnxruntime(pad_model, tmp_path, target):
     cell = fm.evaluate(pad_model, fm.ModelSpec("pad", "pt-s8s8"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+
+
+@pytest.fixture(scope="module")
+def scaled_branches(tmp_path_factory):
+    """relu(conv_a(x)) * 0.5 + 4.0 * conv_b(x) -> max pool -> Linear, quantized per channel (uint8 activations)."""
+    import torch
+    import torch.nn.functional as F
+
+    class ScaledBranches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(3, 8, 1)
+            self.fc = torch.nn.Linear(8 * 64, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x)) * 0.5 + 4.0 * self.b(x)
+            return self.fc(torch.flatten(F.max_pool2d(y, 2), 1))
+
+    folder = tmp_path_factory.mktemp("scaled")
+    shape = (1, 3, 16, 16)
+    torch.manual_seed(fm.SEED)
+    model = ScaledBranches().eval()
+    torch.onnx.export(model, (torch.randn(shape),), str(folder / "scaled.float.onnx"), dynamo=False,
+                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    path = _quantize_static(folder / "scaled.float.onnx", folder / "scaled.onnx", shape, True, "QUInt8")
+    return _OneModel(path, shape)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mul_by_a_constant_between_quantizers(scaled_branches, tmp_path, target):
+    cell = fm.evaluate(scaled_branches, fm.ModelSpec("scaled", "pc-u8s8"), target, tmp_path / "out")
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
 
 
