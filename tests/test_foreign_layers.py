@@ -13,6 +13,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
   dequantized uint8 scalar): the Mul by a constant was left a float op ("op onnx.Mul could not be lowered to
   integer arithmetic: no integer lowering for this op with these operand types"); requant-fusion now takes it as
   the gain of the requant onto the product's quantizer.
+- Brevitas' QuantHardSwish exports x * HardSigmoid(x) with no quantizer on the gate: with an input quantizer it is
+  HardSwish (it was refused); with none, right after a QuantConv2d, it reads the conv's int32 accumulator, and the
+  refusal says so (an int8 form of a whole-int32 grid rounded everything to zero once HardSwish was recognised).
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -206,3 +209,60 @@ def token_linear(tmp_path_factory):
 def test_brevitas_linear_on_tokens_after_a_relu(token_linear, tmp_path, target):
     cell = fm.evaluate(token_linear, fm.ModelSpec("token_linear", "brevitas-qdq"), target, tmp_path / "out")
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+
+
+def _hard_swish_net(input_quant: bool):
+    import torch
+    import brevitas.nn as qnn
+    from brevitas import quant
+
+    class HardSwishNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
+                                        bias_quant=quant.Int32Bias)
+            act = qnn.QuantHardSwish(return_quant_tensor=True)
+            self.act = torch.nn.Sequential(
+                qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True), act) \
+                if input_quant else act
+            self.pool = torch.nn.MaxPool2d(4)
+            self.fc = qnn.QuantLinear(8 * 16, 10, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
+                                      bias_quant=quant.Int32Bias)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+
+        def forward(self, x):
+            return self.out(self.fc(torch.flatten(self.pool(self.act(self.conv(self.inp(x)))), 1)))
+
+    return HardSwishNet
+
+
+@pytest.fixture(scope="module")
+def hard_swish_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hardswish")
+    return {q: _brevitas_model(folder, f"hardswish_{'inq' if q else 'acc'}", _hard_swish_net(q), (1, 3, 16, 16))
+            for q in (True, False)}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_brevitas_hard_swish_with_an_input_quantizer(hard_swish_models, tmp_path, target):
+    cell = fm.evaluate(hard_swish_models[True], fm.ModelSpec("hardswish", "brevitas-qdq"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+
+
+def test_brevitas_hard_swish_on_a_conv_accumulator_is_refused_in_one_line(hard_swish_models, tmp_path):
+    import subprocess
+    import sys
+
+    path = hard_swish_models[False].ref.path
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "qirc", str(path), "--target", "deeploy-generic", "-o", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout == "", (run.returncode, run.stdout, run.stderr)
+    assert run.stderr == (
+        f"{path}: node '/act/act_quant/activation_impl/HardSigmoid' (onnx.HardSigmoid): in pass 'lower-to-int': op "
+        "onnx.HardSigmoid could not be lowered to integer arithmetic: operand 0 is the int32 accumulator of "
+        "'/conv/Conv' with no quantizer between that layer and this op, which is not supported: quantize the "
+        "layer's output before it (in Brevitas an input quantizer on the activation, e.g. a QuantIdentity before "
+        "it) (3 more non-integer ops remain); see docs/support.md\n")
+    assert not out.exists()
