@@ -16,6 +16,10 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 - Brevitas' QuantHardSwish exports x * HardSigmoid(x) with no quantizer on the gate: with an input quantizer it is
   HardSwish (it was refused); with none, right after a QuantConv2d, it reads the conv's int32 accumulator, and the
   refusal says so (an int8 form of a whole-int32 grid rounded everything to zero once HardSwish was recognised).
+- onnxruntime quantizes the constant of `F.pad(x, ..., value=0.5)` and the scale of a BatchNormalization that does
+  not follow a Conv as weights (DequantizeLinear of an initializer): the importer said "constant_value ... must be a
+  constant" / "scale ... must be a constant" of what is a constant; now both reach the lowering, whose refusal says
+  why (the padding value is not a stored integer of the input's grid; only a BatchNormalization after a Conv folds).
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -266,3 +270,49 @@ def test_brevitas_hard_swish_on_a_conv_accumulator_is_refused_in_one_line(hard_s
         "layer's output before it (in Brevitas an input quantizer on the activation, e.g. a QuantIdentity before "
         "it) (3 more non-integer ops remain); see docs/support.md\n")
     assert not out.exists()
+
+
+def _refused_net(kind):
+    import torch
+    import torch.nn.functional as F
+
+    class Refused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8 * (81 if kind == "pad" else 64), 10)
+
+        def forward(self, x):
+            y = self.conv(x)
+            y = F.pad(y, (1, 1, 1, 1), value=0.5) if kind == "pad" else self.bn(torch.relu(y))
+            return self.fc(torch.flatten(F.max_pool2d(y, 2), 1))
+
+    return Refused().eval()
+
+
+@pytest.mark.parametrize("kind,node,why", [
+    ("pad", "'/Pad' (onnx.Pad)", r"its padding value 0\.5 is not a stored integer of the input's quantization "
+                                 r"\(scale [0-9.e-]+, zero point -?[0-9]+\), which is not supported"),
+    ("bn", "'/bn/BatchNormalization' (onnx.BatchNormalization)",
+     r"a BatchNormalization that does not follow a Conv \(the importer folds it into that Conv's weights\) is not "
+     r"supported"),
+], ids=["pad", "batchnorm"])
+def test_dequantized_constants_of_pad_and_batchnorm_reach_a_refusal_that_says_why(tmp_path, kind, node, why):
+    import re
+    import torch
+    from qirc.driver import compile_model
+    from qirc.qir.diagnostics import QircError
+
+    shape = (1, 3, 16, 16)
+    torch.manual_seed(fm.SEED)
+    torch.onnx.export(_refused_net(kind), (torch.randn(shape),), str(tmp_path / "f.onnx"), dynamo=False,
+                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    path = _quantize_static(tmp_path / "f.onnx", tmp_path / f"{kind}.onnx", shape, True, "QInt8")
+    with pytest.raises(QircError) as err:
+        compile_model(path, "deeploy-generic", tmp_path / "out")
+    message = err.value.user_message()
+    assert "\n" not in message and not (tmp_path / "out").exists()
+    assert re.fullmatch(re.escape(f"{path}: node {node}: in pass 'lower-to-int': op {node.split('(')[1][:-1]} could "
+                                  f"not be lowered to integer arithmetic: ") + why
+                        + r" \([0-9]+ more non-integer ops remain\); see docs/support\.md", message), message

@@ -121,6 +121,14 @@ def _why(op) -> str:
                 return (f": operand {i} is the int32 accumulator of '{source.owner.loc}' with no quantizer between "
                         f"that layer and this op, which is not supported: quantize the layer's output before it (in "
                         f"Brevitas an input quantizer on the activation, e.g. a QuantIdentity before it)")
+        if op.name == "onnx.BatchNormalization":
+            return (": a BatchNormalization that does not follow a Conv (the importer folds it into that Conv's "
+                    "weights) is not supported")
+        if op.name == "onnx.Pad" and (op.attr("mode") or "constant") == "constant" and op.operands[0].owner.name \
+                == "quant.dcast" and not op.operands[0].owner.operands[0].type.quant.is_per_axis:
+            q = op.operands[0].owner.operands[0].type.quant
+            return (f": its padding value {float(op.attr('value') or 0.0):g} is not a stored integer of the input's "
+                    f"quantization (scale {q.scale:.6g}, zero point {q.zero_point}), which is not supported")
         return ": no integer lowering for this op with these operand types (not supported)"
     if op.name == "quant.qcast":
         return ": the quantizer reads a float value that is not a dequantized integer tensor"
