@@ -20,6 +20,8 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
   not follow a Conv as weights (DequantizeLinear of an initializer): the importer said "constant_value ... must be a
   constant" / "scale ... must be a constant" of what is a constant; now both reach the lowering, whose refusal says
   why (the padding value is not a stored integer of the input's grid; only a BatchNormalization after a Conv folds).
+- `torch.split` / `torch.chunk` export ONNX Split ("unsupported ops: Split"): imported as one Slice per output, and
+  in onnxruntime's QOperator format (a Split on the quantized tensor) spelled DQ -> Split -> Q per output.
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -54,7 +56,7 @@ class _OneModel:
         return self.ref
 
 
-def _quantize_static(float_path, out_path, input_shape, per_channel: bool, activation: str):
+def _quantize_static(float_path, out_path, input_shape, per_channel: bool, activation: str, qoperator=False):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static advises pre-processing on every call
@@ -68,7 +70,8 @@ def _quantize_static(float_path, out_path, input_shape, per_channel: bool, activ
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+    quantize_static(str(float_path), str(out_path), Reader(), per_channel=per_channel,
+                    quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
                     activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8)
     return out_path
 
@@ -316,3 +319,37 @@ def test_dequantized_constants_of_pad_and_batchnorm_reach_a_refusal_that_says_wh
     assert re.fullmatch(re.escape(f"{path}: node {node}: in pass 'lower-to-int': op {node.split('(')[1][:-1]} could "
                                   f"not be lowered to integer arithmetic: ") + why
                         + r" \([0-9]+ more non-integer ops remain\); see docs/support\.md", message), message
+
+
+@pytest.fixture(scope="module")
+def split_models(tmp_path_factory):
+    """conv -> split(channels, [3, 5]) -> the parts added / concatenated in the other order -> max pool -> Linear,
+    quantized as QDQ and as QOperator."""
+    import torch
+    import torch.nn.functional as F
+
+    class SplitNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 64, 10)
+
+        def forward(self, x):
+            a, b = torch.split(self.conv(x), [3, 5], 1)
+            return self.fc(torch.flatten(F.max_pool2d(torch.relu(torch.cat([b, a], 1)), 2), 1))
+
+    folder = tmp_path_factory.mktemp("split")
+    shape = (1, 3, 16, 16)
+    torch.manual_seed(fm.SEED)
+    torch.onnx.export(SplitNet().eval(), (torch.randn(shape),), str(folder / "split.float.onnx"), dynamo=False,
+                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    return {fmt: _OneModel(_quantize_static(folder / "split.float.onnx", folder / f"split.{fmt}.onnx", shape, True,
+                                            "QInt8", qoperator=fmt == "qop"), shape)
+            for fmt in ("qdq", "qop")}
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_split_compiles_and_matches_onnxruntime(split_models, tmp_path, fmt, target):
+    cell = fm.evaluate(split_models[fmt], fm.ModelSpec("split", fmt), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
