@@ -22,6 +22,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
   why (the padding value is not a stored integer of the input's grid; only a BatchNormalization after a Conv folds).
 - `torch.split` / `torch.chunk` export ONNX Split ("unsupported ops: Split"): imported as one Slice per output, and
   in onnxruntime's QOperator format (a Split on the quantized tensor) spelled DQ -> Split -> Q per output.
+- Linear -> LayerNorm -> ReLU on tokens quantized by onnxruntime: it folds the ReLU into the LayerNorm's output
+  quantizer (range [0, max]), where iLayerNorm's wrapping int8 output turned every negative value into a large
+  positive one (242 steps from onnxruntime, argmax agreement 0%, "1019 output(s) wrapped"): now none wraps.
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -353,3 +356,30 @@ def split_models(tmp_path_factory):
 def test_torch_split_compiles_and_matches_onnxruntime(split_models, tmp_path, fmt, target):
     cell = fm.evaluate(split_models[fmt], fm.ModelSpec("split", fmt), target, tmp_path / "out")
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+
+
+@pytest.fixture(scope="module")
+def layernorm_relu(tmp_path_factory):
+    import torch
+
+    folder = tmp_path_factory.mktemp("layernorm")
+    shape = (1, 8, 16)
+    torch.manual_seed(fm.SEED)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).eval()
+    torch.onnx.export(model, (torch.randn(shape),), str(folder / "ln.float.onnx"), dynamo=False,
+                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    return _OneModel(_quantize_static(folder / "ln.float.onnx", folder / "ln.onnx", shape, False, "QInt8"), shape)
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
+def test_layernorm_into_a_relu_folded_quantizer(layernorm_relu, tmp_path, target):
+    import json
+
+    cell = fm.evaluate(layernorm_relu, fm.ModelSpec("layernorm", "pt-s8s8"), target, tmp_path / "out")
+    assert cell.status in ("ok", "inaccurate"), f"{cell.status}: {cell.text}\n{cell.traceback}"
+    # the kernel writes onto a grid about 4x coarser than the quantizer's (it must hold sqrt(31) |gamma|): a few
+    # steps after the last Linear, where wrapped values were 240 steps off
+    assert cell.max_steps <= 10, cell.text
+    approximations = json.loads((tmp_path / "out" / "qirc.json").read_text())["accuracy"]["approximations"]
+    assert [a["wrapped"] for a in approximations] == [0]
