@@ -170,8 +170,11 @@ def _uses_external_data(model) -> bool:
     external = _pb.TensorProto.EXTERNAL
     if any(t.data_location == external for t in model.graph.initializer):
         return True
-    return any(a.t.data_location == external for n in model.graph.node for a in n.attribute
-               if a.type == _pb.AttributeProto.TENSOR)
+    # only Constant / ConstantOfShape and custom-domain nodes can hold a tensor attribute: the others' attribute
+    # lists are not read (an empty one costs protobuf an arena of its own; see frontends/onnx/loader.py)
+    return any(a.t.data_location == external for n in model.graph.node
+               if n.op_type in ("Constant", "ConstantOfShape") or n.domain not in ("", "ai.onnx")
+               for a in n.attribute if a.type == _pb.AttributeProto.TENSOR)
 
 
 # ----- dtypes --------------------------------------------------------------------------------------------------------

@@ -225,6 +225,24 @@ def external_data_outside(folder: Path) -> Paths:
     return _save(model, model_dir)
 
 
+def constant_external_data_outside(folder: Path) -> Paths:
+    """A Constant node whose value tensor keeps its data in `../secret.bin`: a tensor outside the initializers that
+    the external-data check must still find."""
+    model_dir = folder / "model"
+    model_dir.mkdir()
+    (folder / "secret.bin").write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    b = GraphBuilder("ext_const")
+    x = b.qdq(b.input("x", [8]), 1 / 16, 0, prefix="/q")
+    k = b.constant_node(np.zeros(8, np.float32), name="/k/Constant")
+    b.output(b.node("Add", [x, k], name="/add/Add"), "y")
+    model = b.build(13)
+    value = next(n for n in model.graph.node if n.op_type == "Constant").attribute[0].t
+    value.ClearField("raw_data")
+    value.data_location = TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="../secret.bin")
+    return _save(model, model_dir)
+
+
 def external_data_missing(folder: Path) -> Paths:
     b = GraphBuilder("ext")
     x = b.qdq(b.input("x", [8]), 1 / 16, 0, prefix="/q")

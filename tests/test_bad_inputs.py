@@ -98,6 +98,8 @@ CASES = [
          node="/branch/If"),
     Case("external-data-outside", B.external_data_outside, COMPILE, 1,
          ("external data of tensor 'w'", "outside the model's folder", "../secret.bin")),
+    Case("constant-external-data-outside", B.constant_external_data_outside, COMPILE, 1,
+         ("outside the model's folder", "../secret.bin")),
     Case("external-data-missing", B.external_data_missing, COMPILE, 1, ("'weights.bin'", "'w'", "does not exist")),
     # ----- quantization parameters -------------------------------------------------------------------------------
     Case("non-constant-scale", B.non_constant_scale, COMPILE, 1, ("must be a constant",), node="/q/QuantizeLinear"),

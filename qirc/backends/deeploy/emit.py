@@ -112,16 +112,30 @@ class _Names:
 _A = onnx.AttributeProto
 
 
+#: (elem_type, shape) -> a ValueInfoProto's serialized `type` field: a graph has few distinct tensor types, and
+#: merging the bytes protobuf serialized once is cheaper than setting the nested fields again (each unset message
+#: or empty list read on the way costs protobuf's Python runtime a temporary arena of its own)
+_TYPE_BYTES: Dict[tuple, bytes] = {}
+
+
 def _add_value_info(container, name: str, elem_type: int, shape) -> None:
     """container.add() made helper.make_tensor_value_info(name, elem_type, shape)."""
+    key = (elem_type, tuple(shape))
+    typed = _TYPE_BYTES.get(key)
+    if typed is None:
+        info = onnx.ValueInfoProto()
+        tensor_type = info.type.tensor_type
+        tensor_type.elem_type = elem_type
+        dims = tensor_type.shape.dim
+        dims.extend([])  # a rank-0 tensor has an empty shape, not none (as make_tensor_value_info)
+        for d in shape:
+            dims.add().dim_value = d
+        typed = info.SerializeToString()
+        if len(_TYPE_BYTES) < 4096:
+            _TYPE_BYTES[key] = typed
     info = container.add()
     info.name = name
-    tensor_type = info.type.tensor_type
-    tensor_type.elem_type = elem_type
-    dims = tensor_type.shape.dim
-    dims.extend([])  # a rank-0 tensor has an empty shape, not none (as make_tensor_value_info)
-    for d in shape:
-        dims.add().dim_value = d
+    info.MergeFromString(typed)
 
 
 #: (name, value, rank0) -> the attribute: the few values of div, signed and n_levels repeat on every requant
