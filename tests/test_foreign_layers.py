@@ -25,6 +25,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 - Linear -> LayerNorm -> ReLU on tokens quantized by onnxruntime: it folds the ReLU into the LayerNorm's output
   quantizer (range [0, max]), where iLayerNorm's wrapping int8 output turned every negative value into a large
   positive one (242 steps from onnxruntime, argmax agreement 0%, "1019 output(s) wrapped"): now none wraps.
+- a mean over the tokens after a per-channel Linear (`relu(linear(x)).mean(dim=1)`, onnxruntime per channel): the
+  ReduceMean lifted the Linear's requant to rank 4 with its per-feature parameters along axis 3 ("per-channel
+  requant_shift along axis 3 of a rank-4 tensor has no Deeploy form") on every target.
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -383,3 +386,30 @@ def test_layernorm_into_a_relu_folded_quantizer(layernorm_relu, tmp_path, target
     assert cell.max_steps <= 10, cell.text
     approximations = json.loads((tmp_path / "out" / "qirc.json").read_text())["accuracy"]["approximations"]
     assert [a["wrapped"] for a in approximations] == [0]
+
+
+@pytest.fixture(scope="module")
+def token_mean(tmp_path_factory):
+    import torch
+
+    class TokenMean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(16, 32)
+            self.fc = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.a(x)).mean(dim=1))
+
+    folder = tmp_path_factory.mktemp("tokenmean")
+    shape = (1, 8, 16)
+    torch.manual_seed(fm.SEED)
+    torch.onnx.export(TokenMean().eval(), (torch.randn(shape),), str(folder / "m.float.onnx"), dynamo=False,
+                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    return _OneModel(_quantize_static(folder / "m.float.onnx", folder / "m.onnx", shape, True, "QUInt8"), shape)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mean_over_tokens_after_a_per_channel_linear(token_mean, tmp_path, target):
+    cell = fm.evaluate(token_mean, fm.ModelSpec("tokenmean", "pc-u8s8"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
