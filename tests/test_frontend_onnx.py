@@ -460,3 +460,28 @@ def test_brevitas_exports(tmp_path, form):
         brevitas_out = net(torch.from_numpy(random_feeds(model, 0, -2, 2)[module.input_names()[0]])).numpy()
     out = interpret(module, random_feeds(model, 0, -2, 2))[module.output_names()[0]]
     assert np.abs(out - brevitas_out).max() <= acts[-1].scale + 1e-6  # within one output step of Brevitas itself
+
+
+@pytest.mark.parametrize("opset,channels,sizes,expected", [(13, 6, None, [2, 2, 2]), (13, 7, [1, 4, 2], [1, 4, 2]),
+                                                       (18, 7, None, [3, 3, 1])])
+def test_split_is_one_slice_per_output_and_matches_onnxruntime(opset, channels, sizes, expected):
+    # torch.split / torch.chunk export ONNX Split: equal parts without sizes (opset 18: num_outputs, the last part
+    # smaller), else the `split` input
+    from qirc.qir import interpreter
+
+    b = GraphBuilder("split")
+    x = b.qdq(b.input("x", [1, channels, 3, 3]), 0.05, 0, prefix="/in")
+    inputs = [x] + ([b.const(np.array(sizes, np.int64), "sizes")] if sizes else [])
+    attrs = {"num_outputs": 3} if opset >= 18 else {}
+    outs = [f"part{i}" for i in range(3)]
+    b.node("Split", inputs, name="/split/Split", outputs=outs, axis=1, **attrs)
+    for i, o in enumerate(outs):
+        b.output(b.qdq(o, 0.05, 0, prefix=f"/out{i}"), f"y{i}")
+    model = b.build(opset=opset, check=False)
+    module = import_onnx(model)
+    assert [s.attrs["ends"][0] - s.attrs["starts"][0] for s in module.walk("onnx.Slice")] == expected
+    x_in = np.random.default_rng(0).standard_normal((1, channels, 3, 3)).astype(np.float32)
+    got = interpreter.run(module, {"x": x_in})
+    ref = ort_run(model, {"x": x_in})
+    for i in range(3):
+        np.testing.assert_array_equal(got[f"y{i}"], ref[f"y{i}"])

@@ -15,6 +15,7 @@ from qirc.frontends.deeploy import import_deeploy_onnx
 from qirc.lowering import lower_module
 from qirc.lowering.testing import QuantBuilder
 from qirc.qir import interpreter
+from qirc.qir.diagnostics import LoweringError
 from qirc.qir.types import u8
 from qirc.qir.verifier import verify
 
@@ -58,6 +59,45 @@ def test_hard_swish_is_x_times_its_gate():
         expected = np.rint(ref["y"] / 0.04) - 100
         # the gate's own rounding (1/254 of x at most) on top of the product's requant
         assert np.max(np.abs(got["y"].astype(np.int64) - expected)) <= 2
+
+
+def test_hard_swish_spelled_as_x_times_hard_sigmoid_is_hard_swish():
+    # Brevitas' QuantHardSwish exports x * HardSigmoid(x) (alpha 1/6, beta 1/2) with no quantizer on the gate
+    b = QuantBuilder()
+    x = b.input("x", (1, 4, 5, 5), 0.05, zero_point=-20)
+    gate = b.op("onnx.HardSigmoid", [x], {"alpha": float(np.float32(1 / 6)), "beta": 0.5})
+    b.output("y", b.quant(b.op("onnx.Mul", [x, gate]), 0.04, zero_point=-100))
+    before = b.module.clone()
+    lower_module(b.module)
+    names = [op.name for op in b.module.ops() if op.name != "qir.const"]
+    assert names == ["qir.input", "int.requant_shift", "int.requant_shift", "int.clip", "int.mul",
+                     "int.requant_shift", "qir.output"]
+    for ref, got in _run_both(before, b.module):
+        expected = np.rint(ref["y"] / 0.04) - 100
+        assert np.max(np.abs(got["y"].astype(np.int64) - expected)) <= 2
+
+
+@pytest.mark.parametrize("spelled_out", [False, True])
+def test_hard_swish_of_an_int32_accumulator_is_refused_naming_the_layer(spelled_out):
+    # int8 x int8 needs the operand on an int8 grid: over the whole int32 range that grid rounds every value of the
+    # layer to zero (the graph compiled and was 127 steps off); the error says where the quantizer is missing
+    rng = np.random.default_rng(1)
+    b = QuantBuilder()
+    x = b.input("x", (1, 3, 6, 6), 1 / 32)
+    y = b.conv(x, rng.integers(-127, 128, (4, 3, 3, 3)), 0.004, bias=rng.integers(-300, 300, 4), pads=[1, 1, 1, 1])
+    y.owner.loc = "/conv/Conv"
+    if spelled_out:
+        act = b.op("onnx.Mul", [y, b.op("onnx.HardSigmoid", [y], {"alpha": 1 / 6, "beta": 0.5})], loc="/act/Mul")
+    else:
+        act = b.op("onnx.HardSwish", [y], loc="/act/HardSwish")
+    b.output("y", b.quant(act, 1 / 16))
+    with pytest.raises(LoweringError) as err:
+        lower_module(b.module)
+    message = str(err.value)
+    assert "\n" not in message and err.value.is_refusal()
+    assert message.split(": operand")[0].endswith("could not be lowered to integer arithmetic")
+    assert "operand 0 is the int32 accumulator of '/conv/Conv' with no quantizer between that layer and this op" \
+        in message
 
 
 def se_block():

@@ -6,7 +6,7 @@ from qirc.lowering.requant_fusion import RequantFusion
 from qirc.lowering.testing import QuantBuilder, requant_step_errors, requant_unexplained
 from qirc.qir import interpreter
 from qirc.qir.passes import translation_validate
-from qirc.qir.types import i8, u8
+from qirc.qir.types import TensorType, f32, i8, u8
 from qirc.qir.verifier import verify
 
 rng = np.random.default_rng(5)
@@ -172,3 +172,50 @@ def test_random_conv_requants_are_faithful(seed, z_x, z_y, s_y, per_channel, act
     # a conv output within 1 step; the float conv may itself differ from the exact sum by float32 rounding
     assert report[0]["max_abs_diff"] <= s_y * (1 + 1e-4)
     check_requants(m, seeds=range(2))
+
+
+def _scaled_activation(b, op_name, const_first=False, c=None):
+    """x (u8 ReLU output, scale 1/50) -> Mul/Div by a dequantized uint8 constant (onnxruntime's QDQ form of
+    `x * 0.5`: 255 at scale 1/510) -> the product's quantizer."""
+    x = b.input("x", (1, 4, 6, 6), 1 / 50, storage=u8)
+    c = b.qconst(np.array(255), b.qtype(1 / 510, storage=u8)) if c is None else c
+    y = b.op(op_name, [c, x] if const_first else [x, c])
+    return y
+
+
+def test_mul_by_a_positive_constant_is_the_requant_gain():
+    # `x * 0.5` and `0.5 * x` between quantizers (onnxruntime's QDQ Mul): one requant with gain 0.5, no float op
+    for const_first in (False, True):
+        b = QuantBuilder()
+        y = _scaled_activation(b, "onnx.Mul", const_first)
+        b.output("y", b.quant(y, 1 / 120, storage=u8))
+        m, report = lower(b, samples=8)
+        assert int_ops(m) == ["int.requant_shift"]
+        assert [op.name for op in m.ops() if op.name.startswith("onnx.")] == []
+        rq = m.walk("int.requant_shift")[0]
+        # M = 0.5 * (1/50) / (1/120) = 1.2
+        assert abs(rq.attrs["mul"][0] / rq.attrs["div"] - 1.2) < 1e-3
+        assert report[0]["max_abs_diff"] <= 1 / 120 + 1e-9
+
+
+def test_div_by_a_float_constant_with_a_relu_after_it():
+    b = QuantBuilder()
+    x = b.input("x", (1, 4, 6, 6), 1 / 50, zero_point=-10)
+    c = b.module.create("qir.const", [], [TensorType((), f32)], {"value": np.array(3.0, np.float32)}, "/c").results[0]
+    y = b.op("onnx.Relu", [b.op("onnx.Div", [x, c])])
+    b.output("y", b.quant(y, 1 / 150, storage=u8))
+    m, report = lower(b, samples=8)
+    assert int_ops(m) == ["int.requant_shift"]
+    assert report[0]["max_abs_diff"] <= 1 / 150 + 1e-9
+
+
+def test_mul_by_a_negative_or_tensor_constant_is_left_alone():
+    for value in (np.array(-0.5, np.float32), np.full((1, 4, 1, 1), 0.5, np.float32)):
+        b = QuantBuilder()
+        c = b.module.create("qir.const", [], [TensorType(value.shape, f32)], {"value": value}, "/c").results[0]
+        y = _scaled_activation(b, "onnx.Mul", c=c)
+        b.output("y", b.quant(y, 1 / 120))
+        before = b.module.clone()
+        RequantFusion().run(b.module)
+        assert len(b.module.walk("onnx.Mul")) == 1, value
+        assert len(b.module.walk("quant.qcast")) == len(before.walk("quant.qcast"))

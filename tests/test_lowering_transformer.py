@@ -162,6 +162,33 @@ def test_layernorm_bias_carries_the_output_zero_point_and_rounds_once():
     assert out.tolist() == [[[8, 2, 7, 5]] * 3]  # round(3.33) + 5, round(-3.33) + 5, round(1.5) + 5, 0 + 5
 
 
+def test_layernorm_into_a_relu_folded_quantizer_does_not_wrap():
+    # onnxruntime folds LayerNorm -> Relu's Relu into the quantizer (zero point -128: its range starts at 0).  On that
+    # grid every negative output of the wrapping kernel wrapped to a large positive one (242 output steps off, argmax
+    # agreement 0% on a real export); now the kernel writes onto a symmetric grid holding any LayerNorm output and a
+    # RequantShift clips onto the quantizer's grid
+    rng = np.random.default_rng(6)
+    gamma, beta = rng.normal(1, 0.1, 16), rng.normal(0, 0.2, 16)
+    m, ref = layernorm_model(gamma, beta), layernorm_model(gamma, beta)
+    for module in (m, ref):
+        for q in module.walk("quant.qcast"):
+            if q.results[0].type.quant.scale == 0.03:
+                q.results[0].type = q.results[0].type.with_element(q.results[0].type.quant.with_(zero_points=(-128,)))
+    lower_module(m)
+    assert ops(m) == ["int.ilayernorm", "int.requant_shift"]
+    (ln,) = m.walk("int.ilayernorm")
+    assert ln.results[0].type.quant.zero_point == 0
+    x_f = rng.normal(0, 1.5, (1, 6, 16)).astype(np.float32)
+    x_f[0, 0] = 0.0
+    x_f[0, 0, 3] = 6.0  # one outlier: its row normalises to the extreme sqrt(15) and -1 / sqrt(15)
+    x = quantize(x_f, 0.05)
+    got = run(m, {"x": x})["y"]
+    real = run(ref, {"x": x_f})["y"]
+    want = np.clip(np.rint(real / 0.03) - 128, -128, 127)
+    assert np.abs(got - want).max() <= 3 and np.abs(got - want).mean() < 1
+    assert np.all(got[real < -0.1] == -128)  # every clearly negative output clips to 0, none wraps
+
+
 # ----- GELU ---------------------------------------------------------------------------------------------------------
 def gelu_model(s_in=0.05, s_out=0.02, out_quant=True, in_quant=True):
     b = QuantBuilder("gelu")

@@ -45,6 +45,23 @@ def real_const(value: Value) -> Optional[np.ndarray]:
     return None
 
 
+def positive_scalar_factor(op: Operation) -> Optional[float]:
+    """The positive factor an onnx.Mul / onnx.Div by one finite positive constant (a float constant or a dequantized
+    quantized one, its real value as onnxruntime's float32 DequantizeLinear gives it) multiplies its other operand
+    by, or None."""
+    if op.name not in ("onnx.Mul", "onnx.Div"):
+        return None
+    c = real_const(op.operands[1])
+    if c is None and op.name == "onnx.Mul":
+        c = real_const(op.operands[0])
+    if c is None or c.size != 1:
+        return None
+    c = float(np.float32(c.reshape(())))
+    if not np.isfinite(c) or c <= 0:
+        return None
+    return 1.0 / c if op.name == "onnx.Div" else c
+
+
 def close(a, b, rtol: float = SCALE_RTOL) -> bool:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size == 1 and b.size:

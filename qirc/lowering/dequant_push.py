@@ -367,9 +367,15 @@ def _zero_point_free_operand(module: Module, x: Value, loc: str) -> Value:
 
 def _mul(module: Module, op: Operation) -> bool:
     """onnx.Mul of two dequantized per-tensor activations -> int.mul of their int8 values with zero point 0 (int8 x
-    int8 -> int32, Deeploy's integer Mul), at scale s_a * s_b."""
+    int8 -> int32, Deeploy's integer Mul), at scale s_a * s_b.  Mul(d, HardSigmoid(d)) with HardSwish's alpha 1/6
+    and beta 1/2 (Brevitas' QuantHardSwish spells HardSwish so) -> onnx.HardSwish(d), which the HardSwish rule
+    lowers."""
+    if _hard_swish_spelled_out(module, op):
+        return True
     a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
     if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
+        return False
+    if _accumulator(a) or _accumulator(b):
         return False
     if const_array(a) is not None or const_array(b) is not None:
         return False
@@ -381,6 +387,30 @@ def _mul(module: Module, op: Operation) -> bool:
     return True
 
 
+def _accumulator(x: Value) -> bool:
+    """True for an int32 value (a layer's accumulator with no quantizer after it): its int8 operand form would be a
+    requant onto a grid covering the whole int32 range, which rounds every value the layer computes to zero."""
+    return x.type.storage.width > 16
+
+
+def _hard_swish_spelled_out(module: Module, op: Operation) -> bool:
+    for d, g in ((op.operands[0], op.operands[1]), (op.operands[1], op.operands[0])):
+        gate = g.owner
+        if gate.name != "onnx.HardSigmoid" or gate.operands[0] is not d or len(g.uses) != 1:
+            continue
+        source = dcast_source(d)
+        if source is None or _accumulator(source) or d.type.shape != op.results[0].type.shape:
+            continue
+        # float32's 1/6 and 1/2, as torch and Brevitas export them (ONNX HardSwish's fixed constants)
+        if np.float32(gate.attr("alpha")) != np.float32(1.0 / 6.0) or np.float32(gate.attr("beta")) != 0.5:
+            continue
+        hs = module.create("onnx.HardSwish", [d], [op.results[0].type], {}, op.loc)
+        module.replace_op(op, [hs.result])
+        module.erase_dead()
+        return True
+    return False
+
+
 #: HardSwish's gate x / 6 + 1/2 clipped to [0, 1] is quantized on this grid (int8, 127 steps over [0, 1]) before the
 #: product: one extra rounding of at most 1/254 of x
 _GATE_SCALE = 1.0 / 127.0
@@ -390,7 +420,7 @@ def _hard_swish(module: Module, op: Operation) -> bool:
     """onnx.HardSwish(dcast x) -> onnx.Mul(dcast x, dcast(qcast(HardSigmoid(dcast x)))) with the gate on an int8
     grid of 1/127: requant-fusion makes the gate one clipped affine requant, the Mul rule the product."""
     x = dcast_source(op.operands[0])
-    if x is None or x.type.quant.is_per_axis:
+    if x is None or x.type.quant.is_per_axis or _accumulator(x):
         return False
     d = op.operands[0]
     gate = module.create("onnx.HardSigmoid", [d], [d.type], {"alpha": 1.0 / 6.0, "beta": 0.5}, op.loc + "/gate")

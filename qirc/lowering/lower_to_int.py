@@ -102,13 +102,34 @@ def check_integer_only(module: Module) -> None:
                            f"is still a float tensor {value.type}")
 
 
+#: float ops that lower on a quantized 8-bit activation but not on a layer's int32 accumulator
+_LOWERED_ON_ACTIVATIONS = ("onnx.HardSigmoid", "onnx.HardSwish", "onnx.Mul")
+
+
 def _why(op) -> str:
     if op.name.startswith("onnx."):
         floats = [i for i, v in enumerate(op.operands) if v.type.is_float and v.owner.name != "quant.dcast"
                   and v.owner.name != "qir.const"]
         if floats:
             return f": operand {floats[0]} is not a dequantized tensor (no quantizer before it)"
-        return ": no integer lowering for this op with these operand types"
+        for i, v in enumerate(op.operands if op.name in _LOWERED_ON_ACTIVATIONS else ()):
+            source = v.owner.operands[0] if v.owner.name == "quant.dcast" else None
+            if source is not None and source.type.is_quant and source.type.storage.width > 16 \
+                    and source.owner.name in ("int.conv", "int.gemm", "int.matmul"):
+                # Brevitas' QuantHardSwish / QuantSigmoid with no input quantizer: the float activation reads the
+                # layer's raw accumulator, which no integer op can feed a nonlinearity from
+                return (f": operand {i} is the int32 accumulator of '{source.owner.loc}' with no quantizer between "
+                        f"that layer and this op, which is not supported: quantize the layer's output before it (in "
+                        f"Brevitas an input quantizer on the activation, e.g. a QuantIdentity before it)")
+        if op.name == "onnx.BatchNormalization":
+            return (": a BatchNormalization that does not follow a Conv (the importer folds it into that Conv's "
+                    "weights) is not supported")
+        if op.name == "onnx.Pad" and (op.attr("mode") or "constant") == "constant" and op.operands[0].owner.name \
+                == "quant.dcast" and not op.operands[0].owner.operands[0].type.quant.is_per_axis:
+            q = op.operands[0].owner.operands[0].type.quant
+            return (f": its padding value {float(op.attr('value') or 0.0):g} is not a stored integer of the input's "
+                    f"quantization (scale {q.scale:.6g}, zero point {q.zero_point}), which is not supported")
+        return ": no integer lowering for this op with these operand types (not supported)"
     if op.name == "quant.qcast":
         return ": the quantizer reads a float value that is not a dequantized integer tensor"
     if op.name == "quant.dcast":

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..qir.ir import Module, Operation, Value
 from ..qir.passes import ModulePass, register_pass
-from .common import dcast_source, emit_requant, fail
+from .common import dcast_source, emit_requant, fail, positive_scalar_factor, real_const
 from .numerics import quantize_scalar
 from .ranges import RangeAnalysis
 
@@ -25,7 +25,9 @@ class RequantFusion(ModulePass):
     Clip fold into the bounds (a quantizer is monotone, so clip commutes with it); signed/n_levels encode T_out's
     storage range, and bounds that are not of Deeploy's forms [-n/2, n/2-1] / [0, n-1] add an int.clip (which a
     target may reject).  A HardSigmoid right after the dcast is the affine requant clipped to the quantized 0 and 1:
-    M = alpha * s_in / s_out and add += round(beta / s_out * 2^k).  A dcast -> qcast between identical types is the identity and disappears, and so does one
+    M = alpha * s_in / s_out and add += round(beta / s_out * 2^k); so is a Mul or Div by one positive constant there
+    (`x * 0.5`, `x / 3` between quantizers, which scale-fold leaves when x is not an int op's result yet): M = c *
+    s_in / s_out (1 / c for Div).  A dcast -> qcast between identical types is the identity and disappears, and so does one
     whose scales differ only by float rounding when no reachable integer can change and only int.* ops read it (the
     requant onto a QONNX Trunc's input grid after an average pool).
     k is the most precise int32-safe shift even when its worst-case error over the reachable range reaches one output
@@ -41,8 +43,8 @@ class RequantFusion(ModulePass):
 
 
 def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
-    """(quantized source, [HardSigmoid? Relu/Clip ops from source to qcast]) when the qcast reads such a chain (a
-    HardSigmoid only right after the dcast)."""
+    """(quantized source, [HardSigmoid or Mul/Div by a positive scalar? Relu/Clip ops from source to qcast]) when the
+    qcast reads such a chain (the HardSigmoid, Mul or Div only right after the dcast)."""
     clips: List[Operation] = []
     value = qcast.operands[0]
     while value.owner.name in ("onnx.Relu", "onnx.Clip"):
@@ -51,6 +53,16 @@ def _chain(qcast: Operation) -> Optional[Tuple[Value, List[Operation]]]:
     if value.owner.name == "onnx.HardSigmoid" and len(value.users) == 1:
         clips.append(value.owner)
         value = value.owner.operands[0]
+    elif len(value.users) == 1 and positive_scalar_factor(value.owner) is not None:
+        # x * c or x / c (c > 0 constant) that scale-fold could not fold into the type of an int op's result (x is
+        # a quantized activation, not yet requantized): the factor becomes the requant's gain
+        mul = value.owner
+        data = mul.operands[0] if mul.name == "onnx.Div" or real_const(mul.operands[1]) is not None \
+            else mul.operands[1]
+        if data.type.shape != mul.results[0].type.shape:
+            return None
+        clips.append(mul)
+        value = data
     source = dcast_source(value)
     if source is None:
         return None
@@ -77,6 +89,8 @@ def fuse_requants(module: Module, ranges: Optional[RangeAnalysis] = None, strict
                 # clip(alpha * x + beta, 0, 1): an affine requant clipped to the quantized 0 and 1
                 gain, offset = float(np.float32(clip.attr("alpha"))), float(np.float32(clip.attr("beta")))
                 lo_real, hi_real = max(lo_real, 0.0), min(hi_real, 1.0)
+            elif clip.name in ("onnx.Mul", "onnx.Div"):
+                gain = positive_scalar_factor(clip)
             elif clip.name == "onnx.Relu":
                 lo_real = max(lo_real, 0.0)
             else:

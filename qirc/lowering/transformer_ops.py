@@ -47,7 +47,10 @@ class IntegerTransformer(ModulePass):
     {D = 2^k} : i8 @ s_o, z_o` with
     weight = round(gamma 2^k / s_o), bias = round((beta / s_o + z_o) 2^k) + 2^(k-1) (the kernel floors after >> k)
     and k the largest shift <= 30 that keeps both in int32.  The kernel's +1 on the integer variance replaces the
-    model's epsilon by one input step squared; its int8 output wraps instead of saturating.
+    model's epsilon by one input step squared; its int8 output wraps instead of saturating.  An output quantizer
+    whose range starts or ends at 0 (a ReLU folded into it, as onnxruntime folds LayerNorm -> Relu) would wrap every
+    value of the other sign: the kernel then writes onto the symmetric int8 grid holding max |gamma| sqrt(C - 1) +
+    |beta| (any LayerNorm output) and a `quant.dcast` there leaves the quantizer to requant-fusion, which clips.
     Gelu (approximate = none).  Before: `onnx.Gelu(dcast %x) ; quant.qcast : T_o` with %x 8-bit, zero point 0, scale
     s.  After: `int.igelu %x {b = round(-1.769 sqrt 2 / s), one = round(2 / (0.2888 s^2))} : i32 @ s / one` followed
     by `quant.dcast` (requant-fusion turns the qcast into the RequantShift, whose add is 0 because T_o must have zero
@@ -250,15 +253,24 @@ def _layernorm(module: Module, op: Operation) -> bool:
     oq = out.quant
     if not (oq.storage.signed and oq.storage.width == 8):
         raise fail(op, f"LayerNorm output quantizer {oq} is not signed 8-bit: Deeploy's iLayerNorm outputs int8")
-    weight, bias, k = layernorm_parameters(gamma, beta, float(oq.scale), int(oq.zero_point), op)
+    grid = oq.with_(storage_min=-128, storage_max=127)
+    one_sided = oq.zero_point <= oq.storage_min or oq.zero_point >= oq.storage_max
+    if one_sided:
+        # a quantizer whose range starts (or ends) at 0: a ReLU folded into it (onnxruntime drops LayerNorm -> Relu's
+        # Relu so).  The kernel's output wraps instead of saturating, so on that grid every value of the other sign
+        # would wrap: it writes onto a symmetric int8 grid holding every value a LayerNorm row can take (a
+        # normalised value is at most sqrt(C - 1) in magnitude), and a RequantShift (requant-fusion) clips onto the
+        # quantizer's grid
+        reach = float(np.max(np.abs(gamma) * math.sqrt(max(c - 1, 1)) + np.abs(beta)))
+        grid = UniformQuantType.per_tensor(i8, max(reach, float(oq.scale)) / 127.0, 0)
+    weight, bias, k = layernorm_parameters(gamma, beta, float(grid.scale), int(grid.zero_point), op)
     w = int_const(module, weight, op.loc)
     b = int_const(module, bias, op.loc)
     # the kernel's int8 output wraps: its type holds the full int8 range even if the quantizer is narrow
-    new = module.create("int.ilayernorm", [x, w, b],
-                        [TensorType(x.type.shape, oq.with_(storage_min=-128, storage_max=127))],
+    new = module.create("int.ilayernorm", [x, w, b], [TensorType(x.type.shape, grid)],
                         {"D": 1 << k, "n_levels": 256}, op.loc)
     qcasts = _output_qcasts(op)
-    if all(q.operands[0] is op.results[0] for q in qcasts):
+    if not one_sided and all(q.operands[0] is op.results[0] for q in qcasts):
         for q in qcasts:
             module.replace_op(q, [new.result])
     else:  # shape ops before the quantizers: they and the quantizers (now identities) lower after it

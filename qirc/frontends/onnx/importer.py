@@ -280,6 +280,10 @@ class OnnxImporter(TransformerImport):
             return s.array
         if isinstance(s, Scaled) and isinstance(self.env[s.x_name], Const):
             return self._scaled_const(s)
+        if isinstance(s, IntView) and isinstance(s.src, Quantized) and s.src.stored is not None:
+            # DequantizeLinear of a quantized initializer (onnxruntime quantizes a Pad's constant_value and an
+            # unfolded BatchNormalization's scale as weights): its float32 value, as DequantizeLinear computes it
+            return ((np.asarray(s.src.stored, F32) - s.b) * s.a).astype(F32)
         if any(vi.name == name for vi in self.g.real_inputs):
             raise self.error(f"{what} ('{name}') is a graph input, {_CONSTANTS_RULE}")
         raise self.error(f"{what} ('{name}') must be a constant")

@@ -14,7 +14,7 @@ that carry their own scales and zero points:
                   QLinearSoftmax                   ->  DQ -> the float op -> Q   (channels_last=1 is refused)
     com.microsoft QLinearConcat(ys, yz, (x, xs, xz)...)  ->  DQ each -> Concat -> Q
     com.microsoft QuantizeLinear / DequantizeLinear ->  the standard ops
-    MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Identity, Slice on a quantized tensor
+    MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Identity, Slice, Split on a quantized tensor
                                                    ->  DQ -> the op -> Q with the input's scale and zero point
 
 so the QDQ importer reads the result like any onnxruntime QDQ export: each QLinear op's arithmetic is what the
@@ -53,7 +53,7 @@ _SPECIAL = {("", "QLinearConv"), (MS, "QGemm"), (MS, "QLinearConcat"), (MS, "Qua
             (MS, "DequantizeLinear")}
 #: ops that move or select stored integers without changing their scale (onnxruntime's QOperator format runs them on
 #: the quantized tensor)
-PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice")
+PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split")
 #: ops whose scales are computed at run time (onnxruntime's quantize_dynamic)
 DYNAMIC_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
                "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QAttention", "DynamicQuantizeConv")
@@ -268,11 +268,14 @@ class _Rewriter:
         new = onnx.NodeProto()
         new.CopyFrom(node)
         new.input[0] = self.dequantize(node.input[0], scale, zp)
-        y = node.output[0]
-        y_float = self.float_out()
-        new.output[0] = y_float
+        outputs = []
+        for j, y in enumerate(node.output):  # (every output of a Split)
+            if y:
+                new.output[j] = self.fresh(f"{y}_float")
+                outputs.append((new.output[j], y))
         self.nodes.append(new)
-        self.quantize(y_float, y, scale, zp)
+        for y_float, y in outputs:
+            self.quantize(y_float, y, scale, zp)
 
 
 def qoperator_to_qdq(model: onnx.ModelProto, filename: str) -> onnx.ModelProto:

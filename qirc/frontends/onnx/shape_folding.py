@@ -21,7 +21,8 @@ from .loader import DEFAULT_DOMAINS, GraphIndex, _infer_shapes, default_opset
 
 #: shape-arithmetic ops evaluated here (all on small integer or boolean tensors)
 _FOLDABLE = ("Gather", "Slice", "Concat", "Add", "Sub", "Mul", "Div", "Unsqueeze", "Squeeze", "Cast", "Identity",
-             "Equal", "Where", "ConstantOfShape", "Expand", "Range", "Reshape", "Constant", "Min", "Max", "Neg")
+             "Equal", "Where", "ConstantOfShape", "Expand", "Range", "Reshape", "Constant", "Min", "Max", "Neg",
+             "Transpose")
 
 
 def _unknown(index: GraphIndex) -> int:

@@ -277,7 +277,7 @@ def find_fusions(index, opset: int) -> Dict[int, Fusion]:
 
 
 #: ops imported on non-constant data only when these inputs (their parameters) are constant
-CONSTANT_PARAMETERS = {"Gather": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,)}
+CONSTANT_PARAMETERS = {"Gather": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "Split": (1,)}
 
 
 def parameters_constant(node: onnx.NodeProto, constant) -> bool:
@@ -376,6 +376,37 @@ class TransformerImport:
                     resolved[key].append(v)
             self.emit_float_op(node, "onnx.Slice", node.input[:1], resolved)
         self.fold_or(node, emit)
+
+    def _op_Split(self, node):
+        """One onnx.Slice per output along the axis (torch.split / torch.chunk; the sizes from the `split` input,
+        the opset-11 attribute, or equal parts)."""
+        shape = self.shape(node.input[0])
+        a = self.attrs(node)
+        axis = _norm(int(a.get("axis", 0)), len(shape))
+        sizes = a.get("split")
+        if len(node.input) > 1 and node.input[1]:
+            sizes = self.const_input(node, 1, "Split sizes")
+        outputs = list(node.output)
+        if sizes is None:
+            parts = len(outputs)
+            step = -(-shape[axis] // parts)  # opset 18's num_outputs: the last part may be smaller
+            sizes = [min(step, shape[axis] - i * step) for i in range(parts)]
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        if len(sizes) != len(outputs) or sum(sizes) != shape[axis] or min(sizes) < 0:
+            raise self.error(f"Split sizes {sizes} do not split axis {axis} of size {shape[axis]} into "
+                             f"{len(outputs)} outputs")
+        source = self.state(node.input[0])
+        start = 0
+        for i, (name, size) in enumerate(zip(outputs, sizes)):
+            if name:
+                if isinstance(source, Const):
+                    self.env[name] = Const(np.take(source.array, np.arange(start, start + size), axis=axis))
+                else:
+                    attrs = {"starts": [start], "ends": [start + size], "axes": [axis], "steps": [1]}
+                    value = self.module.create("onnx.Slice", [self.float_value(node.input[0])],
+                                               [self.out_type(node, i)], attrs, f"{self.g.label(node)}/{i}").result
+                    self.env[name] = FloatVal(value)
+            start += size
 
     def _fold_math_only(self, node):
         arrays = []

@@ -94,8 +94,9 @@ def _to_int8(module: Module, x, loc: str):
     """x (uint8) - 128 as int8: a RequantShift with mul = div = 1 and add = -128 (the zero points move by -128)."""
     element = x.type.element
     if x.type.is_quant:
-        element = element.with_(storage=ScalarType("i8"), storage_min=element.storage_min - 128,
-                                storage_max=element.storage_max - 128,
+        # the full int8 range, which the RequantShift's clip (n_levels = 256) states: a narrower uint8 range (a
+        # 4-bit ReLU's 0..15) would leave the clip wider than the result's storage
+        element = element.with_(storage=ScalarType("i8"), storage_min=-128, storage_max=127,
                                 zero_points=tuple(int(z) - 128 for z in element.zero_points))
     else:
         element = ScalarType("i8")
