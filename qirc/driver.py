@@ -266,9 +266,7 @@ def compile_model(model_path, target, out_dir, inputs_npz: Optional[str] = None,
     pass_specs = [p.spec() for p in passes]
     report = {"target": target.name, "platform": target.platform, **io, "passes": pass_specs,
               "accuracy": accuracy}
-    debug_pass = debug_pass_report(model, target)
-    if debug_pass is not None:
-        report["deeploytest_debug_pass"] = debug_pass
+    report["deeploytest_debug_pass"] = debug_pass_report(model, target)
 
     in_types = [op.results[0].type for op in module.inputs]
     out_types = [op.operands[0].type for op in module.outputs]
