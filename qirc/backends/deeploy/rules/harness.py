@@ -95,6 +95,24 @@ def debug_pass_invariant_adds(module: Module, target: DeeployTarget) -> None:
                 break
 
 
+def merge_rounded(model: onnx.ModelProto) -> List[str]:
+    """Names of the RequantShift nodes after a Conv or MatMul of `model` whose add a CMSIS requant merge (Deeploy's
+    ConvRequantMergePass / MatMulRequantMergePass: add := np.round(add / (mul + 1e-3)), the kernel's int32 bias)
+    does not take back to add / mul: an add that is not a multiple of mul, or a multiple k * mul with |k| beyond
+    about 500 * mul.  (A Gemm's merge divides its add twice; qirc writes a Gemm requant's add 0.)"""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    rounded = []
+    for node in model.graph.node:
+        if node.op_type == "RequantShift" and producer.get(node.input[0]) in ("Conv", "MatMul") \
+                and node.input[1] in inits and node.input[2] in inits:
+            mul = inits[node.input[1]].astype(np.int64)
+            add = inits[node.input[2]].astype(np.int64)
+            if not debug_pass_keeps(mul, add):
+                rounded.append(node.name)
+    return rounded
+
+
 def debug_pass_changes(model: onnx.ModelProto) -> List[str]:
     """Names of the RequantShift nodes of `model` whose add DeeployTest's debug pass would change."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -128,6 +146,13 @@ def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> dict:
             "(as stated for CMSIS's Conv/Gemm merge, not rescaled on this target; the add moves by a fraction of an "
             "output step). That run may differ from outputs.npz where a value lies that near a rounding tie: see "
             "docs/targets.md for running without the pass")
+        merged = merge_rounded(model)
+        if merged:
+            # the platform's Conv/MatMul-requant merge computes the pass's expression on the device itself
+            note += (". On the device too: CMSIS's requant merge hands the kernel round(add / (mul + 1e-3)) for the "
+                     f"Conv/MatMul requants {', '.join(merged)}, i.e. k moved toward 0 where the graph states "
+                     "k * mul, so the device may differ from outputs.npz by one step where a value lies that near a "
+                     "rounding tie (docs/targets.md, deeploy-cortexm)")
         return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}
     note = ("DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass; it changes none of the "
             "requants") if not changed else (
