@@ -62,6 +62,25 @@ class _OneModel:
         return self.ref
 
 
+def _export_float(model, path, shape) -> None:
+    """torch.onnx.export of `model` traced on a seeded-normal input of `shape`, as the foreign matrix exports."""
+    import torch
+
+    torch.onnx.export(model, (torch.randn(shape),), str(path), dynamo=False, opset_version=fm.OPSET,
+                      input_names=["x"], output_names=["y"])
+
+
+def _ort_model(tmp_path_factory, name: str, build, shape, per_channel: bool, activation: str) -> "_OneModel":
+    """The float torch network `build()` (seeded weights), exported and quantized by onnxruntime's quantize_static."""
+    import torch
+
+    folder = tmp_path_factory.mktemp(name)
+    torch.manual_seed(fm.SEED)
+    _export_float(build().eval(), folder / f"{name}.float.onnx", shape)
+    return _OneModel(_quantize_static(folder / f"{name}.float.onnx", folder / f"{name}.onnx", shape, per_channel,
+                                      activation), shape)
+
+
 def _quantize_static(float_path, out_path, input_shape, per_channel: bool, activation: str, qoperator=False):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -97,14 +116,7 @@ def pad_model(tmp_path_factory):
         def forward(self, x):
             return self.fc(torch.flatten(F.max_pool2d(F.pad(torch.relu(self.conv(x)), (1, 2, 0, 1)), 2), 1))
 
-    folder = tmp_path_factory.mktemp("pad")
-    shape = (1, 3, 16, 16)
-    torch.manual_seed(fm.SEED)
-    model = PadNet().eval()
-    torch.onnx.export(model, (torch.randn(shape),), str(folder / "pad.float.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
-    path = _quantize_static(folder / "pad.float.onnx", folder / "pad.onnx", shape, False, "QInt8")
-    return _OneModel(path, shape)
+    return _ort_model(tmp_path_factory, "pad", PadNet, (1, 3, 16, 16), False, "QInt8")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -130,14 +142,7 @@ def scaled_branches(tmp_path_factory):
             y = torch.relu(self.a(x)) * 0.5 + 4.0 * self.b(x)
             return self.fc(torch.flatten(F.max_pool2d(y, 2), 1))
 
-    folder = tmp_path_factory.mktemp("scaled")
-    shape = (1, 3, 16, 16)
-    torch.manual_seed(fm.SEED)
-    model = ScaledBranches().eval()
-    torch.onnx.export(model, (torch.randn(shape),), str(folder / "scaled.float.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
-    path = _quantize_static(folder / "scaled.float.onnx", folder / "scaled.onnx", shape, True, "QUInt8")
-    return _OneModel(path, shape)
+    return _ort_model(tmp_path_factory, "scaled", ScaledBranches, (1, 3, 16, 16), True, "QUInt8")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -315,8 +320,7 @@ def test_dequantized_constants_of_pad_and_batchnorm_reach_a_refusal_that_says_wh
 
     shape = (1, 3, 16, 16)
     torch.manual_seed(fm.SEED)
-    torch.onnx.export(_refused_net(kind), (torch.randn(shape),), str(tmp_path / "f.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    _export_float(_refused_net(kind), tmp_path / "f.onnx", shape)
     path = _quantize_static(tmp_path / "f.onnx", tmp_path / f"{kind}.onnx", shape, True, "QInt8")
     with pytest.raises(QircError) as err:
         compile_model(path, "deeploy-generic", tmp_path / "out")
@@ -347,8 +351,7 @@ def split_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("split")
     shape = (1, 3, 16, 16)
     torch.manual_seed(fm.SEED)
-    torch.onnx.export(SplitNet().eval(), (torch.randn(shape),), str(folder / "split.float.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
+    _export_float(SplitNet().eval(), folder / "split.float.onnx", shape)
     return {fmt: _OneModel(_quantize_static(folder / "split.float.onnx", folder / f"split.{fmt}.onnx", shape, True,
                                             "QInt8", qoperator=fmt == "qop"), shape)
             for fmt in ("qdq", "qop")}
@@ -365,14 +368,11 @@ def test_torch_split_compiles_and_matches_onnxruntime(split_models, tmp_path, fm
 def layernorm_relu(tmp_path_factory):
     import torch
 
-    folder = tmp_path_factory.mktemp("layernorm")
-    shape = (1, 8, 16)
-    torch.manual_seed(fm.SEED)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 10)).eval()
-    torch.onnx.export(model, (torch.randn(shape),), str(folder / "ln.float.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
-    return _OneModel(_quantize_static(folder / "ln.float.onnx", folder / "ln.onnx", shape, False, "QInt8"), shape)
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.ReLU(),
+                                   torch.nn.Linear(32, 10))
+
+    return _ort_model(tmp_path_factory, "ln", build, (1, 8, 16), False, "QInt8")
 
 
 @pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
@@ -401,12 +401,7 @@ def token_mean(tmp_path_factory):
         def forward(self, x):
             return self.fc(torch.relu(self.a(x)).mean(dim=1))
 
-    folder = tmp_path_factory.mktemp("tokenmean")
-    shape = (1, 8, 16)
-    torch.manual_seed(fm.SEED)
-    torch.onnx.export(TokenMean().eval(), (torch.randn(shape),), str(folder / "m.float.onnx"), dynamo=False,
-                      opset_version=fm.OPSET, input_names=["x"], output_names=["y"])
-    return _OneModel(_quantize_static(folder / "m.float.onnx", folder / "m.onnx", shape, True, "QUInt8"), shape)
+    return _ort_model(tmp_path_factory, "m", TokenMean, (1, 8, 16), True, "QUInt8")
 
 
 @pytest.mark.parametrize("target", TARGETS)
