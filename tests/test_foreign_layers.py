@@ -120,9 +120,20 @@ def pad_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_torch_exported_pad_compiles_and_matches_onnxruntime(pad_model, tmp_path, target):
+def test_torch_exported_pad_is_read_and_its_unequal_ends_refused(pad_model, tmp_path, target):
+    # the pads computed through Slice / Transpose fold to a static shape (the import no longer stops at "unknown or
+    # dynamic after shape inference"); F.pad (1, 2, 0, 1) pads H by 0 and 1, which Deeploy's Pad cannot (its kernel
+    # skips twice the top padding between channels: on Generic every output was wrong), so it is refused by name
+    # (Siracusa has no Pad node: the padding becomes the next window op's own; Cortex-M's Pad runs NHWC and takes
+    # any pads, verified on QEMU-ARM: both are judged like any cell)
     cell = fm.evaluate(pad_model, fm.ModelSpec("pad", "pt-s8s8"), target, tmp_path / "out")
-    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+    if target != "deeploy-generic":
+        assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+        return
+    assert cell.status == "error", f"{cell.status}: {cell.text}\n{cell.traceback}"
+    assert "node '/Pad' (int.pad)" in cell.text and "pads the top and the bottom of a 8-channel tensor unequally " \
+        "(0/1): Deeploy's Pad takes equal top and bottom padding" in cell.text
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +416,56 @@ def token_mean(tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_mean_over_tokens_after_a_per_channel_linear(token_mean, tmp_path, target):
+def test_mean_over_tokens_after_a_per_channel_linear_is_refused(token_mean, tmp_path, target):
+    # kept rank 3 with its per-feature requant, it compiled, but Deeploy Generic computed every output wrong: refused
+    # until that form is verified
     cell = fm.evaluate(token_mean, fm.ModelSpec("tokenmean", "pc-u8s8"), target, tmp_path / "out")
-    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+    assert cell.status == "error", f"{cell.status}: {cell.text}\n{cell.traceback}"
+    assert "\n" not in cell.text and "node '/a/MatMul" in cell.text
+    if target != "deeploy-siracusa":  # (Siracusa stops earlier, at the MatMul's own form)
+        assert "per-channel requant_shift along axis 3 of a rank-4 tensor has no Deeploy form" in cell.text
+
+
+@pytest.mark.parametrize("target", ["deeploy-generic", "deeploy-cortexm"])
+def test_token_bias_adds_are_not_merged_along_the_tokens(layernorm_relu, tmp_path, target):
+    """onnxruntime quantizes a token Linear's MatMul and its bias Add apart: the Add of the per-feature bias sits before
+    the next RequantShift.  Deeploy's MergeConstAddAndRequantPass folds an Add of a constant smaller than its output
+    into that RequantShift and reads it along dim 1 (the tokens; Generic: "Could not broadcast ... from (32,) to
+    [1, 8]"), so every such constant is written at the output's full shape, which the pass leaves alone (verified:
+    Generic Errors: 0 out of 80 on this model)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qirc.cli import main
+
+    out = tmp_path / "out"
+    assert main([str(layernorm_relu.ref.path), "--target", target, "-o", str(out)]) == 0
+    model = onnx.load(str(out / "network.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+              for v in list(model.graph.value_info) + list(model.graph.output)}
+
+    def constant(name):  # an initializer, or a Mul of two (Deeploy folds it first)
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)
+        if node is not None and node.op_type == "Mul" and all(i in inits for i in node.input):
+            return inits[node.input[0]] * inits[node.input[1]]
+        return None
+
+    checked = 0
+    for node in model.graph.node:
+        users = [n for n in model.graph.node if node.op_type == "Add" and node.output[0] in n.input]
+        if len(users) != 1 or users[0].op_type != "RequantShift":
+            continue
+        for name in node.input:
+            k = constant(name)
+            if k is None:
+                continue
+            out_shape = shapes[node.output[0]]
+            k_shape = (1,) * (len(out_shape) - k.ndim) + k.shape
+            merged = k_shape != out_shape
+            assert not merged or all(d == 1 for a, d in enumerate(k_shape) if a != 1), (node.name, k.shape, out_shape)
+            checked += 1
+    assert checked >= 1  # the model has such bias Adds

@@ -78,6 +78,11 @@ class DeeployTarget:
                        MatMul gets an add that is a multiple of its mul, so that the graph computes what the device
                        does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's requant add moves into its
                        bias (the platform's Gemm merge would lose it)
+    pad_equal_top_bottom
+                       the platform's Pad kernel works on NCHW and steps between channels over twice the top padding:
+                       right only when the bottom padding equals it (Generic: every output wrong after a Pad of top 0,
+                       bottom 1); an int.pad that pads top and bottom unequally is refused.  Cortex-M's NHWC Pad takes
+                       any pads (QEMU-ARM: Errors: 0 out of 200 for top 1, bottom 0, left 0, right 1)
     pad_node           the platform takes an explicit Pad node.  False on Siracusa: DeeployTest's tiled flow is how it
                        is deployed, and its Pad bindings have no tiling constraint, so every padding is a Conv's own
                        zero padding (rules/tiling.py: a zero point is shifted out of the Conv's input first, pads that
@@ -135,6 +140,7 @@ class DeeployTarget:
     clip_requant_unit: int = 1
     q31_requant_multiplier: bool = False
     pad_node: bool = True
+    pad_equal_top_bottom: bool = False
     unsigned_requant_fused: bool = False
     requant_div_min: int = 1
     depthwise_conv: bool = True
@@ -180,6 +186,7 @@ GENERIC = DeeployTarget(
     conv_needs_requant=False,
     residual_add="mul-add",
     sum_pool="depthwise-conv",
+    pad_equal_top_bottom=True,
     quirks=(
         "ReduceSum's generated C crashes and ReduceMean needs non-standard attributes: average pooling is a "
         "depthwise all-ones Conv followed by a RequantShift",
@@ -248,8 +255,10 @@ CORTEXM = DeeployTarget(
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",
-        "its requant merge passes replace add by round(add/mul) (CMSIS adds before multiplying): qirc emits add as "
-        "a multiple of mul, so the graph states what the device computes",
+        "its requant merge passes replace add by round(add/(mul + 1e-3)) (CMSIS adds before multiplying): qirc emits "
+        "add as a multiple k * mul, so the graph states what the device computes, except where |k| is beyond about "
+        "500 * mul: the merge moves k toward 0 by one (QEMU-ARM: rare off-by-one outputs); qirc.json names those "
+        "requants",
         "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor: a per-channel Gemm is written as "
         "a 1x1 Conv",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",

@@ -44,6 +44,7 @@ ORDER: Tuple[Rule, ...] = (
     gemm.gemm_forms,
     gemm.per_channel_gemm_as_conv,
     bias.fold_biases,
+    bias.full_shape_feature_adds,
     gemm.bare_gemm_as_matmul,
     clips.fold_clips,
     transformer.drop_softmax_half_step,

@@ -6,7 +6,7 @@ import numpy as np
 from ....qir.ir import Module, Operation
 from ....qir.types import i32
 from ..targets import DeeployTarget
-from .common import const_value, fail, int_const, move_zero_points, sole_user
+from .common import const_value, fail, int_const, move_zero_points, sole_user, storage
 from .rule import rule
 
 
@@ -75,4 +75,45 @@ def fold_biases(module: Module, target: DeeployTarget) -> None:
                 # the requant now requantizes x + k: x's integers stand for the add's result, at zero points moved
                 # by -k (with other users, x keeps the type they read)
                 move_zero_points(x, -np.asarray(k, np.int64), add.result.type)
+    module.erase_dead()
+
+
+def _constant_operand(v):
+    """The integers of `v` when it is a constant, or an int.mul of two constants (a bias times its rescale, which
+    Deeploy folds before merging the Add); None otherwise."""
+    k = const_value(v)
+    if k is not None:
+        return np.asarray(k)
+    if v.owner.name == "int.mul":
+        a, b = (const_value(o) for o in v.owner.operands)
+        if a is not None and b is not None:
+            product = np.multiply(np.asarray(a, np.int64), np.asarray(b, np.int64))
+            if np.all(product == product.astype(v.type.storage.np_dtype)):
+                return product
+    return None
+
+
+@rule("full-shape-feature-adds")
+def full_shape_feature_adds(module: Module, target: DeeployTarget) -> None:
+    """int.add(x, k) of a constant k that varies along an axis other than 1 of a rank >= 3 tensor (the per-feature
+    bias of a token tensor [N, T, D] that fold-biases could not take into its requant, whose parameters would then
+    vary along D) -> the same add of k spread to the full shape of x.
+
+    Deeploy's MergeConstAddAndRequantPass folds an Add of a constant smaller than its output into the RequantShift
+    after it and reads the sum along dim 1 (found on Generic: "Could not broadcast ... from (32,) to [1, 8]"; were
+    T = D, it would add the features' constants to the tokens); it leaves an Add of a full-shape constant as an
+    elementwise Add.  The same integers are computed."""
+    for add in module.walk("int.add"):
+        full = tuple(add.result.type.shape)
+        if len(full) < 3:
+            continue
+        for i, v in enumerate(add.operands):
+            k = _constant_operand(v)
+            if k is None or np.shape(k) == full:
+                continue
+            shape = (1,) * (len(full) - k.ndim) + k.shape
+            if all(d == 1 for a, d in enumerate(shape) if a != 1):
+                continue  # per tensor, or per channel along axis 1: what the merge reads
+            spread = np.ascontiguousarray(np.broadcast_to(k.reshape(shape), full))
+            module.set_operand(add, i, int_const(module, spread, v.owner.loc or add.loc, storage(v)))
     module.erase_dead()

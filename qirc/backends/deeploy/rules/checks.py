@@ -136,6 +136,13 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
             rank = op.operands[0].type.rank
             if rank != 4 or any(pads[i] for i in (0, 1, rank, rank + 1)):
                 raise fail(op, target, f"int.pad {pads} pads more than the spatial axes of an NCHW tensor")
+            if target.pad_equal_top_bottom and pads[2] != pads[6] and op.operands[0].type.shape[1] > 1:
+                # its NCHW Pad kernel steps from one channel's last row to the next channel's first over twice the
+                # top padding (found on Generic: every output wrong after an F.pad (1, 2, 0, 1)); unequal left and
+                # right pads it writes correctly
+                raise fail(op, target, f"int.pad {pads} pads the top and the bottom of a {op.operands[0].type.shape[1]}"
+                                       f"-channel tensor unequally ({pads[2]}/{pads[6]}): Deeploy's Pad takes equal "
+                                       "top and bottom padding")
         elif op.name == "int.maxpool":
             if any(int(d) != 1 for d in (op.attr("dilations") or [])) or int(op.attr("ceil_mode")):
                 raise fail(op, target, "Deeploy's MaxPool takes dilation 1 and ceil_mode 0")

@@ -14,9 +14,7 @@ tensor [N, C, L] holds the same integers in the same order as [N, C, 1, L], so t
   order), and an int.flatten at axis 1 or 2 reads it unchanged; any other reader outside the region, a graph output, or a rank-3 value entering it from outside gets an
   explicit int.reshape.
 Semantics are unchanged: every integer stays where it was in memory order.  Token tensors [N, T, D] that only meet
-MatMul / Gemm / Reshape / Transpose stay rank 3, and so does a requant of one whose parameters vary along D (a
-per-channel Linear's, which token-matmuls-2d makes 2-D): lifted, they would vary along axis 3 (a mean over the
-tokens after such a Linear was refused so).
+MatMul / Gemm / Reshape / Transpose stay rank 3.
 """
 from __future__ import annotations
 
@@ -64,19 +62,6 @@ def _needs_nchw(op: Operation) -> bool:
     return False
 
 
-def _per_feature_requant(op: Operation) -> bool:
-    """An int.requant_shift of a rank-3 token tensor [N, T, D] whose mul/add vary along D (a per-channel Linear's
-    requant): token-matmuls-2d gives it its 2-D form, and lifted to rank 4 its parameters would run along axis 3,
-    which no Deeploy RequantShift reads."""
-    if op.name != "int.requant_shift" or op.operands[0].type.rank != 3:
-        return False
-    for key in ("mul", "add"):
-        shape = np.asarray(op.attr(key)).shape
-        if len(shape) == 3 and shape[:2] == (1, 1) and shape[2] > 1:
-            return True
-    return False
-
-
 def _region(module: Module) -> Set[int]:
     """ids of the rank-3 values to lift."""
     lifted: Set[int] = set()
@@ -84,8 +69,8 @@ def _region(module: Module) -> Set[int]:
     seen_ops: Set[int] = set()
     while frontier:
         op = frontier.pop()
-        if id(op) in seen_ops or _per_feature_requant(op):
-            continue  # (a per-feature requant stays rank 3: its result joins the region through a reshape)
+        if id(op) in seen_ops:
+            continue
         seen_ops.add(id(op))
         keep_result = not (op.name == "int.reduce_sum" and not int(op.attr("keepdims")))
         values = [v for v in op.operands if not _is_const(v) and v.type.rank == 3]
@@ -94,8 +79,7 @@ def _region(module: Module) -> Set[int]:
         if keep_result:
             values += [r for r in op.results if r.type.rank == 3]
         for v in values:
-            if id(v) in lifted or v.owner.name not in _LAYOUT_OPS + ("int.reshape", "int.reduce_sum") or \
-                    _per_feature_requant(v.owner):
+            if id(v) in lifted or v.owner.name not in _LAYOUT_OPS + ("int.reshape", "int.reduce_sum"):
                 continue  # a graph input, a transpose, a matmul...: an explicit reshape up joins it to the region
             lifted.add(id(v))
             neighbours = [v.owner] + list(v.users)
