@@ -55,7 +55,7 @@ def _to_2d(element, rank: int):
 
 @rule("token-matmuls-2d")
 def token_matmuls_2d(module: Module, target: DeeployTarget) -> None:
-    """int.matmul(x [..., M, K], W [K, N] constant) [-> int.add(bias [N])...] [-> int.requant_shift] on token
+    """int.matmul(x [..., M, K], W [K, N] constant) [-> int.add(bias [N])] [-> int.requant_shift] on token
     tensors -> Reshape x to [rows, K] -> the 2-D MatMul, bias add and requant -> Reshape back to [..., M, N].
 
     Brevitas' dense layers on tokens ([1, L, E] or [L, 1, E]) are MatMuls of a rank-3 activation by 2-D weights.
@@ -72,16 +72,13 @@ def token_matmuls_2d(module: Module, target: DeeployTarget) -> None:
         tail: List[Operation] = []
         value = op.result
         user = value.uses[0][0] if len(value.uses) == 1 else None
-        # every constant per-feature add (the bias, and on a signed-normalised target the zero-point correction
-        # of an unsigned input before it): one left at rank 3 would fold into the requant along axis 2
-        while user is not None and user.name == "int.add":
+        if user is not None and user.name == "int.add":
             other = user.operands[1] if user.operands[0] is value else user.operands[0]
             c = const_value(other)
-            if c is None or c.size != n or c.shape[-1:] != (n,):
-                break
-            tail.append(user)
-            value = user.result
-            user = value.uses[0][0] if len(value.uses) == 1 else None
+            if c is not None and c.size == n and c.shape[-1:] == (n,):
+                tail.append(user)
+                value = user.result
+                user = value.uses[0][0] if len(value.uses) == 1 else None
         if user is not None and user.name == "int.requant_shift" and \
                 all(np.asarray(user.attrs[p]).size in (1, n) for p in ("mul", "add")):
             tail.append(user)
