@@ -237,6 +237,12 @@ def token_linear(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 def test_brevitas_linear_on_tokens_after_a_relu(token_linear, tmp_path, target):
     cell = fm.evaluate(token_linear, fm.ModelSpec("token_linear", "brevitas-qdq"), target, tmp_path / "out")
+    if target == "deeploy-cortexm":
+        # the unsigned input's zero-point correction and the bias are two per-feature Adds before the requant; taken
+        # into the 2-D form they compiled, but Deeploy's CMSIS FC merge then stopped ("Mul is not scalar!"): refused
+        assert cell.status == "error" and "\n" not in cell.text, f"{cell.status}: {cell.text}\n{cell.traceback}"
+        assert "per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form" in cell.text
+        return
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
 
 
