@@ -378,6 +378,12 @@ def split_models(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 def test_torch_split_compiles_and_matches_onnxruntime(split_models, tmp_path, fmt, target):
     cell = fm.evaluate(split_models[fmt], fm.ModelSpec("split", fmt), target, tmp_path / "out")
+    if target == "deeploy-siracusa":
+        # Generic ran the emitted channel Slices with Errors: 0, and QEMU-ARM too; Siracusa's code generation found
+        # no mapping for them, so they are refused there by name
+        assert cell.status == "error" and "\n" not in cell.text, f"{cell.status}: {cell.text}\n{cell.traceback}"
+        assert "(int.slice)" in cell.text and "a Slice of the channels of an NCHW tensor" in cell.text
+        return
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
 
 

@@ -83,6 +83,9 @@ class DeeployTarget:
                        right only when the bottom padding equals it (Generic: every output wrong after a Pad of top 0,
                        bottom 1); an int.pad that pads top and bottom unequally is refused.  Cortex-M's NHWC Pad takes
                        any pads (QEMU-ARM: Errors: 0 out of 200 for top 1, bottom 0, left 0, right 1)
+    channel_slice      the platform maps a Slice along the channels of an NCHW tensor (a torch.split / chunk of
+                       channels).  False on Siracusa: Deeploy found no mapping for it ("Did not find adequate mapping
+                       ... SliceLayer"), so it is refused by name
     pad_node           the platform takes an explicit Pad node.  False on Siracusa: DeeployTest's tiled flow is how it
                        is deployed, and its Pad bindings have no tiling constraint, so every padding is a Conv's own
                        zero padding (rules/tiling.py: a zero point is shifted out of the Conv's input first, pads that
@@ -141,6 +144,7 @@ class DeeployTarget:
     q31_requant_multiplier: bool = False
     pad_node: bool = True
     pad_equal_top_bottom: bool = False
+    channel_slice: bool = True
     unsigned_requant_fused: bool = False
     requant_div_min: int = 1
     depthwise_conv: bool = True
@@ -209,6 +213,7 @@ SIRACUSA = DeeployTarget(
     fused_requant_levels=False,
     clip_requant_unit=2,
     pad_node=False,
+    channel_slice=False,
     unsigned_requant_fused=True,
     requant_div_min=2,
     quirks=(

@@ -143,6 +143,12 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
                 raise fail(op, target, f"int.pad {pads} pads the top and the bottom of a {op.operands[0].type.shape[1]}"
                                        f"-channel tensor unequally ({pads[2]}/{pads[6]}): Deeploy's Pad takes equal "
                                        "top and bottom padding")
+        elif op.name == "int.slice" and not target.channel_slice:
+            rank = op.operands[0].type.rank
+            if rank == 4 and 1 in [int(a) % rank for a in op.attr("axes")]:
+                raise fail(op, target, "a Slice of the channels of an NCHW tensor (a torch.split or chunk of channels) "
+                                       "has no mapping on this platform (Deeploy: \"Did not find adequate mapping ... "
+                                       "SliceLayer\")")
         elif op.name == "int.maxpool":
             if any(int(d) != 1 for d in (op.attr("dilations") or [])) or int(op.attr("ceil_mode")):
                 raise fail(op, target, "Deeploy's MaxPool takes dilation 1 and ceil_mode 0")
