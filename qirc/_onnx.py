@@ -165,16 +165,31 @@ def save(model, path) -> None:
             f.write(data)
 
 
+#: the standard ops whose attributes can hold a tensor (their `value`)
+TENSOR_ATTRIBUTE_OPS = frozenset({"Constant", "ConstantOfShape"})
+
+
+def node_tensors(model):
+    """The tensors held by node attributes of the main graph: only Constant / ConstantOfShape and custom-domain nodes
+    have their attribute lists read.  Reading a node's attribute list makes protobuf's Python runtime allocate and
+    free a small arena when the list is empty, and after every 10,000 such frees it returns all of the process's free
+    heap to the kernel (`malloc_trim`), whose pages the compile then faults in again: once per node, a cost that grew
+    with the model's size."""
+    _load()
+    tensor = _pb.AttributeProto.TENSOR
+    for node in model.graph.node:
+        if node.op_type not in TENSOR_ATTRIBUTE_OPS and node.domain in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.type == tensor:
+                yield attr.t
+
+
 def _uses_external_data(model) -> bool:
     _load()
     external = _pb.TensorProto.EXTERNAL
-    if any(t.data_location == external for t in model.graph.initializer):
-        return True
-    # only Constant / ConstantOfShape and custom-domain nodes can hold a tensor attribute: the others' attribute
-    # lists are not read (an empty one costs protobuf an arena of its own; see frontends/onnx/loader.py)
-    return any(a.t.data_location == external for n in model.graph.node
-               if n.op_type in ("Constant", "ConstantOfShape") or n.domain not in ("", "ai.onnx")
-               for a in n.attribute if a.type == _pb.AttributeProto.TENSOR)
+    return any(t.data_location == external for t in model.graph.initializer) or \
+        any(t.data_location == external for t in node_tensors(model))
 
 
 # ----- dtypes --------------------------------------------------------------------------------------------------------

@@ -67,25 +67,15 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else "no detail"
 
 
-#: the standard ops whose attributes can hold a tensor (Constant's and ConstantOfShape's value) or a graph (the
-#: control-flow ops).  The checks before import read the attributes of these and of custom-domain ops only: reading
-#: a node's attribute list makes protobuf's Python runtime allocate and free a small arena when the list is empty,
-#: and after every 10,000 such frees it returns all of the process's free heap to the kernel (`malloc_trim`), whose
-#: pages the compile then faults in again: twice per node, that was a cost that grew with the model's size.
-TENSOR_ATTRIBUTE_OPS = frozenset({"Constant", "ConstantOfShape"})
+#: the standard control-flow ops, whose attributes can hold a graph: the subgraph check reads the attribute lists of
+#: these and of custom-domain ops only (an empty list read costs protobuf an arena: see `_onnx.node_tensors`)
 GRAPH_ATTRIBUTE_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 def _all_tensors(model: onnx.ModelProto):
     """Initializers and Constant-node tensors of the main graph (subgraphs are refused later)."""
     yield from model.graph.initializer
-    tensor = onnx.AttributeProto.TENSOR
-    for node in model.graph.node:
-        if node.op_type not in TENSOR_ATTRIBUTE_OPS and node.domain in DEFAULT_DOMAINS:
-            continue
-        for attr in node.attribute:
-            if attr.type == tensor:
-                yield attr.t
+    yield from onnx.node_tensors(model)
 
 
 def _check_external_data(model: onnx.ModelProto, path: str, filename: str) -> None:

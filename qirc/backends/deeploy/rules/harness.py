@@ -13,7 +13,7 @@ the pass.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 from .... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -95,35 +95,31 @@ def debug_pass_invariant_adds(module: Module, target: DeeployTarget) -> None:
                 break
 
 
+def _requants_not_kept(model: onnx.ModelProto, after: Optional[Tuple[str, ...]] = None) -> List[str]:
+    """Names of the RequantShift nodes of `model` (only those reading an `after` op, where given) whose add the
+    expression round(add / (mul + 1e-3)) * mul changes (`debug_pass_keeps`)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output} if after else {}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "RequantShift" and node.input[1] in inits and node.input[2] in inits \
+                and (after is None or producer.get(node.input[0]) in after):
+            if not debug_pass_keeps(inits[node.input[1]].astype(np.int64), inits[node.input[2]].astype(np.int64)):
+                names.append(node.name)
+    return names
+
+
 def merge_rounded(model: onnx.ModelProto) -> List[str]:
     """Names of the RequantShift nodes after a Conv or MatMul of `model` whose add a CMSIS requant merge (Deeploy's
     ConvRequantMergePass / MatMulRequantMergePass: add := np.round(add / (mul + 1e-3)), the kernel's int32 bias)
     does not take back to add / mul: an add that is not a multiple of mul, or a multiple k * mul with |k| beyond
     about 500 * mul.  (A Gemm's merge divides its add twice; qirc writes a Gemm requant's add 0.)"""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    rounded = []
-    for node in model.graph.node:
-        if node.op_type == "RequantShift" and producer.get(node.input[0]) in ("Conv", "MatMul") \
-                and node.input[1] in inits and node.input[2] in inits:
-            mul = inits[node.input[1]].astype(np.int64)
-            add = inits[node.input[2]].astype(np.int64)
-            if not debug_pass_keeps(mul, add):
-                rounded.append(node.name)
-    return rounded
+    return _requants_not_kept(model, after=("Conv", "MatMul"))
 
 
 def debug_pass_changes(model: onnx.ModelProto) -> List[str]:
     """Names of the RequantShift nodes of `model` whose add DeeployTest's debug pass would change."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    changed = []
-    for node in model.graph.node:
-        if node.op_type == "RequantShift" and node.input[1] in inits and node.input[2] in inits:
-            mul = inits[node.input[1]].astype(np.int64)
-            add = inits[node.input[2]].astype(np.int64)
-            if not debug_pass_keeps(mul, add):
-                changed.append(node.name)
-    return changed
+    return _requants_not_kept(model)
 
 
 _CHANGED_WHY = (
