@@ -7,6 +7,11 @@ typed in `value_info` (see qirc/backends/deeploy/emit.py).  Reading it back lets
 exactly the emitted graph with the interpreter.  Types are plain integers (i8/u8 storage, i32 accumulators): the file
 carries no scales.  A RequantShift with signed=0 yields u8 values (0..255).
 
+It is read as the platform it was written for runs it (the `qirc.target` entry of its metadata_props): on a CMSIS
+target (deeploy-cortexm), Deeploy merges each Conv/MatMul -> RequantShift into one kernel that adds
+round(add / (mul + 1e-3)) to the accumulator before multiplying by mul, so such a requant's add is read as
+round(add / (mul + 1e-3)) * mul (`rules.harness.deeploy_rounded_add`); qirc writes adds that this reads back exactly.
+
 Anything outside that form is a one-line `FrontendError` naming the file and node.
 """
 from __future__ import annotations
@@ -45,6 +50,13 @@ class _Reader:
         self.module = Module(self.graph.name or "network")
         self.values: Dict[str, Value] = {}
         self.inits = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
+        # a graph written for a CMSIS target: Deeploy merges each Conv/MatMul -> RequantShift into one kernel that
+        # adds round(add / (mul + 1e-3)) to the accumulator before multiplying by mul, so that is what it computes
+        self.merged_producers: Dict[str, str] = {}
+        if _written_for_cmsis(model):
+            from ..backends.deeploy.rules.harness import MERGED_AFTER
+            self.merged_producers = {o: n.op_type for n in self.graph.node if n.op_type in MERGED_AFTER
+                                     for o in n.output}
         self.types: Dict[str, TensorType] = {}
         for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
             t = self._type_of(vi)
@@ -150,7 +162,11 @@ class _Reader:
                 if k not in a:
                     raise self.error(f"RequantShift lacks attribute '{k}'", node)
             signed = bool(int(np.asarray(a["signed"]).reshape(-1)[0]))
-            attrs = {"mul": self.const(ins[1], node).astype(np.int64), "add": self.const(ins[2], node).astype(np.int64),
+            mul, add = self.const(ins[1], node).astype(np.int64), self.const(ins[2], node).astype(np.int64)
+            if ins[0] in self.merged_producers:
+                from ..backends.deeploy.rules.harness import deeploy_rounded_add
+                add = deeploy_rounded_add(mul, add).astype(np.int64)
+            attrs = {"mul": mul, "add": add,
                      "div": int(np.asarray(a["div"]).reshape(-1)[0]), "signed": signed,
                      "n_levels": int(np.asarray(a["n_levels_out"]).reshape(-1)[0])}
             # Deeploy's RequantShift output is 8-bit storage; signed=0 yields 0..255
@@ -226,6 +242,15 @@ class _Reader:
         n, oh, ow, oc = rt.shape
         conv = m.create("int.conv", [x_nchw, w], [TensorType((n, oc, oh, ow), rt.element)], attrs, loc).result
         return m.create("int.transpose", [conv], [rt], {"perm": [0, 2, 3, 1]}, loc + "/to_nhwc").result
+
+
+def _written_for_cmsis(model: onnx.ModelProto) -> bool:
+    """Whether qirc wrote `model` for a target whose kernels add before multiplying (CMSIS-NN: deeploy-cortexm)."""
+    from ..backends.deeploy.emit import TARGET_KEY
+    from ..backends.deeploy.targets import TARGETS
+
+    name = next((p.value for p in model.metadata_props if p.key == TARGET_KEY), None)
+    return name in TARGETS and TARGETS[name].add_before_mul
 
 
 def import_deeploy_onnx(path_or_model: Union[str, os.PathLike, onnx.ModelProto]) -> Module:

@@ -29,6 +29,11 @@ after it are written NHWC between two Transposes (targets.DEPTHWISE_LAYOUTS):
     Transpose(x, perm [0,2,3,1]) -> Conv(domain ai.deeploy, channels_first = 0, weights [C,1,kh,kw])
         -> RequantShift(mul, add shaped [1,1,1,C]) -> Transpose(perm [0,3,1,2])
 
+On a target whose kernels add before multiplying (`add_before_mul`, deeploy-cortexm), the add of a requant after a
+Conv or MatMul is written as `rules.harness.merge_exact_add` makes it: Deeploy's CMSIS merge reads it back as exactly
+the integer k of the add k * mul the module states.  The model's metadata_props name the target (`qirc.target`), which
+tells qirc's reader (frontends/deeploy.py) to read those requants as the merge does.
+
 Element types: INT8 / UINT8 for 8-bit storage (the stored integers), INT32 for accumulators; every intermediate tensor
 has its shape in `value_info` (Deeploy does no shape inference).  Node and tensor names derive from the ops' source
 locations, sanitised to C identifiers (Deeploy generates C from them) and made unique.
@@ -46,10 +51,12 @@ from ...qir.diagnostics import BackendError
 from ...qir.ir import Module, Operation, Value
 from ...qir.types import TensorType
 from .legalize import EMITTABLE
+from .rules.harness import merge_exact_add
 from .targets import DeeployTarget, get_target
 
 OPSET = 10
 RQS_DOMAIN = "ai.deeploy"
+TARGET_KEY = "qirc.target"  # metadata_props entry naming the --target the graph was written for
 IR_VERSION = 7  # onnx 1.8; Deeploy's onnx-graphsurgeon reads it, and opset 10 needs >= 5
 
 _ONNX_ELEM = {"i8": TensorProto.INT8, "u8": TensorProto.UINT8, "i16": TensorProto.INT16, "u16": TensorProto.UINT16,
@@ -249,6 +256,9 @@ class _Emitter:
             opset.domain = domain
             opset.version = version
         model.producer_name = "qirc"
+        # the platform the graph is written for: how it reads some nodes differs (frontends/deeploy.py)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = TARGET_KEY, self.target.name
         return model
 
     def is_channels_last_conv(self, op: Operation) -> bool:
@@ -315,8 +325,13 @@ class _Emitter:
             ins = [self.operand(op, i, name, f"in{i}", np.int32) for i in range(2)]
             return add_node(op_type, ins, [out], name)
         if op.name == "int.requant_shift":
+            add = np.asarray(a("add"))
+            if self.target.add_before_mul and op.operands[0].owner.name in ("int.conv", "int.matmul"):
+                # CMSIS's Conv/MatMul requant merge reads add as round(add / (mul + 1e-3)) * mul: written so that
+                # it reads back the lowering's k * mul even where |k| is beyond about 500 * mul
+                add = merge_exact_add(a("mul"), add)
             mul = self.initializer(np.asarray(a("mul")), f"{name}_mul", np.int32)
-            add = self.initializer(np.asarray(a("add")), f"{name}_add", np.int32)
+            add = self.initializer(add, f"{name}_add", np.int32)
             node = add_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
                                     domain=RQS_DOMAIN)
             # CMSIS's Gemm/MatMul-requant merge derives the multiplier's shape from div's: rank 0 keeps it the

@@ -75,9 +75,11 @@ class DeeployTarget:
     residual_add       one of RESIDUAL_ADD_FORMS
     sum_pool           one of POOL_FORMS
     add_before_mul     the kernels compute (x + add/mul) * mul (CMSIS-NN): every requant fused with a Conv, Gemm or
-                       MatMul gets an add that is a multiple of its mul, so that the graph computes what the device
-                       does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's requant add moves into its
-                       bias (the platform's Gemm merge would lose it)
+                       MatMul gets an add that is a multiple k * mul of its mul, so that the graph computes what the
+                       device does (a standalone RequantShift runs the reference kernel: add as given); a Gemm's
+                       requant add moves into its bias (the platform's Gemm merge would lose it); a Conv's or MatMul's
+                       is written so that the merge's round(add / (mul + 1e-3)) reads back exactly k
+                       (`rules.harness.merge_exact_add`), and qirc's reader of the folder reads it that way
     pad_equal_top_bottom
                        the platform's Pad kernel works on NCHW and steps between channels over twice the top padding:
                        right only when the bottom padding equals it (Generic: every output wrong after a Pad of top 0,
@@ -260,10 +262,10 @@ CORTEXM = DeeployTarget(
     quirks=(
         "no bare integer Conv: every Conv is fused with the RequantShift after it (RequantizedConv)",
         "no Concat mapping",
-        "its requant merge passes replace add by round(add/(mul + 1e-3)) (CMSIS adds before multiplying): qirc emits "
-        "add as a multiple k * mul, so the graph states what the device computes, except where |k| is beyond about "
-        "500 * mul: the merge moves k toward 0 by one (QEMU-ARM: rare off-by-one outputs); qirc.json names those "
-        "requants",
+        "its Conv/MatMul requant merges hand the kernel round(add/(mul + 1e-3)) as the integer it adds before "
+        "multiplying (CMSIS adds before multiplying): qirc states the add as a multiple k * mul and writes it so that "
+        "this reads back exactly k (k * mul + round(k/1000) where |k| is beyond about 500 * mul, which the merge "
+        "would otherwise move toward 0), and reads such a requant of the folder as the merge does",
         "RequantizedGemm takes one per-tensor multiplier, read as a rank-0 tensor: a per-channel Gemm is written as "
         "a 1x1 Conv",
         "its Gemm-requant merge loses the requant's add when the Gemm has a bias: qirc moves add/mul into the bias",

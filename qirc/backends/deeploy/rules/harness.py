@@ -10,10 +10,14 @@ mul (an output zero point that is not 0), and a multiple beyond the bound where 
 could overflow int32 (a ReLU output too, zero point 0, when a large constant term of its sum puts k far out; the pass
 then moves its add by a few mul, a fraction of an output step).  docs/targets.md says how to run DeeployTest without
 the pass.
+
+On deeploy-cortexm the same expression is the platform's own reading of a Conv's or MatMul's requant (CMSIS's merge
+passes hand the kernel round(add / (mul + 1e-3))): emission writes those adds with `merge_exact_add`, so that it reads
+back the add the lowering states, and such requants are never listed.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 from .... import _onnx as onnx  # onnx's protobufs without its 1 s import (see qirc/_onnx.py)
@@ -28,14 +32,36 @@ from .rule import rule
 DEBUG_PASS = "EmulateCMSISRequantPass"
 
 
-def debug_pass_add(mul, add) -> np.ndarray:
-    """What DeeployTest's EmulateCMSISRequantPass makes of a RequantShift's add (its own float64 expression)."""
+def deeploy_rounded_add(mul, add) -> np.ndarray:
+    """What Deeploy makes of a RequantShift's add where it rounds it to a multiple of mul, in float64:
+    np.round(add / (mul + 1e-3)) * mul.  DeeployTest's EmulateCMSISRequantPass writes it back as the add; CMSIS's
+    Conv/MatMul requant merges (ConvRequantMergePass, MatMulRequantMergePass) hand the kernel the quotient as the int32
+    it adds to the accumulator before multiplying by mul: the same integers."""
     mul = np.asarray(mul)
     return np.round(np.asarray(add) / (mul + 1e-3)) * mul
 
 
 def debug_pass_keeps(mul, add) -> bool:
-    return bool(np.array_equal(debug_pass_add(mul, add), np.asarray(add)))
+    return bool(np.array_equal(deeploy_rounded_add(mul, add), np.asarray(add)))
+
+
+def merge_exact_add(mul, add) -> np.ndarray:
+    """The add to write for a requant add = k * mul that Deeploy reads through `deeploy_rounded_add`, so that it reads
+    exactly k * mul back: k * mul where that already reads back (|k| below about 500 * mul), else
+    k * mul + round(k / 1000).
+
+    add / (mul + 1e-3) = k - k * 1e-3 / (mul + 1e-3), k moved toward 0 by more than a half for |k| beyond about
+    500 * mul; the term round(k / 1000) cancels that to within 0.5 / (mul + 1e-3) < 1/2 (mul >= 1).  An add that is
+    not a multiple of mul, or whose corrected value would leave int32, is returned as it is."""
+    given = np.asarray(add)
+    mul, add = np.broadcast_arrays(np.asarray(mul, np.int64), given.astype(np.int64))
+    k = add // np.maximum(mul, 1)
+    encoded = add + np.round(k * 1e-3).astype(np.int64)
+    needed = (mul >= 1) & (add == k * mul) & (np.round(add / (mul + 1e-3)) != k)
+    ok = needed & (np.abs(encoded) <= INT32_MAX) & (np.round(encoded / (mul + 1e-3)) == k)
+    if not np.any(ok):
+        return given  # (in its own shape: a scalar add stays one)
+    return np.where(ok, encoded, add)
 
 
 def _max_abs(lo: int, hi: int) -> int:
@@ -95,26 +121,21 @@ def debug_pass_invariant_adds(module: Module, target: DeeployTarget) -> None:
                 break
 
 
-def _requants_not_kept(model: onnx.ModelProto, after: Optional[Tuple[str, ...]] = None) -> List[str]:
-    """Names of the RequantShift nodes of `model` (only those reading an `after` op, where given) whose add the
-    expression round(add / (mul + 1e-3)) * mul changes (`debug_pass_keeps`)."""
+MERGED_AFTER = ("Conv", "MatMul")  # the ops whose RequantShift CMSIS's merges read through deeploy_rounded_add
+
+
+def _requants_not_kept(model: onnx.ModelProto, standalone_only: bool = False) -> List[str]:
+    """Names of the RequantShift nodes of `model` whose add the expression round(add / (mul + 1e-3)) * mul changes
+    (`debug_pass_keeps`); with standalone_only, only those not after a Conv or MatMul (which CMSIS merges)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producer = {o: n.op_type for n in model.graph.node for o in n.output} if after else {}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output} if standalone_only else {}
     names = []
     for node in model.graph.node:
         if node.op_type == "RequantShift" and node.input[1] in inits and node.input[2] in inits \
-                and (after is None or producer.get(node.input[0]) in after):
+                and producer.get(node.input[0]) not in MERGED_AFTER:
             if not debug_pass_keeps(inits[node.input[1]].astype(np.int64), inits[node.input[2]].astype(np.int64)):
                 names.append(node.name)
     return names
-
-
-def merge_rounded(model: onnx.ModelProto) -> List[str]:
-    """Names of the RequantShift nodes after a Conv or MatMul of `model` whose add a CMSIS requant merge (Deeploy's
-    ConvRequantMergePass / MatMulRequantMergePass: add := np.round(add / (mul + 1e-3)), the kernel's int32 bias)
-    does not take back to add / mul: an add that is not a multiple of mul, or a multiple k * mul with |k| beyond
-    about 500 * mul.  (A Gemm's merge divides its add twice; qirc writes a Gemm requant's add 0.)"""
-    return _requants_not_kept(model, after=("Conv", "MatMul"))
 
 
 def debug_pass_changes(model: onnx.ModelProto) -> List[str]:
@@ -130,26 +151,22 @@ _CHANGED_WHY = (
 
 def debug_pass_report(model: onnx.ModelProto, target: DeeployTarget) -> dict:
     """qirc.json's account of DeeployTest's debug pass for `model`.  CMSIS's harness does not insert it, but running
-    a cortex-m folder on Generic (the host check of docs/targets.md) does, so the requants it changes are listed there
-    too: the graph states round(add / mul) * mul, which the pass keeps only for |k| below about 500 * mul."""
-    changed = debug_pass_changes(model)
+    a cortex-m folder on Generic (the host check of docs/targets.md) does: it reads the Conv/MatMul requants exactly as
+    CMSIS's merge does (the same expression, which outputs.npz follows), so only the other requants it changes are
+    listed there."""
     if target.add_before_mul:
+        changed = _requants_not_kept(model, standalone_only=True)
         where = ("DeeployTest's untiled harness (generateNetwork.py) does not insert this debug pass on the CMSIS "
-                 "platform this folder is for, but does on the others (e.g. when this folder is run on Generic)")
-        note = f"{where}; it changes none of the requants" if not changed else (
-            f"{where}, where it changes the add of these requants: an add that is not a multiple of mul (a standalone "
-            "requant with an output zero point that is not 0), or a multiple k * mul with |k| beyond about 500 * mul "
-            "(as stated for CMSIS's Conv/Gemm merge, not rescaled on this target; the add moves by a fraction of an "
-            "output step). That run may differ from outputs.npz where a value lies that near a rounding tie: see "
-            "docs/targets.md for running without the pass")
-        merged = merge_rounded(model)
-        if merged:
-            # the platform's Conv/MatMul-requant merge computes the pass's expression on the device itself
-            note += (". On the device too: CMSIS's requant merge hands the kernel round(add / (mul + 1e-3)) for the "
-                     f"Conv/MatMul requants {', '.join(merged)}, i.e. k moved toward 0 where the graph states "
-                     "k * mul, so the device may differ from outputs.npz by one step where a value lies that near a "
-                     "rounding tie (docs/targets.md, deeploy-cortexm)")
+                 "platform this folder is for, but does on the others (e.g. when this folder is run on Generic), where "
+                 "it reads the add of every Conv/MatMul requant as CMSIS's requant merge does (round(add / (mul + "
+                 "1e-3)) * mul, what outputs.npz holds)")
+        note = f"{where}; it changes none of the other requants" if not changed else (
+            f"{where}, and changes the add of these other requants: an add that is not a multiple of mul (an output "
+            "zero point that is not 0), or a multiple k * mul with |k| beyond about 500 * mul (the add moves by a "
+            "fraction of an output step). That run may differ from outputs.npz where a value lies that near a "
+            "rounding tie: see docs/targets.md for running without the pass")
         return {"pass": DEBUG_PASS, "changed_requants": changed, "note": note}
+    changed = debug_pass_changes(model)
     note = ("DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass; it changes none of the "
             "requants") if not changed else (
         "DeeployTest's untiled harness (generateNetwork.py) inserts this debug pass, which changes the add of these "

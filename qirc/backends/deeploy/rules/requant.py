@@ -99,10 +99,11 @@ def shape_requant_params(module: Module, target: DeeployTarget) -> None:
                 raise fail(rqs, target, f"per-channel requant_shift along axis {axis} of a rank-{x.rank} tensor has "
                                         "no Deeploy form (channels must be axis 1 of NCHW or the last axis of 2-D)")
         if target.add_before_mul and rqs.operands[0].owner.name in ("int.conv", "int.gemm", "int.matmul"):
-            # the device adds round(add / mul) before multiplying (Deeploy: np.round(add / (mul + 1e-3))): state that.
-            # Only the requants its Conv/Gemm/MatMul merges fuse: a standalone RequantShift runs the reference
-            # kernel with add as given (rounding add there costs up to half a step times the gain, for nothing)
-            add = np.rint(add / (mul + 1e-3)).astype(np.int64) * mul
+            # the device adds an integer k before multiplying by mul: state the nearest multiple k * mul (emission
+            # writes it so that Deeploy's merge, np.round(add / (mul + 1e-3)), reads back exactly k; a Gemm's moves
+            # into its bias).  Only the requants its Conv/Gemm/MatMul merges fuse: a standalone RequantShift runs the
+            # reference kernel with add as given (rounding add there costs up to half a step times the gain)
+            add = np.rint(add / mul).astype(np.int64) * mul
         if target.gemm_scalar_mul and rqs.operands[0].owner.name in ("int.gemm", "int.matmul"):
             if np.unique(mul).size != 1:
                 kind = "Gemm" if rqs.operands[0].owner.name == "int.gemm" else "MatMul"
