@@ -171,17 +171,26 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def write_chain(nodes: int, path: str) -> int:
+    """Write a chain of about `nodes` ONNX nodes to `path` (in a child process); its exact node count."""
+    return run_child(f"from bench_compile import chain_file; chain_file({int(nodes)}, {path!r})",
+                     thread_env(1), timeout=3600)["nodes"]
+
+
+def compile_chain(path: str, nodes: int, repeat: int = 1) -> dict:
+    """chain_child's result for the chain file `path` (of `nodes` ONNX nodes), compiled in a fresh process."""
+    result = run_child(f"from bench_compile import chain_child; chain_child({path!r}, {int(repeat)})",
+                       thread_env(1), timeout=3600)
+    return {**result, "nodes": nodes}
+
+
 def chain_compile(nodes: int, repeat: int = 1) -> dict:
     """Write a chain of about `nodes` ONNX nodes to a file (in one child process), compile it in a fresh one."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="qirc-chain-") as tmp:
         path = str(Path(tmp) / f"chain{int(nodes)}.onnx")
-        written = run_child(f"from bench_compile import chain_file; chain_file({int(nodes)}, {path!r})",
-                            thread_env(1), timeout=3600)
-        result = run_child(f"from bench_compile import chain_child; chain_child({path!r}, {int(repeat)})",
-                           thread_env(1), timeout=3600)
-    return {**result, "nodes": written["nodes"]}
+        return compile_chain(path, write_chain(nodes, path), repeat)
 
 
 def main(argv=None) -> int:

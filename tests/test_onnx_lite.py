@@ -98,6 +98,10 @@ def test_attributes_nodes_and_their_values_are_onnx_s(value):
     node = dict(name="n", domain="ai.deeploy", z=value, b=None, a=1)
     assert (helper.make_node("Op", ["x", ""], ["y"], **node).SerializeToString()
             == real_helper.make_node("Op", ["x", ""], ["y"], **node).SerializeToString())
+    # again, with other names: from the template the first node left (the names go into its slots)
+    node["name"] = "m"
+    assert (helper.make_node("Op", ["u", "v"], ["w"], **node).SerializeToString()
+            == real_helper.make_node("Op", ["u", "v"], ["w"], **node).SerializeToString())
 
 
 def test_graphs_models_and_value_infos_are_onnx_s(tmp_path):

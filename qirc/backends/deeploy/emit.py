@@ -149,7 +149,7 @@ def _add_value_info(container, name: str, elem_type: int, shape) -> None:
 _TENSOR_ATTRS: Dict[tuple, onnx.AttributeProto] = {}
 
 
-def _add_tensor_attr(node: onnx.NodeProto, name: str, value: int, rank0: bool = False) -> None:
+def _tensor_attr(name: str, value: int, rank0: bool = False) -> onnx.AttributeProto:
     """A size-1 int64 TENSOR attribute: shape [1], or rank 0 where the platform computes with it as a scalar."""
     key = (name, value, rank0)
     attr = _TENSOR_ATTRS.get(key)
@@ -161,7 +161,7 @@ def _add_tensor_attr(node: onnx.NodeProto, name: str, value: int, rank0: bool = 
         attr.type = _A.TENSOR
         if len(_TENSOR_ATTRS) < 4096:
             _TENSOR_ATTRS[key] = attr
-    node.attribute.append(attr)  # a copy
+    return attr
 
 
 class _Emitter:
@@ -332,15 +332,13 @@ class _Emitter:
                 add = merge_exact_add(a("mul"), add)
             mul = self.initializer(np.asarray(a("mul")), f"{name}_mul", np.int32)
             add = self.initializer(add, f"{name}_add", np.int32)
-            node = add_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
-                                    domain=RQS_DOMAIN)
             # CMSIS's Gemm/MatMul-requant merge derives the multiplier's shape from div's: rank 0 keeps it the
             # scalar that its fully-connected kernel binding asserts
             rank0 = self.target.gemm_scalar_mul
-            _add_tensor_attr(node, "div", int(a("div")), rank0)
-            _add_tensor_attr(node, "signed", int(bool(a("signed"))), rank0)
-            _add_tensor_attr(node, "n_levels_out", int(a("n_levels")), rank0)
-            return node
+            tensors = [_tensor_attr("div", int(a("div")), rank0), _tensor_attr("signed", int(bool(a("signed"))), rank0),
+                       _tensor_attr("n_levels_out", int(a("n_levels")), rank0)]
+            return add_node("RequantShift", [self.operand(op, 0, name, "input"), mul, add], [out], name,
+                            domain=RQS_DOMAIN, attributes=tensors)
         if op.name == "int.maxpool":
             k = list(a("kernel_shape"))
             return add_node("MaxPool", [self.operand(op, 0, name, "input")], [out], name, kernel_shape=k,
@@ -373,24 +371,22 @@ class _Emitter:
         # Deeploy's integer transformer kernels (DESIGN.md section 7): not ONNX ops, so in Deeploy's domain (ignored
         # by Deeploy, keeps onnx.checker from looking for a schema); attribute types as its parsers read them
         if op.name == "int.isoftmax":
-            node = add_node("iSoftmax", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN)
-            for k in ("coeffA", "coeffB", "coeffC", "log2", "n_levels"):
-                _add_tensor_attr(node, k, int(a(k)))
-            return node
+            tensors = [_tensor_attr(k, int(a(k))) for k in ("coeffA", "coeffB", "coeffC", "log2", "n_levels")]
+            return add_node("iSoftmax", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN,
+                            attributes=tensors)
         if op.name == "int.ilayernorm":
             ins = [self.operand(op, 0, name, "input"), self.operand(op, 1, name, "weight", np.int32),
                    self.operand(op, 2, name, "bias", np.int32)]
-            node = add_node("iLayerNorm", ins, [out], name, domain=RQS_DOMAIN)
-            _add_tensor_attr(node, "D", int(a("D")))
-            _add_tensor_attr(node, "n_levels", int(a("n_levels")))
-            return node
+            return add_node("iLayerNorm", ins, [out], name, domain=RQS_DOMAIN,
+                            attributes=[_tensor_attr("D", int(a("D"))), _tensor_attr("n_levels", int(a("n_levels")))])
         if op.name == "int.igelu":
             return add_node("iGELU", [self.operand(op, 0, name, "input")], [out], name, domain=RQS_DOMAIN,
                                     b=int(a("b")), one=int(a("one")))
         raise self.fail(op, f"{op.name} cannot be emitted")
 
-    def _add_node(self, op_type: str, inputs: List[str], outputs: List[str], name: str, **attrs) -> onnx.NodeProto:
-        return helper.fill_node(self.nodes.add(), op_type, inputs, outputs, name, **attrs)
+    def _add_node(self, op_type: str, inputs: List[str], outputs: List[str], name: str, attributes=(),
+                  **attrs) -> onnx.NodeProto:
+        return helper.fill_node(self.nodes.add(), op_type, inputs, outputs, name, attributes=attributes, **attrs)
 
 
 def emit_onnx(module: Module, target) -> onnx.ModelProto:
