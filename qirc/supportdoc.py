@@ -41,6 +41,9 @@ def _lowering_rules() -> Dict[str, List[str]]:
     for pass_name, table in tables:
         for op in table:
             by_op.setdefault(op[len("onnx."):], []).append(pass_name)
+    from .frontends.onnx.importer import DECOMPOSED_OPS
+    for op, (pass_name, _) in DECOMPOSED_OPS.items():
+        by_op.setdefault(op, []).append(pass_name)
     return by_op
 
 
@@ -169,7 +172,8 @@ def render_support() -> str:
     w("| op | lowered by | note |")
     w("|---|---|---|")
     for op in onnx_ops:
-        note = "constant subgraphs only (shape arithmetic)" if op in fold_only else ""
+        note = "constant subgraphs only (shape arithmetic)" if op in fold_only else \
+            importer.DECOMPOSED_OPS[op][1] if op in importer.DECOMPOSED_OPS else ""
         w(f"| `{op}` | {', '.join(rules.get(op, [])) or '-'} | {note} |")
     w("")
     w("QONNX ops:\n")

@@ -28,6 +28,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 - a mean over the tokens after a per-channel Linear (`relu(linear(x)).mean(dim=1)`, onnxruntime per channel): the
   ReduceMean lifted the Linear's requant to rank 4 with its per-feature parameters along axis 3 ("per-channel
   requant_shift along axis 3 of a rank-4 tensor has no Deeploy form") on every target.
+- LeakyReLU (onnxruntime QDQ and QOperator's QLinearLeakyRelu, a torch LeakyReLU between Brevitas quantizers) was
+  refused ("unsupported ops: LeakyRelu"): imported as (1 - alpha) * Relu(x) + alpha * x, which add-rescale lowers as
+  one int32 sum of the ReLU and the input (Generic and QEMU-ARM: Errors: 0 out of 10; Siracusa generates code).
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -481,3 +484,97 @@ def test_token_bias_adds_are_not_merged_along_the_tokens(layernorm_relu, tmp_pat
             assert not merged or all(d == 1 for a, d in enumerate(k_shape) if a != 1), (node.name, k.shape, out_shape)
             checked += 1
     assert checked >= 1  # the model has such bias Adds
+
+
+def _leaky_net(slope: float):
+    import torch
+    import torch.nn.functional as F
+
+    class LeakyNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 64, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(F.leaky_relu(self.a(x), slope), 2), 1))
+
+    return LeakyNet
+
+
+@pytest.fixture(scope="module")
+def leaky_models(tmp_path_factory):
+    """conv -> LeakyReLU(0.1) -> max pool -> Linear, quantized by onnxruntime per channel (uint8 activations) as QDQ
+    and as QOperator (QLinearLeakyRelu), and a slope of 1.5."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("leaky")
+    shape = (1, 3, 16, 16)
+    models = {}
+    for name, slope in (("leaky", 0.1), ("steep", 1.5)):
+        torch.manual_seed(fm.SEED)
+        _export_float(_leaky_net(slope)().eval(), folder / f"{name}.float.onnx", shape)
+        for fmt in ("qdq", "qop"):
+            models[name, fmt] = _OneModel(_quantize_static(folder / f"{name}.float.onnx", folder / f"{name}.{fmt}.onnx",
+                                                           shape, True, "QUInt8", qoperator=fmt == "qop"), shape)
+    return models
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qop"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_leaky_relu_is_one_rescaled_sum(leaky_models, tmp_path, fmt, target):
+    # (1 - 0.1) * Relu(x) + 0.1 * x: the ReLU of the conv's output times 9 plus the output itself, at one int32
+    # scale, requantized once (Generic and QEMU-ARM: Errors: 0 out of 10; Siracusa generates code untiled and tiled)
+    import json
+
+    cell = fm.evaluate(leaky_models["leaky", fmt], fm.ModelSpec("leaky", fmt), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+    [rescale] = json.loads((tmp_path / "out" / "qirc.json").read_text())["accuracy"]["add_rescales"]
+    assert rescale["multipliers"] == [9, 1] and rescale["bound_steps"] < 0.01
+
+
+def test_leaky_relu_with_a_slope_outside_0_1_is_refused_in_one_line(leaky_models, tmp_path):
+    import subprocess
+    import sys
+
+    path = leaky_models["steep", "qdq"].ref.path
+    run = subprocess.run([sys.executable, "-m", "qirc", str(path), "--target", "deeploy-generic", "-o",
+                          str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout == "" and not (tmp_path / "out").exists()
+    assert run.stderr == f"{path}: node '/LeakyRelu' (LeakyRelu): LeakyRelu with alpha 1.5: only 0 < alpha < 1 is " \
+                         "lowered (as (1 - alpha) * Relu(x) + alpha * x)\n"
+
+
+@pytest.fixture(scope="module")
+def brevitas_leaky(tmp_path_factory):
+    """QuantIdentity -> QuantConv2d -> torch LeakyReLU(0.2) -> QuantIdentity -> MaxPool -> QuantLinear (Brevitas has
+    no QuantLeakyReLU: the float activation sits between quantizers)."""
+    import torch
+    import brevitas.nn as qnn
+    from brevitas import quant
+
+    class BrevitasLeaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
+                                        bias_quant=quant.Int32Bias, output_quant=quant.Int8ActPerTensorFloat,
+                                        return_quant_tensor=False)
+            self.act = torch.nn.LeakyReLU(0.2)
+            self.q = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            self.pool = torch.nn.MaxPool2d(4)
+            self.fc = qnn.QuantLinear(8 * 16, 10, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
+                                      bias_quant=quant.Int32Bias)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+
+        def forward(self, x):
+            y = self.q(self.act(self.conv(self.inp(x))))
+            return self.out(self.fc(torch.flatten(self.pool(y), 1)))
+
+    return _brevitas_model(tmp_path_factory.mktemp("bleaky"), "bleaky", BrevitasLeaky, (1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_brevitas_leaky_relu_between_quantizers(brevitas_leaky, tmp_path, target):
+    cell = fm.evaluate(brevitas_leaky, fm.ModelSpec("bleaky", "brevitas-qdq"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"

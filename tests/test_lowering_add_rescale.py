@@ -163,3 +163,43 @@ def test_operands_too_wide_for_int32_name_the_node():
     b.output("y", b.quant(b.op("onnx.Add", [a, c], loc="/block/Add"), 0.02))
     with pytest.raises(LoweringError, match=r"/block/Add.*too wide to rescale into one int32 scale"):
         lower_module(b.module)
+
+
+def leaky_net(alpha, s_x=0.05, z_x=3, s_out=0.04, z_out=-20):
+    """x -> LeakyRelu as the ONNX importer writes it: Add(Mul(Relu(x), 1 - alpha), Mul(x, alpha)) -> quantizer."""
+    from qirc.qir.ir import const_op
+    from qirc.qir.types import TensorType, f32
+
+    b = QuantBuilder()
+    x = b.input("x", (2, 4, 5, 5), s_x, z_x)
+
+    def c(v):
+        return const_op(b.module, np.array(v, np.float32), TensorType((), f32), "c")
+    kept = b.op("onnx.Mul", [b.op("onnx.Relu", [x]), c(1 - alpha)])
+    leak = b.op("onnx.Mul", [x, c(alpha)])
+    b.output("y", b.quant(b.op("onnx.Add", [kept, leak]), s_out, z_out))
+    return b
+
+
+@pytest.mark.parametrize("alpha, multipliers", [(0.1, (9, 1)), (0.25, (3, 1)), (0.01, (99, 1))])
+def test_leaky_relu_is_one_sum_of_the_relu_and_the_input(alpha, multipliers):
+    b = leaky_net(alpha)
+    report, m = full(b)
+    # int.clip(x) (the ReLU in the stored domain, at the zero point) times 9, plus x: one int32 sum, one requant
+    assert [o.name for o in m.walk("int.")] == ["int.clip", "int.mul", "int.add", "int.requant_shift"]
+    [clip] = m.walk("int.clip")
+    assert (clip.attrs["min"], clip.attrs["max"]) == (3, 127)
+    [mul] = m.walk("int.mul")
+    assert int(np.asarray(mul.operands[1].owner.attrs["value"]).reshape(-1)[0]) == multipliers[0]
+    assert report[0]["max_abs_diff"] <= 0.04 * (1 + 1e-5)  # within one output step of the float graph
+    for seed in range(3):  # and the requant within one step of its exact requantizer
+        values = interpreter.run_values(m, interpreter.random_inputs(m, seed))
+        assert max(requant_step_errors(m, values).values()) <= 1
+
+
+def test_a_mul_of_a_dequantized_value_by_a_negative_constant_is_not_a_term():
+    b = leaky_net(0.1)
+    neg = [op for op in b.module.ops() if op.name == "qir.const" and op.attrs["value"].size == 1][1]
+    neg.attrs["value"] = np.array(-0.1, np.float32)
+    before, m = run_add_rescale(b)
+    assert not m.walk("int.add") and m.walk("onnx.Add")

@@ -10,7 +10,7 @@ from ..qir.diagnostics import LoweringError
 from ..qir.ir import Module, Operation, Value
 from ..qir.passes import ModulePass, register_pass
 from ..qir.types import TensorType, UniformQuantType
-from .common import acc_type, dcast_source, emit_requant, fail, int_const, replace_with_int
+from .common import acc_type, dcast_source, emit_requant, fail, int_const, real_const, replace_with_int
 from .numerics import INT32_LIMIT, choose_requant, form_bounds, rational_multipliers, requant_form, unsaturated_span
 from .ranges import RangeAnalysis
 
@@ -47,6 +47,9 @@ class AddRescale(ModulePass):
     saturate; range analysis bounds operands * multipliers, the sum and the requant's x * mul + add + div/2 within
     int32.  Without a quantizer after it, the sum stays below 2^19 (power-of-two multipliers).  The zero points live
     in the sum's type and requant-fusion folds them into its `add`; raw operands at different scales are never summed.
+    An operand may also be such a dcast times a positive scalar constant (onnx.Mul: its scale is s * c), through an
+    onnx.Relu (its stored integers max(q, z) by int.clip): LeakyRelu's (1 - alpha) * Relu(x) + alpha * x, or
+    `relu(a) * 0.5 + b` with no quantizer in between.
     Concat of operands of different quant types followed by quantizers of one type T: each operand is requantized to
     T, then int.concat; the quantizer disappears.
     Precondition: per-tensor operand types.  When no candidate keeps the approximation error plus the requant's
@@ -162,40 +165,85 @@ def rescale_record(op: Operation, plan: "RescalePlan", ratio: float) -> Dict:
             "requant_error_steps": plan.requant_error_steps, "bound_steps": plan.error_steps}
 
 
+@dataclass(frozen=True)
+class _Term:
+    """An Add/Sub operand as c * [Relu](dcast q): the quantized value q, the operand's scale s_q * c and zero point,
+    the stored values it can hold, and whether it is q's ReLU (max(q, zero point) in the stored domain)."""
+
+    source: Value
+    scale: float
+    zero_point: int
+    lo: int
+    hi: int
+    relu: bool
+
+
+def _term(value: Value, ranges: RangeAnalysis) -> Optional[_Term]:
+    """`value` as a _Term: dcast(q), or that times a positive scalar constant (onnx.Mul; LeakyRelu's two branches,
+    `relu(a) * 0.5 + b` with no quantizer between), through an onnx.Relu; per-tensor q only; None otherwise."""
+    factor, relu = 1.0, False
+    op = value.owner
+    if op.name == "onnx.Mul" and len(value.uses) == 1:
+        for i in (0, 1):
+            c = real_const(op.operands[1 - i])
+            if c is not None and c.size == 1 and np.isfinite(c).all() and float(c.reshape(())) > 0:
+                factor, value = float(c.reshape(())), op.operands[i]
+                op = value.owner
+                break
+        else:
+            return None
+    if op.name == "onnx.Relu" and len(value.uses) == 1:
+        relu, value = True, op.operands[0]
+    q = dcast_source(value)
+    if q is None or q.type.quant.is_per_axis:
+        return None
+    qt = q.type.quant
+    lo, hi = ranges.scalar_range(q)
+    if relu:
+        lo, hi = max(lo, qt.zero_point), max(hi, qt.zero_point)
+    return _Term(q, qt.scale * factor, qt.zero_point, lo, hi, relu)
+
+
+def _term_value(module: Module, t: _Term, loc: str) -> Value:
+    """The stored integers of the term: q, or its ReLU as int.clip(q, zero point, storage max)."""
+    if not t.relu:
+        return t.source
+    qt = t.source.type.quant
+    return module.create("int.clip", [t.source], [t.source.type], {"min": int(qt.zero_point),
+                                                                   "max": int(qt.storage_max)}, loc).result
+
+
 def _add(module: Module, op: Operation, ranges: RangeAnalysis, strict: bool = False,
          records: Optional[List[Dict]] = None) -> int:
-    a, b = dcast_source(op.operands[0]), dcast_source(op.operands[1])
-    if a is None or b is None or a.type.quant.is_per_axis or b.type.quant.is_per_axis:
+    ta, tb = _term(op.operands[0], ranges), _term(op.operands[1], ranges)
+    if ta is None or tb is None:
         return 0
-    aq, bq = a.type.quant, b.type.quant
-    a_lo, a_hi = ranges.scalar_range(a)
-    b_lo, b_hi = ranges.scalar_range(b)
     sign = 1 if op.name == "onnx.Add" else -1
     outputs = _quantizers_after(op)
     if outputs is not None:
-        plan = choose_rescale(op, Operand(aq.scale, aq.zero_point, a_lo, a_hi),
-                              Operand(bq.scale, bq.zero_point, b_lo, b_hi), sign, outputs, strict=strict)
+        plan = choose_rescale(op, Operand(ta.scale, ta.zero_point, ta.lo, ta.hi),
+                              Operand(tb.scale, tb.zero_point, tb.lo, tb.hi), sign, outputs, strict=strict)
         m_a, m_b, s_common = plan.m_a, plan.m_b, plan.s_common
         if records is not None:
-            rec = rescale_record(op, plan, max(aq.scale, bq.scale) / min(aq.scale, bq.scale))
+            rec = rescale_record(op, plan, max(ta.scale, tb.scale) / min(ta.scale, tb.scale))
             finest = min(outputs, key=lambda t: min(t.scales))
             rec["output"] = {"scale": float(min(finest.scales)), "zero_point": int(finest.zero_points[0]),
                              "min": int(finest.storage_min), "max": int(finest.storage_max)}
             records.append(rec)
     else:
-        r_a = max(abs(a_lo - aq.zero_point), abs(a_hi - aq.zero_point))
-        r_b = max(abs(b_lo - bq.zero_point), abs(b_hi - bq.zero_point))
-        steps = (_out_steps(op, aq.scale, r_a), _out_steps(op, bq.scale, r_b))
-        if _same_scale(aq.scale, r_a, bq.scale, r_b):
+        r_a = max(abs(ta.lo - ta.zero_point), abs(ta.hi - ta.zero_point))
+        r_b = max(abs(tb.lo - tb.zero_point), abs(tb.hi - tb.zero_point))
+        steps = (_out_steps(op, ta.scale, r_a), _out_steps(op, tb.scale, r_b))
+        if _same_scale(ta.scale, r_a, tb.scale, r_b):
             # scales equal up to float rounding (a bias at the file's float32 s_x*s_w on a float64 accumulator
             # scale): the sum of the stored integers is exact, whatever the range, as long as it fits int32
-            m_a, m_b, s_common = 1, 1, aq.scale
+            m_a, m_b, s_common = 1, 1, ta.scale
         else:
-            m_a, m_b = choose_common_scale(op, aq.scale, r_a, bq.scale, r_b, steps)
-            s_common = bq.scale / m_b if aq.scale >= bq.scale else aq.scale / m_a
-    a_scaled = _scaled(module, a, m_a, s_common, op.loc)
-    b_scaled = _scaled(module, b, m_b, s_common, op.loc)
-    zero = aq.zero_point * m_a + sign * bq.zero_point * m_b
+            m_a, m_b = choose_common_scale(op, ta.scale, r_a, tb.scale, r_b, steps)
+            s_common = tb.scale / m_b if ta.scale >= tb.scale else ta.scale / m_a
+    a_scaled = _scaled(module, _term_value(module, ta, op.loc), m_a, s_common, op.loc)
+    b_scaled = _scaled(module, _term_value(module, tb, op.loc), m_b, s_common, op.loc)
+    zero = ta.zero_point * m_a + sign * tb.zero_point * m_b
     rtype = acc_type(op.results[0].type.shape, [s_common], [zero])
     replace_with_int(module, op, "int.add" if sign == 1 else "int.sub", [a_scaled, b_scaled], rtype, {})
     return 1

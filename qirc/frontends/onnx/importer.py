@@ -56,6 +56,8 @@ QONNX_INPUT_COUNTS = {"Trunc": (6, 7)}
 RELEASE_ELEMENTS = 1024
 #: Ops that exist only to compute constants (shape arithmetic): supported when all their inputs are constant.
 FOLD_ONLY_OPS = ("ConstantOfShape", "Range", "Equal", "Where", "Pow", "Sqrt", "Erf", "Tanh")
+#: Ops imported as other ops, which the named lowering pass takes: op -> (pass, how)
+DECOMPOSED_OPS = {"LeakyRelu": ("add-rescale", "imported as (1 - alpha) * Relu(x) + alpha * x, for 0 < alpha < 1")}
 
 State = Union[Const, FloatVal, Scaled, Quantized, Accum, IntView]
 
@@ -456,6 +458,8 @@ class OnnxImporter(TransformerImport):
             return np.rint(x)
         if op == "Relu":
             return np.maximum(x, 0).astype(x.dtype)
+        if op == "LeakyRelu":
+            return np.where(x >= 0, x, x * np.float32(a.get("alpha", 0.01))).astype(x.dtype)
         if op in ("HardSigmoid", "HardSwish"):
             alpha, beta = (float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))) if op == "HardSigmoid" \
                 else (1.0 / 6.0, 0.5)
@@ -936,6 +940,24 @@ class OnnxImporter(TransformerImport):
     _op_Relu = _unary("onnx.Relu")
     _op_Sigmoid = _unary("onnx.Sigmoid")
     _op_HardSwish = _unary("onnx.HardSwish")
+
+    def _op_LeakyRelu(self, node):
+        """LeakyRelu(x) = (1 - alpha) * Relu(x) + alpha * x for 0 < alpha < 1 (DECOMPOSED_OPS): a ReLU, two products
+        by positive constants and an Add, which add-rescale lowers as one sum of the dequantized x's ReLU and x at a
+        common int32 scale (the constants go into the operands' scales), requantized once by the quantizer after."""
+        alpha = float(self.attrs(node).get("alpha", 0.01))
+
+        def emit():
+            if not 0.0 < alpha < 1.0:
+                raise self.error(f"LeakyRelu with alpha {alpha:g}: only 0 < alpha < 1 is lowered (as "
+                                 "(1 - alpha) * Relu(x) + alpha * x)", node)
+            x = self.float_value(node.input[0])
+            shape = self.shape(node.output[0])
+            relu = self.create_float("onnx.Relu", [x], shape, node)
+            kept = self.create_float("onnx.Mul", [relu, self.float_const(np.float32(1.0 - alpha))], shape, node)
+            leak = self.create_float("onnx.Mul", [x, self.float_const(np.float32(alpha))], shape, node)
+            self.env[node.output[0]] = FloatVal(self.create_float("onnx.Add", [kept, leak], shape, node))
+        self.fold_or(node, emit)
 
     def _op_HardSigmoid(self, node):
         a = self.attrs(node)
