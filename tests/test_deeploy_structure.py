@@ -161,6 +161,13 @@ def deeploy_structure_problems(model: onnx.ModelProto, target, debug_pass_change
         if node.op_type == "Pad":
             if "pads" not in attrs or "mode" not in attrs or len(node.input) != 1:
                 problems.append(f"{node.name}: Pad is not the Pad-2 attribute form")
+            elif target.pad_equal_top_bottom:
+                pads = list(attrs["pads"].ints)
+                channels = typed[node.input[0]].type.tensor_type.shape.dim[1].dim_value \
+                    if node.input[0] in typed else 0
+                if len(pads) == 8 and pads[2] != pads[6] and channels > 1:
+                    problems.append(f"{node.name}: Pad of {channels} channels with unequal top and bottom {pads} "
+                                    "(Generic's NCHW Pad kernel is right only for equal ones)")
     for name in outputs:
         node = producer.get(name)
         if node is not None and node.op_type in SHAPE_OPS:

@@ -5,7 +5,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 
 - `F.pad(x, (1, 2, 0, 1))` exported by torch's TorchScript exporter computes its pads in the graph (ConstantOfShape,
   Concat, Reshape, Slice with step -1, Transpose, Reshape, Cast): the Transpose was not folded, so the Pad's output
-  shape stayed unknown ("the shape of '/Pad_output_0' is unknown or dynamic after shape inference").
+  shape stayed unknown ("the shape of '/Pad_output_0' is unknown or dynamic after shape inference").  Its unequal
+  top and bottom padding (0/1), and a stride-2 Conv's TF "same" border on a uint8 input, were then refused on Generic
+  (its Pad kernel gets them wrong); they are a Pad and a Slice there now.
 - a 4-bit Brevitas QuantReLU feeding a QuantLinear without an output quantizer (an int32 result): Siracusa and
   Cortex-M write that Gemm as MatMul int8 x int8 + Add, moving the uint8 input to int8 with a RequantShift whose
   result type kept the 4-bit range while its clip is the full int8 range ("does not fit the result storage").
@@ -122,21 +124,69 @@ def pad_model(tmp_path_factory):
     return _ort_model(tmp_path_factory, "pad", PadNet, (1, 3, 16, 16), False, "QInt8")
 
 
+def _generic_pads(folder):
+    """(pads of each Pad, axes of each Slice) of the network.onnx in `folder`."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(folder / "network.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    pads = [list(next(a.ints for a in n.attribute if a.name == "pads")) for n in model.graph.node if n.op_type == "Pad"]
+    slices = [inits[n.input[3]].tolist() for n in model.graph.node if n.op_type == "Slice"]
+    return pads, slices
+
+
 @pytest.mark.parametrize("target", TARGETS)
-def test_torch_exported_pad_is_read_and_its_unequal_ends_refused(pad_model, tmp_path, target):
+def test_torch_exported_pad_is_read_and_its_unequal_ends_written_as_pad_and_slice(pad_model, tmp_path, target):
     # the pads computed through Slice / Transpose fold to a static shape (the import no longer stops at "unknown or
-    # dynamic after shape inference"); F.pad (1, 2, 0, 1) pads H by 0 and 1, which Deeploy's Pad cannot (its kernel
-    # skips twice the top padding between channels: on Generic every output was wrong), so it is refused by name
-    # (Siracusa has no Pad node: the padding becomes the next window op's own; Cortex-M's Pad runs NHWC and takes
-    # any pads, verified on QEMU-ARM: both are judged like any cell)
+    # dynamic after shape inference"); F.pad (1, 2, 0, 1) pads H by 0 and 1, which Deeploy's Generic Pad cannot (its
+    # kernel skips twice the top padding between channels: every output wrong): there it is a Pad of 1 row at both
+    # ends and a Slice dropping the top one (Generic: Errors: 0 out of 10).  Siracusa has no Pad node (the padding
+    # becomes the next window op's own); Cortex-M's Pad runs NHWC and takes any pads (QEMU-ARM)
     cell = fm.evaluate(pad_model, fm.ModelSpec("pad", "pt-s8s8"), target, tmp_path / "out")
-    if target != "deeploy-generic":
-        assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
-        return
-    assert cell.status == "error", f"{cell.status}: {cell.text}\n{cell.traceback}"
-    assert "node '/Pad' (int.pad)" in cell.text and "pads the top and the bottom of a 8-channel tensor unequally " \
-        "(0/1): Deeploy's Pad takes equal top and bottom padding" in cell.text
-    assert not (tmp_path / "out").exists()
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+    if target == "deeploy-generic":
+        pads, slices = _generic_pads(tmp_path / "out")
+        assert [0, 0, 1, 1, 0, 0, 1, 2] in pads and [2] in slices
+
+
+@pytest.fixture(scope="module")
+def same_padded_conv(tmp_path_factory):
+    """A stride-2 Conv with TF's "same" pads [0, 0, 1, 1] (as tf2onnx writes it) -> ReLU -> Linear, quantized by
+    onnxruntime with uint8 activations: the Conv's input zero point makes its border an explicit Pad."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path_factory.mktemp("same")
+    rng = np.random.default_rng(fm.SEED)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(rng.standard_normal((10, 8 * 8 * 8)).astype(np.float32) * 0.05, "w2"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "b2"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], "conv", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[0, 0, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], "relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], "flat"),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], "fc", transB=1)]
+    graph = helper.make_graph(nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "same.float.onnx"))
+    return _OneModel(_quantize_static(folder / "same.float.onnx", folder / "same.onnx", (1, 3, 16, 16), True,
+                                      "QUInt8"), (1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_same_padded_stride_2_conv_on_a_uint8_input(same_padded_conv, tmp_path, target):
+    # on Generic the border Pad (value: the input's zero point) was refused; now a Pad of one row at both ends and a
+    # Slice dropping the top one (Generic: Errors: 0 out of 10)
+    cell = fm.evaluate(same_padded_conv, fm.ModelSpec("same", "pc-u8s8"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+    if target == "deeploy-generic":
+        pads, slices = _generic_pads(tmp_path / "out")
+        assert pads == [[0, 0, 1, 0, 0, 0, 1, 1]] and slices == [[2]]
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ class DeeployTarget:
     pad_equal_top_bottom
                        the platform's Pad kernel works on NCHW and steps between channels over twice the top padding:
                        right only when the bottom padding equals it (Generic: every output wrong after a Pad of top 0,
-                       bottom 1); an int.pad that pads top and bottom unequally is refused.  Cortex-M's NHWC Pad takes
+                       bottom 1); an int.pad that pads top and bottom unequally is written as the Pad of the larger
+                       at both ends and a Slice of the rows (rule equal-top-bottom-pads).  Cortex-M's NHWC Pad takes
                        any pads (QEMU-ARM: Errors: 0 out of 200 for top 1, bottom 0, left 0, right 1)
     channel_slice      the platform maps a Slice along the channels of an NCHW tensor (a torch.split / chunk of
                        channels).  False on Siracusa: Deeploy found no mapping for it ("Did not find adequate mapping

@@ -41,6 +41,7 @@ ORDER: Tuple[Rule, ...] = (
     convs.square_conv_pads,
     tiling.zero_padding,
     tiling.equal_conv_pads,
+    convs.equal_top_bottom_pads,
     gemm.gemm_forms,
     gemm.per_channel_gemm_as_conv,
     bias.fold_biases,

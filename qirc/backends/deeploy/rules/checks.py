@@ -136,13 +136,6 @@ def check_forms(module: Module, target: DeeployTarget) -> None:
             rank = op.operands[0].type.rank
             if rank != 4 or any(pads[i] for i in (0, 1, rank, rank + 1)):
                 raise fail(op, target, f"int.pad {pads} pads more than the spatial axes of an NCHW tensor")
-            if target.pad_equal_top_bottom and pads[2] != pads[6] and op.operands[0].type.shape[1] > 1:
-                # its NCHW Pad kernel steps from one channel's last row to the next channel's first over twice the
-                # top padding (found on Generic: every output wrong after an F.pad (1, 2, 0, 1)); unequal left and
-                # right pads it writes correctly
-                raise fail(op, target, f"int.pad {pads} pads the top and the bottom of a {op.operands[0].type.shape[1]}"
-                                       f"-channel tensor unequally ({pads[2]}/{pads[6]}): Deeploy's Pad takes equal "
-                                       "top and bottom padding")
         elif op.name == "int.slice" and not target.channel_slice:
             rank = op.operands[0].type.rank
             if rank == 4 and 1 in [int(a) % rank for a in op.attr("axes")]:

@@ -1,4 +1,5 @@
-"""Convs: depthwise Convs as dense ones where the platform takes none, Conv pads the platform cannot take as a Pad."""
+"""Convs: depthwise Convs as dense ones where the platform takes none, Conv pads the platform cannot take as a Pad,
+and Pads the platform cannot take as a Pad and a Slice."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +58,28 @@ def square_conv_pads(module: Module, target: DeeployTarget) -> None:
             continue
         module.set_operand(op, 0, pad_op(module, op.operands[0], pads, 0, op.loc + "/pad"))
         op.attrs["pads"] = [0] * len(pads)
+
+
+@rule("equal-top-bottom-pads", when="pad_equal_top_bottom")
+def equal_top_bottom_pads(module: Module, target: DeeployTarget) -> None:
+    """int.pad of an NCHW tensor of several channels whose top and bottom padding differ -> the int.pad with the
+    larger of the two at both ends, then int.slice along H dropping the surplus rows on the other side: the same
+    integers.  The platform's NCHW Pad kernel steps from one channel's last row to the next channel's first over twice
+    the top padding, which is right only when the bottom padding equals it (Generic: every output wrong after an
+    F.pad (1, 2, 0, 1), or a Conv's zero-point border padded as TF's "same" pads a stride-2 Conv, [0, 0, 1, 1]).  (A
+    Concat of constant rows instead ran wrong on Generic when the padded tensor is unsigned: Deeploy offsets unsigned
+    activations by -128 in memory, and the Pad's value with them, but not an unsigned constant.)"""
+    for op in module.walk("int.pad"):
+        x, y = op.operands[0], op.results[0]
+        pads = [int(p) for p in op.attr("pads")]
+        if x.type.rank != 4 or x.type.shape[1] <= 1 or pads[2] == pads[6] or any(pads[i] for i in (0, 1, 4, 5)):
+            continue  # (pads of N or C are refused by check-forms)
+        top, bottom = pads[2], pads[6]
+        both = max(top, bottom)
+        padded = pad_op(module, x, [both, pads[3], both, pads[7]], int(op.attr("value")), op.loc)
+        height = padded.type.shape[2]
+        start, end = (0, height - (both - bottom)) if top == both else (both - top, height)
+        sliced = module.create("int.slice", [padded], [y.type], {"starts": [start], "ends": [end], "axes": [2],
+                                                                 "steps": [1]}, op.loc + "/rows")
+        module.replace_all_uses(y, sliced.result)
+        module.erase(op)
