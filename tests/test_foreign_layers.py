@@ -33,6 +33,9 @@ deviation) of onnxruntime with optimisations off, on 32 samples).
 - LeakyReLU (onnxruntime QDQ and QOperator's QLinearLeakyRelu, a torch LeakyReLU between Brevitas quantizers) was
   refused ("unsupported ops: LeakyRelu"): imported as (1 - alpha) * Relu(x) + alpha * x, which add-rescale lowers as
   one int32 sum of the ReLU and the input (Generic and QEMU-ARM: Errors: 0 out of 10; Siracusa generates code).
+- `relu(conv_a(x)) - conv_b(x)` quantized by onnxruntime, which quantizes neither the Sub nor the MaxPool after it:
+  "int.sub of two computed tensors has no Deeploy form" on every target; now Deeploy's residual Add with one
+  multiplier negated, the requant moved in front of the pool (Siracusa's RequantizedAdd still refuses it, by name).
 - a Brevitas QuantLinear on tokens [1, L, E] after a QuantReLU, on Cortex-M: the signed normalisation adds a
   zero-point correction before the bias, and the second constant add stayed at rank 3 and folded into a per-channel
   requant along axis 2 ("per-channel requant_shift along axis 2 of a rank-3 tensor has no Deeploy form").
@@ -627,4 +630,37 @@ def brevitas_leaky(tmp_path_factory):
 @pytest.mark.parametrize("target", TARGETS)
 def test_brevitas_leaky_relu_between_quantizers(brevitas_leaky, tmp_path, target):
     cell = fm.evaluate(brevitas_leaky, fm.ModelSpec("bleaky", "brevitas-qdq"), target, tmp_path / "out")
+    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
+
+
+@pytest.fixture(scope="module")
+def difference_model(tmp_path_factory):
+    """relu(conv_a(x)) - conv_b(x) -> max pool -> Linear, quantized by onnxruntime per channel (int8 activations):
+    it quantizes neither the Sub nor the MaxPool, so the difference's requant comes after the pool."""
+    import torch
+    import torch.nn.functional as F
+
+    class Difference(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(3, 8, 1)
+            self.fc = torch.nn.Linear(8 * 64, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(torch.relu(self.a(x)) - self.b(x), 2), 1))
+
+    return _ort_model(tmp_path_factory, "difference", Difference, (1, 3, 16, 16), True, "QInt8")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_difference_of_two_tensors(difference_model, tmp_path, target):
+    # was refused on every target ("int.sub of two computed tensors has no Deeploy form"); now the residual Add with
+    # the second operand's multiplier negated and the requant moved in front of the MaxPool (Generic and QEMU-ARM:
+    # Errors: 0 out of 10); PULP's RequantizedAdd takes positive scales only, so Siracusa refuses it by name
+    cell = fm.evaluate(difference_model, fm.ModelSpec("difference", "pc-s8s8"), target, tmp_path / "out")
+    if target == "deeploy-siracusa":
+        assert cell.status == "error" and "\n" not in cell.text, f"{cell.status}: {cell.text}\n{cell.traceback}"
+        assert "node '/Sub' (int.sub)" in cell.text and "positive scales only" in cell.text
+        return
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"

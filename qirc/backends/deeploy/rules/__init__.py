@@ -33,6 +33,7 @@ ORDER: Tuple[Rule, ...] = (
     products.broadcast_mul_operands,
     trunc.trunc_round_half_up,
     moves.requant_before_transposes,
+    moves.requant_before_maxpools,
     moves.token_matmuls_2d,
     gemm.per_channel_matmul_as_gemm,
     pools.sum_pools,

@@ -44,6 +44,37 @@ def requant_before_transposes(module: Module, target: DeeployTarget) -> None:
     module.erase_dead()
 
 
+@rule("requant-before-maxpools")
+def requant_before_maxpools(module: Module, target: DeeployTarget) -> None:
+    """int32 value -> reshape/transpose/maxpool chain (with a MaxPool) -> per-tensor requant_shift with mul > 0
+    becomes int32 value -> requant_shift -> the same chain, on 8-bit values (a pool of 8-bit values is left alone).
+
+    onnxruntime quantizes neither a Sub nor the MaxPool after it, so the requant of `relu(a(x)) - b(x)` comes after
+    the pool; Deeploy's MaxPool takes 8-bit input only.  A per-tensor requant with a positive multiplier is a
+    non-decreasing map of each value, so it commutes with taking a maximum (a padded border included: it never
+    wins either way) and with moving values; the chain must be single-use."""
+    for rq in module.walk("int.requant_shift"):
+        mul = np.asarray(rq.attrs["mul"])
+        if mul.size != 1 or np.asarray(rq.attrs["add"]).size != 1 or int(mul.reshape(())) <= 0:
+            continue
+        chain: List[Operation] = []
+        value = rq.operands[0]
+        while value.owner.name in _MOVES + ("int.maxpool",) and len(value.uses) == 1:
+            chain.append(value.owner)
+            value = value.owner.operands[0]
+        if not any(op.name == "int.maxpool" for op in chain) or len(value.uses) != 1 or \
+                value.type.storage.width <= 8:
+            continue  # (an 8-bit pool input is what the platform takes: left as it is)
+        element = rq.result.type.element
+        moved = module.create("int.requant_shift", [value], [value.type.with_element(element)], dict(rq.attrs),
+                              rq.loc).result
+        for op in reversed(chain):
+            moved = module.create(op.name, [moved], [op.result.type.with_element(element)], dict(op.attrs),
+                                  op.loc).result
+        module.replace_op(rq, [moved])
+    module.erase_dead()
+
+
 def _to_2d(element, rank: int):
     """A tensor element type of a [..., N] value, for its [rows, N] form (a per-axis axis on N becomes 1)."""
     if getattr(element, "is_per_axis", False):
