@@ -139,20 +139,6 @@ def _generic_pads(folder):
     return pads, slices
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_torch_exported_pad_is_read_and_its_unequal_ends_written_as_pad_and_slice(pad_model, tmp_path, target):
-    # the pads computed through Slice / Transpose fold to a static shape (the import no longer stops at "unknown or
-    # dynamic after shape inference"); F.pad (1, 2, 0, 1) pads H by 0 and 1, which Deeploy's Generic Pad cannot (its
-    # kernel skips twice the top padding between channels: every output wrong): there it is a Pad of 1 row at both
-    # ends and a Slice dropping the top one (Generic: Errors: 0 out of 10).  Siracusa has no Pad node (the padding
-    # becomes the next window op's own); Cortex-M's Pad runs NHWC and takes any pads (QEMU-ARM)
-    cell = fm.evaluate(pad_model, fm.ModelSpec("pad", "pt-s8s8"), target, tmp_path / "out")
-    assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
-    if target == "deeploy-generic":
-        pads, slices = _generic_pads(tmp_path / "out")
-        assert [0, 0, 1, 1, 0, 0, 1, 2] in pads and [2] in slices
-
-
 @pytest.fixture(scope="module")
 def same_padded_conv(tmp_path_factory):
     """A stride-2 Conv with TF's "same" pads [0, 0, 1, 1] (as tf2onnx writes it) -> ReLU -> Linear, quantized by
@@ -181,24 +167,31 @@ def same_padded_conv(tmp_path_factory):
                                       "QUInt8"), (1, 3, 16, 16))
 
 
+@pytest.mark.parametrize("model, spec, pads", [("pad_model", "pt-s8s8", [0, 0, 1, 1, 0, 0, 1, 2]),
+                                               ("same_padded_conv", "pc-u8s8", [0, 0, 1, 0, 0, 0, 1, 1])],
+                         ids=["F.pad", "same-conv"])
 @pytest.mark.parametrize("target", TARGETS)
-def test_same_padded_stride_2_conv_on_a_uint8_input(same_padded_conv, tmp_path, target):
-    # on Generic the border Pad (value: the input's zero point) was refused; now a Pad of one row at both ends and a
-    # Slice dropping the top one (Generic: Errors: 0 out of 10)
-    cell = fm.evaluate(same_padded_conv, fm.ModelSpec("same", "pc-u8s8"), target, tmp_path / "out")
+def test_unequal_top_and_bottom_padding(request, model, spec, pads, tmp_path, target):
+    # F.pad (1, 2, 0, 1): its pads, computed through Slice / Transpose, fold to a static shape (the import no longer
+    # stops at "unknown or dynamic after shape inference"); they pad H by 0 and 1.  A stride-2 Conv with TF's "same"
+    # pads on a uint8 input: its border Pad (value: the zero point) pads H by 0 and 1 too.  Deeploy's Generic Pad gets
+    # unequal top and bottom padding wrong (its kernel skips twice the top padding between channels: every output
+    # wrong), so both were refused there; now a Pad of 1 row at both ends and a Slice dropping the top one (Generic:
+    # Errors: 0 out of 10).  Siracusa has no Pad node (the padding becomes the next window op's own); Cortex-M's Pad
+    # runs NHWC and takes any pads (QEMU-ARM)
+    cell = fm.evaluate(request.getfixturevalue(model), fm.ModelSpec(model, spec), target, tmp_path / "out")
     assert cell.ok, f"{cell.status}: {cell.text}\n{cell.traceback}"
     if target == "deeploy-generic":
-        pads, slices = _generic_pads(tmp_path / "out")
-        assert pads == [[0, 0, 1, 0, 0, 0, 1, 1]] and slices == [[2]]
+        found, slices = _generic_pads(tmp_path / "out")
+        assert pads in found and slices == [[2]]
 
 
-@pytest.fixture(scope="module")
-def scaled_branches(tmp_path_factory):
-    """relu(conv_a(x)) * 0.5 + 4.0 * conv_b(x) -> max pool -> Linear, quantized per channel (uint8 activations)."""
+def _two_branches(combine):
+    """combine(relu(conv_a(x)), conv_b(x)) -> max pool -> Linear (conv_b is 1x1)."""
     import torch
     import torch.nn.functional as F
 
-    class ScaledBranches(torch.nn.Module):
+    class TwoBranches(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
@@ -206,10 +199,16 @@ def scaled_branches(tmp_path_factory):
             self.fc = torch.nn.Linear(8 * 64, 10)
 
         def forward(self, x):
-            y = torch.relu(self.a(x)) * 0.5 + 4.0 * self.b(x)
-            return self.fc(torch.flatten(F.max_pool2d(y, 2), 1))
+            return self.fc(torch.flatten(F.max_pool2d(combine(torch.relu(self.a(x)), self.b(x)), 2), 1))
 
-    return _ort_model(tmp_path_factory, "scaled", ScaledBranches, (1, 3, 16, 16), True, "QUInt8")
+    return TwoBranches
+
+
+@pytest.fixture(scope="module")
+def scaled_branches(tmp_path_factory):
+    """relu(conv_a(x)) * 0.5 + 4.0 * conv_b(x) -> max pool -> Linear, quantized per channel (uint8 activations)."""
+    return _ort_model(tmp_path_factory, "scaled", _two_branches(lambda a, b: a * 0.5 + 4.0 * b), (1, 3, 16, 16), True,
+                      "QUInt8")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -637,20 +636,7 @@ def test_brevitas_leaky_relu_between_quantizers(brevitas_leaky, tmp_path, target
 def difference_model(tmp_path_factory):
     """relu(conv_a(x)) - conv_b(x) -> max pool -> Linear, quantized by onnxruntime per channel (int8 activations):
     it quantizes neither the Sub nor the MaxPool, so the difference's requant comes after the pool."""
-    import torch
-    import torch.nn.functional as F
-
-    class Difference(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
-            self.b = torch.nn.Conv2d(3, 8, 1)
-            self.fc = torch.nn.Linear(8 * 64, 10)
-
-        def forward(self, x):
-            return self.fc(torch.flatten(F.max_pool2d(torch.relu(self.a(x)) - self.b(x), 2), 1))
-
-    return _ort_model(tmp_path_factory, "difference", Difference, (1, 3, 16, 16), True, "QInt8")
+    return _ort_model(tmp_path_factory, "difference", _two_branches(lambda a, b: a - b), (1, 3, 16, 16), True, "QInt8")
 
 
 @pytest.mark.parametrize("target", TARGETS)
