@@ -234,28 +234,41 @@ def _brevitas_model(folder, name, build, input_shape, fmt="qdq"):
     return _OneModel(path, input_shape)
 
 
-@pytest.fixture(scope="module")
-def relu4_int32_head(tmp_path_factory):
-    """QuantIdentity -> QuantConv2d -> 4-bit QuantReLU -> MaxPool -> QuantLinear with no output quantizer."""
+def _brevitas_conv_head(act, conv_output_quant: bool = False, out_quant: bool = True):
+    """QuantIdentity -> QuantConv2d (3 -> 8, 3x3, its output quantized where asked) -> act() -> MaxPool(4) ->
+    QuantLinear(128, 10) [-> an int8 output QuantIdentity], on a [1, 3, 16, 16] input."""
     import torch
     import brevitas.nn as qnn
     from brevitas import quant
 
-    class Relu4Head(torch.nn.Module):
+    class ConvHead(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
+            output = dict(output_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False) \
+                if conv_output_quant else {}
             self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
-                                        bias_quant=quant.Int32Bias)
-            self.relu = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+                                        bias_quant=quant.Int32Bias, **output)
+            self.act = act()
             self.pool = torch.nn.MaxPool2d(4)
             self.fc = qnn.QuantLinear(8 * 16, 10, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
                                       bias_quant=quant.Int32Bias)
+            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False) \
+                if out_quant else torch.nn.Identity()
 
         def forward(self, x):
-            return self.fc(torch.flatten(self.pool(self.relu(self.conv(self.inp(x)))), 1))
+            return self.out(self.fc(torch.flatten(self.pool(self.act(self.conv(self.inp(x)))), 1)))
 
-    return _brevitas_model(tmp_path_factory.mktemp("relu4"), "relu4_head", Relu4Head, (1, 3, 16, 16))
+    return ConvHead
+
+
+@pytest.fixture(scope="module")
+def relu4_int32_head(tmp_path_factory):
+    """QuantIdentity -> QuantConv2d -> 4-bit QuantReLU -> MaxPool -> QuantLinear with no output quantizer."""
+    import brevitas.nn as qnn
+
+    net = _brevitas_conv_head(lambda: qnn.QuantReLU(bit_width=4, return_quant_tensor=True), out_quant=False)
+    return _brevitas_model(tmp_path_factory.mktemp("relu4"), "relu4_head", net, (1, 3, 16, 16))
 
 
 @pytest.mark.parametrize("target", ["deeploy-siracusa", "deeploy-cortexm"])
@@ -306,25 +319,12 @@ def _hard_swish_net(input_quant: bool):
     import brevitas.nn as qnn
     from brevitas import quant
 
-    class HardSwishNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
-            self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
-                                        bias_quant=quant.Int32Bias)
-            act = qnn.QuantHardSwish(return_quant_tensor=True)
-            self.act = torch.nn.Sequential(
-                qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True), act) \
-                if input_quant else act
-            self.pool = torch.nn.MaxPool2d(4)
-            self.fc = qnn.QuantLinear(8 * 16, 10, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
-                                      bias_quant=quant.Int32Bias)
-            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+    def act():
+        hard_swish = qnn.QuantHardSwish(return_quant_tensor=True)
+        return torch.nn.Sequential(qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True),
+                                   hard_swish) if input_quant else hard_swish
 
-        def forward(self, x):
-            return self.out(self.fc(torch.flatten(self.pool(self.act(self.conv(self.inp(x)))), 1)))
-
-    return HardSwishNet
+    return _brevitas_conv_head(act)
 
 
 @pytest.fixture(scope="module")
@@ -403,27 +403,37 @@ def test_dequantized_constants_of_pad_and_batchnorm_reach_a_refusal_that_says_wh
                         + r" \([0-9]+ more non-integer ops remain\); see docs/support\.md", message), message
 
 
-@pytest.fixture(scope="module")
-def split_models(tmp_path_factory):
-    """conv -> split(channels, [3, 5]) -> the parts added / concatenated in the other order -> max pool -> Linear,
-    quantized as QDQ and as QOperator."""
+def _conv_fc(body):
+    """body(conv(x)) -> max pool -> Linear (conv 3 -> 8 channels, 3x3, on a 16x16 input)."""
     import torch
     import torch.nn.functional as F
 
-    class SplitNet(torch.nn.Module):
+    class ConvFc(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
             self.fc = torch.nn.Linear(8 * 64, 10)
 
         def forward(self, x):
-            a, b = torch.split(self.conv(x), [3, 5], 1)
-            return self.fc(torch.flatten(F.max_pool2d(torch.relu(torch.cat([b, a], 1)), 2), 1))
+            return self.fc(torch.flatten(F.max_pool2d(body(self.conv(x)), 2), 1))
+
+    return ConvFc
+
+
+@pytest.fixture(scope="module")
+def split_models(tmp_path_factory):
+    """conv -> split(channels, [3, 5]) -> the parts added / concatenated in the other order -> max pool -> Linear,
+    quantized as QDQ and as QOperator."""
+    import torch
+
+    def body(y):
+        a, b = torch.split(y, [3, 5], 1)
+        return torch.relu(torch.cat([b, a], 1))
 
     folder = tmp_path_factory.mktemp("split")
     shape = (1, 3, 16, 16)
     torch.manual_seed(fm.SEED)
-    _export_float(SplitNet().eval(), folder / "split.float.onnx", shape)
+    _export_float(_conv_fc(body)().eval(), folder / "split.float.onnx", shape)
     return {fmt: _OneModel(_quantize_static(folder / "split.float.onnx", folder / f"split.{fmt}.onnx", shape, True,
                                             "QInt8", qoperator=fmt == "qop"), shape)
             for fmt in ("qdq", "qop")}
@@ -539,19 +549,9 @@ def test_token_bias_adds_are_not_merged_along_the_tokens(layernorm_relu, tmp_pat
 
 
 def _leaky_net(slope: float):
-    import torch
     import torch.nn.functional as F
 
-    class LeakyNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
-            self.fc = torch.nn.Linear(8 * 64, 10)
-
-        def forward(self, x):
-            return self.fc(torch.flatten(F.max_pool2d(F.leaky_relu(self.a(x), slope), 2), 1))
-
-    return LeakyNet
+    return _conv_fc(lambda y: F.leaky_relu(y, slope))
 
 
 @pytest.fixture(scope="module")
@@ -605,25 +605,12 @@ def brevitas_leaky(tmp_path_factory):
     import brevitas.nn as qnn
     from brevitas import quant
 
-    class BrevitasLeaky(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
-            self.conv = qnn.QuantConv2d(3, 8, 3, padding=1, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
-                                        bias_quant=quant.Int32Bias, output_quant=quant.Int8ActPerTensorFloat,
-                                        return_quant_tensor=False)
-            self.act = torch.nn.LeakyReLU(0.2)
-            self.q = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True)
-            self.pool = torch.nn.MaxPool2d(4)
-            self.fc = qnn.QuantLinear(8 * 16, 10, bias=True, weight_quant=quant.Int8WeightPerTensorFloat,
-                                      bias_quant=quant.Int32Bias)
-            self.out = qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False)
+    def act():
+        return torch.nn.Sequential(torch.nn.LeakyReLU(0.2),
+                                   qnn.QuantIdentity(act_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=True))
 
-        def forward(self, x):
-            y = self.q(self.act(self.conv(self.inp(x))))
-            return self.out(self.fc(torch.flatten(self.pool(y), 1)))
-
-    return _brevitas_model(tmp_path_factory.mktemp("bleaky"), "bleaky", BrevitasLeaky, (1, 3, 16, 16))
+    return _brevitas_model(tmp_path_factory.mktemp("bleaky"), "bleaky", _brevitas_conv_head(act, conv_output_quant=True),
+                           (1, 3, 16, 16))
 
 
 @pytest.mark.parametrize("target", TARGETS)

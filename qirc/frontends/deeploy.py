@@ -52,11 +52,10 @@ class _Reader:
         self.inits = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         # a graph written for a CMSIS target: Deeploy merges each Conv/MatMul -> RequantShift into one kernel that
         # adds round(add / (mul + 1e-3)) to the accumulator before multiplying by mul, so that is what it computes
-        self.merged_producers: Dict[str, str] = {}
+        self.merged: set = set()  # the tensors such a merged Conv/MatMul writes
         if _written_for_cmsis(model):
             from ..backends.deeploy.rules.harness import MERGED_AFTER
-            self.merged_producers = {o: n.op_type for n in self.graph.node if n.op_type in MERGED_AFTER
-                                     for o in n.output}
+            self.merged = {o for n in self.graph.node if n.op_type in MERGED_AFTER for o in n.output}
         self.types: Dict[str, TensorType] = {}
         for vi in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
             t = self._type_of(vi)
@@ -163,7 +162,7 @@ class _Reader:
                     raise self.error(f"RequantShift lacks attribute '{k}'", node)
             signed = bool(int(np.asarray(a["signed"]).reshape(-1)[0]))
             mul, add = self.const(ins[1], node).astype(np.int64), self.const(ins[2], node).astype(np.int64)
-            if ins[0] in self.merged_producers:
+            if ins[0] in self.merged:
                 from ..backends.deeploy.rules.harness import deeploy_rounded_add
                 add = deeploy_rounded_add(mul, add).astype(np.int64)
             attrs = {"mul": mul, "add": add,

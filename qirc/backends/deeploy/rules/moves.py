@@ -1,17 +1,38 @@
 """Data movement between a linear op and its requant: the requant moves up so that the platform fuses the pair."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
-from ....qir.ir import Module, Operation, const_op
+from ....qir.ir import Module, Operation, Value, const_op
 from ..targets import DeeployTarget
 from .common import const_value
 from .rule import rule
 
 _LINEAR = ("int.conv", "int.gemm", "int.matmul")
 _MOVES = ("int.reshape", "int.transpose")
+
+
+def _single_use_chain(rq: Operation, ops) -> Tuple[List[Operation], Value]:
+    """The single-use chain of `ops` ops that the requant reads (nearest first), and the value at its start."""
+    chain: List[Operation] = []
+    value = rq.operands[0]
+    while value.owner.name in ops and len(value.uses) == 1:
+        chain.append(value.owner)
+        value = value.owner.operands[0]
+    return chain, value
+
+
+def _requant_first(module: Module, rq: Operation, chain: List[Operation], value: Value) -> None:
+    """value -> chain -> rq becomes value -> rq -> the chain again, on the requant's element type."""
+    element = rq.result.type.element
+    moved = module.create("int.requant_shift", [value], [value.type.with_element(element)], dict(rq.attrs),
+                          rq.loc).result
+    for op in reversed(chain):  # from the start of the chain towards the old requant
+        moved = module.create(op.name, [moved], [op.result.type.with_element(element)], dict(op.attrs),
+                              op.loc).result
+    module.replace_op(rq, [moved])
 
 
 @rule("requant-before-transposes")
@@ -26,21 +47,9 @@ def requant_before_transposes(module: Module, target: DeeployTarget) -> None:
     for rq in module.walk("int.requant_shift"):
         if np.asarray(rq.attrs["mul"]).size != 1 or np.asarray(rq.attrs["add"]).size != 1:
             continue
-        chain: List[Operation] = []
-        value = rq.operands[0]
-        while value.owner.name in _MOVES and len(value.uses) == 1:
-            chain.append(value.owner)
-            value = value.owner.operands[0]
-        if not any(op.name == "int.transpose" for op in chain) or value.owner.name not in _LINEAR or \
-                len(value.uses) != 1:
-            continue
-        element = rq.result.type.element
-        moved = module.create("int.requant_shift", [value], [value.type.with_element(element)], dict(rq.attrs),
-                              rq.loc).result
-        for op in reversed(chain):  # the chain again, from the linear op towards the old requant
-            moved = module.create(op.name, [moved], [op.result.type.with_element(element)], dict(op.attrs),
-                                  op.loc).result
-        module.replace_op(rq, [moved])
+        chain, value = _single_use_chain(rq, _MOVES)
+        if any(op.name == "int.transpose" for op in chain) and value.owner.name in _LINEAR and len(value.uses) == 1:
+            _requant_first(module, rq, chain, value)
     module.erase_dead()
 
 
@@ -57,21 +66,9 @@ def requant_before_maxpools(module: Module, target: DeeployTarget) -> None:
         mul = np.asarray(rq.attrs["mul"])
         if mul.size != 1 or np.asarray(rq.attrs["add"]).size != 1 or int(mul.reshape(())) <= 0:
             continue
-        chain: List[Operation] = []
-        value = rq.operands[0]
-        while value.owner.name in _MOVES + ("int.maxpool",) and len(value.uses) == 1:
-            chain.append(value.owner)
-            value = value.owner.operands[0]
-        if not any(op.name == "int.maxpool" for op in chain) or len(value.uses) != 1 or \
-                value.type.storage.width <= 8:
-            continue  # (an 8-bit pool input is what the platform takes: left as it is)
-        element = rq.result.type.element
-        moved = module.create("int.requant_shift", [value], [value.type.with_element(element)], dict(rq.attrs),
-                              rq.loc).result
-        for op in reversed(chain):
-            moved = module.create(op.name, [moved], [op.result.type.with_element(element)], dict(op.attrs),
-                                  op.loc).result
-        module.replace_op(rq, [moved])
+        chain, value = _single_use_chain(rq, _MOVES + ("int.maxpool",))
+        if any(op.name == "int.maxpool" for op in chain) and len(value.uses) == 1 and value.type.storage.width > 8:
+            _requant_first(module, rq, chain, value)
     module.erase_dead()
 
 
